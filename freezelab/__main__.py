@@ -1,0 +1,5 @@
+import sys
+
+from freezelab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,80 @@
+"""`python -m freezelab inspect MODEL [plan options] [--depth N] [--json]`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from freezelab import units
+from freezelab.anatomy import summary, tree
+from freezelab.cli.common import add_model_argument, add_plan_options, plan_from_args, print_json
+from freezelab.index import ModelIndex
+from freezelab.models import index_of
+from freezelab.plans import Resolution, resolve
+from freezelab.sources import resolve as resolve_source
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("inspect", help="components, counts and module tree under a plan",
+                       description="Show a model's components and module tree, and what a freeze plan trains.")
+    add_model_argument(p)
+    add_plan_options(p)
+    p.add_argument("--depth", type=int, default=2, metavar="N", help="tree depth to show (default 2; -1: all)")
+    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="parameter dtype shown")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def report(index: ModelIndex, res: Resolution, depth: int | None) -> dict[str, Any]:
+    return {
+        "model": index.name,
+        "model_class": index.model_class,
+        "transformers_version": index.transformers_version,
+        **summary(index, res.mask),
+        "plan": res.plan.to_dict(),
+        "rules": [{"rule": str(r), "matched_tensors": n} for r, n in zip(res.plan.rules, res.matched)],
+        "warnings": res.warnings,
+        "layers": {tower: len(paths) for tower, paths in index.layers.items()},
+        "tied": [list(p.names) for p in index.tied],
+        "tree": [r.to_dict() for r in tree(index, res.mask, depth)],
+    }
+
+
+def _print_human(data: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    total, trainable = data["total_params"], data["trainable_params"]
+    console.print(f"[bold]{data['model']}[/] ({data['model_class']}, transformers {data['transformers_version']})")
+    console.print(f"trainable [bold green]{trainable:,}[/] of {total:,} parameters "
+                  f"({units.percent(trainable, total)}); frozen {data['frozen_params']:,}")
+    comp = Table(title="components", title_justify="left")
+    for col in ("component", "total", "trainable", "state"):
+        comp.add_column(col, justify="right" if col in ("total", "trainable") else "left")
+    for name, c in data["components"].items():
+        state = "frozen" if c["trainable"] == 0 else "trainable" if c["frozen"] == 0 else "partial"
+        comp.add_row(name, units.params(c["total"]), units.params(c["trainable"]), state)
+    console.print(comp)
+    tbl = Table(title="module tree", title_justify="left")
+    for col in ("module", "type", "total", "trainable", "state", "dtype", "note"):
+        tbl.add_column(col, justify="right" if col in ("total", "trainable") else "left")
+    for r in data["tree"]:
+        tbl.add_row("  " * r["depth"] + (r["name"] or "(model)"), r["type"], units.params(r["total"]),
+                    units.params(r["trainable"]), r["state"], r["dtype"], r["tied"])
+    console.print(tbl)
+    for w in data["warnings"]:
+        console.print(f"[yellow]warning:[/] {w}")
+
+
+def run(args: argparse.Namespace) -> int:
+    source = resolve_source(args.model)
+    plan = plan_from_args(args)
+    index = index_of(source, dtype=args.dtype)
+    res = resolve(plan, index)
+    data = report(index, res, None if args.depth < 0 else args.depth)
+    if args.json:
+        print_json(data)
+    else:
+        _print_human(data)
+    return 0

@@ -1,0 +1,23 @@
+"""User-facing errors: each carries one clear message and no traceback is shown for it."""
+
+from __future__ import annotations
+
+
+class FreezelabError(Exception):
+    """Base class: bad input that the user can fix. `str(err)` is the message to show."""
+
+
+class SourceError(FreezelabError):
+    """A model could not be found, read or built."""
+
+
+class NotLlavaError(SourceError):
+    """The config is valid but not one of the supported LLaVA-family classes."""
+
+
+class SelectorError(FreezelabError):
+    """A selector is malformed or matches nothing."""
+
+
+class PlanError(FreezelabError):
+    """A plan (file, rule list or preset) is malformed."""

@@ -1,0 +1,56 @@
+"""The LLaVA-family model classes freezelab supports, keyed by config `model_type`.
+
+Every supported class is built into transformers: freezelab never runs code
+shipped with a checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from freezelab.errors import NotLlavaError
+
+CLASSES: dict[str, str] = {
+    "llava": "LlavaForConditionalGeneration",
+    "llava_next": "LlavaNextForConditionalGeneration",
+    "llava_next_video": "LlavaNextVideoForConditionalGeneration",
+    "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+    "vipllava": "VipLlavaForConditionalGeneration",
+}
+
+# Formats that are LLaVA in spirit but need a conversion first; naming them
+# turns a puzzling "unsupported" into an actionable message.
+_HINTS: dict[str, str] = {
+    "llava_llama": "this is an original LLaVA repository checkpoint; use its transformers "
+    "conversion (the llava-hf/... repos) or convert it with transformers' convert_llava_weights_to_hf.py",
+    "llava_mistral": "this is an original LLaVA-NeXT repository checkpoint; use the llava-hf/... conversion",
+    "llava_qwen": "this is an original LLaVA-NeXT/OneVision repository checkpoint; use the llava-hf/... conversion",
+    "video_llava": "Video-LLaVA has separate image and video towers and is not supported yet",
+}
+
+
+def check_family(config: dict[str, Any], origin: str) -> str:
+    """Return the config's model_type if freezelab supports it, else raise a clear error."""
+    model_type = config.get("model_type")
+    archs = config.get("architectures") or []
+    if model_type in CLASSES:
+        return str(model_type)
+    found = f"model_type {model_type!r}" if model_type else "no model_type"
+    if archs:
+        found += f", architectures {', '.join(map(str, archs))}"
+    hint = _HINTS.get(str(model_type), "supported: " + ", ".join(CLASSES.values()))
+    raise NotLlavaError(f"{origin} is not a LLaVA-family model ({found}); {hint}")
+
+
+def model_class(model_type: str) -> Any:
+    import transformers
+
+    return getattr(transformers, CLASSES[model_type])
+
+
+def config_from_dict(config: dict[str, Any]) -> Any:
+    """A transformers config object for a (validated) LLaVA-family config dict."""
+    from transformers import CONFIG_MAPPING
+
+    clean = {k: v for k, v in config.items() if not k.startswith("_freezelab")}
+    return CONFIG_MAPPING[clean["model_type"]].from_dict(clean)

@@ -1,0 +1,331 @@
+"""ModelIndex: a torch-free description of a model's parameters and modules.
+
+Built once by walking the module objects of a real (or meta-device) model;
+plans, counts, the tree, the analytic estimator and the charts all work on
+this index, so a preview never touches a model and a 72B architecture costs
+a few hundred kilobytes. Indexes of architecture-only models are cached on
+disk (keyed by config, transformers version and index schema), so a repeated
+`inspect` needs neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+SCHEMA = 3
+COMPONENTS = ("vision", "projector", "llm")
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+    dtype: str
+    component: str                 # "vision" | "projector" | "llm"
+    part: str                      # finer grouping, e.g. "llm.layers", "lm_head"
+    layer: int | None = None       # decoder / encoder layer index in its tower
+    aliases: tuple[str, ...] = ()  # other names of the same tensor (tied weights)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    path: str                      # dotted path, "" for the root
+    type: str                      # class name
+    depth: int
+    children: tuple[str, ...]      # child paths
+    own: tuple[int, ...]           # indices of parameters registered directly on it
+    params: tuple[int, ...]        # indices of all parameters in its subtree (tied: once)
+    component: str                 # one of COMPONENTS, or "model" when it spans several
+    layer: int | None = None
+
+
+@dataclass
+class ModelIndex:
+    name: str
+    model_class: str
+    model_type: str
+    config: dict[str, Any]
+    params: list[ParamInfo]
+    modules: list[ModuleInfo]
+    roots: dict[str, list[str]]      # component -> module paths (vision tower, projector, LM, lm_head, ...)
+    layers: dict[str, list[str]]     # "vision" / "llm" -> layer module paths in order
+    dead: dict[str, str] = field(default_factory=dict)  # param name -> why it never gets a gradient
+    transformers_version: str = ""
+    meta: bool = True                # built on the meta device (architecture only)
+
+    # -- lookups -------------------------------------------------------------
+    @cached_property
+    def by_name(self) -> dict[str, int]:
+        return {n: i for i, p in enumerate(self.params) for n in p.names}
+
+    @cached_property
+    def module_by_path(self) -> dict[str, ModuleInfo]:
+        return {m.path: m for m in self.modules}
+
+    @cached_property
+    def numels(self) -> list[int]:
+        return [p.numel for p in self.params]
+
+    @property
+    def total_params(self) -> int:
+        return sum(self.numels)
+
+    def component_params(self, component: str) -> list[int]:
+        return [i for i, p in enumerate(self.params) if p.component == component]
+
+    def part_params(self, part: str) -> list[int]:
+        return [i for i, p in enumerate(self.params) if p.part == part or p.part.startswith(part + ".")]
+
+    @property
+    def tied(self) -> list[ParamInfo]:
+        return [p for p in self.params if p.aliases]
+
+    # -- serialisation -------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items()}
+        data["schema"] = SCHEMA
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelIndex:
+        data = dict(data)
+        data.pop("schema", None)
+        data["params"] = [
+            ParamInfo(**{**p, "shape": tuple(p["shape"]), "aliases": tuple(p["aliases"])}) for p in data["params"]
+        ]
+        data["modules"] = [
+            ModuleInfo(**{**m, "children": tuple(m["children"]), "own": tuple(m["own"]), "params": tuple(m["params"])})
+            for m in data["modules"]
+        ]
+        return cls(**data)
+
+
+# -- building from a model ----------------------------------------------------
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _find_towers(model: torch.nn.Module, config: Any) -> tuple[str, str]:
+    """Paths of the vision tower and the language model: the outermost sub-models whose
+    config is the LLaVA config's vision_config / text_config (found by object, not by name)."""
+    from transformers import PreTrainedModel
+
+    vision = language = None
+    for path, module in model.named_modules():
+        if not path or not isinstance(module, PreTrainedModel):
+            continue
+        cfg = getattr(module, "config", None)
+        if vision is None and cfg is config.vision_config:
+            vision = path
+        elif language is None and cfg is config.text_config:
+            language = path
+    if vision is None or language is None:
+        raise ValueError(f"{type(model).__name__}: could not find its vision tower and language model")
+    return vision, language
+
+
+def _find_layers(model: torch.nn.Module, root: str, count: int) -> list[str]:
+    """The ModuleList of `count` blocks under `root` (the tower's layer stack)."""
+    import torch
+
+    for path, module in model.get_submodule(root).named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count and count > 0:
+            prefix = f"{root}.{path}" if path else root
+            return [f"{prefix}.{i}" for i in range(count)]
+    return []
+
+
+def _module_path(model: torch.nn.Module, target: torch.nn.Module) -> str:
+    return next(path for path, m in model.named_modules() if m is target)
+
+
+def _under(name: str, prefix: str) -> bool:
+    return prefix == "" or name == prefix or name.startswith(prefix + ".")
+
+
+def _hidden_state_index(feature_layer: Any, num_layers: int) -> int:
+    """Highest hidden_states index the projector reads (hidden_states has num_layers + 1 entries)."""
+    layers = feature_layer if isinstance(feature_layer, (list, tuple)) else [feature_layer]
+    return max(int(i) % (num_layers + 1) for i in layers)
+
+
+def _dead_params(params: list[ParamInfo], vision_layers: list[str], vision_root: str,
+                 config: Any) -> dict[str, str]:
+    """Vision parameters no gradient can reach: layers after the feature layer the
+    projector reads, and everything the tower registers after its layer stack
+    (post_layernorm, pooling head), which only feeds outputs LLaVA ignores."""
+    feature_layer = getattr(config, "vision_feature_layer", -1)
+    n = len(vision_layers)
+    if n == 0:
+        return {}
+    used = _hidden_state_index(feature_layer, n)
+    vision = [p for p in params if p.component == "vision"]
+    last_layer_pos = max((i for i, p in enumerate(vision) if p.layer is not None), default=-1)
+    dead = {}
+    for i, p in enumerate(vision):
+        if p.layer is not None and p.layer >= used:
+            dead[p.name] = (f"vision layer {p.layer} only feeds hidden states after the one the projector "
+                            f"reads (vision_feature_layer={feature_layer})")
+        elif p.layer is None and i > last_layer_pos:
+            dead[p.name] = ("registered after the vision layers (post-norm / pooling head): "
+                            "LLaVA reads hidden states, not the pooled output")
+    return dead
+
+
+def build_index(model: torch.nn.Module, name: str, *, meta: bool) -> ModelIndex:
+    """Walk a LLaVA-family model's module objects and describe every parameter and module."""
+    import transformers
+
+    config = model.config
+    vision_root, lm_root = _find_towers(model, config)
+    embed = model.get_input_embeddings()
+    head = model.get_output_embeddings()
+    embed_path = _module_path(model, embed)
+    head_path = _module_path(model, head) if head is not None else None
+    layers = {
+        "vision": _find_layers(model, vision_root, config.vision_config.num_hidden_layers),
+        "llm": _find_layers(model, lm_root, config.text_config.num_hidden_layers),
+    }
+    layer_of = {path: (tower, i) for tower, paths in layers.items() for i, path in enumerate(paths)}
+
+    # named_parameters() lists each tensor once; remove_duplicate=False reveals tied aliases.
+    unique = list(model.named_parameters())
+    ids = {id(p): i for i, (_, p) in enumerate(unique)}
+    aliases: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        i = ids[id(p)]
+        if n != unique[i][0]:
+            aliases.setdefault(i, []).append(n)
+
+    def classify(pname: str) -> tuple[str, str, int | None]:
+        prefix, _, _ = pname.rpartition(".")
+        layer = None
+        for path in _ancestors(prefix):
+            if path in layer_of:
+                layer = layer_of[path][1]
+                break
+        if _under(pname, vision_root):
+            return "vision", "vision.layers" if layer is not None else "vision.other", layer
+        if head_path is not None and _under(pname, head_path):
+            return "llm", "lm_head", None
+        if _under(pname, embed_path):
+            return "llm", "llm.embeddings", None
+        if _under(pname, lm_root):
+            return "llm", "llm.layers" if layer is not None else "llm.other", layer
+        return "projector", "projector", None
+
+    params = []
+    for i, (pname, p) in enumerate(unique):
+        component, part, layer = classify(pname)
+        params.append(ParamInfo(pname, tuple(p.shape), p.numel(), _dtype_name(p.dtype), component, part,
+                                layer, tuple(aliases.get(i, ()))))
+
+    modules = _module_infos(model, ids, params, layer_of)
+    roots = {
+        "vision": [vision_root],
+        "projector": _projector_roots(modules, params),
+        "llm": [lm_root] + ([head_path] if head_path and not _under(head_path, lm_root) else []),
+        "lm_head": [head_path] if head_path else [],
+        "embeddings": [embed_path],
+    }
+    dead = _dead_params(params, layers["vision"], vision_root, config)
+    return ModelIndex(name=name, model_class=type(model).__name__, model_type=config.model_type,
+                      config=config.to_dict(), params=params, modules=modules, roots=roots, layers=layers,
+                      dead=dead, transformers_version=transformers.__version__, meta=meta)
+
+
+def _parent(path: str) -> str:
+    return path.rpartition(".")[0]
+
+
+def _ancestors(path: str) -> list[str]:
+    """`a.b.c` -> [`a.b.c`, `a.b`, `a`]."""
+    parts = path.split(".") if path else []
+    return [".".join(parts[:k]) for k in range(len(parts), 0, -1)]
+
+
+def _projector_roots(modules: list[ModuleInfo], params: list[ParamInfo]) -> list[str]:
+    """Outermost projector modules, plus bare projector parameters (LLaVA-NeXT's image_newline)."""
+    by_path = {m.path: m for m in modules}
+    roots = [m.path for m in modules if m.depth > 0 and m.component == "projector"
+             and by_path[_parent(m.path)].component != "projector"]
+    for m in modules:
+        if m.component != "projector":
+            roots += [params[i].name for i in m.own if params[i].component == "projector"]
+    return roots
+
+
+def _module_infos(model: torch.nn.Module, ids: dict[int, int], params: list[ParamInfo],
+                  layer_of: dict[str, tuple[str, int]]) -> list[ModuleInfo]:
+    entries = list(model.named_modules(remove_duplicate=False))
+    own = {path: [ids[id(p)] for _, p in module.named_parameters(recurse=False, remove_duplicate=False)]
+           for path, module in entries}
+    subtree: dict[str, set[int]] = {path: set() for path, _ in entries}
+    for path, idx in own.items():
+        for anc in [*_ancestors(path), ""]:
+            subtree[anc].update(idx)
+    infos = []
+    component_of: dict[str, str] = {}
+    for path, module in entries:  # pre-order: a parent comes before its children
+        comps = {params[i].component for i in subtree[path]}
+        if not comps and path:  # parameter-free module (activation, dropout): its parent's
+            component = component_of[_parent(path)]
+        else:
+            component = comps.pop() if len(comps) == 1 else "model"
+        component_of[path] = component
+        children = tuple(f"{path}.{c}" if path else c for c, _ in module.named_children())
+        infos.append(ModuleInfo(path=path, type=type(module).__name__, depth=path.count(".") + 1 if path else 0,
+                                children=children, own=tuple(own[path]), params=tuple(sorted(subtree[path])),
+                                component=component, layer=layer_of.get(path, (None, None))[1]))
+    return infos
+
+
+# -- cache -------------------------------------------------------------------
+
+def cache_dir() -> Path:
+    root = os.environ.get("FREEZELAB_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "freezelab")
+    return Path(root) / "index"
+
+
+def cache_key(config: dict[str, Any], dtype: str) -> str:
+    version = metadata.version("transformers")
+    blob = json.dumps({"config": config, "dtype": dtype, "transformers": version, "schema": SCHEMA},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def load_cached(key: str) -> ModelIndex | None:
+    path = cache_dir() / f"{key}.json"
+    try:
+        return ModelIndex.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None  # missing or stale: rebuild
+
+
+def store_cached(key: str, index: ModelIndex) -> None:
+    directory = cache_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
+            json.dump(index.to_dict(), f)
+        os.replace(f.name, directory / f"{key}.json")
+    except OSError:
+        pass  # a read-only home only costs speed

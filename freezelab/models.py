@@ -1,0 +1,138 @@
+"""Building models from a Source: on the meta device (architecture only), with
+random weights on a real device, or with a checkpoint's weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from freezelab.errors import SourceError
+from freezelab.families import config_from_dict, model_class
+from freezelab.index import ModelIndex, build_index, cache_key, load_cached, store_cached
+from freezelab.sources import Source
+from freezelab.workload import DTYPE_BYTES, TORCH_DTYPE_NAMES
+
+if TYPE_CHECKING:
+    import torch
+
+TINY_DTYPE = "fp32"  # the tiny model trains on CPU, where fp32 is the sensible default
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return getattr(torch, TORCH_DTYPE_NAMES[name])
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def hf_config(source: Source) -> Any:
+    try:
+        return config_from_dict(source.config)
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        raise SourceError(f"{source.spec}: the config could not be read by transformers: {err}") from None
+
+
+def build(source: Source, *, device: str = "meta", dtype: str = "bf16", seed: int | None = 0) -> torch.nn.Module:
+    """The model of `source` with random weights on `device` (no weight memory on "meta")."""
+    import torch
+
+    config = hf_config(source)
+    config.use_cache = False
+    if seed is not None and device != "meta":
+        torch.manual_seed(seed)
+    try:
+        with torch.device(device), _default_dtype(torch_dtype(dtype)):
+            model = model_class(source.model_type)(config)
+    except torch.OutOfMemoryError:
+        raise SourceError(f"{source.name}: not enough {device} memory for its weights") from None
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise SourceError(f"{source.spec}: transformers could not build this config: {err}") from None
+    return model
+
+
+def available_ram() -> int:
+    """Bytes of RAM the process could still use (MemAvailable), or a large number if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def weight_bytes(index: ModelIndex, dtype: str) -> int:
+    return index.total_params * DTYPE_BYTES[dtype]
+
+
+def check_room(index: ModelIndex, dtype: str, device: str) -> None:
+    """Refuse before allocating when the weights alone cannot fit."""
+    need = weight_bytes(index, dtype)
+    if device == "cpu":
+        have, where = available_ram(), "free RAM"
+    elif device.startswith("cuda"):
+        import torch
+
+        have, where = torch.cuda.mem_get_info()[0], "free GPU memory"
+    else:
+        return
+    if need > have:
+        raise SourceError(
+            f"{index.name}: its {dtype} weights need {need / 2**30:.1f} GiB but only {have / 2**30:.1f} GiB "
+            f"of {where} is left; inspect it architecture-only instead"
+        )
+
+
+def load_weights(source: Source, *, dtype: str, device: str = "cpu") -> torch.nn.Module:
+    """The checkpoint's model with its weights: safetensors first, .bin only with weights_only=True."""
+    import torch
+
+    if not source.weights:
+        raise SourceError(f"{source.spec}: no weight files (*.safetensors or *.bin) next to its config.json")
+    cls = model_class(source.model_type)
+    directory = source.weights[0].parent
+    try:
+        model, info = cls.from_pretrained(
+            directory, dtype=torch_dtype(dtype), use_safetensors=source.weight_format == "safetensors",
+            weights_only=True, output_loading_info=True, local_files_only=True, device_map=device,
+        )
+    except torch.OutOfMemoryError:
+        raise SourceError(f"{source.name}: not enough {device} memory for its weights") from None
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        raise SourceError(f"{directory}: the weights could not be loaded: {str(err).splitlines()[0]}") from None
+    missing = sorted(info.get("missing_keys", []))
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise SourceError(f"{directory}: the checkpoint lacks {len(missing)} weight(s): {shown}")
+    model.config.use_cache = False
+    return model
+
+
+def index_of(source: Source, *, dtype: str = "bf16") -> ModelIndex:
+    """The architecture's index, from the on-disk cache when possible (no torch import then)."""
+    key = cache_key(source.config, dtype)
+    cached = load_cached(key)
+    if cached is not None:
+        cached.name = source.name
+        return cached
+    index = build_index(build(source, device="meta", dtype=dtype), source.name, meta=True)
+    store_cached(key, index)
+    return index

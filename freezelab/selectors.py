@@ -1,0 +1,234 @@
+"""Selectors: which parameters a plan rule talks about.
+
+  @all @vision @projector @llm @lm_head @embeddings   component aliases
+  @llm.layers[-4:]  @vision.layers[0:12]  @llm.layers[3]   layer ranges (Python slices)
+  model.language_model.layers.1   *q_proj*   layers.**.mlp    globs over whole dotted segments
+  re:layers\\.(30|31)\\.                                      a regular expression (searched)
+
+A glob matches a run of whole segments anywhere in a parameter name, so
+`layers.1` matches `...layers.1.mlp...` but never `layers.10`; `*` and `?`
+stay inside one segment and `**` spans any number of segments. Tied
+parameters match under each of their names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import regex
+
+from freezelab.errors import SelectorError
+from freezelab.index import COMPONENTS, ModelIndex
+
+ALIASES = ("@all", "@vision", "@projector", "@llm", "@lm_head", "@embeddings")
+MAX_SELECTOR_CHARS = 512
+REGEX_BUDGET_S = 0.25  # total time one regular expression may spend over all names
+_LAYERS = re.compile(r"^@(vision|llm)\.layers\[(.*)\]$")
+_INT = re.compile(r"^\s*[-+]?\d+\s*$")
+
+# Names that moved between transformers versions: (old fragment, new fragment).
+RENAMES = (
+    ("language_model.model.", "model.language_model."),
+    ("language_model.lm_head", "lm_head"),
+    ("vision_tower.vision_model.", "vision_tower."),
+    ("vision_model.", ""),
+)
+
+
+@dataclass(frozen=True)
+class Selector:
+    text: str
+    kind: str                      # "alias" | "layers" | "glob" | "regex"
+    pattern: Any = None            # compiled regex for glob / regex, slice for layers
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _parse_slice(body: str, text: str) -> slice | int:
+    if _INT.match(body):
+        return int(body)
+    parts = body.split(":")
+    if len(parts) > 3 or not all(p.strip() == "" or _INT.match(p) for p in parts):
+        raise SelectorError(f"{text!r}: layer range must be Python slice syntax, e.g. [-4:] or [0:12] or [3]")
+    nums = [int(p) if p.strip() else None for p in parts]
+    if len(nums) == 3 and nums[2] == 0:
+        raise SelectorError(f"{text!r}: slice step cannot be zero")
+    return slice(*nums)
+
+
+def _segment_regex(seg: str) -> str:
+    """One glob segment: `*` and `?` never cross a dot; `[...]` / `[!...]` are character classes."""
+    out, i = "", 0
+    while i < len(seg):
+        c = seg[i]
+        end = seg.find("]", i + 1) if c == "[" else -1
+        if c == "*":
+            out += r"[^.]*"
+        elif c == "?":
+            out += r"[^.]"
+        elif end > i + 1:
+            inner = seg[i + 1:end]
+            negate = inner.startswith("!") and len(inner) > 1
+            chars = (inner[1:] if negate else inner).replace("\\", "\\\\").replace("^", "\\^")
+            out += "[" + ("^" if negate else "") + chars + "]"
+            i = end
+        else:
+            out += re.escape(c)
+        i += 1
+    return out
+
+
+def glob_to_regex(glob: str) -> str:
+    """Translate a segment glob into a regular expression searched in dotted names."""
+    body, pending_any = "", False
+    for seg in glob.split("."):
+        if seg == "**":
+            pending_any = True
+            continue
+        if body:
+            body += r"\.(?:[^.]+\.)*" if pending_any else r"\."
+        body += _segment_regex(seg)
+        pending_any = False
+    return rf"(?:^|\.){body or r'[^.]+'}(?:\.|$)"
+
+
+def parse(text: str) -> Selector:
+    """Check a selector's syntax (without a model)."""
+    if not isinstance(text, str):
+        raise SelectorError(f"a selector must be text, got {type(text).__name__}")
+    text = text.strip()
+    if not text:
+        raise SelectorError("empty selector")
+    if len(text) > MAX_SELECTOR_CHARS:
+        raise SelectorError(f"selector is {len(text)} characters long; the limit is {MAX_SELECTOR_CHARS}")
+    if text.startswith("re:"):
+        body = text[3:]
+        if not body:
+            raise SelectorError("'re:' needs a regular expression after it")
+        try:
+            return Selector(text, "regex", regex.compile(body))
+        except regex.error as err:
+            raise SelectorError(f"{text!r}: bad regular expression: {err}") from None
+    if text.startswith("@"):
+        if text in ALIASES:
+            return Selector(text, "alias")
+        m = _LAYERS.match(text)
+        if m:
+            return Selector(text, "layers", (m.group(1), _parse_slice(m.group(2), text)))
+        close = difflib.get_close_matches(text, [*ALIASES, "@llm.layers[-4:]", "@vision.layers[0:12]"], n=2)
+        hint = f"; did you mean {' or '.join(close)}?" if close else f"; aliases: {', '.join(ALIASES)}"
+        raise SelectorError(f"unknown alias {text!r}{hint}")
+    if any(c.isspace() for c in text):
+        raise SelectorError(f"{text!r}: a glob cannot contain spaces (use re: for a regular expression)")
+    if ".." in text or text.startswith(".") or text.endswith("."):
+        raise SelectorError(f"{text!r}: empty dotted segment")
+    return Selector(text, "glob", re.compile(glob_to_regex(text)))
+
+
+def _layer_params(index: ModelIndex, tower: str, which: slice | int, text: str) -> list[int]:
+    paths = index.layers.get(tower, [])
+    if isinstance(which, int):
+        if not -len(paths) <= which < len(paths):
+            raise SelectorError(f"{text!r}: the {tower} tower has {len(paths)} layers (0-{len(paths) - 1})")
+        chosen = [paths[which]]
+    else:
+        chosen = paths[which]
+    if not chosen:
+        raise SelectorError(f"{text!r} selects no layer: the {tower} tower has {len(paths)} layers "
+                            f"(0-{len(paths) - 1})")
+    out: set[int] = set()
+    for path in chosen:
+        out.update(index.module_by_path[path].params)
+    return sorted(out)
+
+
+def _names_search(index: ModelIndex, sel: Selector) -> list[int]:
+    deadline = time.monotonic() + REGEX_BUDGET_S
+    hits = []
+    for i, p in enumerate(index.params):
+        for name in p.names:
+            if sel.kind == "regex":
+                left = deadline - time.monotonic()
+                try:
+                    found = left > 0 and sel.pattern.search(name, timeout=left) is not None
+                except TimeoutError:
+                    found = None
+                if found is None or left <= 0:
+                    raise SelectorError(f"{sel.text!r}: the regular expression takes too long "
+                                        "(nested repetition?); simplify it")
+            else:
+                found = sel.pattern.search(name) is not None
+            if found:
+                hits.append(i)
+                break
+    return hits
+
+
+def _alias_params(index: ModelIndex, alias: str) -> list[int]:
+    if alias == "@all":
+        return list(range(len(index.params)))
+    if alias in ("@vision", "@projector", "@llm"):
+        return index.component_params(alias[1:])
+    roots = index.roots["lm_head" if alias == "@lm_head" else "embeddings"]
+    out: set[int] = set()
+    for path in roots:
+        out.update(index.module_by_path[path].params)
+    return sorted(out)
+
+
+def _no_match(index: ModelIndex, sel: Selector) -> SelectorError:
+    hint = ""
+    if sel.kind == "glob":
+        for old, new in RENAMES:
+            if old in sel.text:
+                renamed = sel.text.replace(old, new).strip(".")
+                try:
+                    if renamed and _names_search(index, parse(renamed)):
+                        hint = (f"; names changed in transformers 5 (this is {index.transformers_version}): "
+                                f"did you mean {renamed!r}?")
+                        break
+                except SelectorError:
+                    pass
+        if not hint:
+            candidates = sorted({m.path for m in index.modules if m.path} | {n for p in index.params for n in p.names}
+                                | {seg for p in index.params for seg in p.name.split(".") if not seg.isdigit()})
+            close = difflib.get_close_matches(sel.text, candidates, n=3, cutoff=0.6)
+            hint = f"; closest names: {', '.join(close)}" if close else ""
+    elif sel.kind == "alias" and sel.text == "@lm_head" and not index.roots["lm_head"]:
+        hint = "; this model has no output head"
+    return SelectorError(f"{sel.text!r} matches no parameter of {index.name}{hint}")
+
+
+def select(index: ModelIndex, selector: Selector | str) -> list[int]:
+    """Indices (into index.params) of the parameters a selector names; never empty."""
+    sel = parse(selector) if isinstance(selector, str) else selector
+    if sel.kind == "alias":
+        hits = _alias_params(index, sel.text)
+    elif sel.kind == "layers":
+        tower, which = sel.pattern
+        hits = _layer_params(index, tower, which, sel.text)
+    else:
+        hits = _names_search(index, sel)
+    if not hits:
+        raise _no_match(index, sel)
+    return hits
+
+
+def reach(index: ModelIndex, selector: Selector | str, hits: list[int]) -> str | None:
+    """A warning when a name pattern reaches into more than one component (e.g. `q_proj`
+    also catching the vision tower), or None. Aliases and layer ranges are precise."""
+    sel = parse(selector) if isinstance(selector, str) else selector
+    if sel.kind not in ("glob", "regex"):
+        return None
+    counts = {c: 0 for c in COMPONENTS}
+    for i in hits:
+        counts[index.params[i].component] += 1
+    spanned = [f"{n} in {c}" for c, n in counts.items() if n]
+    if len(spanned) < 2:
+        return None
+    return f"{sel.text!r} reaches into several components: {', '.join(spanned)} parameter tensors"

@@ -1,0 +1,185 @@
+"""Model sources: one resolver turns the MODEL argument into a config and, where
+present, weight files.
+
+MODEL is one of
+  * ``tiny``: the built-in tiny LLaVA (random weights, builds in a blink);
+  * a known architecture name (configs shipped in assets/configs/);
+  * a path to a ``config.json`` or to a checkpoint directory;
+  * a Hub id ``org/name``: only its ``config.json`` is fetched (offline from
+    the local Hugging Face cache when there is no network).
+
+Nothing here imports torch: resolving and reading a config is instant.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from freezelab.errors import SourceError
+from freezelab.families import check_family
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+TINY_CONFIG = ASSETS / "tiny" / "config.json"
+KNOWN_DIR = ASSETS / "configs"
+MAX_CONFIG_BYTES = 1_000_000  # real configs are a few KB; refuse to parse a huge file
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+BIN_INDEX = "pytorch_model.bin.index.json"
+
+
+@dataclass(frozen=True)
+class Source:
+    spec: str                      # what the user typed
+    kind: str                      # "tiny" | "known" | "config" | "checkpoint" | "hub"
+    name: str                      # short display name
+    config: dict[str, Any] = field(repr=False, compare=False, hash=False, default_factory=dict)
+    weights: tuple[Path, ...] = ()  # weight files, safetensors preferred; empty if none
+    model_type: str = ""
+
+    @property
+    def has_weights(self) -> bool:
+        return bool(self.weights) or self.kind == "tiny"
+
+    @property
+    def weight_format(self) -> str | None:
+        if not self.weights:
+            return None
+        return "safetensors" if self.weights[0].suffix == ".safetensors" else "bin"
+
+
+def known_names() -> list[str]:
+    return sorted(p.stem for p in KNOWN_DIR.glob("*.json"))
+
+
+def known_info() -> list[dict[str, Any]]:
+    """Name, title and description of each shipped architecture (for menus and `models`)."""
+    rows = []
+    for name in known_names():
+        meta = read_json(KNOWN_DIR / f"{name}.json").get("_freezelab", {})
+        rows.append({"name": name, "title": meta.get("title", name), "hub_id": meta.get("hub_id"),
+                     "description": meta.get("description", "")})
+    return rows
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """Read a JSON object from `path` with one clear message for every way it can be wrong."""
+    if not path.exists():
+        raise SourceError(f"{path}: no such file")
+    if not path.is_file():
+        raise SourceError(f"{path}: not a file")
+    size = path.stat().st_size
+    if size == 0:
+        raise SourceError(f"{path}: the file is empty")
+    if size > MAX_CONFIG_BYTES:
+        raise SourceError(f"{path}: {size:,} bytes is too large for a config file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SourceError(f"{path}: not a text file (is it a weights file?)") from None
+    except json.JSONDecodeError as err:
+        raise SourceError(f"{path}: broken JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    if not isinstance(data, dict):
+        raise SourceError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def weight_files(directory: Path) -> tuple[Path, ...]:
+    """Weight files of a checkpoint directory: safetensors first, .bin only if there is no safetensors."""
+    for index_name, pattern in ((SAFETENSORS_INDEX, "*.safetensors"), (BIN_INDEX, "*.bin")):
+        index = directory / index_name
+        if index.is_file():
+            shards = sorted(set(read_json(index).get("weight_map", {}).values()))
+            missing = [s for s in shards if not (directory / s).is_file()]
+            if missing:
+                raise SourceError(f"{directory}: {index_name} names missing shard(s): {', '.join(missing[:3])}")
+            return tuple(directory / s for s in shards)
+        found = sorted(p for p in directory.glob(pattern) if p.is_file())
+        if found:
+            return tuple(found)
+    return ()
+
+
+def _from_config_file(spec: str, path: Path, kind: str, name: str) -> Source:
+    config = read_json(path)
+    model_type = check_family(config, str(path) if kind != "known" else name)
+    weights = weight_files(path.parent) if kind == "checkpoint" else ()
+    return Source(spec=spec, kind=kind, name=name, config=config, weights=weights, model_type=model_type)
+
+
+def _from_path(spec: str, path: Path) -> Source:
+    if path.is_dir():
+        config = path / "config.json"
+        if not config.is_file():
+            raise SourceError(f"{path}: a checkpoint directory needs a config.json, found none")
+        return _from_config_file(spec, config, "checkpoint", path.name)
+    if path.suffix in (".safetensors", ".bin", ".pt", ".pth"):
+        raise SourceError(f"{path}: pass the checkpoint directory (with its config.json), not a weights file")
+    return _from_config_file(spec, path, "config", path.stem if path.name != "config.json" else path.parent.name)
+
+
+def _from_hub(spec: str) -> Source:
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            GatedRepoError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+        )
+    except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
+        raise SourceError("loading a Hub id needs the huggingface_hub package") from None
+    try:
+        path = Path(hf_hub_download(spec, "config.json"))
+    except GatedRepoError:
+        raise SourceError(f"{spec}: gated on the Hub; log in (hf auth login) and accept its terms first") from None
+    except RepositoryNotFoundError:
+        raise SourceError(f"{spec}: no such model on the Hub (or it is private)") from None
+    except LocalEntryNotFoundError:
+        raise SourceError(
+            f"{spec}: could not fetch config.json: no network and it is not in the local Hugging Face cache"
+        ) from None
+    except EntryNotFoundError:
+        raise SourceError(f"{spec}: the Hub repo has no config.json") from None
+    except OSError as err:
+        raise SourceError(f"{spec}: could not fetch config.json ({err.__class__.__name__}: {err})") from None
+    return _from_config_file(spec, path, "hub", spec)
+
+
+def _unknown(spec: str) -> SourceError:
+    names = ["tiny", *known_names()]
+    close = difflib.get_close_matches(spec.lower(), names, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known names: {', '.join(names)}"
+    return SourceError(
+        f"unknown model {spec!r}: not a built-in name, an existing path or a Hub id (org/name){hint}"
+    )
+
+
+def resolve(spec: str, *, allow_paths: bool = True, allow_hub: bool = True) -> Source:
+    """Turn a MODEL argument into a Source (config read and checked, weights located)."""
+    spec = (spec or "").strip()
+    if not spec:
+        raise SourceError("no model given: use tiny, a known name, a path or a Hub id")
+    lowered = spec.lower()
+    if lowered == "tiny":
+        return _from_config_file(spec, TINY_CONFIG, "tiny", "tiny")
+    if lowered in known_names():
+        return _from_config_file(spec, KNOWN_DIR / f"{lowered}.json", "known", lowered)
+    path = Path(spec).expanduser()
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.endswith(".json") or path.exists()
+    if looks_like_path:
+        if not allow_paths:
+            raise SourceError("local paths are disabled here; use tiny, a known name or a Hub id")
+        if not path.exists():
+            raise SourceError(f"{spec}: no such file or directory")
+        return _from_path(spec, path)
+    if _HUB_ID.match(spec):
+        if not allow_hub:
+            raise SourceError("Hub ids are disabled here; use tiny or a known name")
+        return _from_hub(spec)
+    raise _unknown(spec)

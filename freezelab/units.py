@@ -1,0 +1,30 @@
+"""Human-readable numbers: parameter counts and bytes."""
+
+from __future__ import annotations
+
+
+def params(n: int | float) -> str:
+    """7063427072 -> '7.06B', 20979712 -> '20.98M', 0 -> '0'."""
+    n = float(n)
+    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{suffix}"
+    return f"{n:.0f}"
+
+
+def gib(n: int | float, digits: int = 1) -> str:
+    """Bytes in GiB (what nvidia-smi and torch report), e.g. '16.1 GiB'."""
+    return f"{n / 2**30:.{digits}f} GiB"
+
+
+def nbytes(n: int | float) -> str:
+    """Bytes in the largest binary unit that keeps the number >= 1."""
+    n = float(n)
+    for div, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if abs(n) >= div:
+            return f"{n / div:.1f} {suffix}"
+    return f"{n:.0f} B"
+
+
+def percent(part: int | float, whole: int | float) -> str:
+    return f"{100 * part / whole:.2f}%" if whole else "0%"

@@ -1,0 +1,126 @@
+"""Model sources: every way to name a model, and every way to name it wrong."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from freezelab.errors import NotLlavaError, SourceError
+from freezelab.sources import TINY_CONFIG, known_names, resolve
+
+LLAVA_TYPES = {"llava", "llava_next", "llava_next_video", "llava_onevision", "vipllava"}
+
+
+def test_tiny_and_known_names_resolve():
+    assert resolve("tiny").kind == "tiny"
+    assert resolve("TINY").name == "tiny"
+    for name in known_names():
+        src = resolve(name)
+        assert src.kind == "known" and src.model_type in LLAVA_TYPES
+
+
+def test_required_architectures_are_shipped():
+    required = {"llava-1.5-7b", "llava-1.5-13b", "llava-v1.6-mistral-7b", "llava-v1.6-34b",
+                "llava-onevision-qwen2-0.5b", "llava-onevision-qwen2-7b", "llava-onevision-qwen2-72b",
+                "llava-interleave-qwen-0.5b", "bakllava", "vip-llava-7b", "zero-nlp-qwen1.5-4b-clip"}
+    assert required <= set(known_names())
+
+
+def test_config_file_and_checkpoint_dir(tmp_path: Path):
+    cfg = tmp_path / "ckpt" / "config.json"
+    cfg.parent.mkdir()
+    cfg.write_text(TINY_CONFIG.read_text())
+    as_file = resolve(str(cfg))
+    assert as_file.kind == "config" and not as_file.weights
+    as_dir = resolve(str(cfg.parent))
+    assert as_dir.kind == "checkpoint" and as_dir.weights == ()
+    (cfg.parent / "pytorch_model.bin").write_bytes(b"x")
+    (cfg.parent / "model.safetensors").write_bytes(b"x")
+    # safetensors is preferred over .bin when both are present
+    assert [p.name for p in resolve(str(cfg.parent)).weights] == ["model.safetensors"]
+    (cfg.parent / "model.safetensors").unlink()
+    assert resolve(str(cfg.parent)).weight_format == "bin"
+
+
+def test_sharded_index_with_missing_shard(tmp_path: Path):
+    (tmp_path / "config.json").write_text(TINY_CONFIG.read_text())
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors"}}))
+    with pytest.raises(SourceError, match="missing shard"):
+        resolve(str(tmp_path))
+
+
+BAD_CONFIGS = [
+    ("", "empty"),
+    ("{broken", "broken JSON at line 1"),
+    ("[1, 2]", "expected a JSON object"),
+    ('{"model_type": "bert", "architectures": ["BertModel"]}', "not a LLaVA-family model.*bert.*BertModel"),
+    ('{"architectures": ["X"]}', "no model_type"),
+    ('{"model_type": "llava_llama"}', "original LLaVA repository"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD_CONFIGS)
+def test_bad_config_files(tmp_path: Path, text: str, message: str):
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    with pytest.raises(SourceError, match=message):
+        resolve(str(path))
+
+
+def test_not_llava_is_a_source_error_subclass(tmp_path: Path):
+    path = tmp_path / "c.json"
+    path.write_text('{"model_type": "qwen2"}')
+    with pytest.raises(NotLlavaError):
+        resolve(str(path))
+
+
+def test_bad_specs(tmp_path: Path):
+    with pytest.raises(SourceError, match="no such file"):
+        resolve(str(tmp_path / "nope.json"))
+    with pytest.raises(SourceError, match="did you mean llava-1.5-7b"):
+        resolve("llava-1.5-7")
+    with pytest.raises(SourceError, match="no model given"):
+        resolve("  ")
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"\x00\x01")
+    with pytest.raises(SourceError, match="not a weights file"):
+        resolve(str(weights))
+    with pytest.raises(SourceError, match="needs a config.json"):
+        resolve(str(tmp_path))
+
+
+def test_binary_file_as_config(tmp_path: Path):
+    path = tmp_path / "config.json"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(SourceError, match="not a text file"):
+        resolve(str(path))
+
+
+def test_hub_id_offline_without_cache(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as c
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    with pytest.raises(SourceError, match="no network and it is not in the local Hugging Face cache"):
+        resolve("someorg/some-llava")
+
+
+def test_hub_id_offline_from_cache(monkeypatch, tmp_path: Path):
+    """A config already in the HF cache loads with no network (the layout hf_hub_download writes)."""
+    hub = tmp_path / "hub"
+    repo = hub / "models--someorg--tiny-llava"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text(TINY_CONFIG.read_text())
+    import huggingface_hub.constants as c
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    src = resolve("someorg/tiny-llava")
+    assert src.kind == "hub" and src.model_type == "llava" and not src.weights
