@@ -1,0 +1,1 @@
+"""Memory estimates of a training step: analytic (instant) and simulated (fake tensors)."""
