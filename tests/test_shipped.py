@@ -1,0 +1,102 @@
+"""Every shipped architecture: exact totals, published figures, components, and every preset's
+count against an independent requires_grad sum on the meta-device model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from freezelab.anatomy import count
+from freezelab.models import build
+from freezelab.plans import PRESETS, apply, preset
+from freezelab.sources import KNOWN_DIR, known_names, resolve
+
+# Exact totals: llava-1.5-7b is the calibration measurement's total_params (real H100 run of
+# llava-hf/llava-1.5-7b-hf's architecture); the others are the architectures' counts, which
+# round to the Hub model cards' "Model size" (checked below from each config's _freezelab entry).
+EXACT = {
+    "llava-1.5-7b": 7_063_427_072,
+    "llava-1.5-13b": 13_351_494_656,
+    "llava-v1.6-mistral-7b": 7_566_747_648,
+    "llava-v1.6-34b": 34_752_083_968,
+    "llava-onevision-qwen2-0.5b": 893_675_552,
+    "llava-onevision-qwen2-7b": 8_030_807_584,
+    "llava-onevision-qwen2-72b": 73_181_570_592,
+    "llava-interleave-qwen-0.5b": 864_031_264,
+    "bakllava": 7_566_743_552,
+    "vip-llava-7b": 7_080_214_528,
+    "zero-nlp-qwen1.5-4b-clip": 4_263_056_896,
+}
+TIED = {"llava-onevision-qwen2-0.5b", "llava-interleave-qwen-0.5b"}
+PRESET_NAMES = [n if n != "last-n" else "last-4" for n in PRESETS]
+
+
+def card_figure(n: int) -> str:
+    """The Hub's 'Model size' style: three significant figures, M or B."""
+    unit, scale = ("B", 1e9) if n >= 1e9 else ("M", 1e6)
+    return f"{n / scale:.3g}{unit}"
+
+
+def test_card_figure_format():
+    assert [card_figure(n) for n in (7_566_747_648, 893_675_552, 73_181_570_592)] == ["7.57B", "894M", "73.2B"]
+
+
+def test_every_shipped_config_has_an_exact_figure():
+    assert set(EXACT) == set(known_names())
+
+
+@pytest.mark.parametrize("name", sorted(EXACT))
+def test_totals_and_published_figures(name, shipped_indexes):
+    index = shipped_indexes[name]
+    assert index.total_params == EXACT[name]
+    meta = json.loads((KNOWN_DIR / f"{name}.json").read_text())["_freezelab"]
+    if meta["published_params"] is not None:
+        assert meta["published_params"] == EXACT[name]
+    if meta["published_rounded"]:
+        assert card_figure(EXACT[name]) == meta["published_rounded"]
+    assert bool(index.tied) == (name in TIED)
+
+
+@pytest.mark.parametrize("name", sorted(EXACT))
+def test_components_found(name, shipped_indexes):
+    index = shipped_indexes[name]
+    cfg = index.config
+    assert len(index.layers["vision"]) == cfg["vision_config"]["num_hidden_layers"]
+    assert len(index.layers["llm"]) == cfg["text_config"]["num_hidden_layers"]
+    comps = {p.component for p in index.params}
+    assert comps == {"vision", "projector", "llm"}
+    if index.model_type in ("llava_next", "llava_onevision"):
+        assert any(p.name.endswith("image_newline") and p.component == "projector" for p in index.params)
+
+
+@pytest.mark.parametrize("name", sorted(EXACT))
+def test_every_preset_matches_requires_grad_sum(name, shipped_indexes):
+    index = shipped_indexes[name]
+    model = build(resolve(name), device="meta")
+    assert sum(p.numel() for p in model.parameters()) == index.total_params
+    for p in PRESET_NAMES:
+        res = apply(preset(p), model, index)
+        independent = sum(t.numel() for t in model.parameters() if t.requires_grad)
+        assert count(index, res.mask).trainable == independent, (name, p)
+
+
+def test_llava_7b_calibration_counts(shipped_indexes):
+    """The trainable counts the H100 calibration rows recorded for each plan."""
+    index = shipped_indexes["llava-1.5-7b"]
+    from freezelab.plans import Plan, Rule
+    rows = {
+        ("@projector",): 20_979_712,
+        ("@projector", "@llm"): 6_759_919_616,
+        ("@llm",): 6_738_939_904,
+        ("@vision", "@projector"): 324_487_168,
+        ("@projector", "@llm.layers[-4:]"): 830_513_152,
+        ("@llm.layers[-4:]",): 809_533_440,
+        ("@lm_head",): 131_334_144,
+        ("@vision",): 303_507_456,
+    }
+    from freezelab.plans import resolve as resolve_plan
+    for sels, expected in rows.items():
+        plan = Plan(rules=tuple(Rule("train", s) for s in sels))
+        assert count(index, resolve_plan(plan, index).mask).trainable == expected, sels
+    assert card_figure(index.total_params) == "7.06B"
