@@ -10,6 +10,7 @@ disk (keyed by config, transformers version and index schema), so a repeated
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -95,6 +96,15 @@ class ModelIndex:
     @property
     def tied(self) -> list[ParamInfo]:
         return [p for p in self.params if p.aliases]
+
+    def with_dtype(self, dtype: str) -> ModelIndex:
+        """The same architecture-only index with every parameter in `dtype` (a torch dtype name)."""
+        if all(p.dtype == dtype for p in self.params):
+            return self
+        data = self.to_dict()
+        for p in data["params"]:
+            p["dtype"] = dtype
+        return ModelIndex.from_dict(data)
 
     # -- serialisation -------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -298,6 +308,15 @@ def _module_infos(model: torch.nn.Module, ids: dict[int, int], params: list[Para
 
 
 # -- cache -------------------------------------------------------------------
+# Indexes of architecture-only models are cached by (config, transformers minor
+# version, schema): module names change between transformers minor releases, not
+# within them. assets/indexes/ ships the indexes of the known architectures for
+# the transformers release requirements.txt names (scripts/build_indexes.py
+# writes them; a test checks they equal a fresh build), so a first `inspect` of a
+# known model needs neither torch nor transformers.
+
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "indexes"
+
 
 def cache_dir() -> Path:
     root = os.environ.get("FREEZELAB_CACHE") or os.path.join(
@@ -305,19 +324,25 @@ def cache_dir() -> Path:
     return Path(root) / "index"
 
 
-def cache_key(config: dict[str, Any], dtype: str) -> str:
-    version = metadata.version("transformers")
-    blob = json.dumps({"config": config, "dtype": dtype, "transformers": version, "schema": SCHEMA},
+def transformers_minor() -> str:
+    return ".".join(metadata.version("transformers").split(".")[:2])
+
+
+def cache_key(config: dict[str, Any]) -> str:
+    clean = {k: v for k, v in config.items() if not k.startswith("_freezelab")}
+    blob = json.dumps({"config": clean, "transformers": transformers_minor(), "schema": SCHEMA},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
 def load_cached(key: str) -> ModelIndex | None:
-    path = cache_dir() / f"{key}.json"
-    try:
-        return ModelIndex.from_dict(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError, KeyError):
-        return None  # missing or stale: rebuild
+    for path, opener in ((cache_dir() / f"{key}.json", open), (SHIPPED_DIR / f"{key}.json.gz", gzip.open)):
+        try:
+            with opener(path, "rt", encoding="utf-8") as f:
+                return ModelIndex.from_dict(json.load(f))
+        except (OSError, ValueError, TypeError, KeyError):
+            continue  # missing or stale: try the next place, else rebuild
+    return None
 
 
 def store_cached(key: str, index: ModelIndex) -> None:

@@ -127,12 +127,12 @@ def load_weights(source: Source, *, dtype: str, device: str = "cpu") -> torch.nn
 
 
 def index_of(source: Source, *, dtype: str = "bf16") -> ModelIndex:
-    """The architecture's index, from the on-disk cache when possible (no torch import then)."""
-    key = cache_key(source.config, dtype)
-    cached = load_cached(key)
-    if cached is not None:
-        cached.name = source.name
-        return cached
-    index = build_index(build(source, device="meta", dtype=dtype), source.name, meta=True)
-    store_cached(key, index)
-    return index
+    """The architecture's index (parameters in `dtype`), from the cache or the shipped
+    indexes when possible: no torch import then."""
+    key = cache_key(source.config)
+    index = load_cached(key)
+    if index is None:
+        index = build_index(build(source, device="meta", dtype="bf16"), source.name, meta=True)
+        store_cached(key, index)
+    index.name = source.name
+    return index.with_dtype(TORCH_DTYPE_NAMES[dtype])

@@ -100,3 +100,27 @@ def test_llava_7b_calibration_counts(shipped_indexes):
         plan = Plan(rules=tuple(Rule("train", s) for s in sels))
         assert count(index, resolve_plan(plan, index).mask).trainable == expected, sels
     assert card_figure(index.total_params) == "7.06B"
+
+
+@pytest.mark.parametrize("name", sorted(EXACT))
+def test_shipped_index_equals_a_fresh_build(name):
+    """assets/indexes/ must describe exactly what transformers builds today
+    (regenerate with scripts/build_indexes.py after a config or pin change)."""
+    import gzip
+
+    from freezelab.index import SHIPPED_DIR, ModelIndex, build_index, cache_key
+    source = resolve(name)
+    path = SHIPPED_DIR / f"{cache_key(source.config)}.json.gz"
+    assert path.is_file(), f"no shipped index for {name} with this transformers release: run scripts/build_indexes.py"
+    shipped = ModelIndex.from_dict(json.loads(gzip.decompress(path.read_bytes())))
+    fresh = build_index(build(source, device="meta", dtype="bf16"), name, meta=True)
+    assert shipped.params == fresh.params
+    assert shipped.modules == fresh.modules
+    assert (shipped.roots, shipped.layers, shipped.dead) == (fresh.roots, fresh.layers, fresh.dead)
+
+
+def test_index_dtype_relabel(shipped_indexes):
+    from freezelab.models import index_of
+    fp32 = index_of(resolve("llava-1.5-7b"), dtype="fp32")
+    assert {p.dtype for p in fp32.params} == {"float32"}
+    assert {p.dtype for p in shipped_indexes["llava-1.5-7b"].params} == {"bfloat16"}

@@ -44,7 +44,7 @@ def _print_human(data: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=max(Console().width, 120))  # module paths are long
     total, trainable = data["total_params"], data["trainable_params"]
     console.print(f"[bold]{data['model']}[/] ({data['model_class']}, transformers {data['transformers_version']})")
     console.print(f"trainable [bold green]{trainable:,}[/] of {total:,} parameters "
