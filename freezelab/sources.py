@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 from freezelab.errors import SourceError
 from freezelab.families import check_family
+from freezelab.policy import LOCAL, Policy
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TINY_CONFIG = ASSETS / "tiny" / "config.json"
@@ -160,9 +162,13 @@ def _unknown(spec: str) -> SourceError:
     )
 
 
-def resolve(spec: str, *, allow_paths: bool = True, allow_hub: bool = True) -> Source:
-    """Turn a MODEL argument into a Source (config read and checked, weights located)."""
-    spec = (spec or "").strip()
+def resolve(spec: str, *, policy: Policy = LOCAL) -> Source:
+    """Turn a MODEL argument into a Source (config read and checked, weights located).
+
+    Under a public policy, paths must lie inside its roots (symlinks resolved)."""
+    if not isinstance(spec, str):
+        raise SourceError(f"a model must be named by text, got {type(spec).__name__}")
+    spec = spec.strip()
     if not spec:
         raise SourceError("no model given: use tiny, a known name, a path or a Hub id")
     lowered = spec.lower()
@@ -170,16 +176,23 @@ def resolve(spec: str, *, allow_paths: bool = True, allow_hub: bool = True) -> S
         return _from_config_file(spec, TINY_CONFIG, "tiny", "tiny")
     if lowered in known_names():
         return _from_config_file(spec, KNOWN_DIR / f"{lowered}.json", "known", lowered)
+    if "\x00" in spec or len(spec) > 4096:
+        raise SourceError("not a valid model name or path")
     path = Path(spec).expanduser()
-    looks_like_path = spec.startswith((".", "/", "~")) or spec.endswith(".json") or path.exists()
+    looks_like_path = (spec.startswith((".", "/", "~")) or spec.endswith(".json") or "\\" in spec
+                       or (not _HUB_ID.match(spec) and os.sep in spec) or _exists(path))
     if looks_like_path:
-        if not allow_paths:
-            raise SourceError("local paths are disabled here; use tiny, a known name or a Hub id")
+        path = policy.check_path(spec)
         if not path.exists():
             raise SourceError(f"{spec}: no such file or directory")
         return _from_path(spec, path)
     if _HUB_ID.match(spec):
-        if not allow_hub:
-            raise SourceError("Hub ids are disabled here; use tiny or a known name")
         return _from_hub(spec)
     raise _unknown(spec)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # e.g. a name too long for the file system
+        return False

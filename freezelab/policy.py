@@ -1,0 +1,95 @@
+"""What a deployment allows: local mode (a user's own box) keeps everything open;
+public mode (a Hugging Face Space, a shared workshop server) confines paths,
+weights and CPU time.
+
+Public mode is on when the `SPACE_ID` environment variable is set (Hugging Face
+Spaces sets it) or `FREEZELAB_PUBLIC=1`; `FREEZELAB_PUBLIC=0` forces it off.
+`FREEZELAB_MODEL_ROOTS` (os.pathsep-separated) lists the directories local
+paths may come from in public mode; without it, public mode accepts no paths.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from freezelab.errors import FreezelabError
+
+
+class PolicyError(FreezelabError):
+    """The request is valid but this deployment does not allow it."""
+
+
+GiB = 2**30
+
+
+@dataclass(frozen=True)
+class Policy:
+    public: bool = False
+    roots: tuple[Path, ...] = field(default=())
+    max_weight_bytes: int | None = None      # largest checkpoint whose weights may be loaded
+    max_step_params: int | None = None       # largest model the sanity step may materialize
+    max_steps: int | None = None
+    step_devices: tuple[str, ...] | None = None
+    max_simulate_params: int | None = None   # simulation costs CPU time proportional to size
+    max_session_models: int = 8              # process-wide model cache entries
+
+    @property
+    def allows_paths(self) -> bool:
+        return not self.public or bool(self.roots)
+
+    def check_path(self, spec: str) -> Path:
+        """The resolved path for `spec`, or PolicyError if public mode forbids it."""
+        path = Path(spec).expanduser()
+        if not self.public:
+            return path
+        if not self.roots:
+            raise PolicyError("local paths are disabled on this public server; use tiny, a known "
+                              "architecture or a Hub id (config only)")
+        if ".." in path.parts:
+            raise PolicyError(f"{spec}: '..' is not allowed in paths on this public server")
+        real = path.resolve()  # follows symlinks: a link pointing outside the roots is refused
+        for root in self.roots:
+            if real == root or root in real.parents:
+                return real
+        raise PolicyError(f"{spec}: outside the directories this public server may read")
+
+    def check_weights(self, nbytes: int, name: str) -> None:
+        if self.max_weight_bytes is not None and nbytes > self.max_weight_bytes:
+            raise PolicyError(f"{name}: its weights ({nbytes / GiB:.1f} GiB) exceed this server's limit of "
+                              f"{self.max_weight_bytes / GiB:.1f} GiB; inspect it architecture-only instead")
+
+    def check_step(self, total_params: int, steps: int, device: str, name: str) -> None:
+        if self.step_devices is not None and device not in self.step_devices:
+            raise PolicyError(f"the sanity step runs only on {', '.join(self.step_devices)} here")
+        if self.max_steps is not None and steps > self.max_steps:
+            raise PolicyError(f"at most {self.max_steps} steps per run on this server")
+        if self.max_step_params is not None and total_params > self.max_step_params:
+            raise PolicyError(f"{name}: {total_params:,} parameters is too large for a sanity step on this "
+                              f"server (limit {self.max_step_params:,}); run it locally, or use the estimate")
+
+    def check_simulate(self, total_params: int, name: str) -> None:
+        if self.max_simulate_params is not None and total_params > self.max_simulate_params:
+            raise PolicyError(f"{name}: simulating {total_params:,} parameters takes too long on this server "
+                              f"(limit {self.max_simulate_params:,}); the analytic estimate is shown instead")
+
+
+LOCAL = Policy()
+
+
+def public_policy(roots: tuple[Path, ...] = ()) -> Policy:
+    """Public limits sized for a 2-vCPU Space shared by a workshop."""
+    return Policy(public=True, roots=tuple(r.resolve() for r in roots), max_weight_bytes=2 * GiB,
+                  max_step_params=50_000_000, max_steps=5, step_devices=("cpu",),
+                  max_simulate_params=15_000_000_000, max_session_models=4)
+
+
+def from_env(environ: dict[str, str] | None = None) -> Policy:
+    env = os.environ if environ is None else environ
+    flag = env.get("FREEZELAB_PUBLIC", "").strip().lower()
+    public = flag in ("1", "true", "yes", "on") or (bool(env.get("SPACE_ID")) and flag not in ("0", "false", "no", "off"))
+    if not public:
+        return LOCAL
+    roots = tuple(Path(p) for p in env.get("FREEZELAB_MODEL_ROOTS", "").split(os.pathsep) if p.strip())
+    return public_policy(roots)
