@@ -204,7 +204,8 @@ def from_dict(data: Any) -> Plan:
     schema = data.get("schema")
     if schema != SCHEMA:
         raise PlanError(f"not a freezelab plan (schema {schema!r}, expected {SCHEMA!r})")
-    unknown = set(data) - {"schema", "base", "preset", "rules", "model", "note"}
+    # model, note and the counts are informational (written by exports, ignored here)
+    unknown = set(data) - {"schema", "base", "preset", "rules", "model", "note", "trainable_params", "total_params"}
     if unknown:
         raise PlanError(f"unknown plan field(s): {', '.join(sorted(unknown))}")
     rules = data.get("rules", [])

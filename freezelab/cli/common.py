@@ -1,4 +1,4 @@
-"""Options and helpers shared by the CLI commands: the MODEL argument, plan options, output."""
+"""Options and helpers shared by the CLI commands: the MODEL argument, plan and workload options, output."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from freezelab.errors import PlanError
-from freezelab.plans import Plan, Rule, from_json, from_text, preset
+from freezelab.plans import MAX_PLAN_BYTES, Plan, Rule, preset
 from freezelab.sources import known_names
+from freezelab.workload import ATTENTION, AUTOCAST, DTYPES, OPTIMIZERS, SHARDING, Workload
 
 
 class _RuleAction(argparse.Action):
@@ -43,15 +44,17 @@ def add_plan_options(parser: argparse.ArgumentParser) -> None:
 
 
 def read_plan_file(path: Path) -> Plan:
+    """A plan file: freezelab plan JSON or one rule per line (size-checked before reading)."""
+    from freezelab.exports import import_plan
+
     if not path.is_file():
         raise PlanError(f"{path}: no such plan file")
-    text = path.read_bytes()
-    if text.lstrip().startswith(b"{"):
-        return from_json(text)
+    if path.stat().st_size > MAX_PLAN_BYTES:
+        raise PlanError(f"{path}: {path.stat().st_size:,} bytes; a plan file may have at most {MAX_PLAN_BYTES:,}")
     try:
-        return from_text(text.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise PlanError(f"{path}: not a text file") from None
+        return import_plan(path.read_bytes())
+    except PlanError as err:
+        raise PlanError(f"{path}: {err}") from None
 
 
 def plan_from_args(args: argparse.Namespace) -> Plan:
@@ -66,3 +69,33 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
+
+
+def add_workload_options(parser: argparse.ArgumentParser, *, multi_gpu: bool = False) -> None:
+    """The training-step shape and numerics (freezelab.workload.Workload); --dtype defaults per command."""
+    group = parser.add_argument_group("workload (one training step)")
+    group.add_argument("--batch", type=int, default=1, metavar="N", help="samples per step (default 1)")
+    group.add_argument("--text-tokens", type=int, default=64, metavar="N",
+                       help="non-image tokens per sample (default 64)")
+    group.add_argument("--images", type=int, default=1, metavar="N", help="images per sample (default 1; 0: text only)")
+    group.add_argument("--image-size", type=int, default=None, metavar="PX",
+                       help="source image side in pixels, for any-res models (default: the tower's resolution)")
+    group.add_argument("--dtype", choices=DTYPES, default=None, help="parameter dtype")
+    group.add_argument("--autocast", choices=AUTOCAST, default="none", help="autocast dtype (default none)")
+    group.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="optimizer (default adamw)")
+    group.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=False,
+                       help="gradient checkpointing (non-reentrant)")
+    group.add_argument("--attn", choices=ATTENTION, default="sdpa", help="attention implementation (default sdpa)")
+    if multi_gpu:
+        group.add_argument("--gpus", type=int, default=1, metavar="N", help="data-parallel GPUs (default 1)")
+        group.add_argument("--sharding", choices=SHARDING, default="ddp", help="how state is split across GPUs")
+        group.add_argument("--offload-optimizer", action="store_true", help="optimizer state in CPU memory")
+
+
+def workload_from_args(args: argparse.Namespace, *, default_dtype: str = "bf16") -> Workload:
+    """The Workload the options describe (validated: a bad value raises WorkloadError)."""
+    return Workload(batch=args.batch, text_tokens=args.text_tokens, images=args.images, image_size=args.image_size,
+                    dtype=args.dtype or default_dtype, autocast=args.autocast, optimizer=args.optimizer,
+                    grad_ckpt=args.grad_ckpt, attn=args.attn, gpus=getattr(args, "gpus", 1),
+                    sharding=getattr(args, "sharding", "ddp"),
+                    offload_optimizer=getattr(args, "offload_optimizer", False))

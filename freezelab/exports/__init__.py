@@ -1,0 +1,69 @@
+"""Plan export and import.
+
+Each export target is a pure function of (plan, index) returning an Export:
+the text to paste, whether it reproduces the plan's trainable set exactly on
+that model, and a one-line note (what differs, in parameters, when it does
+not). TARGETS lists them in display order for menus.
+
+    from freezelab.exports import export, import_plan
+    export(plan, index, "llamafactory").text
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from freezelab.exports import llamafactory, llava, plan_json, python, swift
+from freezelab.exports.base import Difference, Export, ExportError, compress
+from freezelab.exports.plan_json import import_plan
+from freezelab.index import ModelIndex
+from freezelab.plans import Plan, resolve
+
+__all__ = ["TARGETS", "Difference", "Export", "ExportError", "Target", "compress", "export", "export_all",
+           "import_plan", "target_names"]
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    title: str
+    description: str       # one line for menus
+    suffix: str            # file name suffix for downloads
+    render: Callable[[Plan, ModelIndex, Sequence[bool]], Export]
+
+
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    Target("json", "freezelab plan JSON", "The plan itself (schema freezelab.plan/1); import it back with --plan.",
+           ".json", plan_json.render),
+    Target("python", "Python snippet", "Plain requires_grad_ calls on a transformers model, ending with an assert "
+           "of the trainable count; needs no freezelab.", ".py", python.render),
+    Target("llamafactory", "LLaMA-Factory YAML", "finetuning_type full/freeze and the freeze_* keys, when they "
+           "reproduce the plan exactly; otherwise the closest keys and what differs.", ".yaml", llamafactory.render),
+    Target("swift", "ms-swift flags", "swift sft --tuner_type full with --freeze_vit / --freeze_aligner / "
+           "--freeze_llm and name-prefix lists.", ".sh", swift.render),
+    Target("llava", "LLaVA train.py flags", "LLaVA's own training script flags (--tune_mm_mlp_adapter, ..., "
+           "or LLaVA-NeXT's --mm_tunable_parts) when they can express the plan.", ".sh", llava.render),
+)}
+
+
+def target_names() -> list[str]:
+    return list(TARGETS)
+
+
+def _target(name: str) -> Target:
+    if name not in TARGETS:
+        raise ExportError(f"unknown export format {name!r}; formats: {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
+def export(plan: Plan, index: ModelIndex, target: str) -> Export:
+    """One target. Raises SelectorError when a rule matches nothing on this model."""
+    chosen = _target(target)
+    return chosen.render(plan, index, resolve(plan, index).mask)
+
+
+def export_all(plan: Plan, index: ModelIndex) -> dict[str, Export]:
+    """Every target, resolving the plan once."""
+    mask = resolve(plan, index).mask
+    return {name: t.render(plan, index, mask) for name, t in TARGETS.items()}

@@ -1,0 +1,270 @@
+"""Export target: LLaMA-Factory YAML keys (finetuning_type full / freeze).
+
+The selection logic below mirrors LLaMA-Factory line by line, so that the
+YAML is emitted as exact only when LLaMA-Factory itself would train exactly
+the plan's parameters:
+
+* src/llamafactory/model/adapter.py: `_setup_full_tuning`, `_setup_freeze_tuning`
+* src/llamafactory/model/model_utils/visual.py: `get_forbidden_modules`, `COMPOSITE_MODELS`
+* src/llamafactory/hparams/finetuning_args.py: defaults (`FreezeArguments`, `FinetuningArguments`)
+
+at hiyouga/LLaMA-Factory commit ff6d4d12eeb035d6ce06805a5733dd7b29f2ac30.
+What that code does, and what the mirror keeps:
+
+* Every match is a plain substring test on the parameter name (`x in name`).
+* freeze_vision_tower / freeze_multi_modal_projector / freeze_language_model
+  ("forbidden modules") act only on model types registered as composite
+  models: llava, llava_next, llava_next_video. llava_onevision and vipllava
+  are not registered, so these keys change nothing there.
+* Freeze mode: freeze_trainable_layers > 0 trains the LAST n decoder layers,
+  < 0 the FIRST -n (0: none), counted from text_config.num_hidden_layers,
+  by matching ".{idx}.{module}" anywhere in a name, so a vision layer with
+  the same index matches too unless the vision tower is forbidden.
+  lm_head, embeddings and the final norm never train through it, only
+  through freeze_extra_modules, whose entries must be a module name that
+  owns a parameter outside the layers (name.split(".")[-2]) and then match
+  as substrings ("norm" also hits every layer's input_layernorm).
+  The projector joins freeze mode only through freeze_multi_modal_projector:
+  false on a composite model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from freezelab.exports.base import Difference, Export, closest, counts_line, describe, printable
+from freezelab.index import ModelIndex
+from freezelab.plans import Plan
+
+SOURCE = "hiyouga/LLaMA-Factory @ ff6d4d1"
+
+
+@dataclass(frozen=True)
+class Composite:
+    projector_keys: tuple[str, ...] = ("multi_modal_projector",)
+    vision_model_keys: tuple[str, ...] = ("vision_tower",)
+    language_model_keys: tuple[str, ...] = ("language_model", "lm_head")
+
+
+# visual.py registers these LLaVA types with the default keys; no others of the LLaVA family.
+COMPOSITE_MODELS: dict[str, Composite] = {t: Composite() for t in ("llava", "llava_next", "llava_next_video")}
+
+
+class Refused(Exception):
+    """LLaMA-Factory would stop with a ValueError for this setting (e.g. an unknown module name)."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    finetuning_type: str = "full"                      # "full" | "freeze"
+    freeze_vision_tower: bool = True                   # LLaMA-Factory's defaults
+    freeze_multi_modal_projector: bool = True
+    freeze_language_model: bool = False
+    freeze_trainable_layers: int = 2
+    freeze_trainable_modules: tuple[str, ...] = ("all",)
+    freeze_extra_modules: tuple[str, ...] = ()
+
+    def yaml_lines(self) -> list[str]:
+        lines = [f"finetuning_type: {self.finetuning_type}"]
+        if self.finetuning_type == "freeze":
+            n = self.freeze_trainable_layers
+            which = f"the last {n}" if n > 0 else f"the first {-n}" if n < 0 else "no"
+            lines += [f"freeze_trainable_layers: {n}  # {which} decoder layer(s)",
+                      f"freeze_trainable_modules: {','.join(self.freeze_trainable_modules)}"]
+            if self.freeze_extra_modules:
+                lines.append(f"freeze_extra_modules: {','.join(self.freeze_extra_modules)}")
+        return lines + [f"freeze_vision_tower: {str(self.freeze_vision_tower).lower()}",
+                        f"freeze_multi_modal_projector: {str(self.freeze_multi_modal_projector).lower()}",
+                        f"freeze_language_model: {str(self.freeze_language_model).lower()}"]
+
+
+# -- the mirror ------------------------------------------------------------------
+
+def forbidden_modules(model_type: str, s: Setting) -> set[str]:
+    """visual.py get_forbidden_modules."""
+    keys = COMPOSITE_MODELS.get(model_type)
+    out: set[str] = set()
+    if keys is None:
+        return out
+    if s.freeze_vision_tower:
+        out.update(keys.vision_model_keys)
+    if s.freeze_multi_modal_projector:
+        out.update(keys.projector_keys)
+    if s.freeze_language_model:
+        out.update(keys.language_model_keys)
+    return out
+
+
+class Names:
+    """The model's parameter names (named_parameters order, tied tensors once) with a memo of
+    `needle in name` per needle, so many candidate settings share the substring scans."""
+
+    def __init__(self, index: ModelIndex) -> None:
+        self.names = tuple(p.name for p in index.params)
+        self._hits: dict[str, frozenset[int]] = {}
+
+    def containing(self, needles: Iterable[str]) -> set[int]:
+        """Indices of the names for which `any(n in name for n in needles)`."""
+        out: set[int] = set()
+        for needle in needles:
+            if needle not in self._hits:
+                self._hits[needle] = frozenset(i for i, name in enumerate(self.names) if needle in name)
+            out |= self._hits[needle]
+        return out
+
+
+def _num_layers(config: dict[str, Any]) -> int | None:
+    cfg = config["text_config"] if "text_config" in config else config  # composite models: the LLM's config
+    return cfg.get("num_hidden_layers") or cfg.get("num_layers") or cfg.get("n_layer")
+
+
+@lru_cache(maxsize=16)
+def _module_names(names: tuple[str, ...]) -> tuple[frozenset[str], frozenset[str]]:
+    """_setup_freeze_tuning's hidden_modules (inside layers) and non_hidden_modules (outside)."""
+    hidden, non_hidden = set(), set()
+    for name in names:
+        if ".0." in name:
+            hidden.add(name.split(".0.")[-1].split(".")[0])
+        elif ".1." in name:  # MoD starts from layer 1
+            hidden.add(name.split(".1.")[-1].split(".")[0])
+        if re.search(r"\.\d+\.", name) is None:
+            non_hidden.add(name.split(".")[-2])
+    return frozenset(hidden), frozenset(non_hidden)
+
+
+def layer_ids(num_layers: int, n: int) -> range:
+    """The sign rule of freeze_trainable_layers (use_llama_pro is never emitted)."""
+    if n > 0:
+        return range(max(0, num_layers - n), num_layers)
+    return range(min(-n, num_layers))
+
+
+def _freeze_targets(index: ModelIndex, s: Setting, names: tuple[str, ...]) -> list[str]:
+    num_layers = _num_layers(index.config)
+    if not num_layers:
+        raise Refused("Current model does not support freeze tuning.")
+    hidden, non_hidden = _module_names(names)
+    targets = []
+    for module in s.freeze_trainable_modules:
+        if module != "all" and module not in hidden:
+            raise Refused(f"Module {module} is not found")
+        suffix = module if module != "all" else ""
+        targets += [f".{idx}.{suffix}" for idx in layer_ids(num_layers, s.freeze_trainable_layers)]
+    for module in s.freeze_extra_modules:
+        if module not in non_hidden:
+            raise Refused(f"Module {module} is not found")
+        targets.append(module)
+    if not s.freeze_multi_modal_projector and index.model_type in COMPOSITE_MODELS:
+        targets += COMPOSITE_MODELS[index.model_type].projector_keys
+    return targets
+
+
+def trainable(index: ModelIndex, s: Setting, names: Names | None = None) -> list[bool]:
+    """What LLaMA-Factory's init_adapter leaves trainable (named_parameters order, tied tensors once)."""
+    names = names or Names(index)
+    forbidden = names.containing(forbidden_modules(index.model_type, s))
+    if s.finetuning_type == "full":
+        on = set(range(len(names.names))) - forbidden
+    else:
+        on = names.containing(_freeze_targets(index, s, names.names)) - forbidden
+    return [i in on for i in range(len(names.names))]
+
+
+# -- finding the setting ------------------------------------------------------------
+
+_FLAGS = ((True, True, False), (True, False, False), (True, False, True), (True, True, True),
+          (False, False, False), (False, True, False), (False, False, True), (False, True, True))  # defaults first
+
+
+def _layer_counts(index: ModelIndex, mask: Sequence[bool]) -> list[int]:
+    """freeze_trainable_layers values worth trying: the top or bottom run that covers every LLM layer
+    with a trained parameter, and the top or bottom run of fully trained layers."""
+    num_layers = _num_layers(index.config) or 0
+    used: set[int] = set()
+    partial: set[int] = set()
+    for p, on in zip(index.params, mask):
+        if p.component == "llm" and p.layer is not None:
+            (used if on else partial).add(p.layer)
+    if not used:
+        return [0]
+    full = used - partial
+    top = next((k for k in range(num_layers) if num_layers - 1 - k not in full), num_layers)
+    bottom = next((k for k in range(num_layers) if k not in full), num_layers)
+    counts = [num_layers - min(used), -(max(used) + 1), top, -bottom]
+    return list(dict.fromkeys(n for n in counts if n))
+
+
+def _module_choices(index: ModelIndex, mask: Sequence[bool], n: int) -> list[tuple[str, ...]]:
+    """'all', and the first segments under the chosen layers that hold a trained parameter."""
+    paths = index.layers["llm"]
+    chosen = {paths[i] for i in layer_ids(len(paths), n)}
+    segs: dict[str, None] = {}
+    for p, on in zip(index.params, mask):
+        if on and p.component == "llm" and p.layer is not None and paths[p.layer] in chosen:
+            segs[p.name[len(paths[p.layer]) + 1:].split(".")[0]] = None
+    return [("all",)] + ([tuple(segs)] if segs else [])
+
+
+def _extra_choices(index: ModelIndex, mask: Sequence[bool]) -> list[tuple[str, ...]]:
+    """Owners of trained parameters outside any layer: all of them, only those whose substring
+    match stays inside the plan, all but the projector's, and none."""
+    names = [p.name for p in index.params]
+    outside = [p for p, on in zip(index.params, mask) if on and re.search(r"\.\d+\.", p.name) is None]
+    every = tuple(dict.fromkeys(p.name.split(".")[-2] for p in outside))
+    safe = tuple(m for m in every if all(on for n, on in zip(names, mask) if m in n))
+    no_projector = tuple(dict.fromkeys(p.name.split(".")[-2] for p in outside if p.component != "projector"))
+    return list(dict.fromkeys([every, safe, no_projector, ()]))
+
+
+def candidates(index: ModelIndex, mask: Sequence[bool]) -> Iterator[Setting]:
+    """Full-mode settings first (simpler), then freeze-mode ones built from the plan. The three
+    multimodal switches vary only where LLaMA-Factory reads them (registered composite models)."""
+    flags = _FLAGS if index.model_type in COMPOSITE_MODELS else _FLAGS[:1]
+    for fvt, fmmp, flm in flags:
+        yield Setting("full", fvt, fmmp, flm)
+    for n in _layer_counts(index, mask):
+        for modules in _module_choices(index, mask, n):
+            for extras in _extra_choices(index, mask):
+                for fvt, fmmp, flm in flags:
+                    yield Setting("freeze", fvt, fmmp, flm, n, modules, extras)
+
+
+def _scored(index: ModelIndex, mask: Sequence[bool]) -> Iterator[tuple[Setting, list[bool]]]:
+    names = Names(index)
+    for s in candidates(index, mask):
+        try:
+            yield s, trainable(index, s, names)
+        except Refused:
+            continue
+
+
+def best(index: ModelIndex, mask: Sequence[bool]) -> tuple[Setting, Difference]:
+    """The first exact setting, else the closest one, with how it differs from the plan."""
+    setting, diff = closest(index, mask, _scored(index, mask))
+    assert isinstance(setting, Setting)
+    return setting, diff
+
+
+def render(plan: Plan, index: ModelIndex, mask: Sequence[bool]) -> Export:
+    setting, diff = best(index, mask)
+    exact = not diff
+    name = printable(index.name)
+    if exact:
+        note = f"LLaMA-Factory trains exactly the plan's parameters with these keys ({counts_line(index, mask)})"
+    else:
+        note = (f"LLaMA-Factory cannot express this plan on {name}; "
+                + describe(index, diff, "the closest setting (below)"))
+    unregistered = index.model_type not in COMPOSITE_MODELS
+    if unregistered:
+        note += (f"; LLaMA-Factory does not register {index.model_type} as a composite model, so its "
+                 "freeze_vision_tower / freeze_multi_modal_projector / freeze_language_model change nothing here")
+    head = [f"### LLaMA-Factory ({SOURCE}) keys for the freezelab plan on {name}",
+            f"### parameter names of transformers {index.transformers_version}; {counts_line(index, mask)}",
+            f"### {'EXACT' if exact else 'NOT EXACT'}: {printable(note)}"]
+    return Export("llamafactory", "\n".join(head + setting.yaml_lines()) + "\n", exact, note,
+                  diff.numel(index), "yaml")
+
