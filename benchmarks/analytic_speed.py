@@ -1,0 +1,55 @@
+"""Speed of the analytic memory estimate (target: under 20 ms for a 7B plan).
+
+    python benchmarks/analytic_speed.py [--runs 50]
+
+Times `freezelab.memory.analytic.estimate(index, mask, workload)` with the
+index already loaded (as the UI and CLI hold it) for several models, plans
+and workloads, and prints the median and the slowest of `--runs` calls each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from freezelab.memory.analytic import estimate  # noqa: E402
+from freezelab.models import index_of  # noqa: E402
+from freezelab.plans import preset  # noqa: E402
+from freezelab.plans import resolve as resolve_plan  # noqa: E402
+from freezelab.sources import resolve as resolve_source  # noqa: E402
+from freezelab.workload import Workload  # noqa: E402
+
+CASES = (
+    ("llava-1.5-7b", "stage2", Workload(batch=4, text_tokens=448)),
+    ("llava-1.5-7b", "full", Workload(batch=16, text_tokens=1024, grad_ckpt=True)),
+    ("llava-1.5-7b", "last-4", Workload(batch=2, text_tokens=448, dtype="fp32", autocast="bf16")),
+    ("llava-v1.6-mistral-7b", "stage1", Workload(batch=4, text_tokens=512, image_size=672)),
+    ("llava-onevision-qwen2-72b", "full", Workload(batch=1, text_tokens=512, gpus=8, sharding="zero3")),
+)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=50)
+    args = ap.parse_args()
+    print(f"{'model':28s} {'plan':8s} {'median':>9s} {'max':>9s}")
+    for name, plan_name, workload in CASES:
+        index = index_of(resolve_source(name))
+        mask = resolve_plan(preset(plan_name), index).mask
+        estimate(index, mask, workload)  # warm the index's cached lookups
+        times = []
+        for _ in range(args.runs):
+            t0 = time.perf_counter()
+            estimate(index, mask, workload)
+            times.append(time.perf_counter() - t0)
+        print(f"{name:28s} {plan_name:8s} {1e3 * statistics.median(times):7.2f}ms {1e3 * max(times):7.2f}ms")
+
+
+if __name__ == "__main__":
+    main()

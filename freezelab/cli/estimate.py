@@ -1,0 +1,161 @@
+"""`python -m freezelab estimate MODEL [plan options] [workload options] [--method analytic|simulate]
+[--gpu-memory GIB] [--json]`: GPU memory of one training step under a plan.
+
+`--json` prints one object: method, peak_bytes (tensor bytes at the steady-state
+peak, what torch.cuda.max_memory_allocated reports), breakdown (bytes per
+category at the peak), phase, activations_by_component, device_estimate_bytes
+(with allocator cache and CUDA context: what nvidia-smi would show), fits (a
+bool for --gpu-memory, else {gpu name: bool} over common GPUs), gpus (each with
+memory and headroom), notes, workload, plan, trainable_params, model and details.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from freezelab import units
+from freezelab.anatomy import count
+from freezelab.cli.common import (
+    add_model_argument,
+    add_plan_options,
+    add_workload_options,
+    plan_from_args,
+    print_json,
+    workload_from_args,
+)
+from freezelab.errors import FreezelabError
+from freezelab.index import ModelIndex
+from freezelab.memory.estimate import CATEGORIES, MemoryEstimate
+from freezelab.memory.gpus import fits_custom, fits_table, parse_gib
+from freezelab.models import index_of
+from freezelab.plans import Resolution, resolve
+from freezelab.sources import Source
+from freezelab.sources import resolve as resolve_source
+from freezelab.workload import Workload
+
+METHODS = ("analytic", "simulate")
+
+
+class SimulateError(FreezelabError):
+    """The simulated step could not run as configured."""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("estimate", help="GPU memory of one training step under a plan, and why",
+                       description="Estimate the peak GPU memory of one steady-state training step under a "
+                       "freeze plan: weights, gradients, optimizer state, freeze-aware activations, logits.")
+    add_model_argument(p)
+    add_plan_options(p)
+    add_workload_options(p, multi_gpu=True)
+    p.add_argument("--method", choices=METHODS, default="analytic",
+                   help="analytic (instant, from the architecture) or simulate (runs the real step on fake "
+                   "tensors: seconds to a minute)")
+    p.add_argument("--gpu-memory", metavar="GIB", help="does it fit a GPU of this many GiB? (default: a table "
+                   "of common GPUs)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def _progress(fraction: float, message: str) -> None:
+    print(f"[{100 * fraction:5.1f}%] {message}", file=sys.stderr, flush=True)
+
+
+def _simulate(source: Source, index: ModelIndex, res: Resolution, workload: Workload,
+              quiet: bool) -> MemoryEstimate:
+    from freezelab.memory.simulate import SimulationError, simulate_step
+    from freezelab.models import hf_config
+
+    try:
+        return simulate_step(hf_config(source), res.trainable_names(index), workload,
+                             progress=None if quiet else _progress)
+    except SimulationError as err:
+        raise SimulateError(f"the training step cannot run as configured: {err}") from None
+
+
+def _fits(est: MemoryEstimate, gpu_bytes: int | None) -> tuple[Any, list[dict[str, Any]]]:
+    if gpu_bytes is not None:
+        row = fits_custom(est.device_estimate_bytes, gpu_bytes)
+        return row["fits"], [row]
+    rows = fits_table(est.device_estimate_bytes)
+    return {r["gpu"]: r["fits"] for r in rows}, rows
+
+
+def report(index: ModelIndex, res: Resolution, workload: Workload, est: MemoryEstimate,
+           gpu_bytes: int | None) -> dict[str, Any]:
+    fits, gpus = _fits(est, gpu_bytes)
+    return {
+        "model": index.name,
+        "method": est.method,
+        "peak_bytes": est.peak_bytes,
+        "breakdown": est.breakdown,
+        "phase": est.phase,
+        "activations_by_component": est.activations_by_component,
+        "device_estimate_bytes": est.device_estimate_bytes,
+        "fits": fits,
+        "gpus": gpus,
+        "notes": est.notes,
+        "workload": workload.to_dict(),
+        "plan": res.plan.to_dict(),
+        "trainable_params": count(index, res.mask).trainable,
+        "total_params": index.total_params,
+        "warnings": res.warnings,
+        "details": est.details,
+    }
+
+
+def _print_human(data: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    w = data["workload"]
+    console.print(f"[bold]{data['model']}[/]: {data['trainable_params']:,} of {data['total_params']:,} parameters "
+                  f"train; batch {w['batch']} x ({w['images']} image(s) + {w['text_tokens']} text tokens), "
+                  f"{w['dtype']}, {w['optimizer']}" + (", gradient checkpointing" if w["grad_ckpt"] else "")
+                  + (f", {w['gpus']} GPUs {w['sharding']}" if w["gpus"] > 1 else ""))
+    peak = data["peak_bytes"]
+    table = Table(title=f"{data['method']} estimate: peak in the {data['phase']} phase", title_justify="left")
+    for col in ("category", "at the peak", "share"):
+        table.add_column(col, justify="left" if col == "category" else "right")
+    for cat in CATEGORIES:
+        value = data["breakdown"].get(cat, 0)
+        if value:
+            table.add_row(cat.replace("_", " "), units.gib(value, 2), units.percent(value, peak))
+    table.add_row("[bold]tensors (peak)[/]", f"[bold]{units.gib(peak, 2)}[/]", "")
+    table.add_row("with cache + CUDA context", units.gib(data["device_estimate_bytes"], 2), "")
+    console.print(table)
+    acts = {k: v for k, v in data["activations_by_component"].items() if v}
+    if acts:
+        console.print("activations kept for backward: " + ", ".join(f"{k} {units.gib(v, 2)}" for k, v in acts.items()))
+    fits = data["fits"]
+    if isinstance(fits, bool):
+        console.print(f"fits in {data['gpus'][0]['gpu']}: " + ("[green]yes[/]" if fits else "[red]no[/]"))
+    else:
+        console.print("fits: " + ", ".join(f"{g} [green]yes[/]" if ok else f"{g} [red]no[/]" for g, ok in fits.items()))
+    for note in data["notes"]:
+        console.print(f"- {note}")
+    for warning in data["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}")
+
+
+def run(args: argparse.Namespace) -> int:
+    workload = workload_from_args(args, default_dtype="bf16")
+    gpu_bytes = parse_gib(args.gpu_memory) if args.gpu_memory is not None else None
+    source = resolve_source(args.model)
+    plan = plan_from_args(args)
+    index = index_of(source)
+    res = resolve(plan, index)
+    if args.method == "simulate":
+        est = _simulate(source, index, res, workload, quiet=False)
+    else:
+        from freezelab.memory.analytic import estimate
+
+        est = estimate(index, res.mask, workload)
+    data = report(index, res, workload, est, gpu_bytes)
+    if args.json:
+        print_json(data)
+    else:
+        _print_human(data)
+    return 0

@@ -1,0 +1,268 @@
+"""What autograd keeps: a tiny symbolic tape of one stage's forward.
+
+Each op records, from PyTorch's derivative formulas, which tensors its
+backward needs given which of its inputs require grad and which of its
+parameters train:
+
+* a Linear saves its input only when its weight trains (for grad_weight) and
+  needs its weight (already resident) when its input requires grad; under
+  autocast the 16-bit weight copy it uses is what gets saved;
+* RMSNorm (Llama/Mistral/Qwen2) saves the fp32 upcast of its input and the
+  rsqrt when the input needs a gradient, and the normalised input when its
+  weight trains; LayerNorm saves input, mean and rstd whenever anything in it
+  needs a gradient;
+* GELU/SiLU save their input; QuickGELU also its sigmoid; a product saves each
+  factor the other one's gradient needs;
+* fused SDPA saves q, k, v, the output and the log-sum-exp; eager attention
+  saves the fp32 softmax and its 16-bit copy (s^2 per head).
+
+Tensors are named, so a tensor saved by several ops counts once, and the
+weights themselves never count (they are resident anyway). The tape also
+tracks the largest transient of the forward (outputs not kept) and of the
+backward (gradient buffers alive at once) of the stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+BLOCK = 512  # the CUDA caching allocator rounds every block to 512 bytes
+
+
+def rounded(nbytes: int) -> int:
+    return -(-nbytes // BLOCK) * BLOCK if nbytes > 0 else 0
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """Element sizes of one training step."""
+
+    param: int        # bytes per parameter (and gradient, and AdamW state) element
+    compute: int      # bytes of matmul / attention outputs: 2 under autocast or with 16-bit params
+    autocast: bool    # fp32 parameters with 16-bit matmuls
+    eager: bool       # eager attention (materialised s x s probabilities) instead of fused SDPA
+
+    @property
+    def stream(self) -> int:
+        """The residual stream stays in the parameter dtype (fp32 embeddings under autocast)."""
+        return self.param
+
+
+@dataclass
+class Tensor:
+    numel: int
+    elem: int
+    grad: bool
+    width: int = 1   # last dimension: numel // width rows
+
+    @property
+    def rows(self) -> int:
+        return self.numel // max(1, self.width)
+
+    @property
+    def nbytes(self) -> int:
+        return rounded(self.numel * self.elem)
+
+
+class Tape:
+    """Records one stage's forward ops and what their backward keeps."""
+
+    def __init__(self, num: Numerics, trainable: Callable[[int | None], bool],
+                 numel: Callable[[int], int]) -> None:
+        self.num = num
+        self.trainable = trainable
+        self.param_numel = numel
+        self.t: dict[str, Tensor] = {}
+        self.saved: set[str] = set()
+        self.forward_only: set[str] = set()   # alive until the forward ends (autocast's weight cache)
+        self.fwd_extra = 0
+        self.bwd_extra = 0
+        self._ops = 0
+        self.kv_cache = False                 # decoder layers copy k / v into a DynamicCache
+        self.kv_values_follow_keys = False    # ... with the values in the keys' dtype
+
+    # -- bookkeeping -----------------------------------------------------------
+    def input(self, name: str, numel: int, elem: int, grad: bool, width: int) -> str:
+        self.t[name] = Tensor(numel, elem, grad, width)
+        return name
+
+    def _new(self, name: str, numel: int, elem: int, grad: bool, width: int = 1) -> str:
+        self._ops += 1
+        self.t[name] = Tensor(numel, elem, grad, width)
+        return name
+
+    def _save(self, *names: str) -> None:
+        self.saved.update(names)
+
+    def _fwd(self, nbytes: int) -> None:
+        self.fwd_extra = max(self.fwd_extra, nbytes)
+
+    def _bwd(self, nbytes: int) -> None:
+        self.bwd_extra = max(self.bwd_extra, nbytes)
+
+    def grad(self, name: str) -> bool:
+        return self.t[name].grad
+
+    def nbytes(self, name: str) -> int:
+        return self.t[name].nbytes
+
+    @property
+    def kept(self) -> int:
+        return sum(self.t[n].nbytes for n in self.saved)
+
+    @property
+    def forward_cached(self) -> int:
+        return sum(self.t[n].nbytes for n in self.forward_only - self.saved)
+
+    def _grad_bytes(self, *names: str) -> int:
+        return sum(self.t[n].nbytes for n in names if self.t[n].grad)
+
+    # -- ops ---------------------------------------------------------------------
+    def _to16(self, x: str) -> str:
+        """Autocast's 16-bit copy of a matmul input (made per call: only leaf weights are cached)."""
+        if not self.num.autocast or self.t[x].elem == 2:
+            return x
+        src = self.t[x]
+        return self._new(f"{x}>16#{self._ops}", src.numel, 2, src.grad, src.width)
+
+    def linear(self, x: str, out: str, out_features: int, weight: int | None, bias: int | None = None) -> str:
+        src = self.t[x]
+        flow, w_train, b_train = src.grad, self.trainable(weight), self.trainable(bias)
+        xin = self._to16(x)
+        if w_train:
+            self._save(xin)  # grad_weight = grad_out^T @ input
+        if self.num.autocast and weight is not None and (flow or w_train):
+            # grad_input needs the weight: under autocast that is its 16-bit copy (made fresh for
+            # frozen weights), kept until this backward; autocast caches a trainable weight's copy
+            # until the forward ends even when no backward needs it
+            w16 = self._new(f"w16:{weight}", self.param_numel(weight), 2, w_train)
+            if flow:
+                self._save(w16)
+            else:
+                self.forward_only.add(w16)
+        y = self._new(out, src.rows * out_features, self.num.compute, flow or w_train or b_train, out_features)
+        cast = self.nbytes(xin) if xin != x and xin not in self.saved else 0
+        self._fwd(self.nbytes(y) + cast)
+        self._bwd(self._grad_bytes(y) + (src.nbytes if flow else 0))
+        return y
+
+    def rms_norm(self, x: str, out: str, weight: int | None) -> str:
+        src = self.t[x]
+        flow, w_train = src.grad, self.trainable(weight)
+        fp32_bytes = rounded(src.numel * 4)
+        if flow:
+            # pow / mul save the fp32 upcast (the input itself when it already is fp32) and rsqrt
+            x32 = x if src.elem == 4 else self._new(f"{x}>32", src.numel, 4, True, src.width)
+            self._save(x32, self._new(f"{out}.rstd", src.rows, 4, True))
+        if w_train:
+            self._save(self._new(f"{out}.normed", src.numel, src.elem, flow, src.width))
+        y = self._new(out, src.numel, src.elem, flow or w_train, src.width)
+        self._fwd(2 * fp32_bytes + self.nbytes(y))
+        self._bwd(self._grad_bytes(y) + (2 * fp32_bytes + src.nbytes if flow else 0))
+        return y
+
+    def layer_norm(self, x: str, out: str, weight: int | None, bias: int | None) -> str:
+        src = self.t[x]
+        needs = src.grad or self.trainable(weight) or self.trainable(bias)
+        xin = x
+        if self.num.autocast and src.elem == 2:  # layer_norm runs in fp32 under autocast
+            xin = self._new(f"{x}>32", src.numel, 4, src.grad, src.width)
+        if needs:
+            self._save(xin, self._new(f"{out}.mean", src.rows, 4, False),
+                       self._new(f"{out}.rstd", src.rows, 4, False))
+        elem = 4 if self.num.autocast else src.elem
+        y = self._new(out, src.numel, elem, needs, src.width)
+        self._fwd(self.nbytes(y) + (self.nbytes(xin) if xin != x else 0))
+        self._bwd(self._grad_bytes(y) + (src.nbytes if src.grad else 0))
+        return y
+
+    def act(self, kind: str, x: str, out: str) -> str:
+        src = self.t[x]
+        y = self._new(out, src.numel, src.elem, src.grad, src.width)
+        extra = 0
+        if src.grad:
+            self._save(x)
+            if kind == "quick_gelu":  # x * sigmoid(1.702 x): the product saves both factors
+                self._save(self._new(f"{out}.sigmoid", src.numel, src.elem, True))
+        if kind == "quick_gelu":
+            extra = 2 * src.nbytes  # 1.702 x and sigmoid(.) before the product
+        self._fwd(self.nbytes(y) + extra)
+        self._bwd(2 * self._grad_bytes(y))
+        return y
+
+    def mul(self, a: str, b: str, out: str) -> str:
+        ta, tb = self.t[a], self.t[b]
+        if tb.grad:
+            self._save(a)
+        if ta.grad:
+            self._save(b)
+        y = self._new(out, max(ta.numel, tb.numel), max(ta.elem, tb.elem), ta.grad or tb.grad, ta.width)
+        self._fwd(self.nbytes(y))
+        self._bwd(self._grad_bytes(y) + self._grad_bytes(a, b))
+        return y
+
+    def add(self, a: str, b: str, out: str) -> str:
+        ta, tb = self.t[a], self.t[b]
+        y = self._new(out, max(ta.numel, tb.numel), max(ta.elem, tb.elem), ta.grad or tb.grad, ta.width)
+        self._fwd(self.nbytes(y))
+        self._bwd(self._grad_bytes(y))
+        return y
+
+    def rotary(self, x: str, out: str) -> str:
+        """q*cos + rotate_half(q)*sin: the products save only cos / sin (shared by every layer);
+        under autocast cos/sin are fp32 (they follow the fp32 embeddings), so q_embed is too."""
+        src = self.t[x]
+        elem = 4 if self.num.autocast else src.elem
+        y = self._new(out, src.numel, elem, src.grad, src.width)
+        self._fwd(3 * self.nbytes(y))
+        self._bwd(3 * self._grad_bytes(y))
+        return y
+
+    def attention(self, q: str, k: str, v: str, out: str, *, batch: int, heads: int, kv_heads: int,
+                  seq: int, head_dim: int) -> str:
+        """Self-attention over `batch` sequences of `seq` tokens (causal or not: same memory)."""
+        need = self.grad(q) or self.grad(k) or self.grad(v)
+        fused = not self.num.eager and (self.num.compute == 2 or kv_heads == heads)
+        qi, ki, vi = (self._to16(n) if self.num.compute == 2 else n for n in (q, k, v))
+        y = self._new(out, batch * seq * heads * head_dim, self.num.compute, need, heads * head_dim)
+        scores = batch * heads * seq * seq
+        if fused:
+            # flash / memory-efficient kernels: q, k, v (kv heads only, GQA native), out and logsumexp
+            if need:
+                self._save(qi, ki, vi, y, self._new(f"{out}.lse", batch * heads * seq, 4, False))
+            self._fwd(self.nbytes(y))
+            self._bwd(self.nbytes(y) + self._grad_bytes(q, k, v))
+            return y
+        # eager (or the math fallback): k/v repeated to every head, then softmax in fp32
+        rep = heads // max(1, kv_heads)
+        if rep > 1:
+            ki = self._new(f"{k}.rep", self.t[ki].numel * rep, self.t[ki].elem, self.grad(k))
+            vi = self._new(f"{v}.rep", self.t[vi].numel * rep, self.t[vi].elem, self.grad(v))
+        c = self.num.compute
+        probs32 = self._new(f"{out}.probs32", scores, 4, need)
+        probs = probs32 if c == 4 else self._new(f"{out}.probs", scores, c, need)
+        if need:
+            self._save(qi, ki, probs32, probs, vi)
+        score_bytes = rounded(scores * c)
+        self._fwd(2 * score_bytes + self.nbytes(y))
+        self._bwd(2 * score_bytes + rounded(scores * 4) + self.nbytes(y) + self._grad_bytes(q, k, v))
+        return y
+
+    def cache_copy(self, x: str, out: str, elem: int) -> str:
+        """DynamicCache.update: torch.cat onto an empty tensor, i.e. a copy the model output keeps."""
+        src = self.t[x]
+        y = self._new(out, src.numel, elem, src.grad, src.width)
+        self._fwd(self.nbytes(y))
+        return y
+
+    def new(self, name: str, numel: int, elem: int, grad: bool, width: int) -> str:
+        """A fresh tensor made by an op that saves nothing (cat, masked_scatter, packing)."""
+        y = self._new(name, numel, elem, grad, width)
+        self._fwd(self.nbytes(y))
+        self._bwd(2 * self._grad_bytes(y))
+        return y
+
+    def keep(self, name: str) -> None:
+        """Mark a tensor as saved for backward (e.g. a checkpointed layer's input)."""
+        self._save(name)

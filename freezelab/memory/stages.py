@@ -1,0 +1,383 @@
+"""The data flow of one LLaVA training step as a list of stages, from the index alone.
+
+vision embeddings -> vision layers -> (post-norm) -> projector -> merge into the
+LLM's input embeddings -> decoder layers -> final norm -> lm_head -> loss.
+
+Each stage runs its ops on a `Tape` (freezelab.memory.activations) with the
+real shapes of this model and workload, which yields what it keeps for the
+backward pass, its transients, and which gradients its backward produces. A
+stage keeps activations only if something at or before it requires grad: a
+trainable parameter upstream, or transformers' input-embedding hooks that
+gradient checkpointing installs (they make both towers' embeddings require
+grad, so even a frozen vision tower builds a graph). Layers behind the
+vision feature layer still run but never get a backward; what they save
+lives as long as the model output that references them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from freezelab.index import ModelIndex
+from freezelab.memory.activations import Numerics, Tape, rounded
+from freezelab.memory.structure import layer_params as _layer_params
+from freezelab.memory.structure import relative as _relative
+from freezelab.tokens import ImageLayout
+
+VISION, PROJECTOR, LLM, HEAD = "vision", "projector", "llm", "lm_head+loss"
+ACT_COMPONENTS = (VISION, PROJECTOR, LLM, HEAD)
+
+
+@dataclass
+class Stage:
+    name: str
+    component: str
+    kept: int = 0               # saved for backward from its forward until its backward
+    fwd_extra: int = 0          # transient on top while its forward runs
+    bwd_extra: int = 0          # transient on top while its backward runs (incl. a checkpoint recompute)
+    grad_params: list[int] = field(default_factory=list)  # parameters whose gradient its backward makes
+    backward: bool = False      # does the backward pass run through it
+    held: int = 0               # kept until the model output is dropped (after backward), not at its backward
+    out_grad: bool = False      # does its output require grad
+    dead: bool = False          # runs forward, but feeds nothing the loss depends on
+    forward_only: int = 0       # alive from its forward until the forward pass ends (autocast weight cache)
+
+    @property
+    def keeps(self) -> int:
+        return self.kept + self.held
+
+
+@dataclass(frozen=True)
+class Dims:
+    heads: int
+    kv_heads: int
+    head_dim: int
+    act: str
+
+
+@dataclass
+class Flow:
+    """Inputs to building the stages."""
+
+    index: ModelIndex
+    mask: list[bool]
+    num: Numerics
+    batch: int
+    seq: int                    # LLM tokens per sample
+    images: int                 # images per sample
+    layout: ImageLayout | None  # None: text-only batch
+    ckpt: bool
+    use_cache: bool = True      # the text model's KV cache (text_config.use_cache; off under checkpointing)
+    cache_values_follow_keys: bool = False  # transformers < 5.24 stores cached values in the keys' dtype
+    input_grads: bool | None = None  # transformers' input-embedding requires_grad hooks (None: = ckpt)
+
+    @property
+    def hooks(self) -> bool:
+        return self.ckpt if self.input_grads is None else self.input_grads
+
+    def trainable(self, i: int | None) -> bool:
+        return i is not None and self.mask[i]
+
+    def numel(self, i: int) -> int:
+        return self.index.params[i].numel
+
+    def tape(self) -> Tape:
+        return Tape(self.num, self.trainable, self.numel)
+
+
+# -- parameter lookup ------------------------------------------------------------------
+
+def _find(params: dict[str, int], *suffixes: str) -> int | None:
+    """The parameter whose relative name ends with one of `suffixes` (architectures differ in nesting)."""
+    for suffix in suffixes:
+        if suffix in params:
+            return params[suffix]
+        for name, i in params.items():
+            if name.endswith("." + suffix):
+                return i
+    return None
+
+
+def _shape(index: ModelIndex, i: int | None, dim: int, default: int) -> int:
+    return index.params[i].shape[dim] if i is not None else default
+
+
+# -- layer recipes -------------------------------------------------------------------------
+
+def _vision_layer(t: Tape, p: dict[str, int], x: str, hidden: int, inter: int, d: Dims,
+                  batch: int, seq: int) -> str:
+    """CLIPEncoderLayer / SiglipEncoderLayer: pre-LN attention and MLP with residuals."""
+    h = t.layer_norm(x, "ln1", _find(p, "layer_norm1.weight"), _find(p, "layer_norm1.bias"))
+    q = t.linear(h, "q", hidden, _find(p, "q_proj.weight"), _find(p, "q_proj.bias"))
+    k = t.linear(h, "k", hidden, _find(p, "k_proj.weight"), _find(p, "k_proj.bias"))
+    v = t.linear(h, "v", hidden, _find(p, "v_proj.weight"), _find(p, "v_proj.bias"))
+    a = t.attention(q, k, v, "attn", batch=batch, heads=d.heads, kv_heads=d.heads, seq=seq, head_dim=d.head_dim)
+    o = t.linear(a, "o", hidden, _find(p, "out_proj.weight", "o_proj.weight"), _find(p, "out_proj.bias"))
+    r = t.add(x, o, "res1")
+    h2 = t.layer_norm(r, "ln2", _find(p, "layer_norm2.weight"), _find(p, "layer_norm2.bias"))
+    f = t.linear(h2, "fc1", inter, _find(p, "fc1.weight"), _find(p, "fc1.bias"))
+    g = t.act(d.act, f, "gelu")
+    m = t.linear(g, "fc2", hidden, _find(p, "fc2.weight"), _find(p, "fc2.bias"))
+    return t.add(r, m, "out")
+
+
+def _decoder_layer(t: Tape, p: dict[str, int], x: str, hidden: int, inter: int, d: Dims,
+                   batch: int, seq: int) -> str:
+    """LlamaDecoderLayer (also Mistral, Qwen2 with q/k/v biases): RMSNorm, rotary, SwiGLU."""
+    h = t.rms_norm(x, "norm1", _find(p, "input_layernorm.weight"))
+    kv = d.kv_heads * d.head_dim
+    q = t.linear(h, "q", d.heads * d.head_dim, _find(p, "q_proj.weight"), _find(p, "q_proj.bias"))
+    k = t.linear(h, "k", kv, _find(p, "k_proj.weight"), _find(p, "k_proj.bias"))
+    v = t.linear(h, "v", kv, _find(p, "v_proj.weight"), _find(p, "v_proj.bias"))
+    q, k = t.rotary(q, "q_rot"), t.rotary(k, "k_rot")
+    if t.kv_cache:  # DynamicCache copies k and v; attention reads the copies
+        k = t.cache_copy(k, "k_cache", t.t[k].elem)
+        v = t.cache_copy(v, "v_cache", t.t[k].elem if t.kv_values_follow_keys else t.t[v].elem)
+    a = t.attention(q, k, v, "attn", batch=batch, heads=d.heads, kv_heads=d.kv_heads, seq=seq,
+                    head_dim=d.head_dim)
+    o = t.linear(a, "o", hidden, _find(p, "o_proj.weight"), _find(p, "o_proj.bias"))
+    r = t.add(x, o, "res1")
+    h2 = t.rms_norm(r, "norm2", _find(p, "post_attention_layernorm.weight"))
+    gate = t.linear(h2, "gate", inter, _find(p, "gate_proj.weight"), _find(p, "gate_proj.bias"))
+    up = t.linear(h2, "up", inter, _find(p, "up_proj.weight"), _find(p, "up_proj.bias"))
+    s = t.act("silu", gate, "silu")
+    m = t.mul(s, up, "swiglu")
+    down = t.linear(m, "down", hidden, _find(p, "down_proj.weight"), _find(p, "down_proj.bias"))
+    return t.add(r, down, "out")
+
+
+Recipe = Callable[[Tape, dict[str, int], str, int, int, Dims, int, int], str]
+
+
+def _layer_stage(f: Flow, recipe: Recipe, name: str, component: str, p: dict[str, int], flow_in: bool,
+                 rows: int, hidden: int, inter: int, d: Dims, batch: int, seq: int,
+                 cache: dict[tuple[Any, ...], Stage], cached: tuple[str, ...] = ()) -> Stage:
+    """One transformer layer; identical layers (same flags) are computed once. `cached`: tensors the
+    model output also references (the KV cache), which cost extra only where autograd did not save them."""
+    flags = tuple(sorted((k, f.mask[i]) for k, i in p.items()))
+    key = (recipe, component, flow_in, flags)
+    if key not in cache:
+        t = f.tape()
+        t.kv_cache = bool(cached) and not f.ckpt
+        t.kv_values_follow_keys = f.cache_values_follow_keys
+        x = t.input("x", rows * hidden, f.num.stream, flow_in, hidden)
+        out = recipe(t, p, x, hidden, inter, d, batch, seq)
+        stage = Stage(name, component, out_grad=t.grad(out))
+        if f.ckpt and stage.out_grad:
+            # non-reentrant checkpoint keeps only the layer's input; backward replays the layer
+            stage.kept = t.nbytes(x)
+            stage.bwd_extra = t.kept + t.bwd_extra
+        else:
+            stage.kept, stage.bwd_extra = t.kept, t.bwd_extra
+        stage.fwd_extra = t.fwd_extra + t.nbytes(out)
+        stage.forward_only = t.forward_cached if not (f.ckpt and stage.out_grad) else 0
+        if t.kv_cache:
+            stage.held = sum(t.nbytes(n) for n in cached if n not in t.saved)
+        cache[key] = stage
+    return replace(cache[key], name=name, grad_params=[])
+
+
+# -- the towers -------------------------------------------------------------------------------
+
+def _text_dims(config: dict[str, Any]) -> Dims:
+    text = config.get("text_config") or {}
+    heads = int(text.get("num_attention_heads") or 1)
+    kv = int(text.get("num_key_value_heads") or heads)
+    hidden = int(text.get("hidden_size") or 0)
+    head_dim = int(text.get("head_dim") or (hidden // heads if heads else 0))
+    return Dims(heads, kv, head_dim, str(text.get("hidden_act", "silu")))
+
+
+def _vision_dims(config: dict[str, Any]) -> Dims:
+    vision = config.get("vision_config") or {}
+    heads = int(vision.get("num_attention_heads") or 1)
+    hidden = int(vision.get("hidden_size") or 0)
+    return Dims(heads, heads, hidden // heads if heads else 0, str(vision.get("hidden_act", "gelu")))
+
+
+def feature_index(config: dict[str, Any], num_layers: int) -> tuple[int, int]:
+    """(highest hidden_states index the projector reads, how many layers it reads)."""
+    layer = config.get("vision_feature_layer", config.get("vision_feature_layers", -1))
+    layers = layer if isinstance(layer, (list, tuple)) else [layer]
+    return max(int(i) % (num_layers + 1) for i in layers), len(layers)
+
+
+def _vision_stages(f: Flow, stages: list[Stage]) -> tuple[bool, int]:
+    """Vision tower stages; returns (feature requires grad, feature width)."""
+    index, config, layout = f.index, f.index.config, f.layout
+    assert layout is not None
+    root = index.roots["vision"][0]
+    rel = _relative(index, root)
+    d = _vision_dims(config)
+    hidden = int((config.get("vision_config") or {}).get("hidden_size") or 0)
+    tiles = f.batch * f.images * layout.tiles
+    rows = tiles * layout.tile_tokens
+    emb_params = [i for n, i in rel.items() if n.startswith("embeddings.")]
+    # the patch conv saves only the (resident) pixels; transformers' input hook marks its output
+    flow = f.hooks or any(f.mask[i] for i in emb_params)
+    emb = Stage("vision.embeddings", VISION, grad_params=emb_params, out_grad=flow,
+                fwd_extra=3 * rounded(rows * hidden * f.num.stream))
+    stages.append(emb)
+    pre = _find(rel, "pre_layrnorm.weight")
+    if pre is not None:
+        t = f.tape()
+        x = t.input("emb", rows * hidden, f.num.stream, flow, hidden)
+        y = t.layer_norm(x, "pre", pre, _find(rel, "pre_layrnorm.bias"))
+        flow = t.grad(y)
+        stages.append(Stage("vision.pre_layrnorm", VISION, t.kept, t.fwd_extra, t.bwd_extra,
+                            [i for i in (pre, _find(rel, "pre_layrnorm.bias")) if i is not None], out_grad=flow))
+    layer_params = _layer_params(index, "vision")
+    used, n_features = feature_index(config, len(layer_params))
+    cache: dict[tuple[Any, ...], Stage] = {}
+    feature_grad = flow if used == 0 else False
+    for i, p in enumerate(layer_params):
+        inter = _shape(index, _find(p, "fc1.weight"), 0, 4 * hidden)
+        st = _layer_stage(f, _vision_layer, f"vision.layers.{i}", VISION, p, flow, rows, hidden, inter, d,
+                          tiles, layout.tile_tokens, cache)
+        st.grad_params = list(p.values())
+        if i >= used:  # runs, but feeds only hidden states the projector ignores
+            st.held, st.kept, st.dead = st.kept, 0, True
+        flow = st.out_grad
+        if i == used - 1:
+            feature_grad = flow
+        stages.append(st)
+    # tensors the model output keeps until it is dropped: last hidden state and the read layers
+    post = [i for n, i in rel.items() if n.startswith("post_layernorm.")]
+    held = (n_features + 1) * rounded(rows * hidden * f.num.stream)
+    post_grad = flow or any(f.mask[i] for i in post)
+    if post and post_grad and "siglip" in str((config.get("vision_config") or {}).get("model_type")):
+        held += 2 * rounded(rows * hidden * f.num.stream)  # SigLIP normalises the whole sequence
+    stages.append(Stage("vision.post", VISION, held=held, dead=True))
+    return feature_grad, n_features * hidden
+
+
+def _projector_stages(f: Flow, stages: list[Stage], feature_grad: bool, width: int) -> bool:
+    index, config, layout = f.index, f.index.config, f.layout
+    assert layout is not None
+    rel = {}
+    for root in index.roots.get("projector", []):
+        if root in index.module_by_path:
+            rel.update(_relative(index, root))
+        elif root in index.by_name:
+            rel[root.rsplit(".", 1)[-1]] = index.by_name[root]
+    text_hidden = _shape(index, _find(rel, "linear_2.weight"), 0, 0) or _text_hidden(index)
+    tiles = f.batch * f.images * layout.tiles
+    rows = tiles * layout.features_per_tile
+    t = f.tape()
+    # the CLS-dropping slice / feature concatenation hands linear_1 a fresh contiguous tensor
+    x = t.input("features", rows * width, f.num.stream, feature_grad, width)
+    norm = _find(rel, "projector_layernorm.weight")
+    if norm is not None:
+        x = t.layer_norm(x, "ln", norm, _find(rel, "projector_layernorm.bias"))
+    h = t.linear(x, "linear_1", text_hidden, _find(rel, "linear_1.weight"), _find(rel, "linear_1.bias"))
+    h = t.act(str(config.get("projector_hidden_act", "gelu")), h, "act")
+    y = t.linear(h, "linear_2", text_hidden, _find(rel, "linear_2.weight"), _find(rel, "linear_2.bias"))
+    newline = _find(rel, "image_newline")
+    tokens = f.batch * f.images * layout.image_tokens
+    out_grad = t.grad(y) or f.trainable(newline)
+    held = t.nbytes(y)
+    if newline is not None:  # any-res packing: permute, unpad, cat newlines into new tensors
+        packed = t.new("packed", tokens * text_hidden, f.num.compute, out_grad, text_hidden)
+        held = t.nbytes(packed)
+    stages.append(Stage("projector", PROJECTOR, t.kept, t.fwd_extra, t.bwd_extra, list(rel.values()),
+                        held=held, out_grad=out_grad, forward_only=t.forward_cached))
+    return out_grad
+
+
+def _text_hidden(index: ModelIndex) -> int:
+    embed = index.module_by_path[index.roots["embeddings"][0]]
+    return index.params[embed.own[0]].shape[1]
+
+
+def _llm_stages(f: Flow, stages: list[Stage], image_grad: bool) -> None:
+    index, config = f.index, f.index.config
+    d = _text_dims(config)
+    embed = index.module_by_path[index.roots["embeddings"][0]].own[0]
+    vocab, hidden = index.params[embed].shape[:2]
+    n = f.batch * f.seq
+    stream = rounded(n * hidden * f.num.stream)
+    flow = f.hooks or f.mask[embed] or image_grad
+    layer_params = _layer_params(index, "llm")
+    # cos/sin of the rotary embedding: computed once, saved by every layer's rotary products
+    rope = 2 * rounded(n * d.head_dim * f.num.stream)
+    merge = Stage("llm.embeddings", LLM, fwd_extra=2 * stream, out_grad=flow, grad_params=[embed])
+    if index.params[embed].aliases:  # tied: the embedding's gradient is added into lm_head's
+        merge.bwd_extra = rounded(vocab * hidden * f.num.param)
+    stages.append(merge)
+    cache: dict[tuple[Any, ...], Stage] = {}
+    first_flow: int | None = None
+    for i, p in enumerate(layer_params):
+        inter = _shape(index, _find(p, "gate_proj.weight", "fc1.weight"), 0, 4 * hidden)
+        st = _layer_stage(f, _decoder_layer, f"llm.layers.{i}", LLM, p, flow, n, hidden, inter, d,
+                          f.batch, f.seq, cache, ("k_cache", "v_cache") if f.use_cache else ())
+        st.grad_params = list(p.values())
+        if st.out_grad and first_flow is None:
+            first_flow = len(stages)
+        if f.num.eager:  # the materialised (b, 1, s, s) causal mask lives through the forward
+            st.fwd_extra += rounded(f.batch * f.seq * f.seq * f.num.compute)
+        flow = st.out_grad
+        stages.append(st)
+    if first_flow is not None:
+        stages[first_flow].kept += rope
+    llm_rel = _relative(index, index.roots["llm"][0])
+    norm = _find(llm_rel, "norm.weight")
+    t = f.tape()
+    x = t.input("h", n * hidden, f.num.stream, flow, hidden)
+    y = t.rms_norm(x, "final_norm", norm)
+    stages.append(Stage("llm.norm", LLM, t.kept, t.fwd_extra, t.bwd_extra, [norm] if norm is not None else [],
+                        out_grad=t.grad(y)))
+    _head_stages(f, stages, t.grad(y), vocab, hidden)
+
+
+def _lm_head(index: ModelIndex) -> int | None:
+    for path in index.roots.get("lm_head", []):
+        module = index.module_by_path.get(path)
+        if module and module.own:
+            return module.own[0]
+    return None
+
+
+def _head_stages(f: Flow, stages: list[Stage], flow: bool, vocab: int, hidden: int) -> None:
+    """lm_head, then transformers' ForCausalLMLoss: logits.float(), shift, cross_entropy
+    (log_softmax saves its fp32 output; nll_loss's backward makes a full-size gradient)."""
+    n = f.batch * f.seq
+    head = _lm_head(f.index)
+    t = f.tape()
+    x = t.input("h", n * hidden, f.num.stream, flow, hidden)
+    logits = t.linear(x, "logits", vocab, head)
+    grad = t.grad(logits)
+    logits_bytes = t.nbytes(logits)
+    fp32 = rounded(n * vocab * 4)
+    upcast = fp32 if f.num.compute != 4 else 0  # .float() copies 16-bit logits; a no-op on fp32
+    # backward: the fp32 gradient cast back to the logits dtype, then grad_input of the matmul
+    back = max(upcast + logits_bytes, logits_bytes + rounded(n * hidden * f.num.compute)) if grad else 0
+    stages.append(Stage("lm_head", HEAD, t.kept, t.fwd_extra, back, [head] if head is not None else [],
+                        held=logits_bytes, out_grad=grad, forward_only=t.forward_cached))
+    loss = Stage("loss", HEAD, fwd_extra=upcast + (0 if grad else fp32), out_grad=grad)
+    if grad:
+        loss.kept = fp32                  # log_softmax output
+        loss.bwd_extra = 2 * fp32         # nll_loss grad + log_softmax grad, alive together
+    stages.append(loss)
+
+
+def build(f: Flow) -> list[Stage]:
+    """All stages in forward order, with backward flags set."""
+    stages: list[Stage] = []
+    image_grad = False
+    if f.layout is not None and f.images > 0:
+        feature_grad, width = _vision_stages(f, stages)
+        image_grad = _projector_stages(f, stages, feature_grad, width)
+    _llm_stages(f, stages, image_grad)
+    _mark_backward(stages)
+    return stages
+
+
+def _mark_backward(stages: list[Stage]) -> None:
+    """The backward runs through every live stage whose output requires grad, if the loss does."""
+    loss_grad = bool(stages) and stages[-1].out_grad
+    for s in stages:
+        s.backward = loss_grad and s.out_grad and not s.dead
+        if not s.backward:
+            s.grad_params = []

@@ -1,0 +1,106 @@
+"""`python -m freezelab estimate`: the JSON contract, the human table, and bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from freezelab.cli import main
+from freezelab.memory.analytic import estimate
+from freezelab.memory.estimate import CATEGORIES
+from freezelab.memory.gpus import GPUS
+from freezelab.models import index_of
+from freezelab.plans import preset, resolve
+from freezelab.sources import resolve as resolve_source
+from freezelab.workload import Workload
+
+
+def run_json(capsys, *args: str) -> dict:
+    assert main(["estimate", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_json_contract_matches_the_library(capsys) -> None:
+    data = run_json(capsys, "llava-1.5-7b", "--preset", "stage1", "--batch", "4", "--text-tokens", "448",
+                    "--images", "1")
+    index = index_of(resolve_source("llava-1.5-7b"))
+    est = estimate(index, resolve(preset("stage1"), index).mask, Workload(batch=4, text_tokens=448))
+    assert data["method"] == "analytic"
+    assert data["peak_bytes"] == est.peak_bytes == sum(data["breakdown"].values())
+    assert set(data["breakdown"]) == set(CATEGORIES)
+    assert data["device_estimate_bytes"] == est.device_estimate_bytes
+    assert data["phase"] == est.phase
+    assert data["activations_by_component"] == est.activations_by_component
+    assert data["notes"] == est.notes and 2 <= len(data["notes"]) <= 5
+    assert data["trainable_params"] == 20_979_712
+    assert data["workload"]["batch"] == 4 and data["plan"]["preset"] == "stage1"
+    # no --gpu-memory: a verdict for each common card
+    assert set(data["fits"]) == {g.name for g in GPUS}
+    assert data["fits"]["RTX 4090 24 GB"] is False and data["fits"]["H100 80 GB"] is True
+    assert all(r["headroom_bytes"] == r["memory_bytes"] - data["device_estimate_bytes"] for r in data["gpus"])
+
+
+def test_gpu_memory_gives_one_verdict(capsys) -> None:
+    small = run_json(capsys, "llava-1.5-7b", "--preset", "full", "--gpu-memory", "40")
+    big = run_json(capsys, "llava-1.5-7b", "--preset", "stage1", "--gpu-memory", "40")
+    assert small["fits"] is False and big["fits"] is True
+    assert big["gpus"][0]["memory_bytes"] == 40 * 2**30
+
+
+def test_workload_options_reach_the_estimate(capsys) -> None:
+    base = run_json(capsys, "tiny", "--preset", "full", "--dtype", "fp32")
+    ckpt = run_json(capsys, "tiny", "--preset", "full", "--dtype", "fp32", "--grad-ckpt", "--optimizer", "sgd")
+    sharded = run_json(capsys, "tiny", "--preset", "full", "--gpus", "4", "--sharding", "zero1")
+    assert ckpt["workload"]["grad_ckpt"] is True and ckpt["breakdown"]["optimizer_state"] == 0
+    assert base["breakdown"]["optimizer_state"] > 0
+    assert sharded["workload"]["gpus"] == 4
+    text = run_json(capsys, "tiny", "--preset", "stage2", "--images", "0")
+    assert text["activations_by_component"]["vision"] == 0
+
+
+def test_human_output_has_table_and_notes(capsys) -> None:
+    assert main(["estimate", "llava-1.5-7b", "--preset", "stage1", "--batch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "analytic estimate" in out and "activations" in out and "with cache + CUDA context" in out
+    assert "The LLM is frozen but keeps" in out
+    assert "RTX 4090 24 GB" in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--batch", "0"], "batch must be between 1"),
+    (["--text-tokens", "-5"], "text_tokens must be between 1"),
+    (["--images", "65"], "images must be between 0"),
+    (["--gpus", "0"], "gpus must be between 1"),
+    (["--gpu-memory", "lots"], "GPU memory must be a number"),
+    (["--gpu-memory", "-3"], "GPU memory must be between"),
+    (["--dtype", "bf16", "--autocast", "fp16"], "mixes two 16-bit types"),
+    (["--train", "nothing_matches_this"], "matches no parameter"),
+])
+def test_bad_input_is_one_message_and_exit_2(capsys, args: list[str], message: str) -> None:
+    assert main(["estimate", "tiny", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_unknown_model_and_bad_choice_exit_2(capsys) -> None:
+    assert main(["estimate", "no-such-model-xyz"]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["estimate", "tiny", "--sharding", "zero9"])
+    assert exc.value.code == 2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("freezelab.memory.simulate") is None,
+                    reason="freezelab.memory.simulate is not there yet")
+def test_simulate_method_reports_progress_on_stderr(capsys) -> None:
+    assert main(["estimate", "tiny", "--preset", "stage1", "--method", "simulate", "--batch", "2", "--json"]) == 0
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert data["method"] == "simulate"
+    assert data["peak_bytes"] == sum(data["breakdown"].values())
+    assert "%]" in captured.err  # "[ 42.0%] phase" lines, stdout stays pure JSON
+    index = index_of(resolve_source("tiny"))
+    analytic = estimate(index, resolve(preset("stage1"), index).mask, Workload(batch=2))
+    assert abs(data["peak_bytes"] - analytic.peak_bytes) <= 0.02 * analytic.peak_bytes
