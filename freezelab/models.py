@@ -46,6 +46,23 @@ def hf_config(source: Source) -> Any:
         raise SourceError(f"{source.spec}: the config could not be read by transformers: {err}") from None
 
 
+@contextlib.contextmanager
+def _pinned_dtype(config: Any, dtype: torch.dtype) -> Iterator[None]:
+    """Every (sub-)config in `dtype` while the model is built: a checkpoint's torch_dtype (float16 in
+    many LLaVA text configs) would otherwise win over the default dtype for the sub-models built from
+    their own config. The recorded dtypes are restored afterwards, so the config stays the checkpoint's."""
+    subs = [config, *(getattr(config, key) for key in getattr(config, "sub_configs", {}))]
+    subs = [sub for sub in subs if sub is not None]
+    saved = [sub.dtype for sub in subs]
+    for sub in subs:
+        sub.dtype = dtype
+    try:
+        yield
+    finally:
+        for sub, old in zip(subs, saved):
+            sub.dtype = old
+
+
 def build(source: Source, *, device: str = "meta", dtype: str = "bf16", seed: int | None = 0) -> torch.nn.Module:
     """The model of `source` with random weights on `device` (no weight memory on "meta")."""
     import torch
@@ -55,7 +72,7 @@ def build(source: Source, *, device: str = "meta", dtype: str = "bf16", seed: in
     if seed is not None and device != "meta":
         torch.manual_seed(seed)
     try:
-        with torch.device(device), _default_dtype(torch_dtype(dtype)):
+        with torch.device(device), _default_dtype(torch_dtype(dtype)), _pinned_dtype(config, torch_dtype(dtype)):
             model = model_class(source.model_type)(config)
     except torch.OutOfMemoryError:
         raise SourceError(f"{source.name}: not enough {device} memory for its weights") from None
@@ -112,7 +129,9 @@ def load_weights(source: Source, *, dtype: str, device: str = "cpu") -> torch.nn
     try:
         model, info = cls.from_pretrained(
             directory, dtype=torch_dtype(dtype), use_safetensors=source.weight_format == "safetensors",
-            weights_only=True, output_loading_info=True, local_files_only=True, device_map=device,
+            weights_only=True, output_loading_info=True, local_files_only=True,
+            # device_map needs the accelerate package; CPU is from_pretrained's default anyway
+            **({} if device == "cpu" else {"device_map": device}),
         )
     except torch.OutOfMemoryError:
         raise SourceError(f"{source.name}: not enough {device} memory for its weights") from None

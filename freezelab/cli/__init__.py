@@ -9,7 +9,7 @@ import sys
 
 from freezelab.errors import FreezelabError
 
-COMMANDS = ("inspect", "catalog")
+COMMANDS = ("inspect", "catalog", "export", "step", "estimate")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,0 +1,232 @@
+"""Batches for the sanity step: synthetic ones built the way the calibration
+protocol builds them, and one real example (image + prompt + answer) run
+through a checkpoint's own processor.
+
+Synthetic batch, per sample: random token ids, the image placeholder tokens
+right after the first token, labels masking the first token and every image
+token, an all-ones attention mask, random pixels at the vision tower's
+resolution. Every supported class gets the pixel layout and the number of
+placeholder tokens its own forward expects (a wrong count makes the model
+raise), so a synthetic step costs what a real one of the same shape costs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from freezelab.errors import FreezelabError
+from freezelab.tokens import ANYRES_TYPES, ImageLayout, image_layout
+from freezelab.workload import Workload
+
+if TYPE_CHECKING:
+    import torch
+
+_TOKEN_LOW = 10        # random text ids avoid the first ids, where special tokens usually live
+_TOKEN_HIGH = 1000     # ... and stay small, as the calibration protocol's do
+
+
+class BatchError(FreezelabError):
+    """A batch cannot be built for this model and workload."""
+
+
+@dataclass
+class Batch:
+    """Keyword arguments for `model(**inputs)` (labels included) and what they hold."""
+
+    inputs: dict[str, torch.Tensor]
+    kind: str               # "synthetic" | "example"
+    batch: int              # samples
+    seq_len: int            # tokens per sample, image placeholders included
+    images: int             # images per sample
+    image_tokens: int       # placeholder tokens per image
+    image_size: tuple[int, int] | None = None  # source image (height, width) when it matters
+
+    @property
+    def text_tokens(self) -> int:
+        return self.seq_len - self.images * self.image_tokens
+
+    @property
+    def supervised_tokens(self) -> int:
+        """Label positions that count in the loss (labels are shifted by one inside the model)."""
+        labels = self.inputs["labels"]
+        return int((labels[:, 1:] != -100).sum())
+
+    def workload(self, base: Workload) -> Workload:
+        """`base` with the shape this batch really has (an example's length is the tokenizer's)."""
+        side = max(self.image_size) if self.image_size else base.image_size
+        return base.with_(batch=self.batch, text_tokens=self.text_tokens, images=self.images, image_size=side)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "batch": self.batch, "seq_len": self.seq_len, "images": self.images,
+                "image_tokens": self.image_tokens, "text_tokens": self.text_tokens,
+                "supervised_tokens": self.supervised_tokens,
+                "pixel_values": list(self.inputs["pixel_values"].shape) if "pixel_values" in self.inputs else None}
+
+
+# -- synthetic --------------------------------------------------------------------
+
+def _token_ids(config: dict[str, Any]) -> tuple[int, set[int]]:
+    """The image placeholder id and every special id random text must avoid."""
+    image = config.get("image_token_id", config.get("image_token_index"))
+    if image is None:
+        raise BatchError(f"{config['model_type']}: the config names no image token id")
+    special = {image}
+    for key in ("video_token_id", "video_token_index"):
+        if config.get(key) is not None:
+            special.add(config[key])
+    return int(image), special
+
+
+def _random_text(shape: tuple[int, int], vocab: int, avoid: set[int], gen: torch.Generator) -> torch.Tensor:
+    import torch
+
+    high = min(_TOKEN_HIGH, vocab - 20)
+    if high <= _TOKEN_LOW + len(avoid):
+        raise BatchError(f"the text vocabulary ({vocab} tokens) is too small for a synthetic batch")
+    ids = torch.randint(_TOKEN_LOW, high, shape, generator=gen)
+    for token in avoid:  # a random id equal to a placeholder would change the image-token count
+        ids[ids == token] = _TOKEN_LOW
+    return ids
+
+
+def _pixels(config: dict[str, Any], workload: Workload, layout: ImageLayout,
+            gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """pixel_values (and image_sizes / batch_num_images where the class wants them), on the CPU."""
+    import torch
+
+    n = workload.batch * workload.images
+    res = config["vision_config"]["image_size"]
+    if config["model_type"] not in ANYRES_TYPES:
+        return {"pixel_values": torch.randn(n, 3, res, res, generator=gen)}
+    side = layout.image_size
+    out = {"pixel_values": torch.randn(n, layout.tiles, 3, res, res, generator=gen),
+           "image_sizes": torch.tensor([[side, side]] * n, dtype=torch.long)}
+    if config["model_type"] == "llava_onevision":  # multi-image samples are sent untiled
+        out["batch_num_images"] = torch.tensor([workload.images] * workload.batch, dtype=torch.long)
+    return out
+
+
+def synthetic(config: dict[str, Any], workload: Workload, *, device: str = "cpu",
+              pixel_dtype: torch.dtype | None = None, seed: int = 0) -> Batch:
+    """The calibration protocol's batch for any supported class (images=0: text only).
+
+    `config` is a full config dict (ModelIndex.config); placeholder counts come from freezelab.tokens."""
+    import torch
+
+    if workload.text_tokens < 2:
+        raise BatchError("text_tokens must be at least 2: the first token and the image tokens carry no "
+                         "label, so at least one more token is needed for a loss")
+    gen = torch.Generator().manual_seed(seed)
+    image_id, special = _token_ids(config)
+    layout = image_layout(config, workload.image_size, max(workload.images, 1))
+    per_image = layout.image_tokens if workload.images else 0
+    n_image = workload.images * per_image
+    seq = workload.text_tokens + n_image
+    ids = _random_text((workload.batch, seq), config["text_config"]["vocab_size"], special, gen)
+    ids[:, 1:1 + n_image] = image_id
+    labels = ids.clone()
+    labels[:, :1 + n_image] = -100
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    if workload.images:
+        inputs.update(_pixels(config, workload, layout, gen))
+    anyres = config["model_type"] in ANYRES_TYPES and workload.images > 0
+    return Batch(_to(inputs, device, pixel_dtype), "synthetic", workload.batch, seq, workload.images, per_image,
+                 (layout.image_size, layout.image_size) if anyres else None)
+
+
+def _to(inputs: dict[str, torch.Tensor], device: str, pixel_dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in inputs.items():
+        dtype = pixel_dtype if key.startswith("pixel_values") and pixel_dtype is not None else None
+        out[key] = value.to(device=device, dtype=dtype)
+    return out
+
+
+# -- a real example through the checkpoint's processor ------------------------------
+
+@dataclass(frozen=True)
+class Example:
+    """An image (a path or a PIL image), the prompt about it and the answer to learn."""
+
+    image: Any
+    prompt: str
+    answer: str
+
+
+def load_processor(directory: Path) -> Any:
+    """The checkpoint's processor (tokenizer + image processor), from local files only."""
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(str(directory), local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise BatchError(f"{directory}: no usable processor/tokenizer files for a real example "
+                         f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
+        raise BatchError(f"{directory}: its processor has no image processor and tokenizer")
+    return processor
+
+
+def _open_image(image: Any) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    path = Path(str(image)).expanduser()
+    if not path.is_file():
+        raise BatchError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise BatchError(f"{path}: not a readable image ({err})") from None
+
+
+def _prompt_text(processor: Any, prompt: str) -> str:
+    """The prompt as the model was trained to see it, with exactly one image placeholder."""
+    token = processor.image_token
+    if token in prompt:
+        return prompt
+    if getattr(processor, "chat_template", None):
+        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        return processor.apply_chat_template(conversation, add_generation_prompt=True)
+    return f"{token}\n{prompt}"
+
+
+def _repeat(t: torch.Tensor, n: int) -> torch.Tensor:
+    return t.repeat(n, *[1] * (t.dim() - 1))
+
+
+def example(processor: Any, item: Example, workload: Workload, *, device: str = "cpu",
+            pixel_dtype: torch.dtype | None = None) -> Batch:
+    """One real sample, repeated to the workload's batch size; labels cover only the answer.
+
+    Prompt and answer are tokenized separately and joined, so the boundary between
+    what is masked and what is learned is exact whatever the tokenizer merges."""
+    import torch
+
+    if not item.answer.strip():
+        raise BatchError("the answer is empty: there would be nothing to learn")
+    img = _open_image(item.image)
+    text = _prompt_text(processor, item.prompt)
+    if text.count(processor.image_token) != 1:
+        raise BatchError(f"the prompt must hold exactly one {processor.image_token} placeholder")
+    try:
+        prompt = processor(images=img, text=text, return_tensors="pt")
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise BatchError(f"the processor could not read this example: {err}") from None
+    tokenizer = processor.tokenizer
+    answer = tokenizer(item.answer, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        answer = [*answer, tokenizer.eos_token_id]
+    answer_ids = torch.tensor([answer], dtype=torch.long)
+    ids = torch.cat([prompt["input_ids"], answer_ids], dim=1)
+    labels = torch.cat([torch.full_like(prompt["input_ids"], -100), answer_ids], dim=1)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    inputs.update({k: v for k, v in prompt.items() if k not in ("input_ids", "attention_mask")})
+    inputs = {k: _repeat(v, workload.batch) for k, v in inputs.items()}
+    per_image = int((prompt["input_ids"] == processor.image_token_id).sum())
+    return Batch(_to(inputs, device, pixel_dtype), "example", workload.batch, ids.shape[1], 1, per_image,
+                 (img.height, img.width))

@@ -1,0 +1,165 @@
+"""`python -m freezelab step MODEL [plan options] [workload options] [--steps N] [--lr LR]
+[--device cpu|cuda] [--seed S] [--weights] [--image PATH --prompt TEXT --answer TEXT] [--json]`.
+
+Exit status: 0 when every check passes, 1 when one fails (or the run ran out
+of memory), 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from freezelab import units
+from freezelab.batch import Example
+from freezelab.cli.common import (
+    add_model_argument,
+    add_plan_options,
+    add_workload_options,
+    plan_from_args,
+    print_json,
+    workload_from_args,
+)
+from freezelab.sources import resolve as resolve_source
+
+SHOWN_NAMES = 8  # offending names printed per check in the human output (--json has up to 20)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("step", help="run real training steps under a plan and check every parameter",
+                       description="Run a few real training steps under a freeze plan and prove it: frozen "
+                       "weights bit-identical, every trainable tensor with a finite non-zero gradient, the "
+                       "optimizer holding exactly the trainable tensors; measured memory next to the estimate.")
+    add_model_argument(p)
+    add_plan_options(p)
+    add_workload_options(p)
+    run = p.add_argument_group("run")
+    run.add_argument("--steps", type=int, default=2, metavar="N", help="training steps (default 2; step 2 is "
+                     "the steady state)")
+    run.add_argument("--lr", type=float, default=1e-5, metavar="LR", help="learning rate (default 1e-5)")
+    run.add_argument("--device", default="cpu", metavar="DEV", help="cpu (default), cuda or cuda:N")
+    run.add_argument("--seed", type=int, default=0, metavar="S", help="seed for weights and batch (default 0)")
+    run.add_argument("--weights", action="store_true",
+                     help="load the checkpoint's weights (default: random weights built on the device)")
+    real = p.add_argument_group("a real example instead of the synthetic batch (needs the checkpoint's processor)")
+    real.add_argument("--image", type=Path, metavar="PATH", help="image file")
+    real.add_argument("--prompt", default="", metavar="TEXT",
+                      help="the question about the image (masked in the labels)")
+    real.add_argument("--answer", metavar="TEXT", help="the answer to learn")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run_command)
+
+
+def _example(args: argparse.Namespace) -> Example | None:
+    from freezelab.step import StepError
+
+    if args.image is None:
+        if args.answer is not None or args.prompt:
+            raise StepError("--prompt and --answer go with --image")
+        return None
+    if args.answer is None:
+        raise StepError("--image needs --answer (the text the step learns to produce)")
+    return Example(args.image, args.prompt, args.answer)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from freezelab.step import run_step
+
+    source = resolve_source(args.model)
+    plan = plan_from_args(args)
+    workload = workload_from_args(args, default_dtype="fp32" if args.device == "cpu" else "bf16")
+    item = _example(args)
+    progress = None if args.json else _progress_printer()
+    report = run_step(source, plan, workload, steps=args.steps, lr=args.lr, device=args.device, seed=args.seed,
+                      weights=args.weights, item=item, progress=progress)
+    data = report.to_dict()
+    if args.json:
+        print_json(data)
+    else:
+        _print_human(data)
+    return 0 if report.passed else 1
+
+
+def _progress_printer() -> Any:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+
+    def show(event: Any) -> None:
+        if event.kind == "stage":
+            console.print(f"[dim]{event.message}…[/]")
+
+    return show
+
+
+def _bytes(n: int | None) -> str:
+    return "-" if n is None else units.nbytes(n)
+
+
+def _steps_table(data: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    tbl = Table(title="steps", title_justify="left")
+    for col in ("step", "loss", "seconds", "peak allocated", "peak reserved", "estimate", "error"):
+        tbl.add_column(col, justify="left" if col == "error" else "right")
+    for s in data["steps"]:
+        rel = s["relative_error"]
+        err = s["error"] or ("-" if rel is None else f"{rel:+.1%}" + ("" if s["steady"] else " (warm-up)"))
+        tbl.add_row(str(s["step"]), "-" if s["loss"] is None else f"{s['loss']:.4f}", f"{s['seconds']:.2f}",
+                    _bytes(s["peak_allocated_bytes"]), _bytes(s["peak_reserved_bytes"]), _bytes(s["estimate_bytes"]),
+                    err)
+    return tbl
+
+
+def _checks_table(data: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    tbl = Table(title="checks", title_justify="left")
+    for col in ("check", "result", "details"):
+        tbl.add_column(col)
+    for name, c in data["checks"].items():
+        result = "[green]pass[/]" if c["passed"] else "[yellow]warn[/]" if c["level"] == "warning" else "[red]FAIL[/]"
+        details = c["message"]
+        for n in c["offending"][:SHOWN_NAMES]:
+            details += f"\n  {n}" + (f": {c['causes'][n]}" if n in c["causes"] and c["level"] == "failure" else "")
+        if c["count"] > SHOWN_NAMES:
+            details += f"\n  … {c['count'] - SHOWN_NAMES} more (--json lists up to 20)"
+        tbl.add_row(name, result, details)
+    return tbl
+
+
+def _norms_table(data: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    norms = data["grad_norms"]
+    tbl = Table(title=f"gradient norms (step {norms.get('step', '-')})", title_justify="left")
+    tbl.add_column("component")
+    tbl.add_column("norm", justify="right")
+    tbl.add_column("per layer")
+    layers = norms.get("layers", {})
+    for comp, value in norms.get("component", {}).items():
+        per_layer = " ".join("·" if v is None else f"{v:.3g}" for v in layers.get(comp, []))
+        tbl.add_row(comp, "frozen" if value is None else f"{value:.4g}", per_layer)
+    return tbl
+
+
+def _print_human(data: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    console = Console()
+    b = data["batch"]
+    console.print(f"[bold]{data['model']}[/] ({data['model_class']}) on {data['device_name']}, "
+                  f"{data['workload']['dtype']} {data['weights']} weights, seed {data['seed']}, lr {data['lr']:g}")
+    console.print(f"trains {data['trainable_params']:,} of {data['total_params']:,} parameters "
+                  f"({data['trainable_tensors']} tensors); {b['kind']} batch {b['batch']} x {b['seq_len']} tokens "
+                  f"({b['images']} image(s) x {b['image_tokens']} tokens + {b['text_tokens']} text)")
+    console.print(_steps_table(data))
+    if data["checks"]:
+        console.print(_checks_table(data))
+        console.print(_norms_table(data))
+    for w in data["warnings"]:
+        console.print(f"[yellow]warning:[/] {w}")
+    if data["error"]:
+        console.print(f"[red]{data['error']}[/]")
+    console.print("[bold green]PASSED[/]" if data["passed"] else "[bold red]FAILED[/]")

@@ -1,0 +1,51 @@
+"""The optimizers a workload names, built over the trainable parameters."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import TYPE_CHECKING
+
+from freezelab.errors import FreezelabError
+
+if TYPE_CHECKING:
+    import torch
+
+
+class OptimizerError(FreezelabError):
+    """The workload's optimizer cannot be built here."""
+
+
+def check_available(name: str, device: str) -> None:
+    """Refuse early (before any model is built) when the optimizer cannot run here."""
+    if name == "adamw-8bit":
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise OptimizerError("adamw-8bit needs the bitsandbytes package (pip install bitsandbytes); "
+                                 "use adamw or adamw-fused instead")
+        if not device.startswith("cuda"):
+            raise OptimizerError("adamw-8bit (bitsandbytes) runs on CUDA only; use --device cuda or another optimizer")
+
+
+def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer | None:
+    """`name` from workload.OPTIMIZERS over `params`; None when nothing trains.
+
+    adamw is torch's default implementation (foreach on CUDA), as in the calibration protocol."""
+    import torch
+
+    if not params:
+        return None
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr)
+    if name == "adamw-fused":
+        return torch.optim.AdamW(params, lr=lr, fused=True)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if name == "sgd-momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    if name == "adafactor":
+        return torch.optim.Adafactor(params, lr=lr)
+    if name == "adamw-8bit":
+        check_available(name, str(params[0].device))
+        import bitsandbytes
+
+        return bitsandbytes.optim.AdamW8bit(params, lr=lr)
+    raise OptimizerError(f"unknown optimizer {name!r}")
