@@ -1,0 +1,53 @@
+"""Export tab contents: every export target's text and note, and the plan JSON as a file."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from freezelab.exports import TARGETS, Export, export_all
+from freezelab.session import Session
+from freezelab.ui.handlers import App
+
+EXPORT_DIR = Path(tempfile.gettempdir()) / "freezelab-exports"
+
+
+@dataclass
+class ExportView:
+    exports: dict[str, Export]
+    json_path: str          # the plan JSON written to disk, for the download button
+
+    def text(self, target: str) -> str:
+        return self.exports[target].text
+
+    def note(self, target: str) -> str:
+        e = self.exports[target]
+        mark = "✅ exact" if e.exact else f"⚠️ not exact ({e.differs:,} parameters differ)"
+        return f"{mark}: {e.note}"
+
+
+def _file_name(model: str, text: str) -> str:
+    """Named after the model and the content, so identical plans share one file."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", model)[:60] or "model"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return f"freezelab-plan-{safe}-{digest}.json"
+
+
+def export_view(app: App, session: Session) -> ExportView:
+    index = app.loaded(session).index
+    exports = export_all(session.plan, index)
+    text = exports["json"].text
+    EXPORT_DIR.mkdir(parents=True, exist_ok=True)
+    path = EXPORT_DIR / _file_name(index.name, text)
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    return ExportView(exports, str(path))
+
+
+def target_titles() -> dict[str, str]:
+    return {name: t.title for name, t in TARGETS.items()}

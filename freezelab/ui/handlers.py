@@ -1,0 +1,293 @@
+"""Dashboard events as plain functions: (session, inputs) -> new session + what the page shows.
+
+No gradio here, so every event can be tested (and timed) without a browser or
+a server. A handler either returns a complete `View` or raises a
+FreezelabError with the message to show; it never returns a half-updated
+session, so on error the page keeps the previous state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import plotly.graph_objects as go
+
+from freezelab import charts, units
+from freezelab.anatomy import component_counts, count
+from freezelab.errors import FreezelabError, PlanError, SelectorError, SourceError
+from freezelab.exports import import_plan as parse_plan
+from freezelab.index import ModelIndex
+from freezelab.plans import MAX_PLAN_BYTES, PRESETS, Plan, Resolution, preset, resolve
+from freezelab.policy import LOCAL, Policy
+from freezelab.selectors import parse, reach, select
+from freezelab.session import INDEX_DTYPE, Loaded, ModelCache, Session, TreeOptions, append_rule, module_selector
+from freezelab.ui.memory_view import MemoryView, memory_view
+from freezelab.ui.tree_view import tree_json
+from freezelab.workload import Workload
+
+Progress = Callable[[float, str], None]
+MAX_QUERY_CHARS = 200  # the tree filter is a substring, not a pattern: long input only costs time
+SELECTOR_PROMPT = ("Type a selector: `@llm`, `@llm.layers[-4:]`, a glob such as `*q_proj*` or "
+                   "`model.language_model.layers.31`, or `re:` and a regular expression.")
+SUMMARY_ROWS = (("vision", "vision tower"), ("projector", "projector"), ("llm", "language model"),
+                ("embeddings", "of which embeddings"), ("lm_head", "of which lm_head"))
+
+
+class OptionError(FreezelabError):
+    """A dashboard control sent a value out of its range."""
+
+
+@dataclass
+class App:
+    """Process-wide context shared by all sessions: the model cache and what this deployment allows."""
+
+    cache: ModelCache = field(default_factory=ModelCache)
+    policy: Policy = LOCAL
+
+    @classmethod
+    def for_policy(cls, policy: Policy) -> App:
+        return cls(cache=ModelCache(policy.max_session_models), policy=policy)
+
+    def loaded(self, session: Session) -> Loaded:
+        return self.cache.get(session.model, INDEX_DTYPE, policy=self.policy)
+
+
+@dataclass
+class View:
+    """Everything the dashboard shows for one session state."""
+
+    session: Session
+    header: str                 # markdown: model and mode
+    summary: str                # HTML: trainable count and per-component table
+    tree: str                   # JSON rows for the tree widget
+    rules: str                  # the plan as text
+    warnings: str               # markdown list
+    params_fig: go.Figure
+    map_fig: go.Figure
+    memory: MemoryView
+    trainable: int              # trainable parameters under the plan
+    status: str = ""            # markdown: what the last action did
+
+
+# -- building a view ------------------------------------------------------------------
+
+def _mode(loaded: Loaded, weights: bool) -> str:
+    if loaded.source.kind == "tiny":
+        return "random weights"
+    return "weights from the checkpoint" if weights else "architecture only"
+
+
+def _header(loaded: Loaded, session: Session) -> str:
+    ix = loaded.index
+    return (f"**{ix.name}** · {ix.model_class} · {len(ix.params):,} tensors, {len(ix.modules):,} modules · "
+            f"{units.params(ix.total_params)} parameters · {_mode(loaded, session.weights)}")
+
+
+def summary_html(index: ModelIndex, mask: list[bool]) -> str:
+    total = count(index, mask)
+    comps = component_counts(index, mask)
+    rows = "".join(
+        f"<tr><td>{label}</td><td>{units.params(comps[key].total)}</td><td>{units.params(comps[key].trainable)}</td>"
+        f"<td>{comps[key].state}</td></tr>" for key, label in SUMMARY_ROWS if comps[key].total)
+    return (f'<div class="fl-summary"><div class="fl-big">trainable <b id="fl-trainable">{total.trainable:,}</b> '
+            f'of {total.total:,} parameters (<span id="fl-percent">{units.percent(total.trainable, total.total)}'
+            f"</span>)</div><table><tr><th>component</th><th>total</th><th>trainable</th><th>state</th></tr>"
+            f"{rows}</table></div>")
+
+
+def _warnings_md(res: Resolution) -> str:
+    return "\n".join(f"- {w}" for w in res.warnings) if res.warnings else "No warnings for this plan."
+
+
+def rules_text(plan: Plan) -> str:
+    start = f"# started from preset {plan.preset}\n" if plan.preset else ""
+    return start + plan.to_text()
+
+
+def build_view(app: App, session: Session, status: str = "") -> View:
+    """Resolve the session's plan and render everything; raises FreezelabError on a bad plan."""
+    loaded = app.loaded(session)
+    index = loaded.index
+    res = resolve(session.plan, index)
+    return View(
+        session=session,
+        header=_header(loaded, session),
+        summary=summary_html(index, res.mask),
+        tree=tree_json(index, res.mask, session.tree.query, session.tree.depth),
+        rules=rules_text(session.plan),
+        warnings=_warnings_md(res),
+        params_fig=charts.params_by_component(index, res.mask),
+        map_fig=charts.model_map(index, res.mask),
+        memory=memory_view(index, res.mask, session.workload),
+        trainable=count(index, res.mask).trainable,
+        status=status,
+    )
+
+
+def initial_view(app: App) -> View:
+    return build_view(app, Session(), "Ready: the built-in tiny model is loaded. Pick a preset or click "
+                      "a checkbox in the module tree.")
+
+
+# -- model ----------------------------------------------------------------------------------
+
+def load_model(app: App, session: Session, spec: str, weights: bool = False,
+               progress: Progress | None = None) -> View:
+    """Load a model (re-reading its config); keeps the plan when it still resolves, else resets it."""
+    spec = (spec or "").strip()
+    if not spec:
+        raise SourceError("no model given: choose a known architecture or type a path or Hub id")
+    if progress:
+        progress(0.1, f"reading {spec}")
+    loaded = app.cache.get(spec, INDEX_DTYPE, fresh=True, policy=app.policy)
+    if progress:
+        progress(0.8, "indexing parameters")
+    if weights:
+        _check_weights(app, loaded)
+    new = replace(session, model=spec, weights=weights, tree=TreeOptions())
+    status = f"Loaded {loaded.index.name} ({_mode(loaded, weights)})."
+    try:
+        resolve(session.plan, loaded.index)
+    except FreezelabError as err:
+        new = new.with_plan(Plan())
+        status += (f" The previous plan does not fit this model ({err}); it was reset. Load the previous "
+                   "model again and undo to get it back.")
+    return build_view(app, new, status)
+
+
+def _check_weights(app: App, loaded: Loaded) -> None:
+    src = loaded.source
+    if not src.has_weights:
+        raise SourceError(f"{src.spec}: no weight files (*.safetensors or *.bin) next to its config.json; "
+                          "choose 'architecture only'")
+    if src.kind != "tiny":
+        app.policy.check_weights(loaded.index.total_params * 2, src.name)
+
+
+# -- plan -------------------------------------------------------------------------------
+
+def apply_preset(app: App, session: Session, name: str, n: Any = 4) -> View:
+    plan = preset(name, _whole(n, "N (the number of last layers)", low=1))
+    view = build_view(app, session.with_plan(plan))
+    p = PRESETS["last-n" if plan.preset and plan.preset.startswith("last") else plan.preset or name]
+    view.status = f"Preset **{p.title}**: {units.params(view.trainable)} parameters train. {p.explanation}"
+    return view
+
+
+def add_rule(app: App, session: Session, action: str, selector: str) -> View:
+    """Train or freeze what a selector names (rules made redundant by it are dropped)."""
+    selector = (selector or "").strip()
+    index = app.loaded(session).index
+    plan = append_rule(session.plan, index, action, selector)
+    if plan == session.plan:
+        state = "trainable" if action == "train" else "frozen"
+        status = f"No change: everything `{selector}` selects is already {state}."
+    else:
+        status = f"Rule added: `{action} {selector}`."
+    return build_view(app, session.with_plan(plan), status)
+
+
+def toggle_module(app: App, session: Session, path: str, on: bool) -> View:
+    """A tree checkbox: train (`on`) or freeze the module's whole subtree."""
+    index = app.loaded(session).index
+    selector = module_selector(index, path)
+    return add_rule(app, session, "train" if on else "freeze", selector)
+
+
+def undo(app: App, session: Session) -> View:
+    if not session.can_undo:
+        return build_view(app, session, "Nothing to undo.")
+    return build_view(app, session.undo(), "Undone.")
+
+
+def reset(app: App, session: Session) -> View:
+    return build_view(app, session.with_plan(Plan()), "Plan reset: everything is frozen (undo brings it back).")
+
+
+def import_plan(app: App, session: Session, data: bytes | str) -> View:
+    """A plan from the user (freezelab plan JSON or one rule per line): validated, then
+    checked against the current model before it replaces the session's plan."""
+    plan = parse_plan(data)
+    resolve(plan, app.loaded(session).index)  # a rule matching nothing is reported now, not later
+    return build_view(app, session.with_plan(plan), f"Imported a plan with {len(plan.rules)} rule(s).")
+
+
+def import_plan_file(app: App, session: Session, path: str | None) -> View:
+    """An uploaded plan file; read with a size cap so a huge upload is refused, not loaded."""
+    if not path:
+        raise PlanError("no plan file was uploaded")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_PLAN_BYTES + 1)
+    except OSError as err:
+        raise PlanError(f"the uploaded plan could not be read: {err.strerror or err}") from None
+    return import_plan(app, session, data)
+
+
+def preview_selector(app: App, session: Session, text: str) -> str:
+    """What a selector would match: tensors and parameters per component, and warnings (markdown)."""
+    text = (text or "").strip()
+    if not text:
+        return SELECTOR_PROMPT
+    index = app.loaded(session).index
+    try:
+        hits = select(index, parse(text))
+    except SelectorError as err:
+        return f"⚠️ {err}"
+    by_comp: dict[str, list[int]] = {}
+    for i in hits:
+        by_comp.setdefault(index.params[i].component, []).append(i)
+    parts = [f"{c}: {len(ix)} tensors, {units.params(sum(index.numels[i] for i in ix))}"
+             for c, ix in by_comp.items()]
+    total = sum(index.numels[i] for i in hits)
+    out = f"Matches **{len(hits)} tensors, {units.params(total)} parameters** ({'; '.join(parts)})."
+    note = reach(index, text, hits)
+    if note:
+        out += f"\n\n⚠️ {note}."
+    return out
+
+
+def pick_module(app: App, session: Session, path: str) -> tuple[str, str]:
+    """A tree row's arrow: the module as selector text, and its preview."""
+    selector = module_selector(app.loaded(session).index, path)
+    return selector, preview_selector(app, session, selector)
+
+
+# -- tree and workload ------------------------------------------------------------------------
+
+def set_tree_options(app: App, session: Session, query: str, depth: Any) -> View:
+    """The tree's filter text and depth limit (None or "all": every level)."""
+    depth_value = None if depth in (None, "", "all") else _whole(depth, "the tree depth", low=0)
+    if len(str(query or "")) > MAX_QUERY_CHARS:
+        raise OptionError(f"the filter is limited to {MAX_QUERY_CHARS} characters")
+    return build_view(app, replace(session, tree=TreeOptions(str(query or ""), depth_value)))
+
+
+def _whole(value: Any, name: str, *, low: int, high: int = 1000) -> int:
+    """A whole number from the page (numbers may arrive as floats or text) or one clear error."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise OptionError(f"{name} must be a whole number, got {value!r}") from None
+    if not number.is_integer() or not low <= number <= high:
+        raise OptionError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+    return int(number)
+
+
+def set_workload(app: App, session: Session, **values: Any) -> View:
+    """New workload values from the controls; a bad value raises WorkloadError and changes nothing."""
+    workload = Workload.from_dict({**session.workload.to_dict(), **_clean(values)})
+    return build_view(app, replace(session, workload=workload))
+
+
+def _clean(values: dict[str, Any]) -> dict[str, Any]:
+    """Numbers from the page arrive as floats (or None when a box is cleared): whole floats become ints,
+    anything else is passed through for Workload to reject with its own message."""
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        out[k] = v
+    return out

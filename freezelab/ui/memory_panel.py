@@ -1,0 +1,72 @@
+"""Workload controls and the live memory estimate: verdict, breakdown, why, memory vs batch size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from freezelab.session import Session
+from freezelab.ui import handlers
+from freezelab.ui.handlers import View
+from freezelab.ui.shared import Shared, show
+from freezelab.workload import ATTENTION, AUTOCAST, DTYPES, OPTIMIZERS, SHARDING
+
+FIELDS = ("batch", "text_tokens", "images", "dtype", "autocast", "optimizer", "grad_ckpt", "attn",
+          "gpus", "sharding", "offload_optimizer")
+
+
+@dataclass
+class MemoryPanel:
+    controls: dict[str, Any]
+    verdict: gr.HTML
+    plot: gr.Plot
+    notes: gr.Markdown
+    curve: gr.Plot
+
+    def wire(self, sh: Shared) -> None:
+        app = sh.app
+        inputs = [sh.state, *(self.controls[f] for f in FIELDS)]
+
+        def on_change(session: Session, *values: Any) -> tuple[Any, ...]:
+            return show(lambda: handlers.set_workload(app, session, **dict(zip(FIELDS, values))))
+
+        for name in FIELDS:
+            self.controls[name].input(on_change, inputs, sh.outputs, show_progress="hidden",
+                                      api_name="set_workload" if name == "batch" else None,
+                                      api_visibility="public" if name == "batch" else "private")
+
+    def values_for(self, view: View) -> list[Any]:
+        """Control values showing a session's workload (when an event replaces it)."""
+        w = view.session.workload
+        return [getattr(w, f) for f in FIELDS]
+
+
+def create_memory_panel(first: View) -> MemoryPanel:
+    # Numbers carry no minimum/maximum: out-of-range values reach Workload, whose message says why.
+    w = first.session.workload
+    gr.Markdown("### Training step and GPU memory")
+    with gr.Accordion("Workload (per GPU)", open=True):
+        with gr.Row():
+            c: dict[str, Any] = {
+                "batch": gr.Number(w.batch, label="batch", precision=0, min_width=80),
+                "text_tokens": gr.Number(w.text_tokens, label="text tokens / sample", precision=0, min_width=110),
+                "images": gr.Number(w.images, label="images / sample", precision=0, min_width=90),
+                "dtype": gr.Dropdown(list(DTYPES), value=w.dtype, label="weights dtype", min_width=90),
+                "autocast": gr.Dropdown(list(AUTOCAST), value=w.autocast, label="autocast", min_width=90),
+                "optimizer": gr.Dropdown(list(OPTIMIZERS), value=w.optimizer, label="optimizer", min_width=120),
+            }
+        with gr.Row():
+            c["grad_ckpt"] = gr.Checkbox(w.grad_ckpt, label="gradient checkpointing", min_width=100)
+            c["attn"] = gr.Dropdown(list(ATTENTION), value=w.attn, label="attention", min_width=90)
+            c["gpus"] = gr.Number(w.gpus, label="GPUs", precision=0, min_width=80)
+            c["sharding"] = gr.Dropdown(list(SHARDING), value=w.sharding, label="sharding", min_width=90)
+            c["offload_optimizer"] = gr.Checkbox(w.offload_optimizer, label="offload optimizer to CPU",
+                                                 min_width=100)
+    verdict = gr.HTML(first.memory.verdict, label="verdict", elem_id="fl-verdict-box", js_on_load=None)
+    plot = gr.Plot(first.memory.figure, label="memory breakdown", show_label=False, elem_id="fl-memory-plot")
+    gr.Markdown("**Why the memory goes where it goes**")
+    notes = gr.Markdown(first.memory.notes, label="why", elem_id="fl-notes")
+    curve = gr.Plot(first.memory.curve, label="memory vs batch size", show_label=False, elem_id="fl-curve-plot")
+    return MemoryPanel(c, verdict, plot, notes, curve)

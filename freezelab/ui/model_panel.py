@@ -1,0 +1,68 @@
+"""Model panel: the built-in tiny model, a known architecture, or a local path / Hub id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from freezelab.session import Session
+from freezelab.sources import known_info
+from freezelab.ui import handlers
+from freezelab.ui.shared import Shared, show
+
+MODES = ("architecture only", "load weights")
+
+
+def model_choices() -> list[tuple[str, str]]:
+    return [("tiny: built-in tiny LLaVA (random weights)", "tiny"),
+            *((f"{r['name']}: {r['title']}", r["name"]) for r in known_info())]
+
+
+@dataclass
+class ModelPanel:
+    known: gr.Dropdown
+    custom: gr.Textbox
+    mode: gr.Radio
+    load: gr.Button
+
+    def wire(self, sh: Shared) -> None:
+        names = {value for _, value in model_choices()}
+
+        def load(session: Session, spec: str, mode: str, progress: Any) -> tuple[Any, ...]:
+            def report(fraction: float, message: str) -> None:
+                progress(fraction, desc=message)
+
+            def run() -> tuple[Any, Any]:
+                view = handlers.load_model(sh.app, session, spec, mode == MODES[1], report)
+                # the menu shows a known model however it was named; a path leaves it alone
+                return view, view.session.model.lower() if view.session.model.lower() in names else gr.skip()
+            return show(run, extra=1)
+
+        def on_known(session: Session, known: str, mode: str, progress=gr.Progress()) -> tuple[Any, ...]:
+            return load(session, known, mode, progress)
+
+        def on_load(session: Session, known: str, custom: str, mode: str,
+                    progress=gr.Progress()) -> tuple[Any, ...]:
+            return load(session, (custom or "").strip() or known, mode, progress)
+
+        outputs = [*sh.outputs, self.known]
+        self.known.input(on_known, [sh.state, self.known, self.mode], outputs, api_name="load_known")
+        self.load.click(on_load, [sh.state, self.known, self.custom, self.mode], outputs, api_name="load_model")
+        self.custom.submit(on_load, [sh.state, self.known, self.custom, self.mode], outputs,
+                           api_visibility="private")
+
+
+def create_model_panel() -> ModelPanel:
+    with gr.Row():
+        known = gr.Dropdown(model_choices(), value="tiny", label="Model", scale=4,
+                            info="the built-in tiny model, or a known architecture (config only, no download)")
+        custom = gr.Textbox(label="…or a local path or Hub id", scale=4,
+                            placeholder="/path/to/checkpoint, path/to/config.json or org/name",
+                            elem_id="fl-custom-model",
+                            info="a checkpoint directory, a config.json, or a Hub id (only its config is read)")
+        mode = gr.Radio(list(MODES), value=MODES[0], label="Weights", scale=2,
+                        info="weights are only needed by the sanity step")
+        load = gr.Button("Load", variant="primary", scale=1, min_width=80)
+    return ModelPanel(known, custom, mode, load)

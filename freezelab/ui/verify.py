@@ -1,0 +1,208 @@
+"""The two slow checks of a plan, as plain functions: the simulated memory estimate
+(fake tensors) next to the analytic one, and the real sanity step (streamed)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import plotly.graph_objects as go
+
+from freezelab import charts, units
+from freezelab.errors import FreezelabError
+from freezelab.memory.analytic import estimate as analytic_estimate
+from freezelab.memory.estimate import CATEGORIES, MemoryEstimate
+from freezelab.plans import resolve
+from freezelab.session import Session
+from freezelab.step import Event, StepReport, iter_step
+from freezelab.ui.handlers import App
+
+Progress = Callable[[float, str], None]
+
+
+class VerifyError(FreezelabError):
+    """A simulation or sanity step could not run, or was cancelled."""
+
+
+class Cancels:
+    """One cancel flag per browser session, so a Cancel button stops only its own run."""
+
+    def __init__(self) -> None:
+        self._flags: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def start(self, key: str) -> threading.Event:
+        with self._lock:
+            flag = self._flags[key] = threading.Event()
+            return flag
+
+    def cancel(self, key: str) -> bool:
+        with self._lock:
+            flag = self._flags.get(key)
+        if flag is None:
+            return False
+        flag.set()
+        return True
+
+    def finish(self, key: str, flag: threading.Event) -> None:
+        with self._lock:
+            if self._flags.get(key) is flag:
+                del self._flags[key]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._flags)
+
+
+# -- simulated estimate ----------------------------------------------------------------
+
+@dataclass
+class SimulationView:
+    analytic: MemoryEstimate
+    simulated: MemoryEstimate
+    table: str           # markdown: category by category
+    figure: go.Figure
+
+
+def comparison_table(a: MemoryEstimate, s: MemoryEstimate) -> str:
+    rows = ["| | analytic | simulated | difference |", "|---|---:|---:|---:|"]
+
+    def line(label: str, x: int, y: int) -> str:
+        sign = "+" if y >= x else "−"
+        diff = f"{sign}{units.nbytes(abs(y - x))}" + (f" ({100 * (y - x) / x:+.1f}%)" if x else "")
+        return f"| {label} | {units.nbytes(x)} | {units.nbytes(y)} | {diff} |"
+
+    for c in CATEGORIES:
+        x, y = a.breakdown.get(c, 0), s.breakdown.get(c, 0)
+        if x or y:
+            rows.append(line(charts.CATEGORY_LABELS[c], x, y))
+    rows.append(line("**tensor peak**", a.peak_bytes, s.peak_bytes))
+    rows.append(line("**device (nvidia-smi)**", a.device_estimate_bytes, s.device_estimate_bytes))
+    rows.append(f"| peak happens in | {a.phase} | {s.phase} | |")
+    return "\n".join(rows)
+
+
+def simulate(app: App, session: Session, progress: Progress | None = None,
+             cancel: Callable[[], bool] | None = None) -> SimulationView:
+    """Run the real training step on fake tensors; seconds for a 7B model, so behind a button."""
+    from freezelab.memory.simulate import SimulationCancelled, SimulationError, simulate_step
+    from freezelab.models import hf_config
+
+    loaded = app.loaded(session)
+    index = loaded.index
+    app.policy.check_simulate(index.total_params, index.name)
+    res = resolve(session.plan, index)
+    analytic = analytic_estimate(index, res.mask, session.workload)
+    try:
+        simulated = simulate_step(hf_config(loaded.source), res.trainable_names(index), session.workload,
+                                  progress=progress, cancel=cancel)
+    except SimulationCancelled:
+        raise VerifyError("simulation cancelled") from None
+    except SimulationError as err:
+        raise VerifyError(f"the training step cannot run as configured: {err}") from None
+    return SimulationView(analytic, simulated, comparison_table(analytic, simulated),
+                          charts.estimate_comparison([analytic, simulated]))
+
+
+# -- sanity step -------------------------------------------------------------------------
+
+@dataclass
+class StepView:
+    status: str                                   # markdown: progress or the verdict
+    loss_fig: go.Figure
+    grad_fig: go.Figure | None
+    checks: list[list[str]] = field(default_factory=list)   # rows: check, result, message, offending names
+    memory: str = ""                              # markdown: measured vs estimated
+    report: StepReport | None = None
+
+
+CHECK_HEADERS = ["check", "result", "what it found", "offending parameters"]
+
+
+def check_rows(report: StepReport) -> list[list[str]]:
+    rows = []
+    for c in report.checks.values():
+        result = "passed" if c.passed else ("FAILED" if c.level == "failure" else "warning")
+        more = c.count - len(c.offending)
+        names = ", ".join(c.offending) + (f" (+{more} more)" if more > 0 else "")
+        rows.append([c.name, result, c.message, names])
+    return rows
+
+
+def memory_text(report: StepReport) -> str:
+    est = report.estimate
+    steady = [s for s in report.steps if s.steady and s.peak_allocated_bytes is not None]
+    if not steady:
+        said = f"the analytic estimate is {units.nbytes(est['peak_bytes'])} of tensors" if est else ""
+        where = "measured peaks need a CUDA device" if report.device == "cpu" else "no steady-state step finished"
+        return f"{where}; {said}." if said else f"{where}."
+    lines = ["| step | measured peak | estimate | error |", "|---:|---:|---:|---:|"]
+    for s in steady:
+        err = f"{100 * s.relative_error:+.1f}%" if s.relative_error is not None else ""
+        lines.append(f"| {s.step} | {units.nbytes(s.peak_allocated_bytes)} | "
+                     f"{units.nbytes(s.estimate_bytes) if s.estimate_bytes else ''} | {err} |")
+    return "\n".join(lines)
+
+
+def grad_figure(report: StepReport) -> go.Figure | None:
+    norms = report.grad_norms
+    if not norms:
+        return None
+    values = {f"{tower} layer {k}": v for tower, layers in norms.get("layers", {}).items()
+              for k, v in enumerate(layers) if v is not None}
+    if not values:
+        values = {c: v for c, v in norms.get("component", {}).items() if v is not None}
+    positive = all(v > 0 for v in values.values())
+    return charts.grouped_bars(values, title=f"Gradient L2 norm (step {norms.get('step')})", y_label="norm",
+                               log=positive and bool(values))
+
+
+def _verdict(report: StepReport) -> str:
+    took = f"{report.seconds:.1f} s on {report.device_name}"
+    if report.status != "ok":
+        return f"⚠️ **{report.status.replace('_', ' ')}**: {report.error} ({took})"
+    failed = [c.name for c in report.checks.values() if not c.passed and c.level == "failure"]
+    head = "✅ **passed**: the plan trains exactly what it says" if report.passed else \
+        f"❌ **failed**: {', '.join(failed)}"
+    extra = "".join(f"\n- {w}" for w in report.warnings)
+    return (f"{head} ({units.params(report.trainable_params)} trainable parameters in "
+            f"{report.trainable_tensors} tensors, {len(report.steps)} steps, {report.weights} weights, {took}){extra}")
+
+
+def step_view(event: Event, losses: list[float]) -> StepView:
+    loss_fig = charts.line_chart(losses, title="Loss per step", y_label="loss")
+    report = event.report
+    if report is None:
+        return StepView(f"⏳ {event.message}", loss_fig, None)
+    return StepView(_verdict(report), loss_fig, grad_figure(report), check_rows(report), memory_text(report), report)
+
+
+def run_step(app: App, session: Session, device: str, steps: int, lr: float,
+             cancel: threading.Event | None = None) -> Iterator[tuple[float, StepView]]:
+    """Stream (fraction done, view) while the sanity step runs; the last view holds the report."""
+    loaded = app.loaded(session)
+    index = loaded.index
+    steps = _whole(steps, "steps")
+    lr = _number(lr, "learning rate")
+    app.policy.check_step(index.total_params, steps, device, index.name)
+    losses: list[float] = []
+    for event in iter_step(loaded.source, session.plan, session.workload, steps=steps, lr=lr, device=device,
+                           weights=session.weights, cancel=cancel):
+        if event.record is not None and event.record.loss is not None:
+            losses.append(event.record.loss)
+        yield event.fraction, step_view(event, losses)
+
+
+def _whole(value: object, name: str) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise VerifyError(f"{name} must be a whole number, got {value!r}")
+    return value
+
+
+def _number(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise VerifyError(f"{name} must be a number, got {value!r}")
+    return float(value)

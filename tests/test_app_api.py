@@ -1,0 +1,141 @@
+"""The launched app (`python app.py` in a subprocess, loopback only) through gradio_client."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+gradio_client = pytest.importorskip("gradio_client")
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 90
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"app.py did not answer on {url} within {timeout} s")
+
+
+def launch_app() -> tuple[subprocess.Popen, str]:
+    """`python app.py` on a free loopback port, as a user or a Space would start it."""
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "FREEZELAB_PUBLIC": "0",
+           "FREEZELAB_CACHE": tempfile.mkdtemp(prefix="freezelab-api-cache-")}
+    env.pop("SPACE_ID", None)
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_up(url, proc, START_TIMEOUT_S)
+    except Exception:
+        proc.kill()
+        raise
+    return proc, url
+
+
+@pytest.fixture(scope="module")
+def server():
+    proc, url = launch_app()
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def client(url: str):
+    return gradio_client.Client(url, verbose=False)
+
+
+# Outputs of every view endpoint, in order (the session state travels separately).
+STATUS, HEADER, SUMMARY, TREE, RULES, WARNINGS = range(6)
+VERDICT = 9
+
+
+def trainable(summary_html: str) -> int:
+    start = summary_html.index('id="fl-trainable">') + len('id="fl-trainable">')
+    return int(summary_html[start:summary_html.index("<", start)].replace(",", ""))
+
+
+def numel(model, prefixes: tuple[str, ...]) -> int:
+    return sum(p.numel() for n, p in model.named_parameters() if n.startswith(prefixes))
+
+
+def test_page_answers_with_the_app(server):
+    with urllib.request.urlopen(server + "config", timeout=5) as r:
+        config = json.loads(r.read().decode())
+    assert config["title"] == "freezelab"
+    ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
+    assert {"fl-tree-box", "fl-summary", "fl-verdict-box", "fl-memory-plot"} <= ids
+
+
+def test_preset_then_selector_rule(server, tiny_model):
+    c = client(server)
+    out = c.predict(4, api_name="/preset_stage1")
+    projector = numel(tiny_model, ("model.multi_modal_projector.",))
+    assert trainable(out[SUMMARY]) == projector
+    out = c.predict("model.language_model.layers.1", api_name="/train")
+    assert trainable(out[SUMMARY]) == projector + numel(tiny_model, ("model.language_model.layers.1.",))
+    assert out[RULES].splitlines()[-1] == "train model.language_model.layers.1"
+    rows = json.loads(out[TREE])["rows"]
+    assert rows[0][4] == "p"  # the root is partly trainable
+    preview = c.predict("*q_proj*", api_name="/preview")
+    assert "reaches into several components" in preview
+
+
+def test_an_error_changes_nothing_and_says_why(server, tiny_model):
+    c = client(server)
+    c.predict(4, api_name="/preset_stage1")
+    out = c.predict("nonexistent_module", api_name="/train")
+    assert "matches no parameter of tiny" in out[STATUS]
+    bad = c.predict(0, 64, 1, "bf16", "none", "adamw", False, "sdpa", 1, "ddp", False, api_name="/set_workload")
+    assert "batch must be between 1" in bad[STATUS]
+    now = c.predict("", api_name="/filter_tree")  # re-renders the session's current view
+    assert trainable(now[SUMMARY]) == numel(tiny_model, ("model.multi_modal_projector.",))
+
+
+def test_sessions_are_separate(server):
+    a, b = client(server), client(server)
+    a.predict(4, api_name="/preset_full")
+    assert trainable(b.predict("", api_name="/filter_tree")[SUMMARY]) == 0
+    assert trainable(a.predict("", api_name="/filter_tree")[SUMMARY]) > 0
+
+
+def test_load_7b_and_export(server):
+    c = client(server)
+    out = c.predict("tiny", "llava-1.5-7b", "architecture only", api_name="/load_model")
+    assert out[HEADER].startswith("**llava-1.5-7b**")
+    assert "of 7,063,427,072 parameters" in out[SUMMARY]
+    out = c.predict(4, api_name="/preset_last_n")
+    assert "fits" in out[VERDICT]
+    exported = c.predict(api_name="/export")
+    plan_file, json_text = exported[0], exported[1]
+    data = json.loads(json_text)
+    assert [r["selector"] for r in data["rules"]] == ["@llm.layers[-4:]"]
+    assert Path(plan_file).read_text(encoding="utf-8").strip() == json_text.strip()

@@ -1,0 +1,489 @@
+"""Every dashboard event at handler level (no browser, no server): counts equal independent
+computations, errors change nothing, sessions never see each other's changes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from freezelab import units
+from freezelab.anatomy import count, tree
+from freezelab.errors import FreezelabError, NotLlavaError, PlanError, SelectorError, SourceError
+from freezelab.memory.analytic import estimate
+from freezelab.plans import Plan, preset, resolve
+from freezelab.policy import PolicyError, public_policy
+from freezelab.session import ModelCache, Session, append_rule, module_selector, plan_mask
+from freezelab.ui import handlers
+from freezelab.ui.export_view import export_view
+from freezelab.ui.gpu_lines import common_gpus
+from freezelab.ui.learn import LESSONS, run_lesson
+from freezelab.ui.tree_view import tree_data
+from freezelab.ui.verify import Cancels, run_step
+from freezelab.ui.verify import simulate as verify_simulate
+from freezelab.workload import Workload, WorkloadError
+
+# llava-1.5-7b as published (shared calibration README): 7,063,427,072 parameters; its projector is
+# Linear(1024 -> 4096) + Linear(4096 -> 4096) with biases.
+LLAVA_7B_TOTAL = 7_063_427_072
+LLAVA_7B_PROJECTOR = 1024 * 4096 + 4096 + 4096 * 4096 + 4096
+
+
+@pytest.fixture(scope="module")
+def app():
+    return handlers.App(cache=ModelCache())
+
+
+@pytest.fixture()
+def start(app):
+    return handlers.initial_view(app)
+
+
+def numel(model, prefixes: tuple[str, ...]) -> int:
+    """Independent count: the torch model's parameters whose names start with a prefix."""
+    return sum(p.numel() for n, p in model.named_parameters() if n.startswith(prefixes))
+
+
+def trainable_shown(view: handlers.View) -> int:
+    """The count as the page shows it (summary HTML), parsed back."""
+    html = view.summary
+    start = html.index('id="fl-trainable">') + len('id="fl-trainable">')
+    return int(html[start:html.index("<", start)].replace(",", ""))
+
+
+# -- opening state ---------------------------------------------------------------------
+
+def test_app_opens_ready_on_the_tiny_model(start, tiny_model):
+    assert start.session.model == "tiny" and start.session.plan == Plan()
+    assert trainable_shown(start) == 0
+    assert f"of {sum(p.numel() for p in tiny_model.parameters()):,} parameters" in start.summary
+    assert json.loads(start.tree)["rows"][0][1] == "tiny"
+    assert start.map_fig.data and start.params_fig.data and start.memory.figure.data and start.memory.curve.data
+
+
+# -- presets, toggles, rules -------------------------------------------------------------
+
+def test_preset_stage1_trains_exactly_the_projector(app, start, tiny_model):
+    view = handlers.apply_preset(app, start.session, "stage1")
+    assert view.trainable == trainable_shown(view) == numel(tiny_model, ("model.multi_modal_projector.",))
+    assert view.rules.endswith("base frozen\ntrain @projector")
+
+
+def test_preset_last_n_uses_the_slider_value(app, start, tiny_model):
+    view = handlers.apply_preset(app, start.session, "last-n", 2)
+    assert view.trainable == numel(tiny_model, ("model.language_model.layers.2.", "model.language_model.layers.3."))
+    assert view.session.plan.preset == "last-2"
+
+
+def test_toggle_trains_a_subtree_as_a_module_path_rule(app, start, tiny_model):
+    stage1 = handlers.apply_preset(app, start.session, "stage1").session
+    view = handlers.toggle_module(app, stage1, "model.language_model.layers.1", True)
+    assert view.trainable == numel(tiny_model, ("model.multi_modal_projector.", "model.language_model.layers.1."))
+    assert view.session.plan.rules[-1].selector == "model.language_model.layers.1"
+    rows = {r[1]: r for r in json.loads(view.tree)["rows"] if r[0] <= 3}
+    assert rows["language_model"][4] == "p" and rows["vision_tower"][4] == "f"
+    assert rows["multi_modal_projector"][4] == "t"
+
+
+def test_toggle_off_then_on_leaves_the_plan_as_it_was(app, start):
+    stage1 = handlers.apply_preset(app, start.session, "stage1").session
+    off = handlers.toggle_module(app, stage1, "model.multi_modal_projector.linear_1", False)
+    assert len(off.session.plan.rules) == 2
+    back = handlers.toggle_module(app, off.session, "model.multi_modal_projector.linear_1", True)
+    assert back.session.plan.rules == stage1.plan.rules
+
+
+def test_unticking_what_a_preset_trained_piece_by_piece_shortens_the_plan(app, start):
+    stage2 = handlers.apply_preset(app, start.session, "stage2").session
+    s = handlers.toggle_module(app, stage2, "model.language_model", False).session
+    assert [str(r) for r in s.plan.rules] == ["train @projector", "train @llm", "freeze model.language_model"]
+    s = handlers.toggle_module(app, s, "lm_head", False).session
+    # @llm is now overridden everywhere by the two later rules, and freezing over a frozen base is a no-op
+    assert [str(r) for r in s.plan.rules] == ["train @projector"]
+
+
+def test_toggling_the_root_replaces_every_earlier_rule(app, start, tiny_model):
+    s = handlers.toggle_module(app, start.session, "model.language_model.layers.0", True).session
+    s = handlers.toggle_module(app, s, "model.vision_tower", True).session
+    view = handlers.toggle_module(app, s, "", False)
+    assert [str(r) for r in view.session.plan.rules] == []
+    assert view.trainable == 0
+    view = handlers.toggle_module(app, s, "", True)
+    assert [str(r) for r in view.session.plan.rules] == ["train @all"]
+    assert view.trainable == sum(p.numel() for p in tiny_model.parameters())
+
+
+def test_toggle_of_an_unknown_or_empty_module_is_refused(app, start):
+    with pytest.raises(SelectorError, match="not a module"):
+        handlers.toggle_module(app, start.session, "model.nope", True)
+    with pytest.raises(SelectorError, match="no parameters"):
+        handlers.toggle_module(app, start.session, "model.multi_modal_projector.act", True)
+
+
+def test_module_selector_is_the_exact_subtree(tiny_index):
+    for m in tiny_index.modules:
+        if m.params:
+            chosen = plan_mask(Plan("frozen").then("train", module_selector(tiny_index, m.path)), tiny_index)
+            assert {i for i, on in enumerate(chosen) if on} == set(m.params)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(["train", "freeze"]), st.integers(0, 10_000)), max_size=12),
+       st.sampled_from(["frozen", "trainable"]))
+def test_collapsed_rules_give_the_same_mask_as_all_rules(tiny_index, steps, base):
+    paths = [m.path for m in tiny_index.modules if m.params]
+    short = full = Plan(base)
+    for action, k in steps:
+        selector = module_selector(tiny_index, paths[k % len(paths)])
+        short = append_rule(short, tiny_index, action, selector)
+        full = full.then(action, selector)
+        assert resolve(short, tiny_index).mask == resolve(full, tiny_index).mask
+    assert len(short.rules) <= len(full.rules)
+
+
+def test_selector_train_and_freeze_buttons(app, start, tiny_model):
+    view = handlers.add_rule(app, start.session, "train", "@llm.layers[-1:]")
+    assert view.trainable == numel(tiny_model, ("model.language_model.layers.3.",))
+    view = handlers.add_rule(app, view.session, "freeze", "*mlp*")
+    assert view.trainable == numel(tiny_model, ("model.language_model.layers.3.self_attn.",
+                                                "model.language_model.layers.3.input_layernorm.",
+                                                "model.language_model.layers.3.post_attention_layernorm."))
+
+
+def test_a_rule_that_changes_nothing_is_not_added(app, start):
+    stage1 = handlers.apply_preset(app, start.session, "stage1").session
+    view = handlers.add_rule(app, stage1, "train", "model.multi_modal_projector.linear_2")
+    assert view.session.plan == stage1.plan
+    assert "No change" in view.status
+
+
+def test_undo_and_reset(app, start):
+    s1 = handlers.apply_preset(app, start.session, "stage2").session
+    s2 = handlers.toggle_module(app, s1, "model.vision_tower", True).session
+    assert handlers.undo(app, s2).session.plan == s1.plan
+    reset = handlers.reset(app, s2)
+    assert reset.trainable == 0 and reset.session.plan == Plan()
+    assert handlers.undo(app, reset.session).session.plan == s2.plan
+    assert handlers.undo(app, start.session).status == "Nothing to undo."
+
+
+# -- selector preview ----------------------------------------------------------------------
+
+def test_preview_counts_tensors_and_parameters(app, start, tiny_model):
+    text = handlers.preview_selector(app, start.session, "@llm.layers[-2:]")
+    names = [n for n, _ in tiny_model.named_parameters()
+             if n.startswith(("model.language_model.layers.2.", "model.language_model.layers.3."))]
+    n = numel(tiny_model, ("model.language_model.layers.2.", "model.language_model.layers.3."))
+    assert f"Matches **{len(names)} tensors, {units.params(n)} parameters**" in text
+
+
+def test_preview_warns_when_a_pattern_reaches_into_the_vision_tower(app, start, tiny_model):
+    text = handlers.preview_selector(app, start.session, "*q_proj*")
+    vision = [n for n, _ in tiny_model.named_parameters() if "q_proj" in n and n.startswith("model.vision_tower.")]
+    llm = [n for n, _ in tiny_model.named_parameters() if "q_proj" in n and n.startswith("model.language_model.")]
+    assert f"vision: {len(vision)} tensors" in text and f"llm: {len(llm)} tensors" in text
+    assert "reaches into several components" in text
+
+
+def test_preview_of_a_selector_matching_nothing_gives_the_hint(app, start):
+    text = handlers.preview_selector(app, start.session, "language_model.model.layers.1")
+    assert "matches no parameter" in text and "did you mean 'model.language_model.layers.1'" in text
+    assert "slice syntax" in handlers.preview_selector(app, start.session, "@llm.layers[a:b]")
+
+
+def test_pick_module_fills_the_selector(app, start):
+    selector, preview = handlers.pick_module(app, start.session, "lm_head")
+    assert selector == "lm_head" and "Matches **1 tensors" in preview
+
+
+# -- errors leave the session unchanged -------------------------------------------------
+
+@pytest.mark.parametrize("call, error", [
+    (lambda app, s: handlers.add_rule(app, s, "train", "nonexistent_module"), SelectorError),
+    (lambda app, s: handlers.add_rule(app, s, "train", ""), SelectorError),
+    (lambda app, s: handlers.add_rule(app, s, "train", "re:(a+)+$("), SelectorError),
+    (lambda app, s: handlers.apply_preset(app, s, "stage9"), PlanError),
+    (lambda app, s: handlers.apply_preset(app, s, "last-n", "many"), handlers.OptionError),
+    (lambda app, s: handlers.apply_preset(app, s, "last-n", 0), handlers.OptionError),
+    (lambda app, s: handlers.set_tree_options(app, s, "", "deep"), handlers.OptionError),
+    (lambda app, s: handlers.set_tree_options(app, s, "x" * 500, None), handlers.OptionError),
+    (lambda app, s: handlers.set_workload(app, s, batch=0), WorkloadError),
+    (lambda app, s: handlers.set_workload(app, s, batch=None), WorkloadError),
+    (lambda app, s: handlers.set_workload(app, s, batch=2.5), WorkloadError),
+    (lambda app, s: handlers.set_workload(app, s, text_tokens=float("nan")), WorkloadError),
+    (lambda app, s: handlers.set_workload(app, s, dtype="fp8"), WorkloadError),
+    (lambda app, s: handlers.set_workload(app, s, dtype="bf16", autocast="fp16"), WorkloadError),
+    (lambda app, s: handlers.load_model(app, s, "/no/such/dir"), SourceError),
+    (lambda app, s: handlers.load_model(app, s, "llava-1.5-7"), SourceError),
+    (lambda app, s: handlers.load_model(app, s, ""), SourceError),
+    (lambda app, s: handlers.import_plan(app, s, b"{not json"), PlanError),
+    (lambda app, s: handlers.import_plan(app, s, b""), PlanError),
+    (lambda app, s: handlers.import_plan(app, s, b"x" * 300_000), PlanError),
+    (lambda app, s: handlers.import_plan(app, s, b"train model.nothing.here"), SelectorError),
+])
+def test_bad_input_raises_one_clear_error_and_changes_nothing(app, start, call, error):
+    session = handlers.apply_preset(app, start.session, "stage1").session
+    before = (session, len(app.cache))
+    with pytest.raises(error) as info:
+        call(app, session)
+    assert str(info.value) and "Traceback" not in str(info.value)
+    assert (session, len(app.cache)) == before
+    assert handlers.build_view(app, session).trainable == handlers.apply_preset(app, start.session, "stage1").trainable
+
+
+def test_a_non_llava_config_is_refused_and_the_previous_model_stays(app, start, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(NotLlavaError, match="not a LLaVA-family model"):
+        handlers.load_model(app, start.session, str(config))
+    assert handlers.build_view(app, start.session).header.startswith("**tiny**")
+
+
+def test_the_error_wrapper_keeps_every_component(app, start):
+    gr = pytest.importorskip("gradio")
+    from freezelab.ui.shared import show
+
+    with pytest.warns(UserWarning, match="matches no parameter"):  # gr.Warning outside a request
+        out = show(lambda: handlers.add_rule(app, start.session, "train", "nonexistent_module"))
+    skip = gr.skip()
+    assert out[0] == skip and all(o == skip for o in out[2:])
+    assert "matches no parameter" in out[1]
+    ok = show(lambda: handlers.apply_preset(app, start.session, "stage1"))
+    assert ok[0].plan == preset("stage1")
+
+
+# -- model loading -------------------------------------------------------------------------
+
+def test_loading_7b_keeps_a_plan_that_still_applies(app, start):
+    stage1 = handlers.apply_preset(app, start.session, "stage1").session
+    view = handlers.load_model(app, stage1, "llava-1.5-7b")
+    assert view.session.plan == stage1.plan
+    assert view.trainable == LLAVA_7B_PROJECTOR
+    assert f"of {LLAVA_7B_TOTAL:,} parameters" in view.summary
+    assert "architecture only" in view.header
+
+
+def test_loading_resets_a_plan_that_does_not_apply(app, start):
+    next_ = handlers.load_model(app, start.session, "llava-v1.6-mistral-7b").session
+    with_newline = handlers.add_rule(app, next_, "train", "model.image_newline")
+    assert with_newline.trainable == 4096  # LLaVA-NeXT's learned newline embedding: one hidden-size vector
+    view = handlers.load_model(app, with_newline.session, "tiny")
+    assert view.session.plan == Plan() and view.trainable == 0
+    assert "does not fit this model" in view.status
+    with pytest.raises(SelectorError, match="image_newline"):  # that plan belongs to the other model
+        handlers.undo(app, view.session)
+    again = handlers.load_model(app, view.session, "llava-v1.6-mistral-7b")
+    assert handlers.undo(app, again.session).session.plan == with_newline.session.plan
+
+
+def test_loading_weights_needs_weight_files(app, start):
+    with pytest.raises(SourceError, match="no weight files"):
+        handlers.load_model(app, start.session, "llava-1.5-7b", weights=True)
+
+
+def test_public_mode_refuses_local_paths(start, tmp_path):
+    public = handlers.App(cache=ModelCache(), policy=public_policy())
+    with pytest.raises(PolicyError, match="disabled"):
+        handlers.load_model(public, start.session, str(tmp_path))
+
+
+# -- tree ------------------------------------------------------------------------------------
+
+def test_tree_rows_match_anatomy_counts_on_7b(app):
+    index = app.cache.get("llava-1.5-7b").index
+    mask = resolve(preset("last-4"), index).mask
+    rows = tree_data(index, mask)["rows"]
+    expected = tree(index, mask)
+    assert len(rows) == len(expected) == len(index.modules)
+    for row, r in zip(rows, expected):
+        assert row[0] == r.depth and row[2] == r.type
+        want = f"{units.params(r.trainable)} / {units.params(r.total)}" if r.total else "no parameters"
+        assert row[3] == want
+        assert row[4] == {"trainable": "t", "frozen": "f", "partial": "p", "empty": "e"}[r.state]
+
+
+def test_tree_filter_keeps_matches_and_their_ancestors(app, start, tiny_model):
+    view = handlers.set_tree_options(app, start.session, "q_proj", None)
+    rows = json.loads(view.tree)["rows"]
+    hits = [r for r in rows if "H" in r[5]]
+    assert len(hits) == sum(1 for n, _ in tiny_model.named_modules() if "q_proj" in n)
+    assert all(r[1] == "q_proj" for r in hits)
+    names = [n for n, _ in tiny_model.named_modules() if "q_proj" in n]
+    kept = {".".join(n.split(".")[:k]) for n in names for k in range(len(n.split(".")) + 1)}
+    assert len(rows) == len(kept)  # the matches, their ancestors and nothing else
+    shallow = json.loads(handlers.set_tree_options(app, start.session, "", 1).tree)["rows"]
+    assert [r[1] for r in shallow] == ["tiny", "model", "lm_head"]
+
+
+def test_tree_marks_tied_weights_and_dead_parameters(app):
+    index = app.cache.get("llava-interleave-qwen-0.5b").index
+    rows = tree_data(index, [False] * len(index.params))["rows"]
+    tied = [r for r in rows if "T" in r[5]]
+    assert {r[1] for r in tied} == {"embed_tokens", "lm_head"}
+    llava = app.cache.get("llava-1.5-7b").index
+    dead = [r[1] for r in tree_data(llava, [False] * len(llava.params))["rows"] if "D" in r[5]]
+    # vision_feature_layer=-2: the last CLIP layer (23) and post_layernorm never get a gradient
+    assert "23" in dead and "post_layernorm" in dead and "22" not in dead
+
+
+# -- workload and memory ---------------------------------------------------------------------
+
+def test_workload_change_recomputes_the_estimate(app, start):
+    s = handlers.apply_preset(app, start.session, "stage2").session
+    view = handlers.set_workload(app, s, batch=4.0, text_tokens=512, grad_ckpt=True)
+    assert view.session.workload == Workload(batch=4, text_tokens=512, grad_ckpt=True)
+    index = app.cache.get("tiny").index
+    expected = estimate(index, resolve(preset("stage2"), index).mask, view.session.workload)
+    assert view.memory.estimate.peak_bytes == expected.peak_bytes
+    assert view.memory.estimate.device_estimate_bytes == expected.device_estimate_bytes
+    assert units.gib(expected.device_estimate_bytes) in view.memory.verdict
+
+
+def test_verdict_names_exactly_the_cards_that_fit(app, start):
+    big = handlers.load_model(app, start.session, "llava-1.5-7b").session
+    big = handlers.set_workload(app, big, batch=4, text_tokens=1024).session
+    small = handlers.apply_preset(app, big, "stage1")
+    need = small.memory.estimate.device_estimate_bytes
+    fitting = [name for name, size in common_gpus() if size >= need]
+    assert fitting and f"smallest card: <b>{fitting[0]}</b>" in small.memory.verdict
+    assert f"fits: {', '.join(fitting)}" in small.memory.verdict
+    huge = handlers.set_workload(app, handlers.apply_preset(app, big, "full").session, batch=32)
+    assert huge.memory.estimate.device_estimate_bytes > max(size for _, size in common_gpus())
+    assert "does not fit</span> any common GPU" in huge.memory.verdict
+
+
+# -- export / import --------------------------------------------------------------------------
+
+def test_export_and_import_round_trip(app, start):
+    s = handlers.apply_preset(app, start.session, "stage1").session
+    s = handlers.toggle_module(app, s, "model.language_model.layers.3", True).session
+    view = export_view(app, s)
+    with open(view.json_path, encoding="utf-8") as f:
+        assert f.read() == view.text("json")
+    assert view.exports["python"].exact
+    imported = handlers.import_plan(app, start.session, view.text("json").encode())
+    assert imported.session.plan.rules == s.plan.rules
+    assert imported.trainable == handlers.build_view(app, s).trainable
+
+
+def test_import_of_an_uploaded_file(app, start, tmp_path):
+    path = tmp_path / "plan.txt"
+    path.write_text("# stage 1\ntrain @projector\n")
+    view = handlers.import_plan_file(app, start.session, str(path))
+    assert view.session.plan.rules == preset("stage1").rules
+    with pytest.raises(PlanError, match="no plan file"):
+        handlers.import_plan_file(app, start.session, None)
+
+
+# -- sessions --------------------------------------------------------------------------------
+
+def test_sessions_do_not_leak(app):
+    a = handlers.initial_view(app)
+    b = handlers.initial_view(app)
+    index = app.cache.get("tiny").index
+    snapshot = json.dumps(index.to_dict(), sort_keys=True)
+    a2 = handlers.toggle_module(app, a.session, "model.vision_tower", True)
+    assert a2.trainable > 0
+    assert handlers.build_view(app, b.session).trainable == 0
+    assert b.session == Session() and a.session == Session()
+    assert json.dumps(app.cache.get("tiny").index.to_dict(), sort_keys=True) == snapshot
+
+
+def test_model_cache_is_bounded_and_shared():
+    cache = ModelCache(capacity=2)
+    first = cache.get("tiny")
+    assert cache.get("tiny") is first
+    cache.get("llava-1.5-7b")
+    cache.get("llava-1.5-13b")
+    assert len(cache) == 2 and ("tiny", "bf16") not in cache
+
+
+# -- learn, sanity step -------------------------------------------------------------------------
+
+def test_lessons_walk_from_stage1_to_last_n(app, start):
+    view, text = run_lesson(app, start.session, "7b-stage1")
+    assert view.session.model == "llava-1.5-7b" and view.trainable == LLAVA_7B_PROJECTOR
+    assert view.session.workload == LESSONS["7b-stage1"].workload
+    view2, text2 = run_lesson(app, view.session, "7b-stage2")
+    index = app.cache.get("llava-1.5-7b").index
+    vision = count(index, [True] * len(index.params), index.component_params("vision")).total
+    assert view2.trainable == LLAVA_7B_TOTAL - vision
+    assert f"{units.params(LLAVA_7B_PROJECTOR)} → **{units.params(view2.trainable)}**" in text2
+    assert "gradients" in text2
+    with pytest.raises(FreezelabError, match="unknown lesson"):
+        run_lesson(app, start.session, "nope")
+
+
+def test_sanity_step_on_tiny_streams_and_passes(app, start, tiny_model):
+    s = handlers.apply_preset(app, start.session, "stage1").session
+    s = replace(s, workload=Workload(dtype="fp32"))
+    views = [v for _, v in run_step(app, s, "cpu", 2, 1e-3)]
+    final = views[-1]
+    assert final.report is not None and final.report.passed, final.status
+    assert final.report.trainable_params == numel(tiny_model, ("model.multi_modal_projector.",))
+    assert len(final.loss_fig.data[0].y) == 2
+    assert {row[0] for row in final.checks} == set(final.report.checks)
+    assert all(row[1] in ("passed", "warning") for row in final.checks)
+    assert "CUDA" in final.memory
+
+
+def test_sanity_step_cancelled_before_it_starts(app, start):
+    cancels = Cancels()
+    flag = cancels.start("me")
+    assert cancels.cancel("me") and not cancels.cancel("someone else")
+    final = list(run_step(app, start.session, "cpu", 2, 1e-3, flag))[-1][1]
+    assert final.report.status == "cancelled" and "cancelled" in final.status
+    cancels.finish("me", flag)
+    assert len(cancels) == 0
+
+
+def test_sanity_step_refuses_bad_arguments(app, start):
+    with pytest.raises(FreezelabError, match="steps"):
+        list(run_step(app, start.session, "cpu", 0, 1e-3))
+    with pytest.raises(FreezelabError, match="whole number"):
+        list(run_step(app, start.session, "cpu", 1.5, 1e-3))
+
+
+def test_simulated_estimate_next_to_the_analytic_one(app, start):
+    from freezelab.memory.simulate import simulate_step
+    from freezelab.models import hf_config
+
+    s = handlers.apply_preset(app, start.session, "stage1").session
+    seen: list[float] = []
+    view = verify_simulate(app, s, lambda f, m: seen.append(f))
+    loaded = app.cache.get("tiny")
+    mask = resolve(s.plan, loaded.index).mask
+    assert view.analytic.peak_bytes == estimate(loaded.index, mask, s.workload).peak_bytes
+    direct = simulate_step(hf_config(loaded.source), resolve(s.plan, loaded.index).trainable_names(loaded.index),
+                           s.workload)
+    assert view.simulated.peak_bytes == direct.peak_bytes
+    assert f"| **tensor peak** | {units.nbytes(view.analytic.peak_bytes)} | {units.nbytes(direct.peak_bytes)} |" \
+        in view.table
+    assert [t.name for t in view.figure.data] == ["analytic", "simulate"]
+    assert seen and seen[-1] == 1.0
+    with pytest.raises(FreezelabError, match="cancelled"):
+        verify_simulate(app, s, None, lambda: True)
+
+
+def test_chart_lines_are_the_common_sizes_at_their_smallest_card():
+    from freezelab.memory.gpus import GPUS
+    from freezelab.ui.gpu_lines import chart_lines
+
+    lines = chart_lines()
+    assert [name for name, _ in lines] == ["24 GB", "40 GB", "48 GB", "80 GB", "141 GB"]
+    for name, size in lines:
+        same = [g.total_bytes for g in GPUS if g.nominal_gb == int(name.split()[0])]
+        assert size == min(same) and all(size <= s for s in same)
+
+
+def test_load_weights_from_a_checkpoint_and_step_with_them(app, start, tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)  # safetensors + config.json: a real checkpoint directory
+    view = handlers.load_model(app, start.session, str(tmp_path), weights=True)
+    assert view.session.weights and "weights from the checkpoint" in view.header
+    s = replace(handlers.apply_preset(app, view.session, "stage1").session, workload=Workload(dtype="fp32"))
+    final = list(run_step(app, s, "cpu", 1, 1e-3))[-1][1]
+    assert final.report.weights == "checkpoint"
+    assert final.report.trainable_params == numel(tiny_model, ("model.multi_modal_projector.",))
