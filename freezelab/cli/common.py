@@ -66,6 +66,13 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     return plan
 
 
+def console(stderr: bool = False) -> Any:
+    """A rich console at least 120 columns wide: module paths are long, and a pipe defaults to 80."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, width=max(Console(stderr=stderr).width, 120))
+
+
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")

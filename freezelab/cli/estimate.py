@@ -18,6 +18,7 @@ from typing import Any
 from freezelab import units
 from freezelab.anatomy import count
 from freezelab.cli.common import (
+    console as cli_console,
     add_model_argument,
     add_plan_options,
     add_workload_options,
@@ -106,10 +107,9 @@ def report(index: ModelIndex, res: Resolution, workload: Workload, est: MemoryEs
 
 
 def _print_human(data: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = cli_console()
     w = data["workload"]
     console.print(f"[bold]{data['model']}[/]: {data['trainable_params']:,} of {data['total_params']:,} parameters "
                   f"train; batch {w['batch']} x ({w['images']} image(s) + {w['text_tokens']} text tokens), "

@@ -8,6 +8,7 @@ from typing import Any
 from freezelab import units
 from freezelab.anatomy import summary, tree
 from freezelab.cli.common import add_model_argument, add_plan_options, plan_from_args, print_json
+from freezelab.cli.common import console as cli_console
 from freezelab.index import ModelIndex
 from freezelab.models import index_of
 from freezelab.plans import Resolution, resolve
@@ -41,10 +42,9 @@ def report(index: ModelIndex, res: Resolution, depth: int | None) -> dict[str, A
 
 
 def _print_human(data: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=max(Console().width, 120))  # module paths are long
+    console = cli_console()
     total, trainable = data["total_params"], data["trainable_params"]
     console.print(f"[bold]{data['model']}[/] ({data['model_class']}, transformers {data['transformers_version']})")
     console.print(f"trainable [bold green]{trainable:,}[/] of {total:,} parameters "

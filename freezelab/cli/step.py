@@ -14,6 +14,7 @@ from typing import Any
 from freezelab import units
 from freezelab.batch import Example
 from freezelab.cli.common import (
+    console as cli_console,
     add_model_argument,
     add_plan_options,
     add_workload_options,
@@ -82,9 +83,8 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _progress_printer() -> Any:
-    from rich.console import Console
 
-    console = Console(stderr=True)
+    console = cli_console(stderr=True)
 
     def show(event: Any) -> None:
         if event.kind == "stage":
@@ -145,9 +145,8 @@ def _norms_table(data: dict[str, Any]) -> Any:
 
 
 def _print_human(data: dict[str, Any]) -> None:
-    from rich.console import Console
 
-    console = Console()
+    console = cli_console()
     b = data["batch"]
     console.print(f"[bold]{data['model']}[/] ({data['model_class']}) on {data['device_name']}, "
                   f"{data['workload']['dtype']} {data['weights']} weights, seed {data['seed']}, lr {data['lr']:g}")
