@@ -156,7 +156,8 @@ def gradients_present(index: ModelIndex, obs: Observation, ctx: Context) -> Chec
     causes = {i: no_gradient_cause(index, i, ctx) for i in bad}
     n = sum(1 for i, on in enumerate(obs.mask) if on and index.params[i].name not in ctx.dead)
     return _check("gradients_present", "failure", index, bad,
-                  f"all {n} trainable tensors received a gradient in every step",
+                  f"all {n} trainable tensors a gradient can reach received one in every step"
+                  + (f" ({sum(obs.mask) - n} unreachable ones: see dead_parameters)" if n < sum(obs.mask) else ""),
                   f"{len(bad)} trainable tensors received no gradient: {_grouped(causes)}", causes)
 
 
