@@ -35,3 +35,38 @@ def test_readme_inspect_example_is_true():
         if "transformers_version" in line:
             continue  # the installed release may be a patch release ahead
         assert line.strip() in out, line
+
+
+def test_readme_dashboard_walkthrough_numbers():
+    """The walkthrough's figures are what the estimator computes for the default workload."""
+    from freezelab.memory.analytic import estimate
+    from freezelab.models import index_of
+    from freezelab.plans import preset, resolve as resolve_plan
+    from freezelab.sources import resolve
+    from freezelab.units import params
+    from freezelab.workload import Workload
+
+    index = index_of(resolve("llava-1.5-7b"))
+    for name, count, gib in (("stage2", "6.76B", "67.5 GiB"), ("stage1", "20.98M", "17.7 GiB")):
+        mask = resolve_plan(preset(name), index).mask
+        est = estimate(index, mask, Workload())
+        trainable = sum(n for n, on in zip(index.numels, mask) if on)
+        assert params(trainable) == count and count in README
+        assert f"{est.device_estimate_bytes / 2**30:.1f} GiB" == gib and gib in README
+
+
+def test_readme_projector_activation_example():
+    """"16 GiB on top of 13 GiB of weights" for stage 1 at batch 4 x 1024 tokens."""
+    from freezelab.memory.analytic import estimate
+    from freezelab.models import index_of
+    from freezelab.plans import preset, resolve as resolve_plan
+    from freezelab.sources import resolve
+    from freezelab.tokens import image_tokens
+    from freezelab.workload import Workload
+
+    index = index_of(resolve("llava-1.5-7b"))
+    text = 1024 - image_tokens(index.config)
+    est = estimate(index, resolve_plan(preset("stage1"), index).mask, Workload(batch=4, text_tokens=text))
+    assert round(est.breakdown["weights"] / 2**30) == 13
+    assert round(est.activations_by_component["llm"] / 2**30) == 16
+    assert "16 GiB on top of 13 GiB" in README.replace("\n", " ")
