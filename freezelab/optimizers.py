@@ -25,22 +25,24 @@ def check_available(name: str, device: str) -> None:
             raise OptimizerError("adamw-8bit (bitsandbytes) runs on CUDA only; use --device cuda or another optimizer")
 
 
-def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer | None:
+def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, *,
+                   foreach: bool | None = None) -> torch.optim.Optimizer | None:
     """`name` from workload.OPTIMIZERS over `params`; None when nothing trains.
 
-    adamw is torch's default implementation (foreach on CUDA), as in the calibration protocol."""
+    adamw is torch's default implementation (foreach on CUDA), as in the calibration protocol;
+    `foreach` pins AdamW's and SGD's choice (Adafactor stays single-tensor, its CUDA default)."""
     import torch
 
     if not params:
         return None
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr)
+        return torch.optim.AdamW(params, lr=lr, foreach=foreach)
     if name == "adamw-fused":
         return torch.optim.AdamW(params, lr=lr, fused=True)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
+        return torch.optim.SGD(params, lr=lr, foreach=foreach)
     if name == "sgd-momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, foreach=foreach)
     if name == "adafactor":
         return torch.optim.Adafactor(params, lr=lr)
     if name == "adamw-8bit":
