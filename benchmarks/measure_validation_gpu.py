@@ -210,6 +210,7 @@ def run_case(model, cfg, case, mname, diag=None):
     rec = dict(case, model=mname, param_dtype=str(pdtype), trainable_params=sum(p.numel() for p in params),
                image_tokens_per_image=tok, seq_len=b["input_ids"].shape[1], torch=torch.__version__,
                transformers=transformers.__version__)
+    # measure.py keeps this snapshot during the steps; it is part of what was measured
     snap = {n: p.detach()[..., :1].clone() for n, p in list(model.named_parameters())[::25]}
     steps = []
     try:

@@ -119,7 +119,7 @@ def _max_tiles(config: dict[str, Any]) -> int | None:
     if config.get("model_type") != "llava_onevision":
         return None
     ratio = str(config.get("vision_aspect_ratio") or "anyres_max_9")
-    digits = ratio.strip("anyres_max_")
+    digits = ratio.removeprefix("anyres_max_")
     return int(digits) if digits.isdigit() else None
 
 

@@ -10,7 +10,7 @@ from freezelab.anatomy import component_counts, count, summary, tree
 from freezelab.index import ModelIndex, build_index
 from freezelab.models import build
 from freezelab.plans import Plan, apply, preset
-from freezelab.sources import TINY_CONFIG, resolve
+from freezelab.sources import TINY_CONFIG
 
 CFG = json.loads(TINY_CONFIG.read_text())
 V, T = CFG["vision_config"], CFG["text_config"]

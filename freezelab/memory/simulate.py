@@ -379,7 +379,7 @@ class _Run:
             pcomp = self.param_component()
             for name, p in self.model.named_parameters():
                 ledger.track(p, "weights", pcomp.get(name, "other"))
-            for name, b in self.model.named_buffers():
+            for b in self.model.buffers():
                 ledger.track(b, "weights", "buffers")
             ledger.category, ledger.component = "activations", "inputs"
             batch = self.make_batch(tokens)
