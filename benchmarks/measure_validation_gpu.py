@@ -168,7 +168,7 @@ def analyze_history(snap, base):
             best, best_i = cur, i
     # replay up to best_i
     live = {}
-    for i, ev in enumerate(traces[: best_i + 1]):
+    for ev in traces[: best_i + 1]:
         if ev["action"] == "alloc":
             live[ev["addr"]] = ev
         elif ev["action"] == "free_completed":
@@ -211,7 +211,7 @@ def run_case(model, cfg, case, mname, diag=None):
                image_tokens_per_image=tok, seq_len=b["input_ids"].shape[1], torch=torch.__version__,
                transformers=transformers.__version__)
     # measure.py keeps this snapshot during the steps; it is part of what was measured
-    snap = {n: p.detach()[..., :1].clone() for n, p in list(model.named_parameters())[::25]}
+    _snap = {n: p.detach()[..., :1].clone() for n, p in list(model.named_parameters())[::25]}
     steps = []
     try:
         for step in range(2):

@@ -160,7 +160,8 @@ def load_processor(directory: Path) -> Any:
     from transformers import AutoProcessor
 
     try:
-        processor = AutoProcessor.from_pretrained(str(directory), local_files_only=True)
+        # trust_remote_code=False: with None, transformers would ask on the terminal whether to run shipped code
+        processor = AutoProcessor.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise BatchError(f"{directory}: no usable processor/tokenizer files for a real example "
                          f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None

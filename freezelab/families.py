@@ -29,16 +29,26 @@ _HINTS: dict[str, str] = {
 }
 
 
+def _short(value: Any) -> str:
+    """A config value for a message: a hostile config must not make the message huge."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def check_family(config: dict[str, Any], origin: str) -> str:
     """Return the config's model_type if freezelab supports it, else raise a clear error."""
     model_type = config.get("model_type")
     archs = config.get("architectures") or []
-    if model_type in CLASSES:
-        return str(model_type)
-    found = f"model_type {model_type!r}" if model_type else "no model_type"
+    if isinstance(model_type, str) and model_type in CLASSES:
+        return model_type
+    archs = archs if isinstance(archs, list) else [archs]
+    found = f"model_type {_short(model_type)}" if model_type else "no model_type"
     if archs:
-        found += f", architectures {', '.join(map(str, archs))}"
+        found += f", architectures {', '.join(_short(a) for a in archs[:3])}{', ...' if len(archs) > 3 else ''}"
     hint = _HINTS.get(str(model_type), "supported: " + ", ".join(CLASSES.values()))
+    if config.get("auto_map"):  # custom code shipped with the checkpoint: never imported, never run
+        hint = "it needs the model code shipped with the checkpoint (auto_map), and freezelab never runs " \
+               "code from a checkpoint; " + hint
     raise NotLlavaError(f"{origin} is not a LLaVA-family model ({found}); {hint}")
 
 

@@ -40,10 +40,19 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 def hf_config(source: Source) -> Any:
+    from huggingface_hub.errors import StrictDataclassError  # transformers 5 configs validate field types
+
     try:
         return config_from_dict(source.config)
-    except (TypeError, ValueError, KeyError, AttributeError) as err:
-        raise SourceError(f"{source.spec}: the config could not be read by transformers: {err}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError, StrictDataclassError) as err:
+        raise SourceError(f"{source.spec}: the config could not be read by transformers: {_first_line(err)}") from None
+    except ImportError as err:  # a sub-model whose optional package is missing (e.g. timm)
+        raise SourceError(f"{source.spec}: this config needs a package that is not installed: {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 @contextlib.contextmanager
@@ -76,8 +85,10 @@ def build(source: Source, *, device: str = "meta", dtype: str = "bf16", seed: in
             model = model_class(source.model_type)(config)
     except torch.OutOfMemoryError:
         raise SourceError(f"{source.name}: not enough {device} memory for its weights") from None
-    except (ValueError, TypeError, RuntimeError) as err:
-        raise SourceError(f"{source.spec}: transformers could not build this config: {err}") from None
+    except (ValueError, TypeError, RuntimeError, ArithmeticError, IndexError, KeyError, AttributeError) as err:
+        raise SourceError(f"{source.spec}: transformers could not build this config: {_first_line(err)}") from None
+    except ImportError as err:
+        raise SourceError(f"{source.spec}: this config needs a package that is not installed: {_first_line(err)}") from None
     return model
 
 
@@ -118,25 +129,48 @@ def check_room(index: ModelIndex, dtype: str, device: str) -> None:
         )
 
 
+def check_file_room(source: Source, device: str) -> None:
+    """Refuse before reading a checkpoint whose weight files alone exceed the free memory of `device`."""
+    need = source.weight_bytes
+    if device == "cpu":
+        have, where = available_ram(), "free RAM"
+    elif device.startswith("cuda"):
+        import torch
+
+        have, where = torch.cuda.mem_get_info(device)[0], f"free memory on {device}"
+    else:
+        return
+    if need > have:
+        raise SourceError(f"{source.name}: its weight files hold {need / 2**30:.1f} GiB but only {have / 2**30:.1f} GiB "
+                          f"of {where} is left; inspect it architecture-only instead")
+
+
 def load_weights(source: Source, *, dtype: str, device: str = "cpu") -> torch.nn.Module:
-    """The checkpoint's model with its weights: safetensors first, .bin only with weights_only=True."""
+    """The checkpoint's model with its weights: safetensors first, .bin only with weights_only=True (a pickle
+    holding anything but tensors is refused, never executed), and never code shipped with the checkpoint."""
+    import pickle
+
     import torch
 
     if not source.weights:
         raise SourceError(f"{source.spec}: no weight files (*.safetensors or *.bin) next to its config.json")
+    check_file_room(source, device)
     cls = model_class(source.model_type)
     directory = source.weights[0].parent
     try:
         model, info = cls.from_pretrained(
             directory, dtype=torch_dtype(dtype), use_safetensors=source.weight_format == "safetensors",
-            weights_only=True, output_loading_info=True, local_files_only=True,
+            weights_only=True, trust_remote_code=False, output_loading_info=True, local_files_only=True,
             # device_map needs the accelerate package; CPU is from_pretrained's default anyway
             **({} if device == "cpu" else {"device_map": device}),
         )
     except torch.OutOfMemoryError:
         raise SourceError(f"{source.name}: not enough {device} memory for its weights") from None
+    except pickle.UnpicklingError:
+        raise SourceError(f"{directory}: refused to load {source.weights[0].name}: it holds objects other than "
+                          "tensors, which could run code; convert the checkpoint to safetensors") from None
     except (OSError, ValueError, RuntimeError, KeyError) as err:
-        raise SourceError(f"{directory}: the weights could not be loaded: {str(err).splitlines()[0]}") from None
+        raise SourceError(f"{directory}: the weights could not be loaded: {_first_line(err)}") from None
     missing = sorted(info.get("missing_keys", []))
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")

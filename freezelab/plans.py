@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from freezelab.errors import PlanError, SelectorError
 from freezelab.index import ModelIndex
-from freezelab.selectors import parse, reach, select
+from freezelab.selectors import PLAN_REGEX_BUDGET_S, parse, reach, select
 
 if TYPE_CHECKING:
     import torch
@@ -94,9 +95,10 @@ def resolve(plan: Plan, index: ModelIndex) -> Resolution:
     mask = [plan.effective_base == "trainable"] * len(index.params)
     matched, warnings = [], []
     touched: set[int] = set()
+    deadline = time.monotonic() + PLAN_REGEX_BUDGET_S  # many slow regexes must not add up to minutes
     for n, rule in enumerate(plan.rules, 1):
         try:
-            hits = select(index, rule.selector)
+            hits = select(index, rule.selector, deadline)
         except SelectorError as err:
             raise SelectorError(f"rule {n} ({rule}): {err}") from None
         on = rule.action == "train"
@@ -222,8 +224,9 @@ def from_dict(data: Any) -> Plan:
         except SelectorError as err:
             raise PlanError(f"plan rule {n}: {err}") from None
     preset_name = data.get("preset")
-    if preset_name is not None and not isinstance(preset_name, str):
-        raise PlanError("plan 'preset' must be text or null")
+    if preset_name is not None and not (isinstance(preset_name, str) and len(preset_name) <= 64
+                                        and preset_name.isprintable()):
+        raise PlanError("plan 'preset' must be null or a short name such as stage1 or last-4")
     return Plan(data.get("base"), tuple(parsed), preset_name)
 
 
@@ -234,6 +237,8 @@ def from_json(text: str | bytes) -> Plan:
         data = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise PlanError(f"plan is not valid JSON: {err}") from None
+    except (ValueError, RecursionError):  # a number of thousands of digits, or nesting thousands deep
+        raise PlanError("plan is not usable JSON (absurdly long numbers or deep nesting)") from None
     return from_dict(data)
 
 

@@ -34,6 +34,18 @@ class Policy:
     step_devices: tuple[str, ...] | None = None
     max_simulate_params: int | None = None   # simulation costs CPU time proportional to size
     max_session_models: int = 8              # process-wide model cache entries
+    max_cache_bytes: int = 256 * 2**20       # and their estimated memory
+
+    def describe(self) -> str:
+        """One line for the page: what this deployment allows."""
+        if not self.public:
+            return "Local mode: every path, checkpoint and run size is allowed."
+        paths = f"local paths only under {', '.join(map(str, self.roots))}" if self.roots else "no local paths"
+        weights = f"weights up to {self.max_weight_bytes / GiB:.0f} GiB" if self.max_weight_bytes else "any weights"
+        steps = (f"sanity steps on {', '.join(self.step_devices or ('any device',))}, at most {self.max_steps} steps "
+                 f"and {self.max_step_params or 0:,} parameters")
+        return (f"Public mode: {paths}; Hub ids are read config-only; {weights}; {steps}; simulations up to "
+                f"{self.max_simulate_params or 0:,} parameters; code shipped with a checkpoint never runs.")
 
     @property
     def allows_paths(self) -> bool:
@@ -82,14 +94,24 @@ def public_policy(roots: tuple[Path, ...] = ()) -> Policy:
     """Public limits sized for a 2-vCPU Space shared by a workshop."""
     return Policy(public=True, roots=tuple(r.resolve() for r in roots), max_weight_bytes=2 * GiB,
                   max_step_params=50_000_000, max_steps=5, step_devices=("cpu",),
-                  max_simulate_params=15_000_000_000, max_session_models=4)
+                  max_simulate_params=15_000_000_000, max_session_models=4, max_cache_bytes=64 * 2**20)
 
 
 def from_env(environ: dict[str, str] | None = None) -> Policy:
+    return from_options(None, (), environ)
+
+
+def from_options(public: bool | None, roots: tuple[Path, ...] | list[Path] = (),
+                 environ: dict[str, str] | None = None) -> Policy:
+    """The policy for explicit options (`python app.py --public/--local --model-root DIR`), falling
+    back to the environment: `public` None means FREEZELAB_PUBLIC, else on when SPACE_ID is set;
+    roots given here come before those of FREEZELAB_MODEL_ROOTS."""
     env = os.environ if environ is None else environ
-    flag = env.get("FREEZELAB_PUBLIC", "").strip().lower()
-    public = flag in ("1", "true", "yes", "on") or (bool(env.get("SPACE_ID")) and flag not in ("0", "false", "no", "off"))
+    if public is None:
+        flag = env.get("FREEZELAB_PUBLIC", "").strip().lower()
+        public = flag in ("1", "true", "yes", "on") or (bool(env.get("SPACE_ID"))
+                                                       and flag not in ("0", "false", "no", "off"))
     if not public:
         return LOCAL
-    roots = tuple(Path(p) for p in env.get("FREEZELAB_MODEL_ROOTS", "").split(os.pathsep) if p.strip())
-    return public_policy(roots)
+    from_env_roots = [Path(p) for p in env.get("FREEZELAB_MODEL_ROOTS", "").split(os.pathsep) if p.strip()]
+    return public_policy(tuple(dict.fromkeys([*map(Path, roots), *from_env_roots])))

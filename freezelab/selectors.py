@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import re
 import time
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,9 @@ from freezelab.index import COMPONENTS, ModelIndex
 ALIASES = ("@all", "@vision", "@projector", "@llm", "@lm_head", "@embeddings")
 MAX_SELECTOR_CHARS = 512
 REGEX_BUDGET_S = 0.25  # total time one regular expression may spend over all names
+PLAN_REGEX_BUDGET_S = 1.0  # all regular expressions of one plan together
+# control, format (e.g. right-to-left override), lone surrogate, and line / paragraph separator characters
+_INVISIBLE = ("Cc", "Cf", "Cs", "Zl", "Zp")
 _LAYERS = re.compile(r"^@(vision|llm)\.layers\[(.*)\]$")
 _INT = re.compile(r"^\s*[-+]?\d+\s*$")
 
@@ -74,7 +78,7 @@ def _segment_regex(seg: str) -> str:
         elif end > i + 1:
             inner = seg[i + 1:end]
             negate = inner.startswith("!") and len(inner) > 1
-            chars = (inner[1:] if negate else inner).replace("\\", "\\\\").replace("^", "\\^")
+            chars = (inner[1:] if negate else inner).replace("\\", "\\\\").replace("^", "\\^").replace("[", "\\[")
             out += "[" + ("^" if negate else "") + chars + "]"
             i = end
         else:
@@ -106,6 +110,10 @@ def parse(text: str) -> Selector:
         raise SelectorError("empty selector")
     if len(text) > MAX_SELECTOR_CHARS:
         raise SelectorError(f"selector is {len(text)} characters long; the limit is {MAX_SELECTOR_CHARS}")
+    bad = next((c for c in text if unicodedata.category(c) in _INVISIBLE), None)
+    if bad is not None:  # no parameter name has one; shown raw they could rewrite a terminal or a page
+        raise SelectorError(f"selector contains the invisible or control character U+{ord(bad):04X}; write it as "
+                            "a regex escape if you really mean it")
     if text.startswith("re:"):
         body = text[3:]
         if not body:
@@ -127,7 +135,10 @@ def parse(text: str) -> Selector:
         raise SelectorError(f"{text!r}: a glob cannot contain spaces (use re: for a regular expression)")
     if ".." in text or text.startswith(".") or text.endswith("."):
         raise SelectorError(f"{text!r}: empty dotted segment")
-    return Selector(text, "glob", re.compile(glob_to_regex(text)))
+    try:
+        return Selector(text, "glob", re.compile(glob_to_regex(text)))
+    except re.error as err:  # a character class such as [9-0]
+        raise SelectorError(f"{text!r}: bad glob: {err}") from None
 
 
 def _layer_params(index: ModelIndex, tower: str, which: slice | int, text: str) -> list[int]:
@@ -147,8 +158,11 @@ def _layer_params(index: ModelIndex, tower: str, which: slice | int, text: str) 
     return sorted(out)
 
 
-def _names_search(index: ModelIndex, sel: Selector) -> list[int]:
-    deadline = time.monotonic() + REGEX_BUDGET_S
+def _names_search(index: ModelIndex, sel: Selector, shared: float | None = None) -> list[int]:
+    """Parameters whose names the glob or regex matches; a regex stops at its own time budget or at the
+    `shared` deadline of the plan it belongs to, whichever comes first."""
+    own = time.monotonic() + REGEX_BUDGET_S
+    deadline = own if shared is None else min(own, shared)
     hits = []
     for i, p in enumerate(index.params):
         for name in p.names:
@@ -159,14 +173,20 @@ def _names_search(index: ModelIndex, sel: Selector) -> list[int]:
                 except TimeoutError:
                     found = None
                 if found is None or left <= 0:
-                    raise SelectorError(f"{sel.text!r}: the regular expression takes too long "
-                                        "(nested repetition?); simplify it")
+                    raise _too_slow(sel, shared is not None and shared < own)
             else:
                 found = sel.pattern.search(name) is not None
             if found:
                 hits.append(i)
                 break
     return hits
+
+
+def _too_slow(sel: Selector, plan_budget: bool) -> SelectorError:
+    if plan_budget:
+        return SelectorError(f"{sel.text!r}: the plan's regular expressions together take longer than "
+                             f"{PLAN_REGEX_BUDGET_S:g} s; simplify them")
+    return SelectorError(f"{sel.text!r}: the regular expression takes too long (nested repetition?); simplify it")
 
 
 def _alias_params(index: ModelIndex, alias: str) -> list[int]:
@@ -204,8 +224,10 @@ def _no_match(index: ModelIndex, sel: Selector) -> SelectorError:
     return SelectorError(f"{sel.text!r} matches no parameter of {index.name}{hint}")
 
 
-def select(index: ModelIndex, selector: Selector | str) -> list[int]:
-    """Indices (into index.params) of the parameters a selector names; never empty."""
+def select(index: ModelIndex, selector: Selector | str, deadline: float | None = None) -> list[int]:
+    """Indices (into index.params) of the parameters a selector names; never empty.
+
+    `deadline` (a time.monotonic() value) bounds the time a regex may take together with others."""
     sel = parse(selector) if isinstance(selector, str) else selector
     if sel.kind == "alias":
         hits = _alias_params(index, sel.text)
@@ -213,7 +235,7 @@ def select(index: ModelIndex, selector: Selector | str) -> list[int]:
         tower, which = sel.pattern
         hits = _layer_params(index, tower, which, sel.text)
     else:
-        hits = _names_search(index, sel)
+        hits = _names_search(index, sel, deadline)
     if not hits:
         raise _no_match(index, sel)
     return hits

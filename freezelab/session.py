@@ -9,8 +9,10 @@ mutated, and a session holds only the model's spec string, not the index.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -29,6 +31,10 @@ DEFAULT_MODEL = "tiny"
 INDEX_DTYPE = "bf16"       # the dtype shown in the tree; estimates use the workload's dtype
 MAX_HISTORY = 100          # undo steps kept per session
 CACHE_CAPACITY = 12        # indexes kept process-wide (a 72B index is a few MB in memory)
+CACHE_BYTES = 256 * 2**20  # and at most this much of them, by index_bytes()
+INDEX_MEMORY_FACTOR = 3    # measured (tracemalloc): a loaded index takes ~3x its JSON size
+MAX_HIT_INDICES = 200_000  # parameter indices memoised per index by hits() (~75 bytes each)
+MAX_HIT_SELECTORS = 4096
 MAX_SIMPLIFY = 64          # rules a plan may have for append_rule to look for redundant ones
 
 
@@ -100,6 +106,8 @@ def module_selector(index: ModelIndex, path: str) -> str:
     """A selector for exactly the parameters under module `path`: the path itself as a
     segment glob (readable in the rule list), or an anchored regex in the rare case the
     glob would also catch a parameter elsewhere."""
+    if not isinstance(path, str):
+        raise SelectorError(f"a module path must be text, got {type(path).__name__}")
     if path == "":
         return "@all"
     module = index.module_by_path.get(path)
@@ -114,17 +122,26 @@ def module_selector(index: ModelIndex, path: str) -> str:
 
 # -- model cache -------------------------------------------------------------------
 
+def index_bytes(index: ModelIndex) -> int:
+    """Estimated memory of a loaded index: its serialised size times the measured ratio of Python
+    objects to JSON (about 3 for the shipped indexes, tiny to 72B)."""
+    return INDEX_MEMORY_FACTOR * len(json.dumps(index.to_dict(), separators=(",", ":")))
+
+
 @dataclass(frozen=True)
 class Loaded:
     source: Source
     index: ModelIndex
+    nbytes: int = 0     # estimated memory of the index, measured once at load
 
 
 class ModelCache:
-    """A small thread-safe LRU of loaded models, keyed by (spec, dtype)."""
+    """A thread-safe LRU of loaded models keyed by (spec, dtype), bounded by entries and by bytes.
+    The entry just loaded always stays, however large: it is the one being served."""
 
-    def __init__(self, capacity: int = CACHE_CAPACITY) -> None:
+    def __init__(self, capacity: int = CACHE_CAPACITY, max_bytes: int = CACHE_BYTES) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self._items: OrderedDict[tuple[str, str], Loaded] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -139,9 +156,20 @@ class ModelCache:
         with self._lock:
             self._items[key] = loaded
             self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            self._evict()
         return loaded
+
+    def _evict(self) -> None:
+        while len(self._items) > 1 and (len(self._items) > self.capacity or self._bytes() > self.max_bytes):
+            self._items.popitem(last=False)
+
+    def _bytes(self) -> int:
+        return sum(item.nbytes for item in self._items.values())
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return self._bytes()
 
     def __contains__(self, key: tuple[str, str]) -> bool:
         with self._lock:
@@ -154,7 +182,8 @@ class ModelCache:
     @staticmethod
     def _load(spec: str, dtype: str, **resolve_kwargs: Any) -> Loaded:
         source = resolve_source(spec, **resolve_kwargs)
-        return Loaded(source, index_of(source, dtype=dtype))
+        index = index_of(source, dtype=dtype)
+        return Loaded(source, index, index_bytes(index))
 
 
 # -- derived data per index ------------------------------------------------------------
@@ -163,32 +192,72 @@ _T = TypeVar("_T")
 
 
 def per_index(fn: Callable[[ModelIndex], _T]) -> Callable[[ModelIndex], _T]:
-    """Memoise a function of an index by the index object's identity (indexes are never
-    mutated once loaded). Holds the few most recent indexes, so ids cannot be recycled."""
-    memo: OrderedDict[int, tuple[ModelIndex, _T]] = OrderedDict()
-    lock = threading.Lock()
+    """Memoise a function of an index by the index object's identity (indexes are never mutated once
+    loaded). Entries are held weakly: when the model cache drops an index, what was derived from it
+    goes too, so the memo is bounded by the indexes alive."""
+    memo: dict[int, tuple[weakref.ref[ModelIndex], _T]] = {}
+    lock = threading.RLock()  # the drop callback may run inside a locked section of this thread
 
     def wrapper(index: ModelIndex) -> _T:
         key = id(index)
         with lock:
             hit = memo.get(key)
-            if hit is not None and hit[0] is index:
-                memo.move_to_end(key)
+            if hit is not None and hit[0]() is index:
                 return hit[1]
         value = fn(index)
+
+        def drop(ref: weakref.ref[ModelIndex], key: int = key) -> None:
+            with lock:
+                if key in memo and memo[key][0] is ref:
+                    del memo[key]
+
         with lock:
-            memo[key] = (index, value)
-            while len(memo) > CACHE_CAPACITY * 2:
-                memo.popitem(last=False)
+            memo[key] = (weakref.ref(index, drop), value)
         return value
 
     wrapper.__doc__ = fn.__doc__
     return wrapper
 
 
+class _Hits:
+    """Selector -> matched parameter indices for one index: an LRU bounded by the number of indices it
+    holds, so a client sending thousands of distinct selectors cannot grow it without limit."""
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[str, frozenset[int]] = OrderedDict()
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def get(self, selector: str) -> frozenset[int] | None:
+        with self._lock:
+            found = self._items.get(selector)
+            if found is not None:
+                self._items.move_to_end(selector)
+            return found
+
+    def put(self, selector: str, found: frozenset[int]) -> None:
+        with self._lock:
+            if selector in self._items:
+                return
+            self._items[selector] = found
+            self._held += len(found)
+            while len(self._items) > 1 and (self._held > MAX_HIT_INDICES or len(self._items) > MAX_HIT_SELECTORS):
+                _, old = self._items.popitem(last=False)
+                self._held -= len(old)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    @property
+    def held(self) -> int:
+        with self._lock:
+            return self._held
+
+
 @per_index
-def _hit_cache(index: ModelIndex) -> dict[str, frozenset[int]]:
-    return {}
+def _hit_cache(index: ModelIndex) -> _Hits:
+    return _Hits()
 
 
 def hits(index: ModelIndex, selector: str) -> frozenset[int]:
@@ -197,8 +266,7 @@ def hits(index: ModelIndex, selector: str) -> frozenset[int]:
     found = cache.get(selector)
     if found is None:
         found = frozenset(select(index, selector))
-        if len(cache) < 4096:
-            cache[selector] = found
+        cache.put(selector, found)
     return found
 
 

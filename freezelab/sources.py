@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from freezelab.config_bounds import check_sizes
 from freezelab.errors import SourceError
 from freezelab.families import check_family
 from freezelab.policy import LOCAL, Policy
@@ -47,6 +48,17 @@ class Source:
     @property
     def has_weights(self) -> bool:
         return bool(self.weights) or self.kind == "tiny"
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the weight files on disk: what loading them reads, checked against limits and free memory."""
+        total = 0
+        for path in self.weights:
+            try:
+                total += path.stat().st_size
+            except OSError:
+                pass  # a vanished file is reported by the loader
+        return total
 
     @property
     def weight_format(self) -> str | None:
@@ -86,6 +98,8 @@ def read_json(path: Path) -> dict[str, Any]:
         raise SourceError(f"{path}: not a text file (is it a weights file?)") from None
     except json.JSONDecodeError as err:
         raise SourceError(f"{path}: broken JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    except (ValueError, RecursionError):  # a number of thousands of digits, or nesting thousands deep
+        raise SourceError(f"{path}: not a usable JSON config (absurdly long numbers or deep nesting)") from None
     if not isinstance(data, dict):
         raise SourceError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
@@ -109,7 +123,9 @@ def weight_files(directory: Path) -> tuple[Path, ...]:
 
 def _from_config_file(spec: str, path: Path, kind: str, name: str) -> Source:
     config = read_json(path)
-    model_type = check_family(config, str(path) if kind != "known" else name)
+    origin = str(path) if kind != "known" else name
+    model_type = check_family(config, origin)
+    check_sizes(config, origin)
     weights = weight_files(path.parent) if kind == "checkpoint" else ()
     return Source(spec=spec, kind=kind, name=name, config=config, weights=weights, model_type=model_type)
 
@@ -136,6 +152,9 @@ def _from_hub(spec: str) -> Source:
         )
     except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
         raise SourceError("loading a Hub id needs the huggingface_hub package") from None
+    size = _remote_size(spec, "config.json")
+    if size is not None and size > MAX_CONFIG_BYTES:
+        raise SourceError(f"{spec}: its config.json is {size:,} bytes on the Hub; too large for a config file")
     try:
         path = Path(hf_hub_download(spec, "config.json"))
     except GatedRepoError:
@@ -151,6 +170,17 @@ def _from_hub(spec: str) -> Source:
     except OSError as err:
         raise SourceError(f"{spec}: could not fetch config.json ({err.__class__.__name__}: {err})") from None
     return _from_config_file(spec, path, "hub", spec)
+
+
+def _remote_size(repo: str, filename: str) -> int | None:
+    """The file's size from a HEAD request, so a huge file is refused before it is downloaded; None when
+    the Hub cannot be asked (offline: the download then uses the local cache)."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    try:
+        return get_hf_file_metadata(hf_hub_url(repo, filename)).size
+    except Exception:  # noqa: BLE001 - only an early check: offline, DNS or HTTP trouble is reported by the download
+        return None
 
 
 def _unknown(spec: str) -> SourceError:

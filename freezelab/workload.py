@@ -83,7 +83,8 @@ def _check_int(name: str, value: Any, low: int) -> None:
         raise WorkloadError(f"{name} must be a whole number, got {value!r}")
     high = LIMITS[name]
     if not low <= value <= high:
-        raise WorkloadError(f"{name} must be between {low} and {high:,}, got {value:,}")
+        shown = f"{value:,}" if abs(value) < 10**15 else f"{value:.3g}"  # 1e300 from a number box: not 300 digits
+        raise WorkloadError(f"{name} must be between {low} and {high:,}, got {shown}")
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

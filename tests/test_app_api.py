@@ -120,11 +120,12 @@ def test_an_error_changes_nothing_and_says_why(server, tiny_model):
     assert trainable(now[SUMMARY]) == numel(tiny_model, ("model.multi_modal_projector.",))
 
 
-def test_sessions_are_separate(server):
+def test_sessions_are_separate(server, tiny_model):
     a, b = client(server), client(server)
     a.predict(4, api_name="/preset_full")
-    assert trainable(b.predict("", api_name="/filter_tree")[SUMMARY]) == 0
-    assert trainable(a.predict("", api_name="/filter_tree")[SUMMARY]) > 0
+    # b still has the opening plan, LLaVA stage 1
+    assert trainable(b.predict("", api_name="/filter_tree")[SUMMARY]) == numel(tiny_model, ("model.multi_modal_projector.",))
+    assert trainable(a.predict("", api_name="/filter_tree")[SUMMARY]) == numel(tiny_model, ("",))
 
 
 def test_load_7b_and_export(server):

@@ -79,7 +79,10 @@ def test_preset_and_tree_toggle_change_counts_and_verdict(server, counts_7b, tmp
             page = browser.new_page(viewport={"width": 1500, "height": 1000})
             page.goto(server)
             page.wait_for_selector("#fl-tree-box [data-p='model.language_model']", timeout=WAIT_MS)
-            assert shown_count(page) == 0  # opens ready on the tiny model
+            # opens ready on the tiny model with LLaVA stage 1: only the projector trains
+            tiny = build(resolve("tiny"), device="meta")
+            assert shown_count(page) == sum(p.numel() for n, p in tiny.named_parameters()
+                                            if n.startswith("model.multi_modal_projector.")) > 0
 
             page.fill("#fl-custom-model textarea, #fl-custom-model input", "llava-1.5-7b")
             page.press("#fl-custom-model textarea, #fl-custom-model input", "Enter")

@@ -3,6 +3,7 @@ mirrored selection logic of its framework, so `exact` can only be claimed when t
 
 from __future__ import annotations
 
+import copy
 import json
 import shlex
 
@@ -380,9 +381,13 @@ def test_snippet_assert_catches_the_wrong_model(shipped_indexes, tiny_pair):
 
 
 def test_snippet_comments_cannot_be_broken_out_of(tiny_index, tiny_pair):
-    plan = Plan(rules=(Rule("train", "re:linear_1|x\nimport os"),))
-    text = export(plan, tiny_index, "python").text
-    assert "\nimport os" not in text and "x\\nimport os" in text
+    with pytest.raises(SelectorError, match="control character"):  # a line break cannot enter a rule at all
+        Rule("train", "re:linear_1|x\nimport os")
+    named = copy.copy(tiny_index)  # a model name comes from a directory name: it can hold one
+    named.name = "tiny\nimport os"
+    plan = Plan(rules=(Rule("train", "re:linear_1|x"),))
+    text = export(plan, named, "python").text
+    assert "\nimport os" not in text and "tiny\\nimport os" in text
     run_snippet(text, tiny_pair[0])
     assert requires_grad_names(tiny_pair[0]) == resolve(plan, tiny_index).trainable_names(tiny_index)
 

@@ -83,6 +83,7 @@ def test_reach_warning_for_short_names(tiny_index):
     ("@visoin", "did you mean @vision"),
     ("re:(unclosed", "bad regular expression"),
     ("re:", "needs a regular expression"),
+    ("layers.[9-0]", "bad glob: bad character range"),
     ("", "empty selector"),
     ("two words", "cannot contain spaces"),
     ("layers..1", "empty dotted segment"),

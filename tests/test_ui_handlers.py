@@ -39,7 +39,8 @@ def app():
 
 @pytest.fixture()
 def start(app):
-    return handlers.initial_view(app)
+    """A session on the tiny model with nothing trainable: the tests below build plans from scratch."""
+    return handlers.build_view(app, Session())
 
 
 def numel(model, prefixes: tuple[str, ...]) -> int:
@@ -56,9 +57,11 @@ def trainable_shown(view: handlers.View) -> int:
 
 # -- opening state ---------------------------------------------------------------------
 
-def test_app_opens_ready_on_the_tiny_model(start, tiny_model):
-    assert start.session.model == "tiny" and start.session.plan == Plan()
-    assert trainable_shown(start) == 0
+def test_app_opens_ready_on_the_tiny_model(app, tiny_model):
+    start = handlers.initial_view(app)
+    assert start.session.model == "tiny" and start.session.plan == preset("stage1")
+    assert trainable_shown(start) == numel(tiny_model, ("model.multi_modal_projector.",)) > 0
+    assert "LLaVA stage 1" in start.status
     assert f"of {sum(p.numel() for p in tiny_model.parameters()):,} parameters" in start.summary
     assert json.loads(start.tree)["rows"][0][1] == "tiny"
     assert start.map_fig.data and start.params_fig.data and start.memory.figure.data and start.memory.curve.data
@@ -381,14 +384,14 @@ def test_import_of_an_uploaded_file(app, start, tmp_path):
 # -- sessions --------------------------------------------------------------------------------
 
 def test_sessions_do_not_leak(app):
-    a = handlers.initial_view(app)
-    b = handlers.initial_view(app)
+    a = handlers.build_view(app, Session())
+    b = handlers.build_view(app, Session())
     index = app.cache.get("tiny").index
     snapshot = json.dumps(index.to_dict(), sort_keys=True)
     a2 = handlers.toggle_module(app, a.session, "model.vision_tower", True)
     assert a2.trainable > 0
     assert handlers.build_view(app, b.session).trainable == 0
-    assert b.session == Session() and a.session == Session()
+    assert b.session == a.session == Session()
     assert json.dumps(app.cache.get("tiny").index.to_dict(), sort_keys=True) == snapshot
 
 

@@ -71,6 +71,8 @@ def import_plan(text: str | bytes) -> Plan:
             data = json.loads(stripped)
         except json.JSONDecodeError as err:
             raise PlanError(f"plan is not valid JSON: {err}") from None
+        except (ValueError, RecursionError):  # a number of thousands of digits, or nesting thousands deep
+            raise PlanError("plan is not usable JSON (absurdly long numbers or deep nesting)") from None
         _check_info(data)
         return from_dict(data)
     lines = [ln.strip() for ln in body.splitlines()]

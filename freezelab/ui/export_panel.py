@@ -11,7 +11,7 @@ from freezelab.errors import FreezelabError
 from freezelab.session import Session
 from freezelab.ui import handlers
 from freezelab.ui.export_view import export_view, target_titles
-from freezelab.ui.shared import Shared, error_text, show
+from freezelab.ui.shared import Shared, error_text, show, warn
 
 LANGUAGES = {"json": "json", "python": "python", "llamafactory": "yaml", "swift": "shell", "llava": "shell"}
 
@@ -34,7 +34,7 @@ class ExportPanel:
             try:
                 view = export_view(app, session)
             except FreezelabError as err:
-                gr.Warning(str(err))
+                warn(err)
                 return (gr.skip(), *(gr.skip() for _ in targets), *(error_text(err) for _ in targets))
             return (view.json_path, *(view.text(t) for t in targets), *(view.note(t) for t in targets))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from freezelab.session import Session
 from freezelab.ui.handlers import App
 
 EXPORT_DIR = Path(tempfile.gettempdir()) / "freezelab-exports"
+MAX_EXPORT_FILES = 256
 
 
 @dataclass
@@ -43,10 +45,27 @@ def export_view(app: App, session: Session) -> ExportView:
     EXPORT_DIR.mkdir(parents=True, exist_ok=True)
     path = EXPORT_DIR / _file_name(index.name, text)
     if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        # a unique temporary name: two sessions exporting the same plan at once must not collide
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=EXPORT_DIR, suffix=".tmp", delete=False) as f:
+            f.write(text)
+        os.replace(f.name, path)
+        _prune(EXPORT_DIR, keep=path)
     return ExportView(exports, str(path))
+
+
+def _prune(directory: Path, keep: Path) -> None:
+    """Keep the newest MAX_EXPORT_FILES plan files: a long-running public server must not fill its disk.
+    Gradio serves a copy from its own cache, so deleting an older file never breaks a download."""
+    files = []
+    for f in directory.glob("freezelab-plan-*.json"):
+        try:
+            files.append((f.stat().st_mtime, f))
+        except OSError:
+            continue  # removed by a concurrent prune
+    files.sort(reverse=True)
+    for _, f in files[MAX_EXPORT_FILES:]:
+        if f != keep:
+            f.unlink(missing_ok=True)
 
 
 def target_titles() -> dict[str, str]:

@@ -48,7 +48,7 @@ class App:
 
     @classmethod
     def for_policy(cls, policy: Policy) -> App:
-        return cls(cache=ModelCache(policy.max_session_models), policy=policy)
+        return cls(cache=ModelCache(policy.max_session_models, policy.max_cache_bytes), policy=policy)
 
     def loaded(self, session: Session) -> Loaded:
         return self.cache.get(session.model, INDEX_DTYPE, policy=self.policy)
@@ -127,8 +127,12 @@ def build_view(app: App, session: Session, status: str = "") -> View:
 
 
 def initial_view(app: App) -> View:
-    return build_view(app, Session(), "Ready: the built-in tiny model is loaded. Pick a preset or click "
-                      "a checkbox in the module tree.")
+    # LLaVA stage 1 (projector only) is where most fine-tunes start, and a first page with something
+    # trainable shows every chart at work; any preset or checkbox changes it
+    view = build_view(app, Session(plan=preset("stage1")))
+    view.status = ("Ready: the built-in tiny model is loaded with **LLaVA stage 1** (only the projector trains). "
+                   "Pick another preset or click a checkbox in the module tree.")
+    return view
 
 
 # -- model ----------------------------------------------------------------------------------
@@ -163,7 +167,7 @@ def _check_weights(app: App, loaded: Loaded) -> None:
         raise SourceError(f"{src.spec}: no weight files (*.safetensors or *.bin) next to its config.json; "
                           "choose 'architecture only'")
     if src.kind != "tiny":
-        app.policy.check_weights(loaded.index.total_params * 2, src.name)
+        app.policy.check_weights(src.weight_bytes, src.name)
 
 
 # -- plan -------------------------------------------------------------------------------

@@ -40,7 +40,8 @@ class PlanPanel:
         app = sh.app
         for name, button in self.presets.items():
             def on_preset(session: Session, n: float, name: str = name) -> tuple[Any, ...]:
-                return show(lambda: handlers.apply_preset(app, session, name, int(n or 4)))
+                # n goes through as sent: NaN, None or text get the handler's message, not a crash here
+                return show(lambda: handlers.apply_preset(app, session, name, 4 if n is None else n))
             button.click(on_preset, [sh.state, self.last_n], sh.outputs,
                          api_name=f"preset_{name.replace('-', '_')}")
 

@@ -3,6 +3,7 @@ the one wrapper that turns a handler's result (or its error) into component valu
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -47,13 +48,19 @@ def error_text(err: Exception) -> str:
     return f"⚠️ **{err}**"
 
 
+def warn(err: Exception) -> None:
+    """The error as a toast. Gradio renders toast text as HTML, and messages quote user input
+    (selectors, paths): escaped, a name like `<img onerror=...>` shows as text."""
+    gr.Warning(html.escape(str(err), quote=False))
+
+
 def show(make: Callable[[], Any], extra: int = 0) -> tuple[Any, ...]:
     """Run a handler returning a View (or a View and `extra` more values); on a FreezelabError
     keep every component as it is, the extras included, and show the message."""
     try:
         result = make()
     except FreezelabError as err:
-        gr.Warning(str(err))
+        warn(err)
         n = len(fields(ViewOutputs))
         return (gr.skip(), error_text(err), *([gr.skip()] * (n - 2 + extra)))
     if isinstance(result, View):

@@ -29,11 +29,11 @@ class TreePanel:
         app = sh.app
 
         def on_toggle(session: Session, evt: gr.EventData) -> tuple[Any, ...]:
-            return show(lambda: handlers.toggle_module(app, session, str(evt.module), bool(evt.on)))
+            return show(lambda: handlers.toggle_module(app, session, _field(evt, "module"), _field(evt, "on") is True))
 
         def on_pick(session: Session, evt: gr.EventData) -> tuple[Any, Any]:
             try:
-                return handlers.pick_module(app, session, str(evt.module))
+                return handlers.pick_module(app, session, _field(evt, "module"))
             except FreezelabError as err:
                 return gr.skip(), f"⚠️ {err}"
 
@@ -47,6 +47,14 @@ class TreePanel:
         self.query.change(on_options, [sh.state, self.query, self.depth], sh.outputs, api_name="filter_tree",
                           trigger_mode="always_last", show_progress="hidden")
         self.depth.input(on_options, [sh.state, self.query, self.depth], sh.outputs, api_visibility="private")
+
+
+def _field(evt: gr.EventData, name: str) -> Any:
+    """A field of the tree's event data, or None: the data comes from the browser, so it may be anything."""
+    try:
+        return getattr(evt, name)
+    except (AttributeError, TypeError):
+        return None
 
 
 def create_tree_panel(first: View) -> TreePanel:

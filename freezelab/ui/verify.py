@@ -186,6 +186,8 @@ def run_step(app: App, session: Session, device: str, steps: int, lr: float,
     steps = _whole(steps, "steps")
     lr = _number(lr, "learning rate")
     app.policy.check_step(index.total_params, steps, device, index.name)
+    if session.weights and loaded.source.kind == "checkpoint":  # checked at load too; files may have grown
+        app.policy.check_weights(loaded.source.weight_bytes, loaded.source.name)
     losses: list[float] = []
     for event in iter_step(loaded.source, session.plan, session.workload, steps=steps, lr=lr, device=device,
                            weights=session.weights, cancel=cancel):

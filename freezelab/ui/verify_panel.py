@@ -11,10 +11,17 @@ import gradio as gr
 from freezelab.errors import FreezelabError
 from freezelab.session import Session
 from freezelab.ui import verify
-from freezelab.ui.shared import GPU_CONCURRENCY, Shared, error_text
+from freezelab.ui.shared import GPU_CONCURRENCY, Shared, error_text, warn
 from freezelab.ui.verify import CHECK_HEADERS, Cancels
 
 CANCELS = Cancels()
+
+
+def release_session(request: gr.Request) -> None:
+    """When a browser session ends (tab closed: Gradio's heartbeat stops), stop its simulation or
+    sanity step: the run notices between steps and frees everything it allocated. A run still
+    queued is dropped by Gradio itself; the session's gr.State goes with Gradio's session cleanup."""
+    CANCELS.cancel(request.session_hash or "anonymous")
 
 
 def step_devices(allowed: tuple[str, ...] | None) -> list[str]:
@@ -39,7 +46,7 @@ class SimulatePanel:
             try:
                 view = verify.simulate(sh.app, session, lambda f, m: progress(f, desc=m), flag.is_set)
             except FreezelabError as err:
-                gr.Warning(str(err))
+                warn(err)
                 return error_text(err), gr.skip()
             finally:
                 CANCELS.finish(key, flag)
@@ -56,7 +63,7 @@ class SimulatePanel:
 def create_simulate_panel() -> SimulatePanel:
     gr.Markdown("### Simulated estimate\nRuns the real Hugging Face training step (two steps, AdamW) on fake "
                 "tensors: no GPU and no weights needed, and it catches what a formula can miss. Takes a few "
-                "seconds for a small model and about half a minute for a 7B one.")
+                "seconds for a small model and about ten seconds for a 7B one.")
     with gr.Row():
         run = gr.Button("Simulate the training step", variant="primary")
         cancel = gr.Button("Cancel")
@@ -97,7 +104,7 @@ class StepPanel:
                     yield (view.status, view.loss_fig, view.grad_fig if view.grad_fig is not None else gr.skip(),
                            view.checks if view.report else gr.skip(), view.memory if view.report else gr.skip())
             except FreezelabError as err:
-                gr.Warning(str(err))
+                warn(err)
                 yield (error_text(err), gr.skip(), gr.skip(), gr.skip(), gr.skip())
             finally:
                 CANCELS.finish(key, flag)
