@@ -30,20 +30,19 @@ import argparse
 import json
 import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-START_TIMEOUT_S = 120
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.app_server import launch, stop  # noqa: E402
+
 THINK_S = (0.5, 2.0)       # seconds between one session's events (uniform): a user reading the page
 CLEANUP_WAIT_S = 8.0       # after the clients close: heartbeats end (1 s interval here), unload runs
 STATUS, HEADER, SUMMARY = 0, 1, 2   # view outputs as gradio_client returns them (the session state is dropped)
@@ -54,50 +53,6 @@ LLM = ("model.language_model.", "lm_head.")
 
 
 # -- the app ---------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
-    """`python app.py ARGS` on a free loopback port (local mode unless ARGS say otherwise, offline, its own
-    index cache)."""
-    port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "FREEZELAB_PUBLIC": "0",
-           "GRADIO_HEARTBEAT_INTERVAL": "1",  # closed sessions are noticed within a second
-           "FREEZELAB_CACHE": tempfile.mkdtemp(prefix="freezelab-load-cache-"), **(extra_env or {})}
-    env.pop("SPACE_ID", None)
-    # a file, not a pipe: nobody reads while the test runs, and a full pipe would block the server
-    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - open for the server's lifetime
-    proc = subprocess.Popen([sys.executable, "app.py", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=log, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            raise RuntimeError(f"app.py exited with {proc.returncode}: {log.read()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError(f"app.py did not answer on {url} within {START_TIMEOUT_S} s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (/proc/PID/stat, in clock ticks)."""

@@ -12,19 +12,16 @@ llava-1.5-7b (architecture only) under 150 ms; start-up under 15 s.
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.app_server import launch, stop  # noqa: E402
 
 
 def serialised(view) -> int:
@@ -81,33 +78,13 @@ def handlers_bench(runs: int) -> None:
             print(f"{model + ': ' + name:<58} {med:>10.1f} {p90:>8.1f} {sent.get(key, 0):>11,}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def startup_once(cold_cache: bool) -> float:
-    port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "HF_HUB_OFFLINE": "1"}
-    if cold_cache:
-        env["FREEZELAB_CACHE"] = tempfile.mkdtemp(prefix="freezelab-bench-cache-")
+    """Seconds from starting `python app.py` to its first answer (with or without an index cache)."""
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"app.py exited with {proc.returncode}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=2) as r:
-                    if r.status == 200:
-                        return time.perf_counter() - t
-            except OSError:
-                time.sleep(0.1)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+    proc, _ = launch(fresh_cache=cold_cache)
+    took = time.perf_counter() - t
+    stop(proc)
+    return took
 
 
 def startup_bench(runs: int) -> None:

@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
@@ -16,57 +10,14 @@ import pytest
 
 gradio_client = pytest.importorskip("gradio_client")
 
-ROOT = Path(__file__).resolve().parent.parent
-START_TIMEOUT_S = 90
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_up(url: str, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"app.py exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"app.py did not answer on {url} within {timeout} s")
-
-
-def launch_app() -> tuple[subprocess.Popen, str]:
-    """`python app.py` on a free loopback port, as a user or a Space would start it."""
-    port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "FREEZELAB_PUBLIC": "0",
-           "FREEZELAB_CACHE": tempfile.mkdtemp(prefix="freezelab-api-cache-")}
-    env.pop("SPACE_ID", None)
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_up(url, proc, START_TIMEOUT_S)
-    except Exception:
-        proc.kill()
-        raise
-    return proc, url
+from benchmarks.app_server import launch, stop  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def server():
-    proc, url = launch_app()
+    proc, url = launch()
     yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop(proc)
 
 
 def client(url: str):

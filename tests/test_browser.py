@@ -7,14 +7,13 @@ download is not used. Without it the test skips, unless FREEZELAB_REQUIRE_BROWSE
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from freezelab.models import build
 from freezelab.sources import resolve
-from test_app_api import launch_app
+from benchmarks.app_server import launch, stop
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -32,13 +31,9 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 @pytest.fixture(scope="module")
 def server():
-    proc, url = launch_app()
+    proc, url = launch()
     yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop(proc)
 
 
 @pytest.fixture(scope="module")

@@ -299,8 +299,8 @@ class TensorLedger(TorchDispatchMode):
         i = bisect.bisect_left([m[0] for m in self.phase_marks], t) - 1
         return self.phase_marks[max(i, 0)][1]
 
-    def window_peak(self, lo: int, hi: int, sizes: dict[int, int] | None = None) -> int:
-        """Highest total over ticks in [lo, hi)."""
+    def _events(self, sizes: dict[int, int] | None) -> list[tuple[int, int]]:
+        """(tick, +bytes) at each allocation and (tick, -bytes) at its release, in tick order."""
         events: list[tuple[int, int]] = []
         for e in self.entries:
             n = self.size_of(e, sizes)
@@ -309,6 +309,11 @@ class TensorLedger(TorchDispatchMode):
                 if e.t1 is not None:
                     events.append((e.t1, -n))
         events.sort()
+        return events
+
+    def window_peak(self, lo: int, hi: int, sizes: dict[int, int] | None = None) -> int:
+        """Highest total over ticks in [lo, hi)."""
+        events = self._events(sizes)
         cur = best = 0
         for t, d in events:
             if t >= hi:
@@ -320,14 +325,7 @@ class TensorLedger(TorchDispatchMode):
 
     def phase_peaks(self, since: int, sizes: dict[int, int] | None = None) -> dict[str, tuple[int, int]]:
         """Highest total in each phase over ticks >= `since`: {phase: (bytes, tick)}."""
-        events: list[tuple[int, int]] = []
-        for e in self.entries:
-            n = self.size_of(e, sizes)
-            if n:
-                events.append((e.t0, n))
-                if e.t1 is not None:
-                    events.append((e.t1, -n))
-        events.sort()
+        events = self._events(sizes)
         ticks = [m[0] for m in self.phase_marks]
         out: dict[str, tuple[int, int]] = {}
         cur = 0
