@@ -59,7 +59,10 @@ def layer_selectors(index: ModelIndex) -> st.SearchStrategy[str]:
 
 def pick(items: list[str]) -> st.SearchStrategy[str]:
     """sampled_from without its repr: hypothesis would print hundreds of module paths in warnings."""
-    return st.integers(0, len(items) - 1).map(items.__getitem__)
+    def item(i: int) -> str:
+        return items[i]
+
+    return st.integers(0, len(items) - 1).map(item)
 
 
 def glob_selectors(paths: list[str]) -> st.SearchStrategy[str]:
