@@ -79,6 +79,10 @@ def test_preset_last_n_uses_the_slider_value(app, start, tiny_model):
     view = handlers.apply_preset(app, start.session, "last-n", 2)
     assert view.trainable == numel(tiny_model, ("model.language_model.layers.2.", "model.language_model.layers.3."))
     assert view.session.plan.preset == "last-2"
+    assert "all of them train" not in view.status
+    more = handlers.apply_preset(app, start.session, "last-n", 10)  # the tiny LLM has 4 layers
+    assert more.trainable == numel(tiny_model, ("model.language_model.layers.",))
+    assert "tiny has only 4 LLM layers: all of them train" in more.status
 
 
 def test_toggle_trains_a_subtree_as_a_module_path_rule(app, start, tiny_model):

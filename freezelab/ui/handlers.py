@@ -177,6 +177,9 @@ def apply_preset(app: App, session: Session, name: str, n: Any = 4) -> View:
     view = build_view(app, session.with_plan(plan))
     p = PRESETS["last-n" if plan.preset and plan.preset.startswith("last") else plan.preset or name]
     view.status = f"Preset **{p.title}**: {units.params(view.trainable)} parameters train. {p.explanation}"
+    layers = len(app.loaded(session).index.layers.get("llm", []))
+    if p.name == "last-n" and int(n) > layers:
+        view.status += f" ({session.model} has only {layers} LLM layers: all of them train.)"
     return view
 
 
