@@ -1,0 +1,27 @@
+"""The core (`freezelab/` outside `freezelab/ui/`) never imports gradio: the CLI, the library and a
+headless server use it without the UI stack."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PROBE = """
+import importlib, pkgutil, sys
+import freezelab
+names = [m.name for m in pkgutil.walk_packages(freezelab.__path__, "freezelab.")
+         if not m.name.startswith("freezelab.ui") and m.name != "freezelab.__main__"]
+for name in names:
+    importlib.import_module(name)
+print(len(names), "gradio" in sys.modules)
+"""
+
+
+def test_every_core_module_imports_without_gradio():
+    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, check=True)
+    count, gradio_loaded = out.stdout.split()
+    assert int(count) >= 40  # every core module, not an empty walk
+    assert gradio_loaded == "False"
