@@ -37,3 +37,13 @@ def tiny_model(tiny_source):
 @pytest.fixture(scope="session")
 def shipped_indexes():
     return {name: index_of(resolve(name)) for name in known_names()}
+
+
+@pytest.fixture(scope="module")
+def server():
+    """`python app.py` on a free loopback port (one per test module), as a user or a Space starts it."""
+    from benchmarks.app_server import launch, stop
+
+    proc, url = launch()
+    yield url
+    stop(proc)

@@ -10,15 +10,6 @@ import pytest
 
 gradio_client = pytest.importorskip("gradio_client")
 
-from benchmarks.app_server import launch, stop  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def server():
-    proc, url = launch()
-    yield url
-    stop(proc)
-
 
 def client(url: str):
     return gradio_client.Client(url, verbose=False)

@@ -13,7 +13,6 @@ import pytest
 
 from freezelab.models import build
 from freezelab.sources import resolve
-from benchmarks.app_server import launch, stop
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -27,13 +26,6 @@ if not CHROMIUM.exists():
                 allow_module_level=True)
 
 sync_api = pytest.importorskip("playwright.sync_api")
-
-
-@pytest.fixture(scope="module")
-def server():
-    proc, url = launch()
-    yield url
-    stop(proc)
 
 
 @pytest.fixture(scope="module")
