@@ -44,7 +44,7 @@ def median_ms(fn: Callable[[int], object], runs: int) -> tuple[float, float]:
 
 def handlers_bench(runs: int) -> None:
     from freezelab.plans import preset
-    from freezelab.session import ModelCache
+    from freezelab.model_cache import ModelCache
     from freezelab.ui import handlers
 
     app = handlers.App(cache=ModelCache())

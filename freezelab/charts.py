@@ -18,7 +18,7 @@ from freezelab import units
 from freezelab.anatomy import count
 from freezelab.index import COMPONENTS, ModelIndex
 from freezelab.memory.estimate import CATEGORIES, GiB, MemoryEstimate
-from freezelab.session import per_index
+from freezelab.index_memo import per_index
 
 TRAINABLE = "#2e9e5b"
 FROZEN = "#b8c2cc"

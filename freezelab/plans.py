@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from freezelab.errors import PlanError, SelectorError
 from freezelab.index import ModelIndex
+from freezelab.index_memo import per_index
 from freezelab.selectors import PLAN_REGEX_BUDGET_S, parse, reach, select
 
 if TYPE_CHECKING:
@@ -25,6 +28,9 @@ ACTIONS = ("train", "freeze")
 BASES = ("frozen", "trainable")
 MAX_RULES = 1000
 MAX_PLAN_BYTES = 256_000
+MAX_HIT_INDICES = 200_000  # parameter indices memoised per index by hits() (~75 bytes each)
+MAX_HIT_SELECTORS = 4096
+MAX_SIMPLIFY = 64          # rules a plan may have for append_rule to look for redundant ones
 
 
 @dataclass(frozen=True)
@@ -92,27 +98,42 @@ def resolve(plan: Plan, index: ModelIndex) -> Resolution:
     """Compute which parameters train, without touching any model.
 
     Raises SelectorError naming the rule when a selector matches nothing."""
-    mask = [plan.effective_base == "trainable"] * len(index.params)
-    matched, warnings = [], []
-    touched: set[int] = set()
-    deadline = time.monotonic() + PLAN_REGEX_BUDGET_S  # many slow regexes must not add up to minutes
-    for n, rule in enumerate(plan.rules, 1):
-        try:
-            hits = select(index, rule.selector, deadline)
-        except SelectorError as err:
-            raise SelectorError(f"rule {n} ({rule}): {err}") from None
-        on = rule.action == "train"
-        for i in hits:
-            mask[i] = on
-        matched.append(len(hits))
-        touched.update(hits)
-        note = reach(index, rule.selector, hits)
+    found = rule_hits(plan, index)
+    mask = plan_mask(plan, index, found)
+    warnings = []
+    for n, (rule, hit) in enumerate(zip(plan.rules, found), 1):
+        note = reach(index, rule.selector, hit)
         if note:
             warnings.append(f"rule {n} ({rule}): {note}")
+    touched = frozenset().union(*found)
     warnings += [f"{' and '.join(p.names)} are one tied tensor: training or freezing either does both"
                  for i, p in enumerate(index.params) if p.aliases and i in touched]
     warnings += dead_warnings(index, mask)
-    return Resolution(plan, mask, matched, warnings)
+    return Resolution(plan, mask, [len(hit) for hit in found], warnings)
+
+
+def rule_hits(plan: Plan, index: ModelIndex) -> list[frozenset[int]]:
+    """The parameters each rule's selector matches, from the memo; the regexes a plan still has to run
+    share one time budget. Raises SelectorError naming the rule when a selector matches nothing."""
+    deadline = time.monotonic() + PLAN_REGEX_BUDGET_S  # many slow regexes must not add up to minutes
+    found = []
+    for n, rule in enumerate(plan.rules, 1):
+        try:
+            found.append(hits(index, rule.selector, deadline))
+        except SelectorError as err:
+            raise SelectorError(f"rule {n} ({rule}): {err}") from None
+    return found
+
+
+def plan_mask(plan: Plan, index: ModelIndex, found: list[frozenset[int]] | None = None) -> list[bool]:
+    """The plan's trainable mask alone (what `resolve` computes, without the warnings): the base state,
+    then each rule in order over its matches (`found`, from rule_hits, when the caller has them)."""
+    mask = [plan.effective_base == "trainable"] * len(index.params)
+    for rule, hit in zip(plan.rules, rule_hits(plan, index) if found is None else found):
+        on = rule.action == "train"
+        for i in hit:
+            mask[i] = on
+    return mask
 
 
 def dead_warnings(index: ModelIndex, mask: list[bool]) -> list[str]:
@@ -140,6 +161,111 @@ def apply(plan: Plan, model: torch.nn.Module, index: ModelIndex) -> Resolution:
     for p, on in zip(index.params, resolution.mask):
         params[p.name].requires_grad_(on)
     return resolution
+
+
+# -- selector matches, memoised per index ----------------------------------------
+
+class _Hits:
+    """Selector -> matched parameter indices for one index: an LRU bounded by the number of indices it
+    holds, so a client sending thousands of distinct selectors cannot grow it without limit."""
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[str, frozenset[int]] = OrderedDict()
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def get(self, selector: str) -> frozenset[int] | None:
+        with self._lock:
+            found = self._items.get(selector)
+            if found is not None:
+                self._items.move_to_end(selector)
+            return found
+
+    def put(self, selector: str, found: frozenset[int]) -> None:
+        with self._lock:
+            if selector in self._items:
+                return
+            self._items[selector] = found
+            self._held += len(found)
+            while len(self._items) > 1 and (self._held > MAX_HIT_INDICES or len(self._items) > MAX_HIT_SELECTORS):
+                _, old = self._items.popitem(last=False)
+                self._held -= len(old)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    @property
+    def held(self) -> int:
+        with self._lock:
+            return self._held
+
+
+@per_index
+def _hit_cache(index: ModelIndex) -> _Hits:
+    return _Hits()
+
+
+def hits(index: ModelIndex, selector: str, deadline: float | None = None) -> frozenset[int]:
+    """`select(index, selector, deadline)` as a set, memoised per index: every resolve, and each toggle
+    re-checking every earlier rule, runs a selector once. Errors are not memoised."""
+    cache = _hit_cache(index)
+    found = cache.get(selector)
+    if found is None:
+        found = frozenset(select(index, selector, deadline))
+        cache.put(selector, found)
+    return found
+
+
+# -- editing a plan ----------------------------------------------------------------
+
+def append_rule(plan: Plan, index: ModelIndex, action: str, selector: str) -> Plan:
+    """`plan` plus one rule, kept short: an earlier rule whose every parameter is matched again by
+    later rules is dropped (last match wins, so it can no longer decide anything), then every rule
+    whose removal leaves the mask unchanged (a rule that changes nothing is not added). The
+    resulting mask always equals that of `plan.then(action, selector)`.
+
+    Raises SelectorError when the selector matches nothing."""
+    later = set(hits(index, selector))
+    kept: list[Rule] = [Rule(action, selector)]
+    for old in reversed(plan.rules):
+        matched = hits(index, old.selector)
+        if not matched <= later:
+            kept.append(old)
+            later |= matched
+    return _without_neutral_rules(Plan(plan.base or plan.effective_base, tuple(reversed(kept)), plan.preset),
+                                  index)
+
+
+def _without_neutral_rules(plan: Plan, index: ModelIndex) -> Plan:
+    """Drop, newest first, each rule whose removal does not change the mask."""
+    if len(plan.rules) > MAX_SIMPLIFY:  # quadratic: long imported plans are left as written
+        return plan
+    target = plan_mask(plan, index)
+    rules = list(plan.rules)
+    for i in range(len(rules) - 1, -1, -1):
+        trial = Plan(plan.base, (*rules[:i], *rules[i + 1:]), plan.preset)
+        if plan_mask(trial, index) == target:
+            del rules[i]
+    return Plan(plan.base, tuple(rules), plan.preset)
+
+
+def module_selector(index: ModelIndex, path: str) -> str:
+    """A selector for exactly the parameters under module `path`: the path itself as a
+    segment glob (readable in the rule list), or an anchored regex in the rare case the
+    glob would also catch a parameter elsewhere."""
+    if not isinstance(path, str):
+        raise SelectorError(f"a module path must be text, got {type(path).__name__}")
+    if path == "":
+        return "@all"
+    module = index.module_by_path.get(path)
+    if module is None:
+        raise SelectorError(f"{path!r} is not a module of {index.name}")
+    if not module.params:
+        raise SelectorError(f"{path!r} has no parameters to train or freeze")
+    if hits(index, path) == set(module.params):
+        return path
+    return f"re:^{re.escape(path)}\\."
 
 
 # -- presets -------------------------------------------------------------------

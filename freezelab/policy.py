@@ -47,10 +47,6 @@ class Policy:
         return (f"Public mode: {paths}; Hub ids are read config-only; {weights}; {steps}; simulations up to "
                 f"{self.max_simulate_params or 0:,} parameters; code shipped with a checkpoint never runs.")
 
-    @property
-    def allows_paths(self) -> bool:
-        return not self.public or bool(self.roots)
-
     def check_path(self, spec: str) -> Path:
         """The resolved path for `spec`, or PolicyError if public mode forbids it."""
         path = Path(spec).expanduser()

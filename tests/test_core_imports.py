@@ -25,3 +25,13 @@ def test_every_core_module_imports_without_gradio():
     count, gradio_loaded = out.stdout.split()
     assert int(count) >= 40  # every core module, not an empty walk
     assert gradio_loaded == "False"
+
+
+def test_charts_and_the_tree_rows_need_no_model_loading():
+    """The figures and the tree work on an index alone: importing them must not pull in the model
+    builders, the MODEL resolver or the deployment policy (nor, through them, torch)."""
+    probe = ("import sys, freezelab.charts, freezelab.ui.tree_view\n"
+             "print(sorted(m for m in ('freezelab.models', 'freezelab.sources', 'freezelab.policy', "
+             "'freezelab.model_cache', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -8,7 +8,7 @@ import pytest
 
 from freezelab.anatomy import component_counts, count
 from freezelab.errors import PlanError, SelectorError
-from freezelab.models import build
+from freezelab.models import build, index_of
 from freezelab.plans import PRESETS, Plan, Rule, apply, from_json, from_text, preset, preset_names, resolve
 
 
@@ -124,3 +124,27 @@ def test_text_plans():
     assert from_text(plan.to_text()) == Plan("frozen", plan.rules)
     with pytest.raises(PlanError, match="line 1"):
         from_text("melt @llm")
+
+
+def test_resolve_and_rule_simplification_share_one_memo_of_selector_matches(monkeypatch):
+    from freezelab import plans
+    from freezelab.sources import resolve as resolve_source
+
+    index = index_of(resolve_source("tiny"))  # a fresh index object: its memo starts empty
+    calls: list[str] = []
+    real = plans.select
+
+    def counting(ix, selector, deadline=None):
+        calls.append(str(selector))
+        return real(ix, selector, deadline)
+
+    monkeypatch.setattr(plans, "select", counting)
+    plan = Plan(rules=(Rule("train", "@llm"), Rule("freeze", "*q_proj*")))
+    first = resolve(plan, index)
+    assert calls == ["@llm", "*q_proj*"]
+    shorter = plans.append_rule(plan, index, "train", "@llm")  # `train @llm` again covers both old rules
+    assert shorter.rules == (Rule("train", "@llm"),)
+    again = resolve(plan, index)
+    assert calls == ["@llm", "*q_proj*"]  # neither the edit nor the second resolve ran a selector again
+    assert again.mask == first.mask == plans.plan_mask(plan, index)
+    assert again.matched == first.matched == [len(real(index, "@llm")), len(real(index, "*q_proj*"))]

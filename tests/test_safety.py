@@ -23,16 +23,16 @@ from typing import ClassVar
 import huggingface_hub
 import pytest
 
-from freezelab import charts, models, selectors
-from freezelab import session as session_mod
+from freezelab import charts, models, plans, selectors
 from freezelab.cli import main
 from freezelab.errors import SelectorError, SourceError
 from freezelab.index import ModelIndex
+from freezelab.model_cache import ModelCache, index_bytes
 from freezelab.models import build, index_of, load_weights
-from freezelab.plans import Plan, Rule, preset, resolve
+from freezelab.plans import Plan, Rule, hits, preset, resolve
 from freezelab.policy import LOCAL, PolicyError, from_options, public_policy
 from freezelab.selectors import PLAN_REGEX_BUDGET_S, REGEX_BUDGET_S, select
-from freezelab.session import ModelCache, Session, hits, index_bytes
+from freezelab.session import Session
 from freezelab.sources import KNOWN_DIR, TINY_CONFIG
 from freezelab.sources import resolve as resolve_source
 from freezelab.step import StepError, WontFitError, iter_step
@@ -292,12 +292,12 @@ def test_derived_data_does_not_keep_a_dropped_index_alive():
 
 
 def test_the_selector_memo_is_bounded_by_the_indices_it_holds(monkeypatch):
-    monkeypatch.setattr(session_mod, "MAX_HIT_INDICES", 1000)
+    monkeypatch.setattr(plans, "MAX_HIT_INDICES", 1000)
     index = index_of(resolve_source("tiny"))
     per = len(select(index, r"re:^model\.|x"))  # every tensor but lm_head
     for i in range(100):
         hits(index, rf"re:^model\.|x{i}")
-    memo = session_mod._hit_cache(index)
+    memo = plans._hit_cache(index)
     assert memo.held == len(memo) * per <= 1000
     assert memo.get(r"re:^model\.|x99") is not None and memo.get(r"re:^model\.|x0") is None
 

@@ -14,9 +14,10 @@ from freezelab import units
 from freezelab.anatomy import count, tree
 from freezelab.errors import FreezelabError, NotLlavaError, PlanError, SelectorError, SourceError
 from freezelab.memory.analytic import estimate
-from freezelab.plans import Plan, preset, resolve
+from freezelab.model_cache import ModelCache
+from freezelab.plans import Plan, append_rule, module_selector, plan_mask, preset, resolve
 from freezelab.policy import PolicyError, public_policy
-from freezelab.session import ModelCache, Session, append_rule, module_selector, plan_mask
+from freezelab.session import Session
 from freezelab.ui import handlers
 from freezelab.ui.export_view import export_view
 from freezelab.ui.gpu_lines import common_gpus

@@ -19,10 +19,11 @@ from freezelab.anatomy import component_counts, count
 from freezelab.errors import FreezelabError, PlanError, SelectorError, SourceError
 from freezelab.exports import import_plan as parse_plan
 from freezelab.index import ModelIndex
-from freezelab.plans import MAX_PLAN_BYTES, PRESETS, Plan, Resolution, preset, resolve
+from freezelab.model_cache import INDEX_DTYPE, Loaded, ModelCache
+from freezelab.plans import MAX_PLAN_BYTES, PRESETS, Plan, Resolution, append_rule, module_selector, preset, resolve
 from freezelab.policy import LOCAL, Policy
 from freezelab.selectors import parse, reach, select
-from freezelab.session import INDEX_DTYPE, Loaded, ModelCache, Session, TreeOptions, append_rule, module_selector
+from freezelab.session import Session, TreeOptions
 from freezelab.ui.memory_view import MemoryView, memory_view
 from freezelab.ui.tree_view import tree_json
 from freezelab.workload import Workload

@@ -15,7 +15,7 @@ from typing import Any
 
 from freezelab import units
 from freezelab.index import ModelIndex
-from freezelab.session import per_index
+from freezelab.index_memo import per_index
 
 OPEN_DEPTH = 1  # rows at or above this depth start expanded (model -> towers)
 
