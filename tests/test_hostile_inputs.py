@@ -28,7 +28,7 @@ from freezelab.sources import TINY_CONFIG, resolve
 from freezelab.step import StepError
 from freezelab.ui import handlers
 from freezelab.ui.handlers import OptionError
-from freezelab.ui.verify import VerifyError, run_step, simulate
+from freezelab.ui.verify_view import VerifyError, run_step, simulate
 from freezelab.workload import WorkloadError
 
 TINY = json.loads(TINY_CONFIG.read_text())

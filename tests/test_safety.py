@@ -39,7 +39,7 @@ from freezelab.step import StepError, WontFitError, iter_step
 from freezelab.ui import export_view as export_view_mod
 from freezelab.ui import handlers
 from freezelab.ui.tree_view import tree_json
-from freezelab.ui.verify import run_step
+from freezelab.ui.verify_view import run_step
 from freezelab.workload import Workload
 
 ROOT = Path(__file__).resolve().parent.parent

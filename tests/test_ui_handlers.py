@@ -21,10 +21,10 @@ from freezelab.session import Session
 from freezelab.ui import handlers
 from freezelab.ui.export_view import export_view
 from freezelab.ui.gpu_lines import common_gpus
-from freezelab.ui.learn import LESSONS, run_lesson
+from freezelab.ui.learn_view import LESSONS, run_lesson
 from freezelab.ui.tree_view import tree_data
-from freezelab.ui.verify import Cancels, run_step
-from freezelab.ui.verify import simulate as verify_simulate
+from freezelab.ui.verify_view import Cancels, run_step
+from freezelab.ui.verify_view import simulate as verify_simulate
 from freezelab.workload import Workload, WorkloadError
 
 # llava-1.5-7b as published (shared calibration README): 7,063,427,072 parameters; its projector is

@@ -11,7 +11,7 @@ from freezelab.policy import from_env
 from freezelab.ui import handlers
 from freezelab.ui.export_panel import create_export_panel
 from freezelab.ui.handlers import App
-from freezelab.ui.learn_tab import create_learn_tab
+from freezelab.ui.learn_panel import create_learn_panel
 from freezelab.ui.memory_panel import FIELDS, create_memory_panel
 from freezelab.ui.model_panel import create_model_panel
 from freezelab.ui.plan_panel import create_plan_panel, create_presets
@@ -58,7 +58,7 @@ def create_app(app: App | None = None) -> gr.Blocks:
             with gr.Tab("Export", id="export") as export_tab:
                 export = create_export_panel(export_tab)
             with gr.Tab("Learn", id="learn"):
-                learn = create_learn_tab()
+                learn = create_learn_panel()
         out = ViewOutputs(state=state, status=status, header=header, summary=summary.summary, tree=tree.tree,
                           rules=plan.rules, warnings=plan.warnings, params_plot=summary.params_plot,
                           map_plot=model_map, memory_plot=memory.plot, verdict=memory.verdict,

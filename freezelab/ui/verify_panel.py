@@ -10,9 +10,9 @@ import gradio as gr
 
 from freezelab.errors import FreezelabError
 from freezelab.session import Session
-from freezelab.ui import verify
+from freezelab.ui import verify_view
 from freezelab.ui.shared import GPU_CONCURRENCY, Shared, error_text, warn
-from freezelab.ui.verify import CHECK_HEADERS, Cancels
+from freezelab.ui.verify_view import CHECK_HEADERS, Cancels
 
 CANCELS = Cancels()
 
@@ -44,7 +44,7 @@ class SimulatePanel:
             key = request.session_hash or "anonymous"
             flag = CANCELS.start(key)
             try:
-                view = verify.simulate(sh.app, session, lambda f, m: progress(f, desc=m), flag.is_set)
+                view = verify_view.simulate(sh.app, session, lambda f, m: progress(f, desc=m), flag.is_set)
             except FreezelabError as err:
                 warn(err)
                 return error_text(err), gr.skip()
@@ -99,7 +99,7 @@ class StepPanel:
             key = request.session_hash or "anonymous"
             flag = CANCELS.start(key)
             try:
-                for fraction, view in verify.run_step(sh.app, session, device, steps, lr, flag):
+                for fraction, view in verify_view.run_step(sh.app, session, device, steps, lr, flag):
                     progress(fraction, desc=view.status.lstrip("⏳ "))
                     yield (view.status, view.loss_fig, view.grad_fig if view.grad_fig is not None else gr.skip(),
                            view.checks if view.report else gr.skip(), view.memory if view.report else gr.skip())

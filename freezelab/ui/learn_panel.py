@@ -9,12 +9,12 @@ import gradio as gr
 
 from freezelab.session import Session
 from freezelab.ui.memory_panel import FIELDS
-from freezelab.ui.learn import INTRO, LESSONS, run_lesson
+from freezelab.ui.learn_view import INTRO, LESSONS, run_lesson
 from freezelab.ui.shared import Shared, show
 
 
 @dataclass
-class LearnTab:
+class LearnPanel:
     buttons: dict[str, gr.Button]
     text: gr.Markdown
 
@@ -33,7 +33,7 @@ class LearnTab:
             button.click(on_click, [sh.state], [*sh.outputs, *extra], api_name=f"lesson_{key.replace('-', '_')}")
 
 
-def create_learn_tab() -> LearnTab:
+def create_learn_panel() -> LearnPanel:
     gr.Markdown(f"### From stage 1 to stage 2 to the last N layers\n{INTRO}")
     buttons: dict[str, gr.Button] = {}
     with gr.Row():
@@ -45,4 +45,4 @@ def create_learn_tab() -> LearnTab:
             if lesson.model != "tiny":
                 buttons[key] = gr.Button(f"{lesson.number}. {lesson.title}", size="sm")
     text = gr.Markdown("Press a button to start.", elem_id="fl-learn-text")
-    return LearnTab(buttons, text)
+    return LearnPanel(buttons, text)
