@@ -35,3 +35,13 @@ def test_charts_and_the_tree_rows_need_no_model_loading():
              "'freezelab.model_cache', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_dashboard_events_registry_and_views_import_without_gradio():
+    probe = ("import sys\n"
+             "import freezelab.ui.handlers, freezelab.ui.registry, freezelab.ui.gpu_lines\n"
+             "import freezelab.ui.tree_view, freezelab.ui.memory_view, freezelab.ui.verify_view\n"
+             "import freezelab.ui.export_view, freezelab.ui.learn_view\n"
+             "print('gradio' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -250,19 +250,6 @@ def test_a_non_llava_config_is_refused_and_the_previous_model_stays(app, start, 
     assert handlers.build_view(app, start.session).header.startswith("**tiny**")
 
 
-def test_the_error_wrapper_keeps_every_component(app, start):
-    gr = pytest.importorskip("gradio")
-    from freezelab.ui.shared import show
-
-    with pytest.warns(UserWarning, match="matches no parameter"):  # gr.Warning outside a request
-        out = show(lambda: handlers.add_rule(app, start.session, "train", "nonexistent_module"))
-    skip = gr.skip()
-    assert out[0] == skip and all(o == skip for o in out[2:])
-    assert "matches no parameter" in out[1]
-    ok = show(lambda: handlers.apply_preset(app, start.session, "stage1"))
-    assert ok[0].plan == preset("stage1")
-
-
 # -- model loading -------------------------------------------------------------------------
 
 def test_loading_7b_keeps_a_plan_that_still_applies(app, start):

@@ -1,4 +1,4 @@
-"""The dashboard as a gr.Blocks: panels laid out, then wired to the shared view outputs."""
+"""The dashboard as a gr.Blocks: panels laid out and registered by id, then wired."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from freezelab.ui import handlers
 from freezelab.ui.export_panel import create_export_panel
 from freezelab.ui.handlers import App
 from freezelab.ui.learn_panel import create_learn_panel
-from freezelab.ui.memory_panel import FIELDS, create_memory_panel
+from freezelab.ui.memory_panel import create_memory_panel
 from freezelab.ui.model_panel import create_model_panel
 from freezelab.ui.plan_panel import create_plan_panel, create_presets
-from freezelab.ui.shared import Shared, ViewOutputs
+from freezelab.ui.registry import Registry
+from freezelab.ui.shared import Shared
 from freezelab.ui.style import CSS, theme
 from freezelab.ui.summary_panel import create_map_panel, create_summary_panel
 from freezelab.ui.tree_panel import create_tree_panel
@@ -31,47 +32,45 @@ DELETE_CACHE = (3600, 3600)  # hourly, Gradio deletes its copies of uploads and 
 
 def create_app(app: App | None = None) -> gr.Blocks:
     """Build the dashboard; the first render already shows the tiny model with its charts."""
+    return create_dashboard(app)[0]
+
+
+def create_dashboard(app: App | None = None) -> tuple[gr.Blocks, Registry]:
+    """The dashboard and its registry of components. Each builder below lays out its panel and
+    registers its components by id with its wiring; once all are laid out, the wirings run."""
     app = app or App.for_policy(from_env())
     first = handlers.initial_view(app)
+    ui = Registry()
     with gr.Blocks(title=TITLE, delete_cache=DELETE_CACHE) as demo:
-        state = gr.State(first.session)
+        ui.add("top", {"state": gr.State(first.session)})
         gr.Markdown(INTRO)
         if app.policy.public:
             gr.Markdown(f"<small>{app.policy.describe()}</small>", elem_id="fl-mode")
-        model = create_model_panel()
-        header = gr.Markdown(first.header, label="model", elem_id="fl-header")
-        status = gr.Markdown(first.status, label="status", elem_id="fl-status")
+        create_model_panel(ui)
+        ui.add("top", {"header": gr.Markdown(first.header, label="model", elem_id="fl-header"),
+                       "status": gr.Markdown(first.status, label="status", elem_id="fl-status")})
         with gr.Tabs():
             with gr.Tab("Plan & memory", id="dashboard"):
                 with gr.Row():
                     with gr.Column(scale=5):
-                        presets = create_presets()
-                        tree = create_tree_panel(first)
-                        plan = create_plan_panel(first, presets)
+                        create_presets(ui)
+                        create_tree_panel(ui, first)
+                        create_plan_panel(ui, first)
                     with gr.Column(scale=6):
-                        summary = create_summary_panel(first)
-                        memory = create_memory_panel(first)
-                        model_map = create_map_panel(first)
+                        create_summary_panel(ui, first)
+                        create_memory_panel(ui, first)
+                        create_map_panel(ui, first)
             with gr.Tab("Verify", id="verify"):
-                simulate = create_simulate_panel()
-                step = create_step_panel()
+                create_simulate_panel(ui)
+                create_step_panel(ui)
             with gr.Tab("Export", id="export") as export_tab:
-                export = create_export_panel(export_tab)
+                create_export_panel(ui, export_tab)
             with gr.Tab("Learn", id="learn"):
-                learn = create_learn_panel()
-        out = ViewOutputs(state=state, status=status, header=header, summary=summary.summary, tree=tree.tree,
-                          rules=plan.rules, warnings=plan.warnings, params_plot=summary.params_plot,
-                          map_plot=model_map, memory_plot=memory.plot, verdict=memory.verdict,
-                          notes=memory.notes, curve_plot=memory.curve)
-        shared = Shared(app, out)
-        for panel in (model, plan, memory, simulate, export):
-            panel.wire(shared)
-        step.wire(shared, demo)
-        tree.wire(shared, plan.selector, plan.preview)
-        learn.wire(shared, model.known, [memory.controls[f] for f in FIELDS])
+                create_learn_panel(ui)
+        ui.wire(Shared(app, ui, demo))
         demo.unload(release_session)
     demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY)
-    return demo
+    return demo, ui
 
 
 MAX_UPLOAD = "1mb"  # plan files are a few KB (freezelab.plans.MAX_PLAN_BYTES is 256 KB)

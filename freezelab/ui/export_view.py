@@ -8,13 +8,26 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from freezelab.exports import TARGETS, Export, export_all
 from freezelab.session import Session
 from freezelab.ui.handlers import App
+from freezelab.ui.registry import elem_id
 
 EXPORT_DIR = Path(tempfile.gettempdir()) / "freezelab-exports"
 MAX_EXPORT_FILES = 256
+EXPORT = "export"  # the export tab's ids: `download`, each target's text by its name, and its note
+
+
+def note_name(target: str) -> str:
+    """The name of the component saying whether a target's export is exact."""
+    return f"{target}_note"
+
+
+def export_ids() -> tuple[str, ...]:
+    """What the export tab fills, in the order API clients receive it: the file, every text, every note."""
+    return tuple(elem_id(EXPORT, name) for name in ("download", *TARGETS, *map(note_name, TARGETS)))
 
 
 @dataclass
@@ -29,6 +42,12 @@ class ExportView:
         e = self.exports[target]
         mark = "✅ exact" if e.exact else f"⚠️ not exact ({e.differs:,} parameters differ)"
         return f"{mark}: {e.note}"
+
+    def shown(self) -> dict[str, Any]:
+        """{component id: value} for the export tab."""
+        by_name = {"download": self.json_path, **{t: self.text(t) for t in self.exports},
+                   **{note_name(t): self.note(t) for t in self.exports}}
+        return {elem_id(EXPORT, name): value for name, value in by_name.items()}
 
 
 def _file_name(model: str, text: str) -> str:

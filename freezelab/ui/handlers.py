@@ -25,6 +25,7 @@ from freezelab.policy import LOCAL, Policy
 from freezelab.selectors import parse, reach, select
 from freezelab.session import Session, TreeOptions
 from freezelab.ui.memory_view import MemoryView, memory_view
+from freezelab.ui.registry import shown, shown_ids, shown_within
 from freezelab.ui.tree_view import tree_json
 from freezelab.workload import Workload
 
@@ -55,21 +56,29 @@ class App:
         return self.cache.get(session.model, INDEX_DTYPE, policy=self.policy)
 
 
-@dataclass
-class View:
-    """Everything the dashboard shows for one session state."""
+STATE = "top.state"     # the session value (a gr.State)
+STATUS = "top.status"   # what the last action did, or why it failed
 
-    session: Session
-    header: str                 # markdown: model and mode
-    summary: str                # HTML: trainable count and per-component table
-    tree: str                   # JSON rows for the tree widget
-    rules: str                  # the plan as text
-    warnings: str               # markdown list
-    params_fig: go.Figure
-    map_fig: go.Figure
-    memory: MemoryView
-    trainable: int              # trainable parameters under the plan
-    status: str = ""            # markdown: what the last action did
+
+@dataclass(kw_only=True)
+class View:
+    """Everything the dashboard shows for one session state. Each shown field fills the component
+    registered under its id, in field order (the order API clients receive the values in)."""
+
+    session: Session = shown(STATE)
+    status: str = shown(STATUS, default="")             # markdown: what the last action did
+    header: str = shown("top.header")                   # markdown: model and mode
+    summary: str = shown("summary.counts")              # HTML: trainable count and per-component table
+    tree: str = shown("tree.tree")                      # JSON rows for the tree widget
+    rules: str = shown("plan.rules")                    # the plan as text
+    warnings: str = shown("plan.warnings")              # markdown list
+    params_fig: go.Figure = shown("summary.params_plot")
+    map_fig: go.Figure = shown("map.plot")
+    memory: MemoryView = shown_within()
+    trainable: int                                      # trainable parameters under the plan
+
+
+VIEW_IDS = shown_ids(View)  # the outputs of every event that shows a View
 
 
 # -- building a view ------------------------------------------------------------------

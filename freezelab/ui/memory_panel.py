@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -10,40 +9,26 @@ import gradio as gr
 from freezelab.session import Session
 from freezelab.ui import handlers
 from freezelab.ui.handlers import View
-from freezelab.ui.shared import Shared, show
+from freezelab.ui.memory_view import FIELDS, MEMORY, WORKLOAD_IDS
+from freezelab.ui.registry import Registry
+from freezelab.ui.shared import Shared
 from freezelab.workload import ATTENTION, AUTOCAST, DTYPES, OPTIMIZERS, SHARDING
 
-FIELDS = ("batch", "text_tokens", "images", "dtype", "autocast", "optimizer", "grad_ckpt", "attn",
-          "gpus", "sharding", "offload_optimizer")
+
+def _wire(sh: Shared) -> None:
+    controls = sh.ui.components(WORKLOAD_IDS)
+    inputs = [sh.state, *controls]
+
+    def on_change(session: Session, *values: Any) -> dict[Any, Any]:
+        return sh.show(lambda: handlers.set_workload(sh.app, session, **dict(zip(FIELDS, values))))
+
+    for name, control in zip(FIELDS, controls):
+        control.input(on_change, inputs, sh.outputs(), show_progress="hidden",
+                      api_name="set_workload" if name == "batch" else None,
+                      api_visibility="public" if name == "batch" else "private")
 
 
-@dataclass
-class MemoryPanel:
-    controls: dict[str, Any]
-    verdict: gr.HTML
-    plot: gr.Plot
-    notes: gr.Markdown
-    curve: gr.Plot
-
-    def wire(self, sh: Shared) -> None:
-        app = sh.app
-        inputs = [sh.state, *(self.controls[f] for f in FIELDS)]
-
-        def on_change(session: Session, *values: Any) -> tuple[Any, ...]:
-            return show(lambda: handlers.set_workload(app, session, **dict(zip(FIELDS, values))))
-
-        for name in FIELDS:
-            self.controls[name].input(on_change, inputs, sh.outputs, show_progress="hidden",
-                                      api_name="set_workload" if name == "batch" else None,
-                                      api_visibility="public" if name == "batch" else "private")
-
-    def values_for(self, view: View) -> list[Any]:
-        """Control values showing a session's workload (when an event replaces it)."""
-        w = view.session.workload
-        return [getattr(w, f) for f in FIELDS]
-
-
-def create_memory_panel(first: View) -> MemoryPanel:
+def create_memory_panel(ui: Registry, first: View) -> None:
     # Numbers carry no minimum/maximum: out-of-range values reach Workload, whose message says why.
     w = first.session.workload
     gr.Markdown("### Training step and GPU memory")
@@ -69,4 +54,4 @@ def create_memory_panel(first: View) -> MemoryPanel:
     gr.Markdown("**Why the memory goes where it goes**")
     notes = gr.Markdown(first.memory.notes, label="why", elem_id="fl-notes")
     curve = gr.Plot(first.memory.curve, label="memory vs batch size", show_label=False, elem_id="fl-curve-plot")
-    return MemoryPanel(c, verdict, plot, notes, curve)
+    ui.add(MEMORY, {**c, "verdict": verdict, "plot": plot, "notes": notes, "curve": curve}, wire=_wire)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from html import escape
+from typing import Any
 
 import plotly.graph_objects as go
 
@@ -12,18 +13,30 @@ from freezelab.index import ModelIndex
 from freezelab.memory.analytic import estimate
 from freezelab.memory.estimate import MemoryEstimate
 from freezelab.ui.gpu_lines import chart_lines, common_gpus
+from freezelab.ui.registry import elem_id, shown
 from freezelab.workload import LIMITS, Workload
 
 CURVE_BATCHES = (1, 4, 16, 64)  # plus the current batch; each point costs one analytic estimate (~8 ms on 7B)
+MEMORY = "memory"  # the memory panel's ids: the workload controls by field name, and what it shows
+FIELDS = ("batch", "text_tokens", "images", "dtype", "autocast", "optimizer", "grad_ckpt", "attn",
+          "gpus", "sharding", "offload_optimizer")  # the workload controls, in the order they are sent
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MemoryView:
     estimate: MemoryEstimate
-    figure: go.Figure     # stacked breakdown with GPU lines
-    curve: go.Figure      # memory vs batch size
-    verdict: str          # HTML (id fl-verdict)
-    notes: str            # markdown: the estimator's own sentences
+    figure: go.Figure = shown(elem_id(MEMORY, "plot"))       # stacked breakdown with GPU lines
+    verdict: str = shown(elem_id(MEMORY, "verdict"))         # HTML (id fl-verdict)
+    notes: str = shown(elem_id(MEMORY, "notes"))             # markdown: the estimator's own sentences
+    curve: go.Figure = shown(elem_id(MEMORY, "curve"))       # memory vs batch size
+
+
+WORKLOAD_IDS = tuple(elem_id(MEMORY, name) for name in FIELDS)
+
+
+def workload_shown(workload: Workload) -> dict[str, Any]:
+    """{control id: value}: the workload controls showing `workload` (when an event replaces it)."""
+    return {control: getattr(workload, name) for control, name in zip(WORKLOAD_IDS, FIELDS)}
 
 
 def verdict_html(est: MemoryEstimate, workload: Workload) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -10,7 +9,8 @@ import gradio as gr
 from freezelab.session import Session
 from freezelab.sources import known_info
 from freezelab.ui import handlers
-from freezelab.ui.shared import Shared, show
+from freezelab.ui.registry import Registry, shown_values
+from freezelab.ui.shared import Shared
 
 MODES = ("architecture only", "load weights")
 
@@ -20,41 +20,37 @@ def model_choices() -> list[tuple[str, str]]:
             *((f"{r['name']}: {r['title']}", r["name"]) for r in known_info())]
 
 
-@dataclass
-class ModelPanel:
-    known: gr.Dropdown
-    custom: gr.Textbox
-    mode: gr.Radio
-    load: gr.Button
+def _wire(sh: Shared) -> None:
+    ui = sh.ui
+    names = {value for _, value in model_choices()}
 
-    def wire(self, sh: Shared) -> None:
-        names = {value for _, value in model_choices()}
+    def load(session: Session, spec: str, mode: str, progress: Any) -> dict[Any, Any]:
+        def report(fraction: float, message: str) -> None:
+            progress(fraction, desc=message)
 
-        def load(session: Session, spec: str, mode: str, progress: Any) -> tuple[Any, ...]:
-            def report(fraction: float, message: str) -> None:
-                progress(fraction, desc=message)
+        def run() -> dict[str, Any]:
+            view = handlers.load_model(sh.app, session, spec, mode == MODES[1], report)
+            shown = shown_values(view)
+            if view.session.model.lower() in names:  # the menu shows a known model however it was named
+                shown["model.known"] = view.session.model.lower()
+            return shown
+        return sh.show(run)
 
-            def run() -> tuple[Any, Any]:
-                view = handlers.load_model(sh.app, session, spec, mode == MODES[1], report)
-                # the menu shows a known model however it was named; a path leaves it alone
-                return view, view.session.model.lower() if view.session.model.lower() in names else gr.skip()
-            return show(run, extra=1)
+    def on_known(session: Session, known: str, mode: str, progress=gr.Progress()) -> dict[Any, Any]:
+        return load(session, known, mode, progress)
 
-        def on_known(session: Session, known: str, mode: str, progress=gr.Progress()) -> tuple[Any, ...]:
-            return load(session, known, mode, progress)
+    def on_load(session: Session, known: str, custom: str, mode: str, progress=gr.Progress()) -> dict[Any, Any]:
+        return load(session, (custom or "").strip() or known, mode, progress)
 
-        def on_load(session: Session, known: str, custom: str, mode: str,
-                    progress=gr.Progress()) -> tuple[Any, ...]:
-            return load(session, (custom or "").strip() or known, mode, progress)
-
-        outputs = [*sh.outputs, self.known]
-        self.known.input(on_known, [sh.state, self.known, self.mode], outputs, api_name="load_known")
-        self.load.click(on_load, [sh.state, self.known, self.custom, self.mode], outputs, api_name="load_model")
-        self.custom.submit(on_load, [sh.state, self.known, self.custom, self.mode], outputs,
-                           api_visibility="private")
+    outputs = sh.outputs("model.known")
+    inputs = [sh.state, *ui.components(("model.known", "model.custom", "model.mode"))]
+    ui["model.known"].input(on_known, [sh.state, ui["model.known"], ui["model.mode"]], outputs,
+                            api_name="load_known")
+    ui["model.load"].click(on_load, inputs, outputs, api_name="load_model")
+    ui["model.custom"].submit(on_load, inputs, outputs, api_visibility="private")
 
 
-def create_model_panel() -> ModelPanel:
+def create_model_panel(ui: Registry) -> None:
     with gr.Row():
         known = gr.Dropdown(model_choices(), value="tiny", label="Model", scale=4,
                             info="the built-in tiny model, or a known architecture (config only, no download)")
@@ -65,4 +61,4 @@ def create_model_panel() -> ModelPanel:
         mode = gr.Radio(list(MODES), value=MODES[0], label="Weights", scale=2,
                         info="weights are only needed by the sanity step")
         load = gr.Button("Load", variant="primary", scale=1, min_width=80)
-    return ModelPanel(known, custom, mode, load)
+    ui.add("model", {"known": known, "custom": custom, "mode": mode, "load": load}, wire=_wire)

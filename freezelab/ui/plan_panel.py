@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -11,7 +10,8 @@ from freezelab.plans import PRESETS
 from freezelab.session import Session
 from freezelab.ui import handlers
 from freezelab.ui.handlers import View
-from freezelab.ui.shared import Shared, show
+from freezelab.ui.registry import Registry
+from freezelab.ui.shared import Shared
 
 SELECTOR_HELP = ("`@vision` `@projector` `@llm` `@lm_head` `@embeddings` `@all` · layer ranges "
                  "`@llm.layers[-4:]` `@vision.layers[0:12]` · globs over whole name segments "
@@ -23,54 +23,45 @@ def preset_help() -> str:
                      for p in PRESETS.values())
 
 
-@dataclass
-class PlanPanel:
-    presets: dict[str, gr.Button]
-    last_n: gr.Slider
-    selector: gr.Textbox
-    preview: gr.Markdown
-    train: gr.Button
-    freeze: gr.Button
-    undo: gr.Button
-    reset: gr.Button
-    rules: gr.Code
-    warnings: gr.Markdown
-
-    def wire(self, sh: Shared) -> None:
-        app = sh.app
-        for name, button in self.presets.items():
-            def on_preset(session: Session, n: float, name: str = name) -> tuple[Any, ...]:
-                # n goes through as sent: NaN, None or text get the handler's message, not a crash here
-                return show(lambda: handlers.apply_preset(app, session, name, 4 if n is None else n))
-            button.click(on_preset, [sh.state, self.last_n], sh.outputs,
-                         api_name=f"preset_{name.replace('-', '_')}")
-
-        def on_rule(action: str) -> Any:
-            def run(session: Session, selector: str) -> tuple[Any, ...]:
-                return show(lambda: handlers.add_rule(app, session, action, selector))
-            return run
-
-        self.train.click(on_rule("train"), [sh.state, self.selector], sh.outputs, api_name="train")
-        self.freeze.click(on_rule("freeze"), [sh.state, self.selector], sh.outputs, api_name="freeze")
-
-        def on_preview(session: Session, selector: str) -> str:
-            return handlers.preview_selector(app, session, selector)
-
-        self.selector.change(on_preview, [sh.state, self.selector], self.preview, api_name="preview",
-                             trigger_mode="always_last", show_progress="hidden")
-
-        def on_undo(session: Session) -> tuple[Any, ...]:
-            return show(lambda: handlers.undo(app, session))
-
-        def on_reset(session: Session) -> tuple[Any, ...]:
-            return show(lambda: handlers.reset(app, session))
-
-        self.undo.click(on_undo, [sh.state], sh.outputs, api_name="undo")
-        self.reset.click(on_reset, [sh.state], sh.outputs, api_name="reset")
+def _wire_presets(sh: Shared) -> None:
+    ui, app = sh.ui, sh.app
+    for name in PRESETS:
+        def on_preset(session: Session, n: float, name: str = name) -> dict[Any, Any]:
+            # n goes through as sent: NaN, None or text get the handler's message, not a crash here
+            return sh.show(lambda: handlers.apply_preset(app, session, name, 4 if n is None else n))
+        ui[f"presets.{name}"].click(on_preset, [sh.state, ui["presets.n"]], sh.outputs(),
+                                    api_name=f"preset_{name.replace('-', '_')}")
 
 
-def create_presets() -> tuple[dict[str, gr.Button], gr.Slider]:
-    """The preset buttons (laid out above the tree; wired with the rest of the plan panel)."""
+def _wire_plan(sh: Shared) -> None:
+    ui, app = sh.ui, sh.app
+
+    def on_rule(action: str) -> Any:
+        def run(session: Session, selector: str) -> dict[Any, Any]:
+            return sh.show(lambda: handlers.add_rule(app, session, action, selector))
+        return run
+
+    ui["plan.train"].click(on_rule("train"), [sh.state, ui["plan.selector"]], sh.outputs(), api_name="train")
+    ui["plan.freeze"].click(on_rule("freeze"), [sh.state, ui["plan.selector"]], sh.outputs(), api_name="freeze")
+
+    def on_preview(session: Session, selector: str) -> str:
+        return handlers.preview_selector(app, session, selector)
+
+    ui["plan.selector"].change(on_preview, [sh.state, ui["plan.selector"]], ui["plan.preview"], api_name="preview",
+                               trigger_mode="always_last", show_progress="hidden")
+
+    def on_undo(session: Session) -> dict[Any, Any]:
+        return sh.show(lambda: handlers.undo(app, session))
+
+    def on_reset(session: Session) -> dict[Any, Any]:
+        return sh.show(lambda: handlers.reset(app, session))
+
+    ui["plan.undo"].click(on_undo, [sh.state], sh.outputs(), api_name="undo")
+    ui["plan.reset"].click(on_reset, [sh.state], sh.outputs(), api_name="reset")
+
+
+def create_presets(ui: Registry) -> None:
+    """The preset buttons with their N, laid out above the tree."""
     gr.Markdown("### Plan")
     presets: dict[str, gr.Button] = {}
     names = list(PRESETS)
@@ -82,10 +73,10 @@ def create_presets() -> tuple[dict[str, gr.Button], gr.Slider]:
     last_n = gr.Slider(1, 80, value=4, step=1, label="N for 'Last N layers'")
     with gr.Accordion("What each preset does", open=False):
         gr.Markdown(preset_help())
-    return presets, last_n
+    ui.add("presets", {**presets, "n": last_n}, wire=_wire_presets)
 
 
-def create_plan_panel(first: View, presets: tuple[dict[str, gr.Button], gr.Slider]) -> PlanPanel:
+def create_plan_panel(ui: Registry, first: View) -> None:
     """The selector, its preview, train / freeze / undo / reset and the rule list, below the tree."""
     gr.Markdown("### Selector and rules")
     selector = gr.Textbox(label="Selector", placeholder="@llm.layers[-4:]", elem_id="fl-selector",
@@ -101,4 +92,5 @@ def create_plan_panel(first: View, presets: tuple[dict[str, gr.Button], gr.Slide
     rules = gr.Code(first.rules, label="Plan rules (applied in order, last match wins)", language=None,
                     interactive=False, lines=4, max_lines=14, elem_id="fl-rules")
     warnings = gr.Markdown(first.warnings, label="warnings", elem_id="fl-warnings")
-    return PlanPanel(presets[0], presets[1], selector, preview, train, freeze, undo, reset, rules, warnings)
+    ui.add("plan", {"selector": selector, "preview": preview, "train": train, "freeze": freeze, "undo": undo,
+                    "reset": reset, "rules": rules, "warnings": warnings}, wire=_wire_plan)

@@ -1,47 +1,20 @@
-"""What every panel shares: the session state, the components that show a View, and
-the one wrapper that turns a handler's result (or its error) into component values."""
+"""What every panel's wiring shares: the app, the component registry and the page, and the one
+wrapper that turns a handler's result (or its error) into component values."""
 
 from __future__ import annotations
 
 import html
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
 from freezelab.errors import FreezelabError
-from freezelab.ui.handlers import App, View
+from freezelab.ui.handlers import STATE, STATUS, VIEW_IDS, App, View
+from freezelab.ui.registry import Registry, shown_values
 
 GPU_CONCURRENCY = "device"   # simulate and the sanity step share one slot: one at a time
-
-
-@dataclass
-class ViewOutputs:
-    """The components a View fills, in the order `values` returns them."""
-
-    state: gr.State
-    status: gr.Markdown
-    header: gr.Markdown
-    summary: gr.HTML
-    tree: gr.HTML
-    rules: gr.Code
-    warnings: gr.Markdown
-    params_plot: gr.Plot
-    map_plot: gr.Plot
-    memory_plot: gr.Plot
-    verdict: gr.HTML
-    notes: gr.Markdown
-    curve_plot: gr.Plot
-
-    def list(self) -> list[Any]:
-        return [getattr(self, f.name) for f in fields(self)]
-
-
-def view_values(view: View) -> tuple[Any, ...]:
-    m = view.memory
-    return (view.session, view.status, view.header, view.summary, view.tree, view.rules, view.warnings,
-            view.params_fig, view.map_fig, m.figure, m.verdict, m.notes, m.curve)
 
 
 def error_text(err: Exception) -> str:
@@ -54,30 +27,26 @@ def warn(err: Exception) -> None:
     gr.Warning(html.escape(str(err), quote=False))
 
 
-def show(make: Callable[[], Any], extra: int = 0) -> tuple[Any, ...]:
-    """Run a handler returning a View (or a View and `extra` more values); on a FreezelabError
-    keep every component as it is, the extras included, and show the message."""
-    try:
-        result = make()
-    except FreezelabError as err:
-        warn(err)
-        n = len(fields(ViewOutputs))
-        return (gr.skip(), error_text(err), *([gr.skip()] * (n - 2 + extra)))
-    if isinstance(result, View):
-        return view_values(result)
-    view, *more = result
-    return (*view_values(view), *more)
-
-
 @dataclass
 class Shared:
     app: App
-    out: ViewOutputs
+    ui: Registry
+    demo: gr.Blocks
 
     @property
     def state(self) -> gr.State:
-        return self.out.state
+        return self.ui[STATE]
 
-    @property
-    def outputs(self) -> list[Any]:
-        return self.out.list()
+    def outputs(self, *extra: str) -> list[Any]:
+        """The components a View fills, then those of `extra` ids: an event's outputs."""
+        return self.ui.components((*VIEW_IDS, *extra))
+
+    def show(self, make: Callable[[], View | Mapping[str, Any]]) -> dict[Any, Any]:
+        """Run a handler returning a View, or {id: value} (a View's values and more); on a
+        FreezelabError keep every component as it is and show the message."""
+        try:
+            result = make()
+        except FreezelabError as err:
+            warn(err)
+            return self.ui.values({STATUS: error_text(err)})
+        return self.ui.values(shown_values(result) if isinstance(result, View) else result)

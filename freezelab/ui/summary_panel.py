@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import gradio as gr
 
 from freezelab.ui.handlers import View
+from freezelab.ui.registry import Registry
 
 
-@dataclass
-class SummaryPanel:
-    summary: gr.HTML
-    params_plot: gr.Plot
-
-
-def create_summary_panel(first: View) -> SummaryPanel:
+def create_summary_panel(ui: Registry, first: View) -> None:
     summary = gr.HTML(first.summary, label="counts", elem_id="fl-summary", js_on_load=None)
     params_plot = gr.Plot(first.params_fig, label="parameters per component", show_label=False,
                           elem_id="fl-params-plot")
-    return SummaryPanel(summary, params_plot)
+    ui.add("summary", {"counts": summary, "params_plot": params_plot})
 
 
-def create_map_panel(first: View) -> gr.Plot:
+def create_map_panel(ui: Registry, first: View) -> None:
     """The model map (treemap), placed under the memory charts."""
-    return gr.Plot(first.map_fig, label="model map", show_label=False, elem_id="fl-map-plot")
+    ui.add("map", {"plot": gr.Plot(first.map_fig, label="model map", show_label=False, elem_id="fl-map-plot")})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -11,7 +10,8 @@ from freezelab.errors import FreezelabError
 from freezelab.session import Session
 from freezelab.ui import handlers
 from freezelab.ui.handlers import View
-from freezelab.ui.shared import Shared, show
+from freezelab.ui.registry import Registry
+from freezelab.ui.shared import Shared
 from freezelab.ui.tree_view import TREE_JS, TREE_TEMPLATE
 
 DEPTHS = ["all", *map(str, range(1, 9))]
@@ -19,34 +19,30 @@ LEGEND = ("Tick or untick a module to train or freeze its whole subtree (a dash 
           "&#8599; puts the module into the selector box. Counts are trainable / total parameters.")
 
 
-@dataclass
-class TreePanel:
-    query: gr.Textbox
-    depth: gr.Dropdown
-    tree: gr.HTML
+def _wire(sh: Shared) -> None:
+    ui, app = sh.ui, sh.app
+    options = [sh.state, ui["tree.query"], ui["tree.depth"]]
 
-    def wire(self, sh: Shared, selector: gr.Textbox, preview: gr.Markdown) -> None:
-        app = sh.app
+    def on_toggle(session: Session, evt: gr.EventData) -> dict[Any, Any]:
+        return sh.show(lambda: handlers.toggle_module(app, session, _field(evt, "module"), _field(evt, "on") is True))
 
-        def on_toggle(session: Session, evt: gr.EventData) -> tuple[Any, ...]:
-            return show(lambda: handlers.toggle_module(app, session, _field(evt, "module"), _field(evt, "on") is True))
+    def on_pick(session: Session, evt: gr.EventData) -> dict[Any, Any]:
+        try:
+            selector, preview = handlers.pick_module(app, session, _field(evt, "module"))
+        except FreezelabError as err:
+            return ui.values({"plan.preview": f"⚠️ {err}"})
+        return ui.values({"plan.selector": selector, "plan.preview": preview})
 
-        def on_pick(session: Session, evt: gr.EventData) -> tuple[Any, Any]:
-            try:
-                return handlers.pick_module(app, session, _field(evt, "module"))
-            except FreezelabError as err:
-                return gr.skip(), f"⚠️ {err}"
+    def on_options(session: Session, query: str, depth: str) -> dict[Any, Any]:
+        return sh.show(lambda: handlers.set_tree_options(app, session, query, None if depth == "all" else depth))
 
-        def on_options(session: Session, query: str, depth: str) -> tuple[Any, ...]:
-            return show(lambda: handlers.set_tree_options(app, session, query, None if depth == "all" else depth))
-
-        self.tree.module_toggle(on_toggle, [sh.state], sh.outputs, api_visibility="private",
-                                show_progress="hidden")
-        self.tree.module_pick(on_pick, [sh.state], [selector, preview], api_visibility="private",
-                              show_progress="hidden")
-        self.query.change(on_options, [sh.state, self.query, self.depth], sh.outputs, api_name="filter_tree",
-                          trigger_mode="always_last", show_progress="hidden")
-        self.depth.input(on_options, [sh.state, self.query, self.depth], sh.outputs, api_visibility="private")
+    tree = ui["tree.tree"]
+    tree.module_toggle(on_toggle, [sh.state], sh.outputs(), api_visibility="private", show_progress="hidden")
+    tree.module_pick(on_pick, [sh.state], ui.components(("plan.selector", "plan.preview")),
+                     api_visibility="private", show_progress="hidden")
+    ui["tree.query"].change(on_options, options, sh.outputs(), api_name="filter_tree", trigger_mode="always_last",
+                            show_progress="hidden")
+    ui["tree.depth"].input(on_options, options, sh.outputs(), api_visibility="private")
 
 
 def _field(evt: gr.EventData, name: str) -> Any:
@@ -57,7 +53,7 @@ def _field(evt: gr.EventData, name: str) -> Any:
         return None
 
 
-def create_tree_panel(first: View) -> TreePanel:
+def create_tree_panel(ui: Registry, first: View) -> None:
     gr.Markdown("### Module tree")
     with gr.Row():
         query = gr.Textbox(label="Filter", placeholder="q_proj, layers.31, LayerNorm", scale=3,
@@ -66,4 +62,4 @@ def create_tree_panel(first: View) -> TreePanel:
     gr.Markdown(f"<small>{LEGEND}</small>")
     tree = gr.HTML(first.tree, label="module tree (JSON rows)", html_template=TREE_TEMPLATE, js_on_load=TREE_JS,
                    elem_id="fl-tree-box", apply_default_css=False, max_height=640)
-    return TreePanel(query, depth, tree)
+    ui.add("tree", {"query": query, "depth": depth, "tree": tree}, wire=_wire)

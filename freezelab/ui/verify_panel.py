@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -11,8 +10,9 @@ import gradio as gr
 from freezelab.errors import FreezelabError
 from freezelab.session import Session
 from freezelab.ui import verify_view
+from freezelab.ui.registry import Registry, shown_ids, shown_values
 from freezelab.ui.shared import GPU_CONCURRENCY, Shared, error_text, warn
-from freezelab.ui.verify_view import CHECK_HEADERS, Cancels
+from freezelab.ui.verify_view import CHECK_HEADERS, Cancels, SimulationView, StepView
 
 CANCELS = Cancels()
 
@@ -32,35 +32,30 @@ def step_devices(allowed: tuple[str, ...] | None) -> list[str]:
     return [d for d in found if allowed is None or d in allowed] or ["cpu"]
 
 
-@dataclass
-class SimulatePanel:
-    run: gr.Button
-    cancel: gr.Button
-    table: gr.Markdown
-    plot: gr.Plot
+def _wire_simulate(sh: Shared) -> None:
+    ui = sh.ui
 
-    def wire(self, sh: Shared) -> None:
-        def on_run(session: Session, request: gr.Request, progress=gr.Progress()) -> tuple[Any, Any]:
-            key = request.session_hash or "anonymous"
-            flag = CANCELS.start(key)
-            try:
-                view = verify_view.simulate(sh.app, session, lambda f, m: progress(f, desc=m), flag.is_set)
-            except FreezelabError as err:
-                warn(err)
-                return error_text(err), gr.skip()
-            finally:
-                CANCELS.finish(key, flag)
-            return view.table, view.figure
+    def on_run(session: Session, request: gr.Request, progress=gr.Progress()) -> dict[Any, Any]:
+        key = request.session_hash or "anonymous"
+        flag = CANCELS.start(key)
+        try:
+            view = verify_view.simulate(sh.app, session, lambda f, m: progress(f, desc=m), flag.is_set)
+        except FreezelabError as err:
+            warn(err)
+            return ui.values({"simulate.table": error_text(err)})
+        finally:
+            CANCELS.finish(key, flag)
+        return ui.values(shown_values(view))
 
-        def on_cancel(request: gr.Request) -> None:
-            CANCELS.cancel(request.session_hash or "anonymous")
+    def on_cancel(request: gr.Request) -> None:
+        CANCELS.cancel(request.session_hash or "anonymous")
 
-        self.run.click(on_run, [sh.state], [self.table, self.plot], api_name="simulate",
-                       concurrency_id=GPU_CONCURRENCY, concurrency_limit=1)
-        self.cancel.click(on_cancel, None, None, api_visibility="private", queue=False)
+    ui["simulate.run"].click(on_run, [sh.state], ui.components(shown_ids(SimulationView)), api_name="simulate",
+                             concurrency_id=GPU_CONCURRENCY, concurrency_limit=1)
+    ui["simulate.cancel"].click(on_cancel, None, None, api_visibility="private", queue=False)
 
 
-def create_simulate_panel() -> SimulatePanel:
+def create_simulate_panel(ui: Registry) -> None:
     gr.Markdown("### Simulated estimate\nRuns the real Hugging Face training step (two steps, AdamW) on fake "
                 "tensors: no GPU and no weights needed, and it catches what a formula can miss. Takes a few "
                 "seconds for a small model and about ten seconds for a 7B one.")
@@ -69,57 +64,44 @@ def create_simulate_panel() -> SimulatePanel:
         cancel = gr.Button("Cancel")
     table = gr.Markdown(elem_id="fl-sim-table")
     plot = gr.Plot(show_label=False)
-    return SimulatePanel(run, cancel, table, plot)
+    ui.add("simulate", {"run": run, "cancel": cancel, "table": table, "plot": plot}, wire=_wire_simulate)
 
 
-@dataclass
-class StepPanel:
-    device: gr.Radio
-    steps: gr.Number
-    lr: gr.Number
-    run: gr.Button
-    cancel: gr.Button
-    status: gr.Markdown
-    loss: gr.Plot
-    grads: gr.Plot
-    checks: gr.Dataframe
-    memory: gr.Markdown
+def _wire_step(sh: Shared) -> None:
+    ui = sh.ui
 
-    def wire(self, sh: Shared, demo: gr.Blocks) -> None:
-        outputs = [self.status, self.loss, self.grads, self.checks, self.memory]
+    def on_page_load() -> Any:
+        # Importing torch costs seconds: it happens once the page is up, not while the app starts.
+        return gr.update(choices=step_devices(sh.app.policy.step_devices))
 
-        def on_page_load() -> Any:
-            # Importing torch costs seconds: it happens once the page is up, not while the app starts.
-            return gr.update(choices=step_devices(sh.app.policy.step_devices))
+    sh.demo.load(on_page_load, None, ui["step.device"], api_visibility="private", show_progress="hidden")
 
-        demo.load(on_page_load, None, self.device, api_visibility="private", show_progress="hidden")
+    def on_run(session: Session, device: str, steps: float, lr: float, request: gr.Request,
+               progress=gr.Progress()) -> Iterator[dict[Any, Any]]:
+        key = request.session_hash or "anonymous"
+        flag = CANCELS.start(key)
+        try:
+            for fraction, view in verify_view.run_step(sh.app, session, device, steps, lr, flag):
+                progress(fraction, desc=view.status.lstrip("⏳ "))
+                yield ui.values(shown_values(view))
+        except FreezelabError as err:
+            warn(err)
+            yield ui.values({"step.status": error_text(err)})
+        finally:
+            CANCELS.finish(key, flag)
 
-        def on_run(session: Session, device: str, steps: float, lr: float, request: gr.Request,
-                   progress=gr.Progress()) -> Iterator[tuple[Any, ...]]:
-            key = request.session_hash or "anonymous"
-            flag = CANCELS.start(key)
-            try:
-                for fraction, view in verify_view.run_step(sh.app, session, device, steps, lr, flag):
-                    progress(fraction, desc=view.status.lstrip("⏳ "))
-                    yield (view.status, view.loss_fig, view.grad_fig if view.grad_fig is not None else gr.skip(),
-                           view.checks if view.report else gr.skip(), view.memory if view.report else gr.skip())
-            except FreezelabError as err:
-                warn(err)
-                yield (error_text(err), gr.skip(), gr.skip(), gr.skip(), gr.skip())
-            finally:
-                CANCELS.finish(key, flag)
+    def on_cancel(request: gr.Request) -> str:
+        stopped = CANCELS.cancel(request.session_hash or "anonymous")
+        return "Cancelling after the current step…" if stopped else "Nothing is running."
 
-        def on_cancel(request: gr.Request) -> str:
-            stopped = CANCELS.cancel(request.session_hash or "anonymous")
-            return "Cancelling after the current step…" if stopped else "Nothing is running."
-
-        # Cancel sets this session's flag: the run stops between steps, reports, and releases its memory.
-        self.run.click(on_run, [sh.state, self.device, self.steps, self.lr], outputs, api_name="sanity_step",
-                       concurrency_id=GPU_CONCURRENCY, concurrency_limit=1)
-        self.cancel.click(on_cancel, None, self.status, api_visibility="private", queue=False)
+    # Cancel sets this session's flag: the run stops between steps, reports, and releases its memory.
+    ui["step.run"].click(on_run, [sh.state, *ui.components(("step.device", "step.steps", "step.lr"))],
+                         ui.components(shown_ids(StepView)), api_name="sanity_step",
+                         concurrency_id=GPU_CONCURRENCY, concurrency_limit=1)
+    ui["step.cancel"].click(on_cancel, None, ui["step.status"], api_visibility="private", queue=False)
 
 
-def create_step_panel() -> StepPanel:
+def create_step_panel(ui: Registry) -> None:
     gr.Markdown("### Sanity step\nBuilds the model (random weights, or the checkpoint's with 'load weights'), "
                 "applies the plan, runs a few real training steps and checks every parameter: gradients "
                 "present, finite and non-zero where the plan trains, absent and unchanged where it freezes.")
@@ -137,4 +119,5 @@ def create_step_panel() -> StepPanel:
     checks = gr.Dataframe(headers=CHECK_HEADERS, column_count=len(CHECK_HEADERS), interactive=False, wrap=True,
                           label="checks", elem_id="fl-step-checks")
     memory = gr.Markdown(elem_id="fl-step-memory")
-    return StepPanel(device, steps, lr, run, cancel, status, loss, grads, checks, memory)
+    ui.add("step", {"device": device, "steps": steps, "lr": lr, "run": run, "cancel": cancel, "status": status,
+                    "loss": loss, "grads": grads, "checks": checks, "memory": memory}, wire=_wire_step)

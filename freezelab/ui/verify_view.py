@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
@@ -17,6 +17,7 @@ from freezelab.plans import resolve
 from freezelab.session import Session
 from freezelab.step import Event, StepReport, iter_step
 from freezelab.ui.handlers import App
+from freezelab.ui.registry import shown
 
 Progress = Callable[[float, str], None]
 
@@ -61,8 +62,8 @@ class Cancels:
 class SimulationView:
     analytic: MemoryEstimate
     simulated: MemoryEstimate
-    table: str           # markdown: category by category
-    figure: go.Figure
+    table: str = shown("simulate.table")      # markdown: category by category
+    figure: go.Figure = shown("simulate.plot")
 
 
 def comparison_table(a: MemoryEstimate, s: MemoryEstimate) -> str:
@@ -109,11 +110,13 @@ def simulate(app: App, session: Session, progress: Progress | None = None,
 
 @dataclass
 class StepView:
-    status: str                                   # markdown: progress or the verdict
-    loss_fig: go.Figure
-    grad_fig: go.Figure | None
-    checks: list[list[str]] = field(default_factory=list)   # rows: check, result, message, offending names
-    memory: str = ""                              # markdown: measured vs estimated
+    """One update of the sanity step; the fields still None (no report yet) leave their components as they are."""
+
+    status: str = shown("step.status")                        # markdown: progress or the verdict
+    loss_fig: go.Figure = shown("step.loss")
+    grad_fig: go.Figure | None = shown("step.grads")
+    checks: list[list[str]] | None = shown("step.checks", default=None)  # rows: check, result, message, names
+    memory: str | None = shown("step.memory", default=None)   # markdown: measured vs estimated
     report: StepReport | None = None
 
 
