@@ -13,15 +13,13 @@ from freezelab.errors import SourceError
 from freezelab.families import config_from_dict, model_class
 from freezelab.index import ModelIndex, build_index, cache_key, load_cached, store_cached
 from freezelab.sources import Source
-from freezelab.workload import DTYPE_BYTES, TORCH_DTYPE_NAMES
+from freezelab.workload import DTYPE_BYTES, TORCH_DTYPE_NAMES, Dtype
 
 if TYPE_CHECKING:
     import torch
 
-TINY_DTYPE = "fp32"  # the tiny model trains on CPU, where fp32 is the sensible default
 
-
-def torch_dtype(name: str) -> torch.dtype:
+def torch_dtype(name: Dtype) -> torch.dtype:
     import torch
 
     return getattr(torch, TORCH_DTYPE_NAMES[name])
@@ -72,7 +70,8 @@ def _pinned_dtype(config: Any, dtype: torch.dtype) -> Iterator[None]:
             sub.dtype = old
 
 
-def build(source: Source, *, device: str = "meta", dtype: str = "bf16", seed: int | None = 0) -> torch.nn.Module:
+def build(source: Source, *, device: str = "meta", dtype: Dtype = Dtype.BF16,
+          seed: int | None = 0) -> torch.nn.Module:
     """The model of `source` with random weights on `device` (no weight memory on "meta")."""
     import torch
 
@@ -145,7 +144,7 @@ def check_file_room(source: Source, device: str) -> None:
                           f"of {where} is left; inspect it architecture-only instead")
 
 
-def load_weights(source: Source, *, dtype: str, device: str = "cpu") -> torch.nn.Module:
+def load_weights(source: Source, *, dtype: Dtype, device: str = "cpu") -> torch.nn.Module:
     """The checkpoint's model with its weights: safetensors first, .bin only with weights_only=True (a pickle
     holding anything but tensors is refused, never executed), and never code shipped with the checkpoint."""
     import pickle
@@ -179,13 +178,13 @@ def load_weights(source: Source, *, dtype: str, device: str = "cpu") -> torch.nn
     return model
 
 
-def index_of(source: Source, *, dtype: str = "bf16") -> ModelIndex:
+def index_of(source: Source, *, dtype: Dtype = Dtype.BF16) -> ModelIndex:
     """The architecture's index (parameters in `dtype`), from the cache or the shipped
     indexes when possible: no torch import then."""
     key = cache_key(source.config)
     index = load_cached(key)
     if index is None:
-        index = build_index(build(source, device="meta", dtype="bf16"), source.name, meta=True)
+        index = build_index(build(source, device="meta", dtype=Dtype.BF16), source.name, meta=True)
         store_cached(key, index)
     index.name = source.name
     return index.with_dtype(TORCH_DTYPE_NAMES[dtype])
