@@ -13,7 +13,7 @@ from freezelab.errors import SourceError
 from freezelab.families import config_from_dict, model_class
 from freezelab.index import ModelIndex, build_index, cache_key, load_cached, store_cached
 from freezelab.sources import Source
-from freezelab.workload import DTYPE_BYTES, TORCH_DTYPE_NAMES, Dtype
+from freezelab.workload import TORCH_DTYPE_NAMES, Dtype
 
 if TYPE_CHECKING:
     import torch
@@ -104,28 +104,6 @@ def available_ram() -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return 1 << 62
-
-
-def weight_bytes(index: ModelIndex, dtype: str) -> int:
-    return index.total_params * DTYPE_BYTES[dtype]
-
-
-def check_room(index: ModelIndex, dtype: str, device: str) -> None:
-    """Refuse before allocating when the weights alone cannot fit."""
-    need = weight_bytes(index, dtype)
-    if device == "cpu":
-        have, where = available_ram(), "free RAM"
-    elif device.startswith("cuda"):
-        import torch
-
-        have, where = torch.cuda.mem_get_info()[0], "free GPU memory"
-    else:
-        return
-    if need > have:
-        raise SourceError(
-            f"{index.name}: its {dtype} weights need {need / 2**30:.1f} GiB but only {have / 2**30:.1f} GiB "
-            f"of {where} is left; inspect it architecture-only instead"
-        )
 
 
 def check_file_room(source: Source, device: str) -> None:

@@ -148,7 +148,7 @@ def test_public_step_checks_the_weight_files_before_loading(tmp_path, monkeypatc
     app = handlers.App.for_policy(public_policy((tmp_path / "models",)))
     with pytest.raises(PolicyError, match=r"its weights \(3.0 GiB\) exceed this server's limit of 2.0 GiB"):
         handlers.load_model(app, Session(), str(ckpt), weights=True)
-    monkeypatch.setattr("freezelab.step.load_weights", lambda *a, **k: pytest.fail("weights were read"))
+    monkeypatch.setattr("freezelab.step.live.load_weights", lambda *a, **k: pytest.fail("weights were read"))
     session = replace(Session(), model=str(ckpt), weights=True)  # e.g. the file grew after it was loaded
     with pytest.raises(PolicyError, match="exceed this server's limit"):
         list(run_step(app, session, "cpu", 1, 1e-3))
@@ -219,7 +219,7 @@ def test_a_hypothetical_400b_llava_inspects_and_the_step_refuses_before_allocati
     source = resolve_source(str(path))
     index = index_of(source)
     assert index.total_params == vision + _projector(1024, 16384) + _llama_params(128256, 16384, 53248, 126, 128, 8)
-    monkeypatch.setattr("freezelab.step.build", lambda *a, **k: pytest.fail("a model was built"))
+    monkeypatch.setattr("freezelab.step.live.build", lambda *a, **k: pytest.fail("a model was built"))
     with pytest.raises(WontFitError, match="needs about .* at its peak"):
         list(iter_step(source, preset("stage1"), Workload(dtype="bf16")))
 
