@@ -74,7 +74,7 @@ def shipped_indexes():
 @pytest.fixture(scope="module")
 def server():
     """`python app.py` on a free loopback port (one per test module), as a user or a Space starts it."""
-    from benchmarks.app_server import launch, stop
+    from freezelab.ui.launch import launch, stop
 
     proc, url = launch()
     yield url

@@ -369,7 +369,8 @@ def test_interleaved_sessions_each_count_their_own_plan():
 
 
 def test_a_closed_browser_session_cancels_its_run():
-    gr = pytest.importorskip("gradio")
+    import gradio as gr
+
     from freezelab.ui.blocks import create_app
     from freezelab.ui.verify_panel import CANCELS, release_session
 
@@ -405,8 +406,10 @@ def test_the_cli_stays_local_on_a_public_server(tmp_path, monkeypatch, capsys, t
 
 
 def test_the_launched_app_honours_public_and_model_root(tmp_path):
-    gradio_client = pytest.importorskip("gradio_client")
-    from benchmarks.load_test import HEADER, STATUS, launch, stop
+    import gradio_client
+
+    from freezelab.ui.launch import launch, stop
+    from freezelab.ui.loadtest import HEADER, STATUS
 
     root, outside = tmp_path / "models", tmp_path / "outside"
     (root / "ckpt").mkdir(parents=True)
