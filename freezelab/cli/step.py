@@ -84,11 +84,12 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _progress_printer() -> Any:
+    from freezelab.step import EventKind
 
     console = cli_console(stderr=True)
 
     def show(event: Any) -> None:
-        if event.kind == "stage":
+        if event.kind == EventKind.STAGE:
             console.print(f"[dim]{event.message}…[/]")
 
     return show
