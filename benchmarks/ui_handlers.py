@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.app_server import launch, stop  # noqa: E402
+from freezelab.ui.launch import launch, stop  # noqa: E402
 
 
 def serialised(view) -> int:

@@ -11,9 +11,6 @@ from typing import Any
 
 from freezelab.index import ModelIndex, ModuleInfo
 
-SUMMARY_COMPONENTS = ("vision", "projector", "llm", "lm_head", "embeddings")
-
-
 @dataclass(frozen=True)
 class Counts:
     total: int

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from freezelab.index import COMPONENTS, ModelIndex
+from freezelab.workload import Dtype
 
 MAX_NAMES = 20  # offending names listed per check; `count` has the full number
 
@@ -58,7 +59,7 @@ class Context:
     input_grad_hooks: bool                 # transformers' input-embedding requires_grad hooks active
     reentrant_checkpointing: bool          # some block checkpoints with use_reentrant=True
     loss_required_grad: bool               # backward ran at all
-    dtype: str = "fp32"
+    dtype: Dtype = Dtype.FP32
     lr: float = 1e-5
 
 

@@ -13,15 +13,13 @@ from freezelab.errors import SourceError
 from freezelab.families import config_from_dict, model_class
 from freezelab.index import ModelIndex, build_index, cache_key, load_cached, store_cached
 from freezelab.sources import Source
-from freezelab.workload import DTYPE_BYTES, TORCH_DTYPE_NAMES
+from freezelab.workload import TORCH_DTYPE_NAMES, Dtype
 
 if TYPE_CHECKING:
     import torch
 
-TINY_DTYPE = "fp32"  # the tiny model trains on CPU, where fp32 is the sensible default
 
-
-def torch_dtype(name: str) -> torch.dtype:
+def torch_dtype(name: Dtype) -> torch.dtype:
     import torch
 
     return getattr(torch, TORCH_DTYPE_NAMES[name])
@@ -72,7 +70,8 @@ def _pinned_dtype(config: Any, dtype: torch.dtype) -> Iterator[None]:
             sub.dtype = old
 
 
-def build(source: Source, *, device: str = "meta", dtype: str = "bf16", seed: int | None = 0) -> torch.nn.Module:
+def build(source: Source, *, device: str = "meta", dtype: Dtype = Dtype.BF16,
+          seed: int | None = 0) -> torch.nn.Module:
     """The model of `source` with random weights on `device` (no weight memory on "meta")."""
     import torch
 
@@ -107,28 +106,6 @@ def available_ram() -> int:
         return 1 << 62
 
 
-def weight_bytes(index: ModelIndex, dtype: str) -> int:
-    return index.total_params * DTYPE_BYTES[dtype]
-
-
-def check_room(index: ModelIndex, dtype: str, device: str) -> None:
-    """Refuse before allocating when the weights alone cannot fit."""
-    need = weight_bytes(index, dtype)
-    if device == "cpu":
-        have, where = available_ram(), "free RAM"
-    elif device.startswith("cuda"):
-        import torch
-
-        have, where = torch.cuda.mem_get_info()[0], "free GPU memory"
-    else:
-        return
-    if need > have:
-        raise SourceError(
-            f"{index.name}: its {dtype} weights need {need / 2**30:.1f} GiB but only {have / 2**30:.1f} GiB "
-            f"of {where} is left; inspect it architecture-only instead"
-        )
-
-
 def check_file_room(source: Source, device: str) -> None:
     """Refuse before reading a checkpoint whose weight files alone exceed the free memory of `device`."""
     need = source.weight_bytes
@@ -145,7 +122,7 @@ def check_file_room(source: Source, device: str) -> None:
                           f"of {where} is left; inspect it architecture-only instead")
 
 
-def load_weights(source: Source, *, dtype: str, device: str = "cpu") -> torch.nn.Module:
+def load_weights(source: Source, *, dtype: Dtype, device: str = "cpu") -> torch.nn.Module:
     """The checkpoint's model with its weights: safetensors first, .bin only with weights_only=True (a pickle
     holding anything but tensors is refused, never executed), and never code shipped with the checkpoint."""
     import pickle
@@ -179,13 +156,13 @@ def load_weights(source: Source, *, dtype: str, device: str = "cpu") -> torch.nn
     return model
 
 
-def index_of(source: Source, *, dtype: str = "bf16") -> ModelIndex:
+def index_of(source: Source, *, dtype: Dtype = Dtype.BF16) -> ModelIndex:
     """The architecture's index (parameters in `dtype`), from the cache or the shipped
     indexes when possible: no torch import then."""
     key = cache_key(source.config)
     index = load_cached(key)
     if index is None:
-        index = build_index(build(source, device="meta", dtype="bf16"), source.name, meta=True)
+        index = build_index(build(source, device="meta", dtype=Dtype.BF16), source.name, meta=True)
         store_cached(key, index)
     index.name = source.name
     return index.with_dtype(TORCH_DTYPE_NAMES[dtype])

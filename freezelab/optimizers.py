@@ -6,6 +6,7 @@ import importlib.util
 from typing import TYPE_CHECKING
 
 from freezelab.errors import FreezelabError
+from freezelab.workload import Optimizer
 
 if TYPE_CHECKING:
     import torch
@@ -15,9 +16,9 @@ class OptimizerError(FreezelabError):
     """The workload's optimizer cannot be built here."""
 
 
-def check_available(name: str, device: str) -> None:
+def check_available(name: Optimizer, device: str) -> None:
     """Refuse early (before any model is built) when the optimizer cannot run here."""
-    if name == "adamw-8bit":
+    if name == Optimizer.ADAMW_8BIT:
         if importlib.util.find_spec("bitsandbytes") is None:
             raise OptimizerError("adamw-8bit needs the bitsandbytes package (pip install bitsandbytes); "
                                  "use adamw or adamw-fused instead")
@@ -25,9 +26,9 @@ def check_available(name: str, device: str) -> None:
             raise OptimizerError("adamw-8bit (bitsandbytes) runs on CUDA only; use --device cuda or another optimizer")
 
 
-def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, *,
+def make_optimizer(name: Optimizer, params: list[torch.nn.Parameter], lr: float, *,
                    foreach: bool | None = None) -> torch.optim.Optimizer | None:
-    """`name` from workload.OPTIMIZERS over `params`; None when nothing trains.
+    """The optimizer `name` names, over `params`; None when nothing trains.
 
     adamw is torch's default implementation (foreach on CUDA), as in the calibration protocol;
     `foreach` pins AdamW's and SGD's choice (Adafactor stays single-tensor, its CUDA default)."""
@@ -35,17 +36,17 @@ def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, *,
 
     if not params:
         return None
-    if name == "adamw":
+    if name == Optimizer.ADAMW:
         return torch.optim.AdamW(params, lr=lr, foreach=foreach)
-    if name == "adamw-fused":
+    if name == Optimizer.ADAMW_FUSED:
         return torch.optim.AdamW(params, lr=lr, fused=True)
-    if name == "sgd":
+    if name == Optimizer.SGD:
         return torch.optim.SGD(params, lr=lr, foreach=foreach)
-    if name == "sgd-momentum":
+    if name == Optimizer.SGD_MOMENTUM:
         return torch.optim.SGD(params, lr=lr, momentum=0.9, foreach=foreach)
-    if name == "adafactor":
+    if name == Optimizer.ADAFACTOR:
         return torch.optim.Adafactor(params, lr=lr)
-    if name == "adamw-8bit":
+    if name == Optimizer.ADAMW_8BIT:
         check_available(name, str(params[0].device))
         import bitsandbytes
 

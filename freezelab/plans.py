@@ -13,8 +13,10 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from freezelab.choices import member
 from freezelab.errors import PlanError, SelectorError
 from freezelab.index import ModelIndex
 from freezelab.index_memo import per_index
@@ -24,8 +26,6 @@ if TYPE_CHECKING:
     import torch
 
 SCHEMA = "freezelab.plan/1"
-ACTIONS = ("train", "freeze")
-BASES = ("frozen", "trainable")
 MAX_RULES = 1000
 MAX_PLAN_BYTES = 256_000
 MAX_HIT_INDICES = 200_000  # parameter indices memoised per index by hits() (~75 bytes each)
@@ -33,14 +33,36 @@ MAX_HIT_SELECTORS = 4096
 MAX_SIMPLIFY = 64          # rules a plan may have for append_rule to look for redundant ones
 
 
+class Action(StrEnum):
+    """What a rule does to the parameters its selector names."""
+
+    TRAIN = "train"
+    FREEZE = "freeze"
+
+
+class Base(StrEnum):
+    """The state every parameter starts in before the rules apply."""
+
+    FROZEN = "frozen"
+    TRAINABLE = "trainable"
+
+
+def _member(choice: type[StrEnum], value: object, what: str) -> StrEnum:
+    """`value` (a plain string or a member) as a member of `choice`, or a PlanError."""
+    found = member(choice, value)
+    if found is None:
+        shown = str(value) if isinstance(value, str) else value  # another enum's member: by its value
+        raise PlanError(f"{what} must be {' or '.join(choice)}, got {shown!r}")
+    return found
+
+
 @dataclass(frozen=True)
 class Rule:
-    action: str   # "train" | "freeze"
+    action: Action
     selector: str
 
     def __post_init__(self) -> None:
-        if self.action not in ACTIONS:
-            raise PlanError(f"rule action must be train or freeze, got {self.action!r}")
+        object.__setattr__(self, "action", _member(Action, self.action, "rule action"))  # frozen: set at creation
         parse(self.selector)  # syntax errors surface when the rule is made
 
     def __str__(self) -> str:
@@ -49,33 +71,33 @@ class Rule:
 
 @dataclass(frozen=True)
 class Plan:
-    base: str | None = None       # None: frozen if the first rule trains, trainable if it freezes
+    base: Base | None = None      # None: frozen if the first rule trains, trainable if it freezes
     rules: tuple[Rule, ...] = ()
     preset: str | None = None     # the preset this plan started from, for display
 
     def __post_init__(self) -> None:
-        if self.base is not None and self.base not in BASES:
-            raise PlanError(f"plan base must be frozen or trainable, got {self.base!r}")
+        if self.base is not None:
+            object.__setattr__(self, "base", _member(Base, self.base, "plan base"))
         if len(self.rules) > MAX_RULES:
             raise PlanError(f"a plan may have at most {MAX_RULES} rules, this one has {len(self.rules)}")
 
     @property
-    def effective_base(self) -> str:
+    def effective_base(self) -> Base:
         if self.base is not None:
             return self.base
-        if self.rules and self.rules[0].action == "freeze":
-            return "trainable"
-        return "frozen"
+        if self.rules and self.rules[0].action == Action.FREEZE:
+            return Base.TRAINABLE
+        return Base.FROZEN
 
-    def then(self, action: str, selector: str) -> Plan:
+    def then(self, action: Action, selector: str) -> Plan:
         return Plan(self.base or self.effective_base, (*self.rules, Rule(action, selector)), self.preset)
 
     def to_text(self) -> str:
         return "\n".join([f"base {self.effective_base}", *map(str, self.rules)])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, "base": self.effective_base, "preset": self.preset,
-                "rules": [{"action": r.action, "selector": r.selector} for r in self.rules]}
+        return {"schema": SCHEMA, "base": self.effective_base.value, "preset": self.preset,
+                "rules": [{"action": r.action.value, "selector": r.selector} for r in self.rules]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -128,9 +150,9 @@ def rule_hits(plan: Plan, index: ModelIndex) -> list[frozenset[int]]:
 def plan_mask(plan: Plan, index: ModelIndex, found: list[frozenset[int]] | None = None) -> list[bool]:
     """The plan's trainable mask alone (what `resolve` computes, without the warnings): the base state,
     then each rule in order over its matches (`found`, from rule_hits, when the caller has them)."""
-    mask = [plan.effective_base == "trainable"] * len(index.params)
+    mask = [plan.effective_base == Base.TRAINABLE] * len(index.params)
     for rule, hit in zip(plan.rules, rule_hits(plan, index) if found is None else found):
-        on = rule.action == "train"
+        on = rule.action == Action.TRAIN
         for i in hit:
             mask[i] = on
     return mask
@@ -275,29 +297,29 @@ class Preset:
     name: str
     title: str
     explanation: str          # one line for learners
-    base: str
-    rules: tuple[tuple[str, str], ...]
+    base: Base
+    rules: tuple[tuple[Action, str], ...]
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("stage1", "LLaVA stage 1", "Pre-training the connector: only the projector learns to map image "
-           "features into the LLM's embedding space; vision tower and LLM stay frozen.", "frozen",
-           (("train", "@projector"),)),
+           "features into the LLM's embedding space; vision tower and LLM stay frozen.", Base.FROZEN,
+           ((Action.TRAIN, "@projector"),)),
     Preset("stage2", "LLaVA stage 2", "Visual instruction tuning: projector and the whole LLM train; "
-           "the vision tower stays frozen.", "frozen", (("train", "@projector"), ("train", "@llm"))),
+           "the vision tower stays frozen.", Base.FROZEN, ((Action.TRAIN, "@projector"), (Action.TRAIN, "@llm"))),
     Preset("full", "Full fine-tune", "Everything trains: vision tower, projector and LLM. The most "
-           "memory-hungry choice.", "trainable", ()),
+           "memory-hungry choice.", Base.TRAINABLE, ()),
     Preset("llm", "LLM only", "Only the language model (embeddings, layers, norm, lm_head) trains; the "
-           "image pathway is fixed.", "frozen", (("train", "@llm"),)),
+           "image pathway is fixed.", Base.FROZEN, ((Action.TRAIN, "@llm"),)),
     Preset("vision-projector", "Vision + projector", "Adapt the image side: vision tower and projector "
-           "train; the LLM is frozen but gradients still flow through it.", "frozen",
-           (("train", "@vision"), ("train", "@projector"))),
+           "train; the LLM is frozen but gradients still flow through it.", Base.FROZEN,
+           ((Action.TRAIN, "@vision"), (Action.TRAIN, "@projector"))),
     Preset("last-n", "Last N LLM layers", "Only the top N decoder layers of the LLM train: cheap in "
-           "optimizer state, and almost no activations are kept below them.", "frozen",
-           (("train", "@llm.layers[-{n}:]"),)),
+           "optimizer state, and almost no activations are kept below them.", Base.FROZEN,
+           ((Action.TRAIN, "@llm.layers[-{n}:]"),)),
     Preset("lm-head", "lm_head only", "Only the output head trains (a linear probe on the vocabulary). "
-           "With tied embeddings this also trains the input embeddings.", "frozen", (("train", "@lm_head"),)),
-    Preset("frozen", "All frozen", "Nothing trains: a baseline, and what inference costs.", "frozen", ()),
+           "With tied embeddings this also trains the input embeddings.", Base.FROZEN, ((Action.TRAIN, "@lm_head"),)),
+    Preset("frozen", "All frozen", "Nothing trains: a baseline, and what inference costs.", Base.FROZEN, ()),
 )}
 _LAST_N = re.compile(r"^last-?(\d+)$")
 

@@ -18,6 +18,7 @@ import re
 import time
 import unicodedata
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import regex
@@ -43,10 +44,19 @@ RENAMES = (
 )
 
 
+class SelectorKind(StrEnum):
+    """What a selector's text is."""
+
+    ALIAS = "alias"                # @vision, @llm, ...
+    LAYERS = "layers"              # @llm.layers[-4:]
+    GLOB = "glob"                  # layers.**.mlp
+    REGEX = "regex"                # re:...
+
+
 @dataclass(frozen=True)
 class Selector:
     text: str
-    kind: str                      # "alias" | "layers" | "glob" | "regex"
+    kind: SelectorKind
     pattern: Any = None            # compiled regex for glob / regex, slice for layers
 
     def __str__(self) -> str:
@@ -119,15 +129,15 @@ def parse(text: str) -> Selector:
         if not body:
             raise SelectorError("'re:' needs a regular expression after it")
         try:
-            return Selector(text, "regex", regex.compile(body))
+            return Selector(text, SelectorKind.REGEX, regex.compile(body))
         except regex.error as err:
             raise SelectorError(f"{text!r}: bad regular expression: {err}") from None
     if text.startswith("@"):
         if text in ALIASES:
-            return Selector(text, "alias")
+            return Selector(text, SelectorKind.ALIAS)
         m = _LAYERS.match(text)
         if m:
-            return Selector(text, "layers", (m.group(1), _parse_slice(m.group(2), text)))
+            return Selector(text, SelectorKind.LAYERS, (m.group(1), _parse_slice(m.group(2), text)))
         close = difflib.get_close_matches(text, [*ALIASES, "@llm.layers[-4:]", "@vision.layers[0:12]"], n=2)
         hint = f"; did you mean {' or '.join(close)}?" if close else f"; aliases: {', '.join(ALIASES)}"
         raise SelectorError(f"unknown alias {text!r}{hint}")
@@ -136,7 +146,7 @@ def parse(text: str) -> Selector:
     if ".." in text or text.startswith(".") or text.endswith("."):
         raise SelectorError(f"{text!r}: empty dotted segment")
     try:
-        return Selector(text, "glob", re.compile(glob_to_regex(text)))
+        return Selector(text, SelectorKind.GLOB, re.compile(glob_to_regex(text)))
     except re.error as err:  # a character class such as [9-0]
         raise SelectorError(f"{text!r}: bad glob: {err}") from None
 
@@ -166,7 +176,7 @@ def _names_search(index: ModelIndex, sel: Selector, shared: float | None = None)
     hits = []
     for i, p in enumerate(index.params):
         for name in p.names:
-            if sel.kind == "regex":
+            if sel.kind == SelectorKind.REGEX:
                 left = deadline - time.monotonic()
                 try:
                     found = left > 0 and sel.pattern.search(name, timeout=left) is not None
@@ -203,7 +213,7 @@ def _alias_params(index: ModelIndex, alias: str) -> list[int]:
 
 def _no_match(index: ModelIndex, sel: Selector) -> SelectorError:
     hint = ""
-    if sel.kind == "glob":
+    if sel.kind == SelectorKind.GLOB:
         for old, new in RENAMES:
             if old in sel.text:
                 renamed = sel.text.replace(old, new).strip(".")
@@ -219,7 +229,7 @@ def _no_match(index: ModelIndex, sel: Selector) -> SelectorError:
                                 | {seg for p in index.params for seg in p.name.split(".") if not seg.isdigit()})
             close = difflib.get_close_matches(sel.text, candidates, n=3, cutoff=0.6)
             hint = f"; closest names: {', '.join(close)}" if close else ""
-    elif sel.kind == "alias" and sel.text == "@lm_head" and not index.roots["lm_head"]:
+    elif sel.kind == SelectorKind.ALIAS and sel.text == "@lm_head" and not index.roots["lm_head"]:
         hint = "; this model has no output head"
     return SelectorError(f"{sel.text!r} matches no parameter of {index.name}{hint}")
 
@@ -229,9 +239,9 @@ def select(index: ModelIndex, selector: Selector | str, deadline: float | None =
 
     `deadline` (a time.monotonic() value) bounds the time a regex may take together with others."""
     sel = parse(selector) if isinstance(selector, str) else selector
-    if sel.kind == "alias":
+    if sel.kind == SelectorKind.ALIAS:
         hits = _alias_params(index, sel.text)
-    elif sel.kind == "layers":
+    elif sel.kind == SelectorKind.LAYERS:
         tower, which = sel.pattern
         hits = _layer_params(index, tower, which, sel.text)
     else:
@@ -245,7 +255,7 @@ def reach(index: ModelIndex, selector: Selector | str, hits: list[int]) -> str |
     """A warning when a name pattern reaches into more than one component (e.g. `q_proj`
     also catching the vision tower), or None. Aliases and layer ranges are precise."""
     sel = parse(selector) if isinstance(selector, str) else selector
-    if sel.kind not in ("glob", "regex"):
+    if sel.kind not in (SelectorKind.GLOB, SelectorKind.REGEX):
         return None
     counts = {c: 0 for c in COMPONENTS}
     for i in hits:

@@ -7,18 +7,66 @@ workload before anything heavy is loaded.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
+from enum import StrEnum
 from typing import Any
 
+from freezelab.choices import member
 from freezelab.errors import FreezelabError
 
-DTYPES = ("bf16", "fp16", "fp32")
-AUTOCAST = ("none", "bf16", "fp16")
-OPTIMIZERS = ("adamw", "adamw-fused", "sgd", "sgd-momentum", "adamw-8bit", "adafactor")
-SHARDING = ("ddp", "zero1", "zero2", "zero3", "fsdp")
-ATTENTION = ("sdpa", "eager")
 
-DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
-TORCH_DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+class Dtype(StrEnum):
+    """The parameter dtype."""
+
+    BF16 = "bf16"
+    FP16 = "fp16"
+    FP32 = "fp32"
+
+
+class Autocast(StrEnum):
+    """The autocast dtype, or none."""
+
+    NONE = "none"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+class Optimizer(StrEnum):
+    """The optimizer a step uses (built in freezelab.optimizers)."""
+
+    ADAMW = "adamw"
+    ADAMW_FUSED = "adamw-fused"
+    SGD = "sgd"
+    SGD_MOMENTUM = "sgd-momentum"
+    ADAMW_8BIT = "adamw-8bit"
+    ADAFACTOR = "adafactor"
+
+
+class Sharding(StrEnum):
+    """How training state is split across data-parallel GPUs."""
+
+    DDP = "ddp"
+    ZERO1 = "zero1"
+    ZERO2 = "zero2"
+    ZERO3 = "zero3"
+    FSDP = "fsdp"
+
+
+class Attention(StrEnum):
+    """The attention implementation."""
+
+    SDPA = "sdpa"
+    EAGER = "eager"
+
+
+# The plain values, in the order menus and --help list them.
+DTYPES = tuple(d.value for d in Dtype)
+AUTOCAST = tuple(a.value for a in Autocast)
+OPTIMIZERS = tuple(o.value for o in Optimizer)
+SHARDING = tuple(s.value for s in Sharding)
+ATTENTION = tuple(a.value for a in Attention)
+
+DTYPE_BYTES = {Dtype.BF16: 2, Dtype.FP16: 2, Dtype.FP32: 4}
+TORCH_DTYPE_NAMES = {Dtype.BF16: "bfloat16", Dtype.FP16: "float16", Dtype.FP32: "float32"}
 
 # Upper bounds keep a hostile or mistyped value from turning into a huge
 # allocation or a hung worker; they are far above any real single-node run.
@@ -47,24 +95,21 @@ class Workload:
     text_tokens: int = 64
     images: int = 1
     image_size: int | None = None  # LLaVA-NeXT any-res: the source image side in pixels
-    dtype: str = "bf16"
-    autocast: str = "none"
-    optimizer: str = "adamw"
+    dtype: Dtype = Dtype.BF16
+    autocast: Autocast = Autocast.NONE
+    optimizer: Optimizer = Optimizer.ADAMW
     grad_ckpt: bool = False
-    attn: str = "sdpa"
+    attn: Attention = Attention.SDPA
     gpus: int = 1
-    sharding: str = "ddp"
+    sharding: Sharding = Sharding.DDP
     offload_optimizer: bool = False
 
     def __post_init__(self) -> None:
         validate(self)
 
-    @property
-    def param_bytes(self) -> int:
-        return DTYPE_BYTES[self.dtype]
-
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain data: each choice as its string value."""
+        return {k: v.value if isinstance(v, StrEnum) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Workload:
@@ -87,26 +132,33 @@ def _check_int(name: str, value: Any, low: int) -> None:
         raise WorkloadError(f"{name} must be between {low} and {high:,}, got {shown}")
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise WorkloadError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+# The fields that hold a choice, in the order they are checked.
+CHOICES: dict[str, type[StrEnum]] = {"dtype": Dtype, "autocast": Autocast, "optimizer": Optimizer,
+                                     "sharding": Sharding, "attn": Attention}
+
+
+def _choice(name: str, value: Any, choice: type[StrEnum]) -> StrEnum:
+    """The member whose value `value` is (a plain string or a member), or a WorkloadError."""
+    found = member(choice, value)
+    if found is None:
+        shown = str(value) if isinstance(value, str) else value  # another enum's member: by its value
+        raise WorkloadError(f"{name} must be one of {', '.join(choice)}; got {shown!r}")
+    return found
 
 
 def validate(w: Workload) -> None:
+    """Check every field; a choice given as a plain string becomes its enum member."""
     _check_int("batch", w.batch, 1)
     _check_int("text_tokens", w.text_tokens, 1)
     _check_int("images", w.images, 0)
     _check_int("gpus", w.gpus, 1)
     if w.image_size is not None:
         _check_int("image_size", w.image_size, 1)
-    _check_choice("dtype", w.dtype, DTYPES)
-    _check_choice("autocast", w.autocast, AUTOCAST)
-    _check_choice("optimizer", w.optimizer, OPTIMIZERS)
-    _check_choice("sharding", w.sharding, SHARDING)
-    _check_choice("attn", w.attn, ATTENTION)
+    for name, choice in CHOICES.items():
+        object.__setattr__(w, name, _choice(name, getattr(w, name), choice))  # frozen: set once, at creation
     if not isinstance(w.grad_ckpt, bool) or not isinstance(w.offload_optimizer, bool):
         raise WorkloadError("grad_ckpt and offload_optimizer must be true or false")
-    if w.autocast != "none" and w.dtype != "fp32" and w.autocast != w.dtype:
+    if w.autocast != Autocast.NONE and w.dtype != Dtype.FP32 and w.autocast != w.dtype:
         raise WorkloadError(
             f"autocast {w.autocast} with {w.dtype} parameters mixes two 16-bit types; "
             "use fp32 parameters with autocast, or no autocast"

@@ -6,9 +6,7 @@ import json
 import urllib.request
 from pathlib import Path
 
-import pytest
-
-gradio_client = pytest.importorskip("gradio_client")
+import gradio_client
 
 
 def client(url: str):

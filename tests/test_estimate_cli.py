@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -92,8 +91,6 @@ def test_unknown_model_and_bad_choice_exit_2(capsys) -> None:
     assert exc.value.code == 2
 
 
-@pytest.mark.skipif(importlib.util.find_spec("freezelab.memory.simulate") is None,
-                    reason="freezelab.memory.simulate is not there yet")
 def test_simulate_method_reports_progress_on_stderr(capsys) -> None:
     assert main(["estimate", "tiny", "--preset", "stage1", "--method", "simulate", "--batch", "2", "--json"]) == 0
     captured = capsys.readouterr()

@@ -1,14 +1,10 @@
-"""The load test in its short CI form: concurrent sessions against the launched app (loopback only).
-The full run with its latency and memory figures is benchmarks/load_test.py; here only correctness
-counts: no errors and no session ever seeing a count that is not its own plan's."""
+"""The load test (freezelab.ui.loadtest) in its short CI form: concurrent sessions against the launched
+app (loopback only). benchmarks/load_test.py prints the full run's latency and memory figures; here only
+correctness counts: no errors and no session ever seeing a count that is not its own plan's."""
 
 from __future__ import annotations
 
-import pytest
-
-pytest.importorskip("gradio_client")
-
-from benchmarks.load_test import run  # noqa: E402
+from freezelab.ui.loadtest import run
 
 
 def test_concurrent_sessions_see_only_their_own_plans():

@@ -148,7 +148,7 @@ def test_public_step_checks_the_weight_files_before_loading(tmp_path, monkeypatc
     app = handlers.App.for_policy(public_policy((tmp_path / "models",)))
     with pytest.raises(PolicyError, match=r"its weights \(3.0 GiB\) exceed this server's limit of 2.0 GiB"):
         handlers.load_model(app, Session(), str(ckpt), weights=True)
-    monkeypatch.setattr("freezelab.step.load_weights", lambda *a, **k: pytest.fail("weights were read"))
+    monkeypatch.setattr("freezelab.step.live.load_weights", lambda *a, **k: pytest.fail("weights were read"))
     session = replace(Session(), model=str(ckpt), weights=True)  # e.g. the file grew after it was loaded
     with pytest.raises(PolicyError, match="exceed this server's limit"):
         list(run_step(app, session, "cpu", 1, 1e-3))
@@ -219,7 +219,7 @@ def test_a_hypothetical_400b_llava_inspects_and_the_step_refuses_before_allocati
     source = resolve_source(str(path))
     index = index_of(source)
     assert index.total_params == vision + _projector(1024, 16384) + _llama_params(128256, 16384, 53248, 126, 128, 8)
-    monkeypatch.setattr("freezelab.step.build", lambda *a, **k: pytest.fail("a model was built"))
+    monkeypatch.setattr("freezelab.step.live.build", lambda *a, **k: pytest.fail("a model was built"))
     with pytest.raises(WontFitError, match="needs about .* at its peak"):
         list(iter_step(source, preset("stage1"), Workload(dtype="bf16")))
 
@@ -369,7 +369,8 @@ def test_interleaved_sessions_each_count_their_own_plan():
 
 
 def test_a_closed_browser_session_cancels_its_run():
-    gr = pytest.importorskip("gradio")
+    import gradio as gr
+
     from freezelab.ui.blocks import create_app
     from freezelab.ui.verify_panel import CANCELS, release_session
 
@@ -405,8 +406,10 @@ def test_the_cli_stays_local_on_a_public_server(tmp_path, monkeypatch, capsys, t
 
 
 def test_the_launched_app_honours_public_and_model_root(tmp_path):
-    gradio_client = pytest.importorskip("gradio_client")
-    from benchmarks.load_test import HEADER, STATUS, launch, stop
+    import gradio_client
+
+    from freezelab.ui.launch import launch, stop
+    from freezelab.ui.loadtest import HEADER, STATUS
 
     root, outside = tmp_path / "models", tmp_path / "outside"
     (root / "ckpt").mkdir(parents=True)

@@ -11,15 +11,16 @@ import pytest
 import torch
 from tiny_configs import TINY, write
 
-import freezelab.step as step_module
+import freezelab.step.gate as gate_module
+import freezelab.step.live as live_module
 from freezelab.checks import MAX_NAMES
-from freezelab.errors import SourceError
+from freezelab.memory import analytic
 from freezelab.memory.estimate import MemoryEstimate
 from freezelab.models import build, index_of
 from freezelab.optimizers import OptimizerError, make_optimizer
 from freezelab.plans import PRESETS, Plan, apply, preset, resolve
 from freezelab.sources import resolve as resolve_source
-from freezelab.step import StepError, WontFitError, iter_step, run_step
+from freezelab.step import Status, StepError, StepRecord, StepReport, Weights, WontFitError, iter_step, run_step
 from freezelab.workload import Workload
 
 FP32 = Workload(dtype="fp32")
@@ -314,7 +315,7 @@ def no_build(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a model was built although the run was refused")
 
-    monkeypatch.setattr(step_module, "build", fail)
+    monkeypatch.setattr(live_module, "build", fail)
 
 
 @pytest.mark.parametrize("options,match", [
@@ -348,22 +349,22 @@ def test_weights_of_an_architecture_are_refused(no_build):
 
 def test_estimate_over_free_memory_is_refused(tiny_source, no_build, monkeypatch):
     huge = MemoryEstimate("analytic", 1 << 60, {}, "backward", 1 << 60)
-    monkeypatch.setattr(step_module, "_estimate", lambda index, mask, workload: huge)
+    monkeypatch.setattr(gate_module, "estimate", lambda index, mask, workload: huge)
     with pytest.raises(WontFitError, match="by the memory estimate"):
         run_step(tiny_source, preset("stage1"), FP32)
 
 
-def test_without_an_estimator_the_weights_are_checked(tiny_source, no_build, monkeypatch):
-    import freezelab.models as models
-
-    monkeypatch.setattr(step_module, "_estimate", lambda index, mask, workload: None)
-    monkeypatch.setattr(models, "available_ram", lambda: 1000)
-    with pytest.raises(SourceError, match="weights need"):
+def test_estimate_over_free_ram_is_refused(tiny_source, tiny_index, monkeypatch):
+    need = analytic.estimate(tiny_index, resolve(preset("stage1"), tiny_index).mask, FP32).peak_bytes
+    monkeypatch.setattr(gate_module, "available_ram", lambda: need - 1)
+    with pytest.raises(WontFitError, match=r"needs about 0\.1 GiB at its peak \(backward\) by the memory estimate, "
+                       r"but only 0\.1 GiB of free RAM is left"):
         run_step(tiny_source, preset("stage1"), FP32)
+    monkeypatch.setattr(gate_module, "available_ram", lambda: need)
+    assert run_step(tiny_source, preset("stage1"), FP32, steps=1).status == "ok"  # exactly enough: it runs
 
 
 def test_the_estimate_is_reported_next_to_each_step(tiny_source, tiny_index):
-    analytic = pytest.importorskip("freezelab.memory.analytic")
     workload = FP32.with_(batch=2)
     expected = analytic.estimate(tiny_index, resolve(preset("stage2"), tiny_index).mask, workload)
     report = run_step(tiny_source, preset("stage2"), workload)
@@ -455,6 +456,27 @@ def test_json_report_is_plain_and_nan_free(tiny_source):
     data = run_step(tiny_source, preset("stage1"), FP32, prepare=poison).to_dict()
     text = json.dumps(data, allow_nan=False)  # raises if a NaN slipped through
     assert json.loads(text)["steps"][0]["loss"] is None and data["passed"] is False
+
+
+def test_record_and_report_to_dict_by_hand():
+    record = StepRecord(2, float("inf"), 0.25, 1100, 1536, 1000)
+    assert record.steady and record.relative_error == 0.1
+    assert record.to_dict() == {"step": 2, "loss": None, "seconds": 0.25, "peak_allocated_bytes": 1100,
+                                "peak_reserved_bytes": 1536, "estimate_bytes": 1000, "error": None,
+                                "steady": True, "relative_error": 0.1}
+    assert StepRecord(1, 2.5, 0.1, None, None, 1000).relative_error is None  # CPU: nothing measured
+    report = StepReport("m", "C", "cpu", "cpu", Weights.CHECKPOINT, {}, {}, {}, 5, 1, 9, 1e-3, 0, steps=[record],
+                        grad_norms={"component": {"llm": float("nan"), "vision": None}, "layers": {"llm": [1.5]}},
+                        status=Status.OUT_OF_MEMORY, error="out of memory in step 2")
+    data = report.to_dict()
+    assert type(data["status"]) is str and type(data["weights"]) is str
+    assert {k: data[k] for k in ("weights", "status", "passed", "grad_norms", "estimate")} == {
+        "weights": "checkpoint", "status": "out_of_memory", "passed": False,
+        "grad_norms": {"component": {"llm": None, "vision": None}, "layers": {"llm": [1.5]}}, "estimate": {}}
+    assert list(data) == ["model", "model_class", "device", "device_name", "weights", "workload", "batch", "plan",
+                          "trainable_params", "trainable_tensors", "total_params", "lr", "seed", "estimate",
+                          "input_grad_hooks", "warnings", "status", "error", "seconds", "steps", "checks",
+                          "grad_norms", "passed"]
 
 
 def test_plan_with_nothing_matching_is_refused_before_building(tiny_source, no_build):

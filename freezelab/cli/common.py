@@ -9,9 +9,21 @@ from pathlib import Path
 from typing import Any
 
 from freezelab.errors import PlanError
-from freezelab.plans import MAX_PLAN_BYTES, Plan, Rule, preset
+from freezelab.plans import MAX_PLAN_BYTES, Action, Plan, Rule, preset
 from freezelab.sources import known_names
-from freezelab.workload import ATTENTION, AUTOCAST, DTYPES, OPTIMIZERS, SHARDING, Workload
+from freezelab.workload import (
+    ATTENTION,
+    AUTOCAST,
+    DTYPES,
+    OPTIMIZERS,
+    SHARDING,
+    Attention,
+    Autocast,
+    Dtype,
+    Optimizer,
+    Sharding,
+    Workload,
+)
 
 
 class _RuleAction(argparse.Action):
@@ -37,9 +49,9 @@ def add_plan_options(parser: argparse.ArgumentParser) -> None:
                        "vision-projector, last-N (e.g. last-4), lm-head, frozen")
     group.add_argument("--plan", metavar="FILE", type=Path,
                        help="start from a plan file (freezelab plan JSON, or one rule per line)")
-    group.add_argument("--train", metavar="SEL", action=_RuleAction, const="train", dest="rules",
+    group.add_argument("--train", metavar="SEL", action=_RuleAction, const=Action.TRAIN, dest="rules",
                        help="train what SEL selects (@projector, @llm.layers[-4:], a glob, re:REGEX)")
-    group.add_argument("--freeze", metavar="SEL", action=_RuleAction, const="freeze", dest="rules",
+    group.add_argument("--freeze", metavar="SEL", action=_RuleAction, const=Action.FREEZE, dest="rules",
                        help="freeze what SEL selects")
 
 
@@ -88,21 +100,22 @@ def add_workload_options(parser: argparse.ArgumentParser, *, multi_gpu: bool = F
     group.add_argument("--image-size", type=int, default=None, metavar="PX",
                        help="source image side in pixels, for any-res models (default: the tower's resolution)")
     group.add_argument("--dtype", choices=DTYPES, default=None, help="parameter dtype")
-    group.add_argument("--autocast", choices=AUTOCAST, default="none", help="autocast dtype (default none)")
-    group.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="optimizer (default adamw)")
+    group.add_argument("--autocast", choices=AUTOCAST, default=Autocast.NONE, help="autocast dtype (default none)")
+    group.add_argument("--optimizer", choices=OPTIMIZERS, default=Optimizer.ADAMW, help="optimizer (default adamw)")
     group.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=False,
                        help="gradient checkpointing (non-reentrant)")
-    group.add_argument("--attn", choices=ATTENTION, default="sdpa", help="attention implementation (default sdpa)")
+    group.add_argument("--attn", choices=ATTENTION, default=Attention.SDPA,
+                       help="attention implementation (default sdpa)")
     if multi_gpu:
         group.add_argument("--gpus", type=int, default=1, metavar="N", help="data-parallel GPUs (default 1)")
-        group.add_argument("--sharding", choices=SHARDING, default="ddp", help="how state is split across GPUs")
+        group.add_argument("--sharding", choices=SHARDING, default=Sharding.DDP, help="how state is split across GPUs")
         group.add_argument("--offload-optimizer", action="store_true", help="optimizer state in CPU memory")
 
 
-def workload_from_args(args: argparse.Namespace, *, default_dtype: str = "bf16") -> Workload:
+def workload_from_args(args: argparse.Namespace, *, default_dtype: Dtype = Dtype.BF16) -> Workload:
     """The Workload the options describe (validated: a bad value raises WorkloadError)."""
     return Workload(batch=args.batch, text_tokens=args.text_tokens, images=args.images, image_size=args.image_size,
                     dtype=args.dtype or default_dtype, autocast=args.autocast, optimizer=args.optimizer,
                     grad_ckpt=args.grad_ckpt, attn=args.attn, gpus=getattr(args, "gpus", 1),
-                    sharding=getattr(args, "sharding", "ddp"),
+                    sharding=getattr(args, "sharding", Sharding.DDP),
                     offload_optimizer=getattr(args, "offload_optimizer", False))

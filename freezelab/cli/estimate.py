@@ -141,7 +141,7 @@ def _print_human(data: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    workload = workload_from_args(args, default_dtype="bf16")
+    workload = workload_from_args(args)
     gpu_bytes = parse_gib(args.gpu_memory) if args.gpu_memory is not None else None
     source = resolve_source(args.model)
     plan = plan_from_args(args)

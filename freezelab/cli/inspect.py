@@ -13,6 +13,7 @@ from freezelab.index import ModelIndex
 from freezelab.models import index_of
 from freezelab.plans import Resolution, resolve
 from freezelab.sources import resolve as resolve_source
+from freezelab.workload import DTYPES, Dtype
 
 
 def register(sub: Any) -> None:
@@ -21,7 +22,7 @@ def register(sub: Any) -> None:
     add_model_argument(p)
     add_plan_options(p)
     p.add_argument("--depth", type=int, default=2, metavar="N", help="tree depth to show (default 2; -1: all)")
-    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="parameter dtype shown")
+    p.add_argument("--dtype", default=Dtype.BF16, choices=DTYPES, help="parameter dtype shown")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 

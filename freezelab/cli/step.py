@@ -23,6 +23,7 @@ from freezelab.cli.common import (
     workload_from_args,
 )
 from freezelab.sources import resolve as resolve_source
+from freezelab.workload import Dtype
 
 SHOWN_NAMES = 8  # offending names printed per check in the human output (--json has up to 20)
 
@@ -69,7 +70,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     source = resolve_source(args.model)
     plan = plan_from_args(args)
-    workload = workload_from_args(args, default_dtype="fp32" if args.device == "cpu" else "bf16")
+    workload = workload_from_args(args, default_dtype=Dtype.FP32 if args.device == "cpu" else Dtype.BF16)
     item = _example(args)
     progress = None if args.json else _progress_printer()
     report = run_step(source, plan, workload, steps=args.steps, lr=args.lr, device=args.device, seed=args.seed,
@@ -83,11 +84,12 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _progress_printer() -> Any:
+    from freezelab.step import EventKind
 
     console = cli_console(stderr=True)
 
     def show(event: Any) -> None:
-        if event.kind == "stage":
+        if event.kind == EventKind.STAGE:
             console.print(f"[dim]{event.message}…[/]")
 
     return show

@@ -1,5 +1,6 @@
-"""`python app.py` in a subprocess on a free loopback port, as a user or a Space starts it: shared by the
-load test, the start-up benchmark and the tests that drive the launched app."""
+"""`python app.py` in a subprocess on a free loopback port, as a user or a Space starts it: used by the
+load test (freezelab.ui.loadtest), the start-up benchmark and the tests that drive the launched app.
+Starting a subprocess imports nothing of gradio here."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # where app.py is
 START_TIMEOUT_S = 120
 
 
