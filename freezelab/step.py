@@ -41,7 +41,7 @@ from freezelab.workload import Workload
 if TYPE_CHECKING:
     import torch
 
-    from freezelab.memory.estimate import MemoryEstimate
+    from freezelab.memory.result import MemoryEstimate
 
 MAX_STEPS = 100
 MAX_LR = 10.0

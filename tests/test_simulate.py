@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from freezelab.memory.estimate import CATEGORIES, MemoryEstimate
-from freezelab.memory.simulate import SimulationCancelled, simulate_step
+from freezelab.memory.result import CATEGORIES, MemoryEstimate
+from freezelab.errors import SimulationCancelled, SimulationError
+from freezelab.memory.simulate import simulate_step
 from freezelab.workload import Workload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -272,7 +273,7 @@ def test_progress_and_cancel():
 
 
 def test_unknown_parameter_names_are_rejected():
-    with pytest.raises(ValueError, match="not parameters"):
+    with pytest.raises(SimulationError, match="not parameters"):
         simulate_step(tiny_config(), {"language_model.model.layers.0.mlp.up_proj.weight"}, Workload())
 
 
