@@ -14,7 +14,7 @@ from tiny_configs import TINY, write
 import freezelab.step as step_module
 from freezelab.checks import MAX_NAMES
 from freezelab.errors import SourceError
-from freezelab.memory.estimate import MemoryEstimate
+from freezelab.memory.result import MemoryEstimate
 from freezelab.models import build, index_of
 from freezelab.optimizers import OptimizerError, make_optimizer
 from freezelab.plans import PRESETS, Plan, apply, preset, resolve
