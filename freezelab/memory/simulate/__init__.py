@@ -35,6 +35,7 @@ import warnings
 from collections.abc import Callable, Collection
 from typing import Any
 
+from freezelab.errors import SimulationCancelled, SimulationError
 from freezelab.memory.fake.autocast import CudaAutocastDelta
 from freezelab.memory.fake.ledger import Label
 from freezelab.memory.fake.patches import cuda_emulation_installed
@@ -43,6 +44,8 @@ from freezelab.memory.simulate import accounting, batch, hooks, model, phases
 from freezelab.memory.simulate.optim import optimizer_for
 from freezelab.memory.simulate.run import Progress, Run
 from freezelab.workload import Workload
+
+__all__ = ["SimulationCancelled", "SimulationError", "simulate_step"]  # what callers need, errors included
 
 
 def simulate_step(
