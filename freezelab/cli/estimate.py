@@ -6,7 +6,9 @@ peak, what torch.cuda.max_memory_allocated reports), breakdown (bytes per
 category at the peak), phase, activations_by_component, device_estimate_bytes
 (with allocator cache and CUDA context: what nvidia-smi would show), fits (a
 bool for --gpu-memory, else {gpu name: bool} over common GPUs), gpus (each with
-memory and headroom), notes, workload, plan, trainable_params, model and details.
+memory and headroom; common GPUs also with their architecture, their own device
+figure and whether they were measured), notes, workload, plan, trainable_params,
+model and details.
 """
 
 from __future__ import annotations
