@@ -25,13 +25,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from freezelab.memory.reference import EXTRA_ROWS, Case, calibration_path, load  # noqa: E402
+from freezelab.memory.measured import Case, load  # noqa: E402
 from freezelab.models import hf_config, index_of  # noqa: E402
 from freezelab.plans import resolve as resolve_plan  # noqa: E402
 from freezelab.sources import resolve as resolve_source  # noqa: E402
+from freezelab.units import GiB  # noqa: E402
 
 TARGETS = {"analytic": (0.05, 0.12), "simulate": (0.02, 0.05)}
-GiB = 2**30
+SHARED_ROWS = ROOT.parent / "shared" / "calibration" / "measured-h100.jsonl"
+CALIBRATION_COPY = ROOT / "tests" / "data" / "calibration-h100.jsonl"   # the same rows, kept with the tests
+EXTRA_ROWS = ROOT / "tests" / "data" / "measured-extra-h100.jsonl"
+
+
+def calibration_path() -> Path:
+    """The shared calibration rows when present, else the copy kept with the tests."""
+    return SHARED_ROWS if SHARED_ROWS.is_file() else CALIBRATION_COPY
 
 
 def predict(method: str, case: Case) -> int:

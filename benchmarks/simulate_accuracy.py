@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-GiB = 2**30
+from freezelab.units import GiB  # noqa: E402
 VALIDATION = ROOT / "benchmarks" / "data" / "validation-h200.jsonl"
 CONFIG_FILES = {  # model name in a row -> config file
     "llava-1.5-7b": None,  # the calibration directory's llava-1.5-7b.config.json
@@ -91,7 +91,7 @@ def param_names(config) -> list[str]:
     import torch
     import transformers
 
-    from freezelab.memory.simulate import MODEL_CLASSES
+    from freezelab.families import CLASSES as MODEL_CLASSES
 
     key = id(config)
     if key not in _NAMES:
@@ -115,7 +115,7 @@ def trainable_of(config, r: dict) -> set[str]:
     import transformers
 
     import measure_gpu
-    from freezelab.memory.simulate import MODEL_CLASSES
+    from freezelab.families import CLASSES as MODEL_CLASSES
 
     key = id(config)
     if key not in _META:

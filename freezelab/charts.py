@@ -16,9 +16,11 @@ import plotly.graph_objects as go
 
 from freezelab import units
 from freezelab.anatomy import count
-from freezelab.index import COMPONENTS, ModelIndex
-from freezelab.memory.estimate import CATEGORIES, GiB, MemoryEstimate
+from freezelab.components import COMPONENTS
+from freezelab.index import ModelIndex
 from freezelab.index_memo import per_index
+from freezelab.memory.result import CATEGORIES, MemoryEstimate
+from freezelab.units import GiB
 
 TRAINABLE = "#2e9e5b"
 FROZEN = "#b8c2cc"

@@ -21,3 +21,11 @@ class SelectorError(FreezelabError):
 
 class PlanError(FreezelabError):
     """A plan (file, rule list or preset) is malformed."""
+
+
+class SimulationError(FreezelabError):
+    """The simulated training step cannot run: bad input, or the real step would fail too."""
+
+
+class SimulationCancelled(FreezelabError):
+    """The caller's `cancel()` returned True: the simulation stopped between two phases."""

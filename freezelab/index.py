@@ -21,11 +21,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from freezelab.components import COMPONENTS, ancestors, classify  # noqa: F401  (COMPONENTS: also read from here)
+
 if TYPE_CHECKING:
     import torch
 
 SCHEMA = 3
-COMPONENTS = ("vision", "projector", "llm")
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,8 @@ class ParamInfo:
     shape: tuple[int, ...]
     numel: int
     dtype: str
-    component: str                 # "vision" | "projector" | "llm"
-    part: str                      # finer grouping, e.g. "llm.layers", "lm_head"
+    component: str                 # a freezelab.components.Component value: "vision" | "projector" | "llm"
+    part: str                      # a freezelab.components.Part value, e.g. "llm.layers", "lm_head"
     layer: int | None = None       # decoder / encoder layer index in its tower
     aliases: tuple[str, ...] = ()  # other names of the same tensor (tied weights)
 
@@ -90,9 +91,6 @@ class ModelIndex:
     def component_params(self, component: str) -> list[int]:
         return [i for i, p in enumerate(self.params) if p.component == component]
 
-    def part_params(self, part: str) -> list[int]:
-        return [i for i, p in enumerate(self.params) if p.part == part or p.part.startswith(part + ".")]
-
     @property
     def tied(self) -> list[ParamInfo]:
         return [p for p in self.params if p.aliases]
@@ -132,44 +130,6 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def _find_towers(model: torch.nn.Module, config: Any) -> tuple[str, str]:
-    """Paths of the vision tower and the language model: the outermost sub-models whose
-    config is the LLaVA config's vision_config / text_config (found by object, not by name)."""
-    from transformers import PreTrainedModel
-
-    vision = language = None
-    for path, module in model.named_modules():
-        if not path or not isinstance(module, PreTrainedModel):
-            continue
-        cfg = getattr(module, "config", None)
-        if vision is None and cfg is config.vision_config:
-            vision = path
-        elif language is None and cfg is config.text_config:
-            language = path
-    if vision is None or language is None:
-        raise ValueError(f"{type(model).__name__}: could not find its vision tower and language model")
-    return vision, language
-
-
-def _find_layers(model: torch.nn.Module, root: str, count: int) -> list[str]:
-    """The ModuleList of `count` blocks under `root` (the tower's layer stack)."""
-    import torch
-
-    for path, module in model.get_submodule(root).named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == count and count > 0:
-            prefix = f"{root}.{path}" if path else root
-            return [f"{prefix}.{i}" for i in range(count)]
-    return []
-
-
-def _module_path(model: torch.nn.Module, target: torch.nn.Module) -> str:
-    return next(path for path, m in model.named_modules() if m is target)
-
-
-def _under(name: str, prefix: str) -> bool:
-    return prefix == "" or name == prefix or name.startswith(prefix + ".")
-
-
 def _hidden_state_index(feature_layer: Any, num_layers: int) -> int:
     """Highest hidden_states index the projector reads (hidden_states has num_layers + 1 entries)."""
     layers = feature_layer if isinstance(feature_layer, (list, tuple)) else [feature_layer]
@@ -204,15 +164,8 @@ def build_index(model: torch.nn.Module, name: str, *, meta: bool) -> ModelIndex:
     import transformers
 
     config = model.config
-    vision_root, lm_root = _find_towers(model, config)
-    embed = model.get_input_embeddings()
-    head = model.get_output_embeddings()
-    embed_path = _module_path(model, embed)
-    head_path = _module_path(model, head) if head is not None else None
-    layers = {
-        "vision": _find_layers(model, vision_root, config.vision_config.num_hidden_layers),
-        "llm": _find_layers(model, lm_root, config.text_config.num_hidden_layers),
-    }
+    found = classify(model)
+    layers = {str(tower): paths for tower, paths in found.layers.items()}
     layer_of = {path: (tower, i) for tower, paths in layers.items() for i, path in enumerate(paths)}
 
     # named_parameters() lists each tensor once; remove_duplicate=False reveals tied aliases.
@@ -224,38 +177,15 @@ def build_index(model: torch.nn.Module, name: str, *, meta: bool) -> ModelIndex:
         if n != unique[i][0]:
             aliases.setdefault(i, []).append(n)
 
-    def classify(pname: str) -> tuple[str, str, int | None]:
-        prefix, _, _ = pname.rpartition(".")
-        layer = None
-        for path in _ancestors(prefix):
-            if path in layer_of:
-                layer = layer_of[path][1]
-                break
-        if _under(pname, vision_root):
-            return "vision", "vision.layers" if layer is not None else "vision.other", layer
-        if head_path is not None and _under(pname, head_path):
-            return "llm", "lm_head", None
-        if _under(pname, embed_path):
-            return "llm", "llm.embeddings", None
-        if _under(pname, lm_root):
-            return "llm", "llm.layers" if layer is not None else "llm.other", layer
-        return "projector", "projector", None
-
     params = []
     for i, (pname, p) in enumerate(unique):
-        component, part, layer = classify(pname)
-        params.append(ParamInfo(pname, tuple(p.shape), p.numel(), _dtype_name(p.dtype), component, part,
-                                layer, tuple(aliases.get(i, ()))))
+        place = found.params[pname]
+        params.append(ParamInfo(pname, tuple(p.shape), p.numel(), _dtype_name(p.dtype), place.component.value,
+                                place.part.value, place.layer, tuple(aliases.get(i, ()))))
 
     modules = _module_infos(model, ids, params, layer_of)
-    roots = {
-        "vision": [vision_root],
-        "projector": _projector_roots(modules, params),
-        "llm": [lm_root] + ([head_path] if head_path and not _under(head_path, lm_root) else []),
-        "lm_head": [head_path] if head_path else [],
-        "embeddings": [embed_path],
-    }
-    dead = _dead_params(params, layers["vision"], vision_root, config)
+    roots = {str(k): v for k, v in found.roots().items()}
+    dead = _dead_params(params, layers["vision"], found.vision, config)
     return ModelIndex(name=name, model_class=type(model).__name__, model_type=config.model_type,
                       config=config.to_dict(), params=params, modules=modules, roots=roots, layers=layers,
                       dead=dead, transformers_version=transformers.__version__, meta=meta)
@@ -265,23 +195,6 @@ def _parent(path: str) -> str:
     return path.rpartition(".")[0]
 
 
-def _ancestors(path: str) -> list[str]:
-    """`a.b.c` -> [`a.b.c`, `a.b`, `a`]."""
-    parts = path.split(".") if path else []
-    return [".".join(parts[:k]) for k in range(len(parts), 0, -1)]
-
-
-def _projector_roots(modules: list[ModuleInfo], params: list[ParamInfo]) -> list[str]:
-    """Outermost projector modules, plus bare projector parameters (LLaVA-NeXT's image_newline)."""
-    by_path = {m.path: m for m in modules}
-    roots = [m.path for m in modules if m.depth > 0 and m.component == "projector"
-             and by_path[_parent(m.path)].component != "projector"]
-    for m in modules:
-        if m.component != "projector":
-            roots += [params[i].name for i in m.own if params[i].component == "projector"]
-    return roots
-
-
 def _module_infos(model: torch.nn.Module, ids: dict[int, int], params: list[ParamInfo],
                   layer_of: dict[str, tuple[str, int]]) -> list[ModuleInfo]:
     entries = list(model.named_modules(remove_duplicate=False))
@@ -289,7 +202,7 @@ def _module_infos(model: torch.nn.Module, ids: dict[int, int], params: list[Para
            for path, module in entries}
     subtree: dict[str, set[int]] = {path: set() for path, _ in entries}
     for path, idx in own.items():
-        for anc in [*_ancestors(path), ""]:
+        for anc in [*ancestors(path), ""]:
             subtree[anc].update(idx)
     infos = []
     component_of: dict[str, str] = {}

@@ -15,13 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from freezelab.errors import FreezelabError
+from freezelab.units import GiB
 
 
 class PolicyError(FreezelabError):
     """The request is valid but this deployment does not allow it."""
-
-
-GiB = 2**30
 
 
 @dataclass(frozen=True)

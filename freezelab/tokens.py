@@ -37,14 +37,6 @@ class ImageLayout:
     image_tokens: int        # positions the image takes in the LLM sequence
     image_size: int          # the square source image side used for any-res, in pixels
 
-    @property
-    def vision_tokens(self) -> int:
-        return self.tiles * self.tile_tokens
-
-    @property
-    def projector_tokens(self) -> int:
-        return self.tiles * self.features_per_tile
-
 
 def _vision(config: dict[str, Any]) -> dict[str, Any]:
     vision = config.get("vision_config")

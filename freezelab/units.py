@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+KiB = 2**10
+MiB = 2**20
+GiB = 2**30
+
 
 def params(n: int | float) -> str:
     """7063427072 -> '7.06B', 20979712 -> '20.98M', 0 -> '0'."""

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from freezelab import charts
-from freezelab.memory.estimate import CATEGORIES, GiB, MemoryEstimate
+from freezelab.memory.result import CATEGORIES, MemoryEstimate
 from freezelab.models import index_of
 from freezelab.plans import preset, resolve
 from freezelab.sources import resolve as resolve_source
+from freezelab.units import GiB
 
 GPUS = [("24 GB", 24 * 10**9), ("40 GB", 40 * 10**9), ("80 GB", 80 * 10**9), ("141 GB", 141 * 10**9)]
 

@@ -8,7 +8,7 @@ import pytest
 
 from freezelab.cli import main
 from freezelab.memory.analytic import estimate
-from freezelab.memory.estimate import CATEGORIES
+from freezelab.memory.result import CATEGORIES
 from freezelab.memory.gpus import GPUS
 from freezelab.models import index_of
 from freezelab.plans import preset, resolve
@@ -38,7 +38,16 @@ def test_json_contract_matches_the_library(capsys) -> None:
     # no --gpu-memory: a verdict for each common card
     assert set(data["fits"]) == {g.name for g in GPUS}
     assert data["fits"]["RTX 4090 24 GB"] is False and data["fits"]["H100 80 GB"] is True
-    assert all(r["headroom_bytes"] == r["memory_bytes"] - data["device_estimate_bytes"] for r in data["gpus"])
+    # each card against its own figure: off sm90 the two cuBLAS workspaces (forward and autograd thread)
+    # are PyTorch's other default, 8 MiB + 128 KiB instead of 32 MiB
+    other_arch = data["device_estimate_bytes"] - 2 * (32 * 2**20 - (8 * 2**20 + 128 * 2**10))
+    assert {r["gpu"]: r["architecture"] for r in data["gpus"]} == {
+        "RTX 4090 24 GB": "sm89", "A100 40 GB": "sm80", "L40S 48 GB": "sm89", "RTX A6000 48 GB": "sm86",
+        "A100 80 GB": "sm80", "H100 80 GB": "sm90", "H200 141 GB": "sm90"}
+    for r in data["gpus"]:
+        own = data["device_estimate_bytes"] if r["architecture"] == "sm90" else other_arch
+        assert r["device_estimate_bytes"] == own and r["headroom_bytes"] == r["memory_bytes"] - own
+        assert r["measured"] == (r["architecture"] == "sm90")
 
 
 def test_gpu_memory_gives_one_verdict(capsys) -> None:

@@ -14,8 +14,9 @@ from tiny_configs import TINY, write
 import freezelab.step.gate as gate_module
 import freezelab.step.live as live_module
 from freezelab.checks import MAX_NAMES
+from freezelab.errors import SourceError
 from freezelab.memory import analytic
-from freezelab.memory.estimate import MemoryEstimate
+from freezelab.memory.result import MemoryEstimate
 from freezelab.models import build, index_of
 from freezelab.optimizers import OptimizerError, make_optimizer
 from freezelab.plans import PRESETS, Plan, apply, preset, resolve

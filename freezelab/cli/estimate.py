@@ -6,7 +6,9 @@ peak, what torch.cuda.max_memory_allocated reports), breakdown (bytes per
 category at the peak), phase, activations_by_component, device_estimate_bytes
 (with allocator cache and CUDA context: what nvidia-smi would show), fits (a
 bool for --gpu-memory, else {gpu name: bool} over common GPUs), gpus (each with
-memory and headroom), notes, workload, plan, trainable_params, model and details.
+memory and headroom; common GPUs also with their architecture, their own device
+figure and whether they were measured), notes, workload, plan, trainable_params,
+model and details.
 """
 
 from __future__ import annotations
@@ -26,9 +28,8 @@ from freezelab.cli.common import (
     print_json,
     workload_from_args,
 )
-from freezelab.errors import FreezelabError
 from freezelab.index import ModelIndex
-from freezelab.memory.estimate import CATEGORIES, MemoryEstimate
+from freezelab.memory.result import CATEGORIES, MemoryEstimate
 from freezelab.memory.gpus import fits_custom, fits_table, parse_gib
 from freezelab.models import index_of
 from freezelab.plans import Resolution, resolve
@@ -37,10 +38,6 @@ from freezelab.sources import resolve as resolve_source
 from freezelab.workload import Workload
 
 METHODS = ("analytic", "simulate")
-
-
-class SimulateError(FreezelabError):
-    """The simulated step could not run as configured."""
 
 
 def register(sub: Any) -> None:
@@ -65,21 +62,18 @@ def _progress(fraction: float, message: str) -> None:
 
 def _simulate(source: Source, index: ModelIndex, res: Resolution, workload: Workload,
               quiet: bool) -> MemoryEstimate:
-    from freezelab.memory.simulate import SimulationError, simulate_step
+    from freezelab.memory.simulate import simulate_step
     from freezelab.models import hf_config
 
-    try:
-        return simulate_step(hf_config(source), res.trainable_names(index), workload,
-                             progress=None if quiet else _progress)
-    except SimulationError as err:
-        raise SimulateError(f"the training step cannot run as configured: {err}") from None
+    return simulate_step(hf_config(source), res.trainable_names(index), workload,
+                         progress=None if quiet else _progress)
 
 
 def _fits(est: MemoryEstimate, gpu_bytes: int | None) -> tuple[Any, list[dict[str, Any]]]:
     if gpu_bytes is not None:
         row = fits_custom(est.device_estimate_bytes, gpu_bytes)
         return row["fits"], [row]
-    rows = fits_table(est.device_estimate_bytes)
+    rows = fits_table(est)
     return {r["gpu"]: r["fits"] for r in rows}, rows
 
 

@@ -27,11 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-BLOCK = 512  # the CUDA caching allocator rounds every block to 512 bytes
-
-
-def rounded(nbytes: int) -> int:
-    return -(-nbytes // BLOCK) * BLOCK if nbytes > 0 else 0
+from freezelab.memory.cuda_facts import rounded
 
 
 @dataclass(frozen=True)
@@ -262,7 +258,3 @@ class Tape:
         self._fwd(self.nbytes(y))
         self._bwd(2 * self._grad_bytes(y))
         return y
-
-    def keep(self, name: str) -> None:
-        """Mark a tensor as saved for backward (e.g. a checkpointed layer's input)."""
-        self._save(name)

@@ -11,10 +11,9 @@ Assumptions, each a fact of the software stack the calibration used
 (PyTorch 2.11, CUDA 13, H100, transformers 5.x):
 
 * cuBLAS workspaces come from the caching allocator, one per (thread,
-  stream): on Hopper torch's default CUBLAS_WORKSPACE_CONFIG is 32 MiB
-  (4096 KiB x 8) plus a 1 MiB cuBLASLt workspace (CUBLASLT_WORKSPACE_SIZE
-  default); the forward runs on the main thread and the backward on
-  autograd's device thread, so a training step holds two cuBLAS workspaces.
+  stream), sized for sm90 as measured (`cuda_facts`); the forward runs on
+  the main thread and the backward on autograd's device thread, so a
+  training step holds two cuBLAS workspaces.
 * The model output stays referenced until after backward (as in the
   protocol's `out = model(**batch); out.loss.backward(); del out`), so the
   logits and the vision tower's returned hidden states live through backward.
@@ -24,32 +23,35 @@ Assumptions, each a fact of the software stack the calibration used
   They cost extra only where autograd does not already save them (layers
   with no gradient flowing through); checkpointed layers never cache.
 * nvidia-smi shows more than the tensors: the caching allocator keeps freed
-  blocks (the calibration rows' peak_reserved - peak_allocated: 1.3% to
-  10.4% of the peak, median 4.7%; modelled as 5% of the peak) and the CUDA
-  context (device_used - peak_reserved: 767 to 771 MiB on the H100 with CUDA
-  13; modelled as 768 MiB).
+  blocks and the CUDA context holds its kernels (`cuda_facts`: 5% of the peak
+  and 768 MiB, as measured on the H100).
 """
 
 from __future__ import annotations
 
+from freezelab.components import Component
 from freezelab.errors import FreezelabError
 from freezelab.index import ModelIndex
 from freezelab.memory import notes as notes_mod
-from freezelab.memory import optimizers
-from freezelab.memory.activations import Numerics, rounded
-from freezelab.memory.estimate import MemoryEstimate
+from freezelab.memory import optimizer_state
+from freezelab.memory.activations import Numerics
+from freezelab.memory.cuda_facts import (
+    ALLOCATOR_CACHE_FRACTION,
+    CUBLASLT_WORKSPACE,
+    CUDA_CONTEXT,
+    MEASURED_ARCH,
+    cublas_workspace,
+    rounded,
+)
+from freezelab.memory.result import MemoryEstimate, Method
 from freezelab.memory.sharding import Resident, per_gpu
+from freezelab.memory.stages import ACTIVATION_GROUPS, Flow, Stage, build
 from freezelab.memory.structure import sizes
-from freezelab.memory.stages import ACT_COMPONENTS, LLM, PROJECTOR, VISION, Flow, Stage, build
 from freezelab.memory.timeline import Timeline, walk
 from freezelab.tokens import ImageLayout, image_layout, workload_sequence
 from freezelab.workload import DTYPE_BYTES, Workload
 
-MiB = 2**20
-CUBLAS_WORKSPACE = 32 * MiB        # torch default on sm90: ":4096:8"
-CUBLASLT_WORKSPACE = 1 * MiB       # torch default CUBLASLT_WORKSPACE_SIZE (1024 KiB)
-ALLOCATOR_CACHE_FRACTION = 0.05    # reserved beyond allocated at the peak (calibration median 4.7%)
-CUDA_CONTEXT = 768 * MiB           # device_used - reserved on the calibration H100 (767-771 MiB)
+CUBLAS_WORKSPACE = cublas_workspace(MEASURED_ARCH)
 INDEX_ELEM = 8                     # input_ids, attention_mask and labels are int64
 
 
@@ -115,14 +117,19 @@ def _grad_owner(stages: list[Stage], mask: list[bool]) -> dict[int, str]:
 def _resident(index: ModelIndex, w: Workload, owner: dict[int, str], num: Numerics) -> Resident:
     all_weights, layer, root = sizes(index, num.param)
     weights = all_weights + _buffer_bytes(index)
-    live = [optimizers.Tensor(index.params[i].shape, index.params[i].numel) for i in owner]
+    live = [optimizer_state.Tensor(index.params[i].shape, index.params[i].numel) for i in owner]
     grads = sum(rounded(t.numel * num.param) for t in live)
     r = Resident(weights=weights, gradients=grads,
-                 state=optimizers.state_bytes(w.optimizer, live, num.param),
-                 step_temp=optimizers.step_temp_bytes(w.optimizer, live, num.param))
+                 state=optimizer_state.state_bytes(w.optimizer, live, num.param),
+                 step_temp=optimizer_state.step_temp_bytes(w.optimizer, live, num.param))
     trainable_layer = max((rounded(index.params[i].numel * num.param) for i in owner), default=0)
     return per_gpu(r, w.sharding, w.gpus, w.offload_optimizer, layer_weights=layer,
                    layer_grads=max(trainable_layer, min(layer, grads)), root_weights=root)
+
+
+def _cublas_workspaces(stages: list[Stage]) -> int:
+    """cuBLAS workspaces held over the step: the forward thread's, and autograd's with a backward."""
+    return 2 if any(s.backward for s in stages) else 1
 
 
 def _workspace(backward: bool, ckpt: bool) -> int:
@@ -145,11 +152,11 @@ def _check(index: ModelIndex, mask: list[bool]) -> None:
                             f"{len(index.params)} parameter tensors: resolve the plan against this model")
 
 
-def _trainable_by_component(index: ModelIndex, mask: list[bool]) -> dict[str, int]:
-    out = {VISION: 0, PROJECTOR: 0, LLM: 0}
+def _trainable_by_component(index: ModelIndex, mask: list[bool]) -> dict[Component, int]:
+    out = dict.fromkeys(Component, 0)
     for p, on in zip(index.params, mask):
         if on:
-            out[p.component] += p.numel
+            out[Component(p.component)] += p.numel
     return out
 
 
@@ -191,7 +198,7 @@ def _result(index: ModelIndex, mask: list[bool], w: Workload, num: Numerics, sta
         workload=w, timeline=tl, trainable=trainable,
         llm_layers_trainable=[any(mask[i] for i in s.grad_params) for s in llm_layers],
         llm_layers_keep=[s.kept for s in llm_layers], kv_cache=sum(s.held for s in llm_layers),
-        saved={c: sum(s.kept for s in stages if s.component == c) for c in ACT_COMPONENTS},
+        saved={c: sum(s.kept for s in stages if s.component == c) for c in ACTIVATION_GROUPS},
         dead_trainable=sum(p.numel for i, p in enumerate(index.params)
                            if mask[i] and i not in owner and p.name in index.dead),
         state_bytes=r.state, temp_bytes=r.step_temp, param_elem=num.param,
@@ -204,17 +211,17 @@ def _result(index: ModelIndex, mask: list[bool], w: Workload, num: Numerics, sta
         "trainable_without_gradient": dead,
         "gradients_total_bytes": r.gradients,
         "cpu_ram_bytes": r.cpu_bytes,
-        "activations_at_peak_by_component": {c: peak.activations.get(c, 0) for c in ACT_COMPONENTS},
+        "activations_at_peak_by_component": {c: peak.activations.get(c, 0) for c in ACTIVATION_GROUPS},
         "stages": [{"name": s.name, "component": s.component, "kept_bytes": s.kept, "held_bytes": s.held,
                     "backward": s.backward} for s in stages],
         "phases": _phase_peaks(tl),
         "assumptions": r.assumptions,
     }
     return MemoryEstimate(
-        method="analytic", peak_bytes=peak.total, breakdown=dict(peak.parts), phase=peak.phase,
+        method=Method.ANALYTIC, peak_bytes=peak.total, breakdown=dict(peak.parts), phase=peak.phase,
         device_estimate_bytes=device_estimate(peak.total),
-        activations_by_component={c: tl.end_of_forward.get(c, 0) for c in ACT_COMPONENTS},
-        notes=notes_mod.write(facts), details=details)
+        activations_by_component={c: tl.end_of_forward.get(c, 0) for c in ACTIVATION_GROUPS},
+        notes=notes_mod.write(facts), details=details, cublas_workspaces=_cublas_workspaces(stages))
 
 
 def _phase_peaks(tl: Timeline) -> dict[str, int]:

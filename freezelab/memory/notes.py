@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from freezelab.memory.optimizers import state_label
-from freezelab.memory.stages import LLM, PROJECTOR, VISION
+from freezelab.components import Component
+from freezelab.memory.optimizer_state import state_label
+from freezelab.memory.result import Category, Phase
+from freezelab.memory.stages import ActivationGroup
 from freezelab.memory.timeline import Timeline
 from freezelab.units import gib
 from freezelab.workload import Workload
@@ -20,11 +22,11 @@ MAX_NOTES = 5
 class Facts:
     workload: Workload
     timeline: Timeline
-    trainable: dict[str, int]       # trainable parameters per component (vision / projector / llm)
+    trainable: dict[Component, int]  # trainable parameters per component
     llm_layers_trainable: list[bool]
     llm_layers_keep: list[int]      # bytes each decoder layer saves for backward
     kv_cache: int                   # bytes of the text model's KV cache held by the model output
-    saved: dict[str, int]           # bytes each component saves for backward (without output-held tensors)
+    saved: dict[ActivationGroup, int]  # bytes each group saves for backward (without output-held tensors)
     dead_trainable: int             # trainable parameters that never get a gradient
     state_bytes: int
     temp_bytes: int
@@ -38,17 +40,17 @@ class Facts:
 def _peak(f: Facts) -> str:
     m = f.timeline.peak
     total = gib(m.total)
-    if m.phase == "optimizer":
+    if m.phase is Phase.OPTIMIZER:
         if f.workload.optimizer == "adamw" and f.temp_bytes and not f.workload.offload_optimizer:
             return (f"The optimizer step is the peak ({total}): AdamW's foreach implementation briefly needs a "
                     f"temporary as large as the trainable weights ({gib(f.temp_bytes)}).")
         return (f"The optimizer step is the peak ({total}): weights, every gradient and the optimizer state "
                 "are alive together there.")
-    if m.phase == "backward":
-        acts = m.parts["activations"] + m.parts["logits_loss"]
+    if m.phase is Phase.BACKWARD:
+        acts = m.parts[Category.ACTIVATIONS] + m.parts[Category.LOGITS_LOSS]
         where = (" at the loss, where the fp32 logits and their gradients are alive together"
                  if m.stage in ("loss", "lm_head") else f" in {m.stage}")
-        grads = m.parts["gradients"]
+        grads = m.parts[Category.GRADIENTS]
         if grads < 0.01 * m.total:
             return f"The peak ({total}) comes early in the backward pass{where}: {gib(acts)} of activations are alive."
         return (f"The peak ({total}) comes in the backward pass{where}: {gib(acts)} of saved activations "
@@ -61,11 +63,11 @@ def _peak(f: Facts) -> str:
 
 def _why_llm(f: Facts) -> str | None:
     kept = sum(f.llm_layers_keep)
-    if f.trainable[LLM] == 0 and kept > 0:
-        if f.workload.grad_ckpt and not (f.trainable[PROJECTOR] or f.trainable[VISION]):
+    if f.trainable[Component.LLM] == 0 and kept > 0:
+        if f.workload.grad_ckpt and not (f.trainable[Component.PROJECTOR] or f.trainable[Component.VISION]):
             cause = "gradient checkpointing makes transformers mark its input embeddings as requiring grad"
         else:
-            before = "projector" if f.trainable[PROJECTOR] else "vision tower"
+            before = "projector" if f.trainable[Component.PROJECTOR] else "vision tower"
             cause = f"the {before} before it trains: gradients must flow back through it"
         return f"The LLM is frozen but keeps {gib(kept)} of activations because {cause}."
     trained = [i for i, on in enumerate(f.llm_layers_trainable) if on]
@@ -79,14 +81,14 @@ def _why_vision(f: Facts) -> str | None:
     if f.text_only:
         return ("This batch has no images, so the vision tower and projector do not run at all "
                 "(a trainable projector gets no gradient).")
-    kept = f.saved.get(VISION, 0)
+    kept = f.saved.get(ActivationGroup.VISION, 0)
     if not any(f.trainable.values()):
         return ("Without a trainable parameter no tower keeps activations for a backward pass; after the forward "
                 "only the model output (logits, vision states, KV cache) stays.")
-    if f.workload.grad_ckpt and f.trainable[VISION] == 0:
+    if f.workload.grad_ckpt and f.trainable[Component.VISION] == 0:
         return ("With gradient checkpointing, transformers marks both towers' input embeddings as requiring "
                 "grad, so even the frozen vision tower builds a graph and is recomputed during backward.")
-    if f.trainable[VISION] == 0 and kept == 0:
+    if f.trainable[Component.VISION] == 0 and kept == 0:
         return "The frozen vision tower is upstream of everything that trains, so it keeps no activations."
     return None
 
@@ -107,8 +109,8 @@ def _ckpt(f: Facts) -> str | None:
 
 def _logits(f: Facts) -> str | None:
     m = f.timeline.peak
-    loss = m.parts["logits_loss"]
-    if loss < 0.15 * max(1, m.parts["activations"] + loss) or loss < 2**28:
+    loss = m.parts[Category.LOGITS_LOSS]
+    if loss < 0.15 * max(1, m.parts[Category.ACTIVATIONS] + loss) or loss < 2**28:
         return None
     w = f.workload
     return (f"The loss upcasts the {w.batch} x {f.seq} x {f.vocab:,} logits to fp32: {gib(loss)} of logits and "

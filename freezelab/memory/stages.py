@@ -18,22 +18,36 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
 from freezelab.index import ModelIndex
-from freezelab.memory.activations import Numerics, Tape, rounded
+from freezelab.memory.activations import Numerics, Tape
+from freezelab.memory.cuda_facts import rounded
 from freezelab.memory.structure import layer_params as _layer_params
 from freezelab.memory.structure import relative as _relative
 from freezelab.tokens import ImageLayout
 
-VISION, PROJECTOR, LLM, HEAD = "vision", "projector", "llm", "lm_head+loss"
-ACT_COMPONENTS = (VISION, PROJECTOR, LLM, HEAD)
+
+
+class ActivationGroup(StrEnum):
+    """The stages' groups of activation bytes: the keys of the analytic estimate's
+    `activations_by_component` (the head and the loss after it are one group)."""
+
+    VISION = "vision"
+    PROJECTOR = "projector"
+    LLM = "llm"
+    HEAD = "lm_head+loss"
+
+
+ACTIVATION_GROUPS: tuple[ActivationGroup, ...] = tuple(ActivationGroup)
+VISION, PROJECTOR, LLM, HEAD = ACTIVATION_GROUPS
 
 
 @dataclass
 class Stage:
     name: str
-    component: str
+    component: ActivationGroup
     kept: int = 0               # saved for backward from its forward until its backward
     fwd_extra: int = 0          # transient on top while its forward runs
     bwd_extra: int = 0          # transient on top while its backward runs (incl. a checkpoint recompute)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from freezelab.index import ModelIndex
-from freezelab.memory.activations import rounded
+from freezelab.memory.cuda_facts import rounded
 
 
 @dataclass

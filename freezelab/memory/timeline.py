@@ -14,17 +14,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from freezelab.memory.estimate import CATEGORIES
-from freezelab.memory.stages import ACT_COMPONENTS, HEAD, Stage
+from freezelab.memory.result import CATEGORIES, Category, Phase
 from freezelab.memory.sharding import Resident
+from freezelab.memory.stages import ACTIVATION_GROUPS, HEAD, ActivationGroup, Stage
 
 
 @dataclass
 class Moment:
-    phase: str                 # forward | backward | optimizer
+    phase: Phase               # forward | backward | optimizer
     stage: str                 # the stage running (or "optimizer.step")
-    parts: dict[str, int]      # bytes per CATEGORIES entry
-    activations: dict[str, int] = field(default_factory=dict)  # per component, kept + transient
+    parts: dict[Category, int]
+    activations: dict[ActivationGroup, int] = field(default_factory=dict)  # kept + transient
 
     @property
     def total(self) -> int:
@@ -34,7 +34,7 @@ class Moment:
 @dataclass
 class Timeline:
     peak: Moment
-    end_of_forward: dict[str, int]     # bytes each component keeps for backward after the forward
+    end_of_forward: dict[ActivationGroup, int]  # bytes each group keeps for backward after the forward
     moments: list[Moment]
 
 
@@ -43,23 +43,23 @@ class _Walker:
                  grad_divisor: int) -> None:
         self.r, self.inputs, self.workspace = r, inputs, workspace
         self.grad_bytes, self.div = grad_bytes, max(1, grad_divisor)
-        self.live = {c: 0 for c in ACT_COMPONENTS}
+        self.live = {c: 0 for c in ACTIVATION_GROUPS}
         self.grads = 0
         self.moments: list[Moment] = []
 
-    def snapshot(self, phase: str, stage: str, transient: int = 0, component: str = "",
+    def snapshot(self, phase: Phase, stage: str, transient: int = 0, component: ActivationGroup | None = None,
                  gathered: bool = True, extra_grads: int = 0, temp: int = 0) -> None:
         acts = dict(self.live)
         if component:
             acts[component] += transient
         parts = dict.fromkeys(CATEGORIES, 0)
-        parts["weights"] = self.r.weights + (self.r.gathered_weights if gathered else 0)
-        parts["gradients"] = -(-self.grads // self.div) + self.r.buckets + extra_grads
-        parts["optimizer_state"] = self.r.state
-        parts["optimizer_temp"] = temp
-        parts["activations"] = self.inputs + sum(v for c, v in acts.items() if c != HEAD)
-        parts["logits_loss"] = acts[HEAD]
-        parts["workspace"] = self.workspace
+        parts[Category.WEIGHTS] = self.r.weights + (self.r.gathered_weights if gathered else 0)
+        parts[Category.GRADIENTS] = -(-self.grads // self.div) + self.r.buckets + extra_grads
+        parts[Category.OPTIMIZER_STATE] = self.r.state
+        parts[Category.OPTIMIZER_TEMP] = temp
+        parts[Category.ACTIVATIONS] = self.inputs + sum(v for c, v in acts.items() if c != HEAD)
+        parts[Category.LOGITS_LOSS] = acts[HEAD]
+        parts[Category.WORKSPACE] = self.workspace
         self.moments.append(Moment(phase, stage, parts, acts))
 
 
@@ -67,7 +67,7 @@ def walk(stages: list[Stage], r: Resident, *, inputs: int, workspace: int,
          grad_bytes: Callable[[Stage], int], grad_divisor: int = 1) -> Timeline:
     w = _Walker(r, inputs, workspace, grad_bytes, grad_divisor)
     for s in stages:
-        w.snapshot("forward", s.name, s.fwd_extra, s.component)
+        w.snapshot(Phase.FORWARD, s.name, s.fwd_extra, s.component)
         w.live[s.component] += s.keeps + s.forward_only
     for s in stages:  # leaving the autocast region drops its weight cache
         w.live[s.component] -= s.forward_only
@@ -75,11 +75,11 @@ def walk(stages: list[Stage], r: Resident, *, inputs: int, workspace: int,
     backward = [s for s in stages if s.backward]
     for s in reversed(backward):
         w.grads += grad_bytes(s)
-        w.snapshot("backward", s.name, s.bwd_extra, s.component, extra_grads=r.gathered_grads)
+        w.snapshot(Phase.BACKWARD, s.name, s.bwd_extra, s.component, extra_grads=r.gathered_grads)
         w.live[s.component] -= s.kept
     for s in stages:  # the model output (logits, vision states) goes; what only it referenced with it
         w.live[s.component] -= s.held + (s.kept if not s.backward else 0)
     if backward:
-        w.snapshot("optimizer", "optimizer.step", gathered=False, temp=r.step_temp)
+        w.snapshot(Phase.OPTIMIZER, "optimizer.step", gathered=False, temp=r.step_temp)
     peak = max(w.moments, key=lambda m: m.total)
     return Timeline(peak, end_of_forward, w.moments)

@@ -16,7 +16,7 @@ from freezelab.units import gib
 from freezelab.workload import Sharding, Workload
 
 if TYPE_CHECKING:
-    from freezelab.memory.estimate import MemoryEstimate
+    from freezelab.memory.result import MemoryEstimate
 
 MAX_STEPS = 100
 MAX_LR = 10.0

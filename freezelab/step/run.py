@@ -24,7 +24,7 @@ from freezelab.workload import Workload
 if TYPE_CHECKING:
     import torch
 
-    from freezelab.memory.estimate import MemoryEstimate
+    from freezelab.memory.result import MemoryEstimate
 
 # Below this size a CPU step is dominated by thread-pool overhead, and on a busy machine
 # several intra-op threads make it 5-10x slower (measured: tiny, 2 cores under load).

@@ -18,7 +18,7 @@ from freezelab.workload import Autocast, Dtype, Workload
 if TYPE_CHECKING:
     import torch
 
-    from freezelab.memory.estimate import MemoryEstimate
+    from freezelab.memory.result import MemoryEstimate
 
 
 @dataclass

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 from freezelab import charts, units
 from freezelab.errors import FreezelabError
-from freezelab.memory.estimate import MemoryEstimate
+from freezelab.memory.result import MemoryEstimate
 from freezelab.plans import preset
 from freezelab.session import Session
 from freezelab.ui.handlers import App, View, build_view, load_model

@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 from freezelab import charts, units
 from freezelab.index import ModelIndex
 from freezelab.memory.analytic import estimate
-from freezelab.memory.estimate import MemoryEstimate
+from freezelab.memory.result import MemoryEstimate
 from freezelab.ui.gpu_lines import chart_lines, common_gpus
 from freezelab.ui.registry import elem_id, shown
 from freezelab.workload import LIMITS, Workload

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from freezelab import charts, units
 from freezelab.errors import FreezelabError
 from freezelab.memory.analytic import estimate as analytic_estimate
-from freezelab.memory.estimate import CATEGORIES, MemoryEstimate
+from freezelab.memory.result import CATEGORIES, MemoryEstimate
 from freezelab.plans import resolve
 from freezelab.session import Session
 from freezelab.step import Event, StepReport, iter_step
@@ -87,7 +87,7 @@ def comparison_table(a: MemoryEstimate, s: MemoryEstimate) -> str:
 def simulate(app: App, session: Session, progress: Progress | None = None,
              cancel: Callable[[], bool] | None = None) -> SimulationView:
     """Run the real training step on fake tensors; seconds for a 7B model, so behind a button."""
-    from freezelab.memory.simulate import SimulationCancelled, SimulationError, simulate_step
+    from freezelab.memory.simulate import simulate_step
     from freezelab.models import hf_config
 
     loaded = app.loaded(session)
@@ -95,13 +95,8 @@ def simulate(app: App, session: Session, progress: Progress | None = None,
     app.policy.check_simulate(index.total_params, index.name)
     res = resolve(session.plan, index)
     analytic = analytic_estimate(index, res.mask, session.workload)
-    try:
-        simulated = simulate_step(hf_config(loaded.source), res.trainable_names(index), session.workload,
-                                  progress=progress, cancel=cancel)
-    except SimulationCancelled:
-        raise VerifyError("simulation cancelled") from None
-    except SimulationError as err:
-        raise VerifyError(f"the training step cannot run as configured: {err}") from None
+    simulated = simulate_step(hf_config(loaded.source), res.trainable_names(index), session.workload,
+                              progress=progress, cancel=cancel)
     return SimulationView(analytic, simulated, comparison_table(analytic, simulated),
                           charts.estimate_comparison([analytic, simulated]))
 

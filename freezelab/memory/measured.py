@@ -1,9 +1,12 @@
-"""Real GPU measurements of training steps, read as (plan, workload) cases for the estimators.
+"""Rows of real GPU measurements of training steps, read as (plan, workload) cases for the
+estimators.
 
-Rows follow the calibration protocol (../shared/calibration/README.md): the
-shared H100 rows, and further rows measured the same way
-(tests/data/measured-extra-h100.jsonl, written by benchmarks/measure_gpu.py).
-Plan names map to freezelab alias notation as the calibration README lists.
+Rows follow the calibration protocol (shared/calibration/README.md): one JSON
+object per line with the plan name, the workload and `peak_allocated_bytes`,
+as written by the calibration's measure.py or benchmarks/measure_gpu.py. Plan
+names map to freezelab alias notation as the calibration README lists. The
+caller names the file: the tests read their copies in tests/data, the
+benchmarks the shared calibration rows.
 """
 
 from __future__ import annotations
@@ -18,10 +21,6 @@ from freezelab.index import ModelIndex
 from freezelab.plans import Plan, Rule
 from freezelab.workload import Workload
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-SHARED_ROWS = ROOT.parent / "shared" / "calibration" / "measured-h100.jsonl"
-CALIBRATION_ROWS = ROOT / "tests" / "data" / "calibration-h100.jsonl"
-EXTRA_ROWS = ROOT / "tests" / "data" / "measured-extra-h100.jsonl"
 MEASURED_TRANSFORMERS = "5.17.0"   # the stack every row so far was measured on
 
 PLAN_RULES: dict[str, tuple[str, ...] | None] = {
@@ -89,10 +88,6 @@ def case_of(row: dict[str, Any]) -> Case:
 
 
 def load(path: Path) -> list[Case]:
+    """The cases of a JSON-lines file of measured rows (rows marked "ok": false are skipped)."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [case_of(r) for r in rows if r.get("ok", True)]
-
-
-def calibration_path() -> Path:
-    """The shared calibration rows when present, else the copy kept with the tests."""
-    return SHARED_ROWS if SHARED_ROWS.is_file() else CALIBRATION_ROWS

@@ -26,7 +26,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from freezelab.memory.activations import rounded
+from freezelab.memory.cuda_facts import rounded
 
 BNB_MIN_8BIT = 4096
 BNB_BLOCK = 256

@@ -1,0 +1,138 @@
+"""Simulated memory estimate: run the real Hugging Face training step on fake tensors.
+
+`simulate_step` builds the model from its config on the meta device, moves it
+to fake tensors (no weights, no GPU), applies the freeze plan, and runs the
+calibration protocol (`shared/calibration/measure.py`): two full steps of
+forward (loss computed by the model from `labels`), backward,
+`optimizer.step()`, `zero_grad(set_to_none=True)`; the reported peak is the
+one of step 2 (optimizer state exists: the steady state).
+
+Every tensor storage the step creates is booked by `fake.ledger.TensorLedger`
+(rounded up to the allocator's 512-byte blocks, freed with its last
+reference), with a category (`result.Category`) and, for activations, the
+component that produced it. CUDA behaviour that differs from what the same
+code does on CPU is emulated (`freezelab.memory.fake`): SDPA backend choice,
+the foreach/fused optimizer defaults, autocast's CUDA op lists, cuBLAS
+workspaces and flash-attention backward scratch.
+
+The run, phase by phase: `model` (build, materialise, plan), `batch`,
+`hooks` (who made each allocation), `phases` (forward, backward, optimizer of
+two steps), `accounting` (allocator replay, peak, breakdown, device figure)
+with `sharding` (ZeRO / FSDP / DDP and offload, applied on the log) and
+`notes`.
+
+Accuracy (benchmarks/simulate_accuracy.py): within 0.14% of
+`peak_allocated_bytes` on the 11 H100 calibration rows, and within 0.4% on 23
+further H200 rows (checkpointing, eager attention, SGD / Adafactor / fused
+AdamW, text-only and two-image batches, fp32 + autocast, OneVision, NeXT).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Callable, Collection
+from typing import Any
+
+from freezelab.errors import SimulationCancelled, SimulationError
+from freezelab.memory.fake.autocast import CudaAutocastDelta
+from freezelab.memory.fake.ledger import Label
+from freezelab.memory.fake.patches import cuda_emulation_installed
+from freezelab.memory.result import Category, MemoryEstimate
+from freezelab.memory.simulate import accounting, batch, hooks, model, phases
+from freezelab.memory.simulate.optim import optimizer_for
+from freezelab.memory.simulate.run import Progress, Run
+from freezelab.workload import Workload
+
+__all__ = ["SimulationCancelled", "SimulationError", "simulate_step"]  # what callers need, errors included
+
+
+def simulate_step(
+    config: Any,
+    trainable: Collection[str],
+    workload: Workload,
+    progress: Progress | None = None,
+    cancel: Callable[[], bool] | None = None,
+    *,
+    input_require_grads: bool = False,
+) -> MemoryEstimate:
+    """Run two training steps of the real model on fake tensors and account their memory.
+
+    `config` is a LLaVA-family `transformers.PretrainedConfig` (model_type llava,
+    llava_next, llava_next_video, llava_onevision or vipllava); it is not modified.
+    `trainable` holds parameter names as `model.named_parameters()` spells them
+    (transformers 5.x); every other parameter is frozen. Returns the step-2 peak
+    (what `torch.cuda.max_memory_allocated()` reports over the steady-state step)
+    with its breakdown by category at the moment of the peak.
+
+    `progress(fraction, message)` is called at each phase; `cancel()` is polled
+    between phases and, when it returns True, `SimulationCancelled` is raised.
+    Bad input, and a step the real model could not run either, raise `SimulationError`.
+
+    `input_require_grads=True` installs transformers' input-embedding requires_grad
+    hooks (`model.enable_input_require_grads()`) even without gradient checkpointing:
+    the state a model is left in when checkpointing was turned off without removing
+    them (see shared/notes/pitfalls.md). With `workload.grad_ckpt` they are always on,
+    as `gradient_checkpointing_enable()` installs them.
+    """
+    return execute(Run(config, trainable, workload, progress, cancel, input_require_grads=input_require_grads))
+
+
+def execute(run: Run) -> MemoryEstimate:
+    run.phase(0.0, "building the model on the meta device")
+    model.build(run)
+    run.lap("build")
+    with contextlib.ExitStack() as stack:
+        _enter_fake_world(run, stack)
+        tokens = _image_tokens(run)
+        stack.enter_context(run.ledger)
+        labels = hooks.param_labels(run)
+        _book_weights(run, labels)
+        run.ledger.category, run.ledger.component = Category.ACTIVATIONS, Label.INPUTS
+        inputs = batch.make_batch(run, tokens)
+        params = [p for p in run.model.parameters() if p.requires_grad]
+        opt = optimizer_for(run.w.optimizer, params)
+        handles = hooks.install(run, params, labels)
+        stack.callback(lambda: [h.remove() for h in handles])
+        marks = phases.run_steps(run, inputs, params, opt)
+        run.ledger.category = Category.ACTIVATIONS
+        del inputs
+    run.phase(0.95, "accounting")
+    est = accounting.estimate(run, marks, params, labels)
+    run.lap("accounting")
+    est.details["seconds"] = dict(run.timings, total=round(time.perf_counter() - run.t0, 3))
+    run.phase(1.0, "done")
+    return est
+
+
+def _enter_fake_world(run: Run, stack: contextlib.ExitStack) -> None:
+    """Fake tensors, the plan, and CUDA's SDPA / autocast behaviour, until the stack closes."""
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    stack.enter_context(run.fake_mode)
+    run.phase(0.05, "moving the model to fake tensors")
+    model.materialize(run)
+    model.apply_plan(run)
+    stack.enter_context(cuda_emulation_installed(run.ledger))
+    if run.autocast_dtype is not None:
+        stack.enter_context(CudaAutocastDelta())
+    run.lap("materialize")
+
+
+def _image_tokens(run: Run) -> int:
+    """Image tokens one image contributes, counted with the model's own image path."""
+    if not run.w.images:
+        return 0
+    run.phase(0.1, "counting image tokens with the model's own image path")
+    tokens = batch.layout(run).image_tokens
+    run.lap("image_tokens")
+    return tokens
+
+
+def _book_weights(run: Run, labels: dict[str, Label]) -> None:
+    """Every parameter and buffer, in construction order (as built on the GPU)."""
+    for name, p in run.model.named_parameters():
+        run.ledger.track(p, Category.WEIGHTS, labels.get(name, Label.OTHER))
+    for b in run.model.buffers():
+        run.ledger.track(b, Category.WEIGHTS, Label.BUFFERS)

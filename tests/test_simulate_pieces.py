@@ -1,0 +1,77 @@
+"""Pieces of the simulated step on hand-made inputs: sharding on the log, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from freezelab.errors import FreezelabError, SimulationCancelled, SimulationError
+from freezelab.memory.result import Category, Phase
+from freezelab.memory.simulate import sharding
+from freezelab.memory.simulate.run import Run
+from freezelab.workload import Workload
+
+W, G = Category.WEIGHTS, Category.GRADIENTS
+S, T = Category.OPTIMIZER_STATE, Category.OPTIMIZER_TEMP
+
+
+class Layer(GradientCheckpointingLayer):
+    def __init__(self, out: int) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(16, out, bias=False, dtype=torch.bfloat16)
+
+
+class Tiny(torch.nn.Module):
+    """Root unit: embedding (1600 bf16 = 3200 B -> 3584) and head (same); layers of 1024 B and 2048 B."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(100, 16, dtype=torch.bfloat16)
+        self.layers = torch.nn.ModuleList([Layer(32), Layer(64)])
+        self.head = torch.nn.Linear(16, 100, bias=False, dtype=torch.bfloat16)
+        self.emb.requires_grad_(False)
+        self.layers[1].requires_grad_(False)   # trainable: layer 0 (1024 B) and the head (3584 B)
+
+
+def test_fsdp_units() -> None:
+    # (root weights, largest layer, root gradients, largest layer's gradients)
+    assert sharding.fsdp_units(Tiny()) == (7168, 2048, 3584, 1024)
+
+
+def test_zero3_scales_everything_and_adds_the_gathered_working_set() -> None:
+    plan = sharding.plan(Tiny(), Workload(gpus=4, sharding="zero3"))
+    assert plan.scale == {S: 0.25, T: 0.25, G: 0.25, W: 0.25}
+    gathered = 7168 * 0.75 + 2 * 2048 * 0.75          # root and two layers, less the local shard
+    assert plan.extra(Phase.FORWARD) == {W: gathered}
+    assert plan.extra(Phase.BACKWARD) == {W: gathered, G: 3584 * 0.75 + 1024}
+    assert plan.extra(Phase.OPTIMIZER) == {}
+    assert plan.applies and "ZERO3 on 4 GPUs" in plan.notes[0]
+
+
+@pytest.mark.parametrize("w,scale", [
+    (Workload(gpus=2, sharding="zero1"), {S: 0.5, T: 0.5}),
+    (Workload(gpus=2, sharding="zero2"), {S: 0.5, T: 0.5, G: 0.5}),
+    (Workload(offload_optimizer=True), {S: 0.0, T: 0.0}),
+    (Workload(gpus=2, sharding="zero2", offload_optimizer=True), {S: 0.0, T: 0.0, G: 0.5}),
+    (Workload(gpus=2, sharding="ddp"), {}),
+    (Workload(gpus=1, sharding="zero3"), {}),
+])
+def test_what_each_strategy_scales(w: Workload, scale: dict) -> None:
+    plan = sharding.plan(Tiny(), w)
+    assert plan.scale == scale
+    if w.sharding == "ddp" and w.gpus > 1:   # buckets: one more copy of the trainable gradients
+        assert plan.extra(Phase.BACKWARD) == {G: 1024 + 3584}
+    else:
+        assert plan.extra is None
+    assert plan.applies == bool(scale or plan.extra)
+
+
+def test_bad_input_is_a_freezelab_error() -> None:
+    from transformers import LlamaConfig
+
+    with pytest.raises(SimulationError, match="not a supported LLaVA family model"):
+        Run(LlamaConfig(), set(), Workload())
+    with pytest.raises(SimulationError, match="must be a freezelab.workload.Workload"):
+        Run(LlamaConfig(), set(), {"batch": 1})
+    assert issubclass(SimulationError, FreezelabError) and issubclass(SimulationCancelled, FreezelabError)
