@@ -33,6 +33,9 @@ from freezelab.workload import WorkloadError
 
 TINY = json.loads(TINY_CONFIG.read_text())
 SLOW_REGEX = r"re:(?:[a-z_]|[a-z])+\d$"   # backtracks on every real parameter name: only the budget stops it
+SLOW_GLOB = "*?" * 12 + "Z"    # a backtracking matcher tries every split of each name segment: 22 s on a 72B model
+BUSY_GLOB = "*?" * 12 + "*"    # matches (segments of 12+ characters) after a full pass over every name
+WIDE_REGEX = "lm_head|" + "|".join(rf"layers\.{i}\.mlp" for i in range(30))  # a millisecond or two to compile
 HANG_S = 10.0   # far above any refusal here (regex budgets: 0.25 s each, 1 s per plan); a hang would take minutes
 
 
@@ -81,6 +84,9 @@ PLANS: dict[str, bytes] = {
     "plan_many.txt": b"train @llm\n" * 1001,
     "plan_nothing.txt": b"train model.nothing.here\n",
     "plan_upload.json": b" " * 2_000_000,
+    "plan_slow_globs.txt": "\n".join(f"train {SLOW_GLOB}" for _ in range(10)).encode(),
+    "plan_busy_globs.txt": "\n".join(f"train {BUSY_GLOB}" for _ in range(1000)).encode(),
+    "plan_wide_regexes.txt": "\n".join(f"train re:{WIDE_REGEX}|x{i}" for i in range(500)).encode(),  # 250 KB
 }
 
 
@@ -215,6 +221,10 @@ CASES = [
     cli("cli lr inf", lambda c: ["step", "tiny", "--lr", "inf"], "learning rate must be a number above 0"),
     cli("cli zero steps", lambda c: ["step", "tiny", "--steps", "0"], "steps must be a whole number from 1"),
     cli("cli catastrophic regex", lambda c: ["inspect", "llava-1.5-7b", "--train", SLOW_REGEX], "takes too long"),
+    cli("cli regex count 2**32", lambda c: ["inspect", "tiny", "--train", "re:a{4294967294}"],
+        "repetition count 4,294,967,294 is above the limit of 1,000"),
+    cli("cli backtracking glob", lambda c: ["inspect", "llava-onevision-qwen2-72b", "--train", SLOW_GLOB],
+        "matches no parameter"),
     cli("cli escape sequence selector", lambda c: ["inspect", "tiny", "--train", "model.\x1b[2J"], "U\\+001B"),
     cli("cli right-to-left override", lambda c: ["inspect", "tiny", "--train", "lm_\u202edaeh"], "U\\+202E"),
     cli("cli pickle in .bin", lambda c: ["step", c.file("evil"), "--weights", "--steps", "1"], "refused to load"),
@@ -270,6 +280,22 @@ CASES = [
        SelectorError, "U\\+D800"),
     ui("unicode glob", "public", lambda app, s, c: handlers.add_rule(app, s, "train", "mödel.🔥*"),
        SelectorError, "matches no parameter of tiny"),
+    ui("regex count 2**32 preview", "public", lambda app, s, c: handlers.preview_selector(app, s, "re:a{4294967294}"),
+       None, "bad regular expression: the repetition count 4,294,967,294 is above the limit of 1,000"),
+    ui("regex count 2,000,000", "public", lambda app, s, c: handlers.add_rule(app, s, "train", "re:a{2000000}"),
+       SelectorError, "repetition count 2,000,000 is above the limit of 1,000"),
+    ui("nested regex counts", "public", lambda app, s, c: handlers.preview_selector(app, s, "re:(?:[a-z]{1000}){1000}"),
+       None, "could expand it to more than 100,000 elements"),
+    ui("backtracking glob preview", "public", lambda app, s, c: handlers.preview_selector(app, s, SLOW_GLOB),
+       None, "matches no parameter", model="llava-onevision-qwen2-72b"),
+    ui("backtracking glob rule", "public", lambda app, s, c: handlers.add_rule(app, s, "train", SLOW_GLOB),
+       SelectorError, "matches no parameter", model="llava-onevision-qwen2-72b"),
+    ui("10 backtracking glob rules", "public", plan_bytes("plan_slow_globs.txt"), SelectorError,
+       "rule 1 .* matches no parameter"),
+    ui("1000 busy glob rules", "public", plan_bytes("plan_busy_globs.txt"), SelectorError,
+       "the plan's selectors together take longer than 1 s", model="llava-onevision-qwen2-72b"),
+    ui("500 regexes to compile", "public", plan_bytes("plan_wide_regexes.txt"), FreezelabError,
+       "longer than 1 s to compile", model="llava-onevision-qwen2-72b"),
     ui("100k selector preview", "public", lambda app, s, c: handlers.preview_selector(app, s, "a" * 100_000),
        None, "100000 characters long"),
     ui("module path not text", "public", lambda app, s, c: handlers.toggle_module(app, s, ["model"], True),

@@ -31,7 +31,7 @@ from freezelab.index import ModelIndex
 from freezelab.models import build, index_of, load_weights
 from freezelab.plans import Plan, Rule, preset, resolve
 from freezelab.policy import LOCAL, PolicyError, from_options, public_policy
-from freezelab.selectors import PLAN_REGEX_BUDGET_S, REGEX_BUDGET_S, select
+from freezelab.selectors import PLAN_BUDGET_S, SELECTOR_BUDGET_S, select
 from freezelab.session import ModelCache, Session, hits, index_bytes
 from freezelab.sources import KNOWN_DIR, TINY_CONFIG
 from freezelab.sources import resolve as resolve_source
@@ -239,17 +239,17 @@ def test_catastrophic_regex_against_long_names_stops_at_its_budget(tiny_index):
     started = time.monotonic()
     with pytest.raises(SelectorError, match="takes too long"):
         select(index, "re:(a|aa)+$")
-    assert time.monotonic() - started < REGEX_BUDGET_S + 1.0
+    assert time.monotonic() - started < SELECTOR_BUDGET_S + 1.0
 
 
 def test_the_regexes_of_one_plan_share_one_budget(tiny_index, monkeypatch):
-    monkeypatch.setattr(selectors, "REGEX_BUDGET_S", 60.0)  # only the plan's budget can stop them now
+    monkeypatch.setattr(selectors, "SELECTOR_BUDGET_S", 60.0)  # only the plan's budget can stop them now
     index = _long_names(tiny_index)
     plan = Plan(rules=tuple(Rule("train", f"re:(a|aa)+$|x{i}") for i in range(50)))
     started = time.monotonic()
     with pytest.raises(SelectorError, match="rule 1 .* together take longer than 1 s"):
         resolve(plan, index)
-    assert time.monotonic() - started < PLAN_REGEX_BUDGET_S + 1.0
+    assert time.monotonic() - started < PLAN_BUDGET_S + 1.0
 
 
 # -- caches bounded by bytes ---------------------------------------------------------------------
