@@ -12,6 +12,7 @@ from freezelab.session import Session
 from freezelab.ui import handlers
 from freezelab.ui.export_view import export_view, target_titles
 from freezelab.ui.shared import Shared, error_text, show, warn
+from freezelab.ui.uploads import accept_uploads_only
 
 LANGUAGES = {"json": "json", "python": "python", "llamafactory": "yaml", "swift": "shell", "llava": "shell"}
 
@@ -64,5 +65,6 @@ def create_export_panel(tab: gr.Tab) -> ExportPanel:
                                   max_lines=30, elem_id=f"fl-export-{name}")
     gr.Markdown("### Import a plan\nA freezelab plan JSON (or a text file with one rule per line: "
                 "`train @projector`). It replaces the current plan; undo brings the old one back.")
-    upload = gr.File(label="plan file", file_types=[".json", ".txt"], type="filepath", elem_id="fl-import")
+    upload = accept_uploads_only(gr.File(label="plan file", file_types=[".json", ".txt"], type="filepath",
+                                         elem_id="fl-import"))
     return ExportPanel(tab, refresh, download, codes, notes, upload)
