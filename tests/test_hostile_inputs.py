@@ -71,6 +71,8 @@ CONFIGS: dict[str, Any] = {
     "heads0.json": tiny_with({"text_config.num_attention_heads": 0}),
     "deep.json": b"[" * 100_000,
     "bigint.json": b'{"model_type": "llava", "vocab_size": ' + b"9" * 5000 + b"}",
+    "pad.json": tiny_with({"text_config.vocab_size": 19, "text_config.pad_token_id": 501}),  # torch asserts
+    "text_remote.json": tiny_with({"text_config.auto_map": {"AutoModel": "modeling_evil.EvilModel"}}),
 }
 PLANS: dict[str, bytes] = {
     "plan_bad.json": b'{"schema": "freezelab.plan/1", "rules": [',
@@ -128,6 +130,31 @@ def write_inputs(root: Path, outside: Path, marker: Path) -> None:
     (big / "config.json").write_text(TINY_CONFIG.read_text())
     with open(big / "model.safetensors", "wb") as f:
         f.truncate(3 * 2**30)  # sparse: 3 GiB on paper, nothing on disk
+    write_escapes(root, outside, marker)
+
+
+def write_escapes(root: Path, outside: Path, marker: Path) -> None:
+    """Checkpoint directories inside the root whose files lead elsewhere, and a LLaVA checkpoint with code."""
+    (outside / "model.safetensors").write_bytes(b"{}")
+    (outside / "secret.txt").write_text("not for visitors")
+    for name, entry, target in (("cfglink", "config.json", outside / "config.json"),
+                                ("shardlink", "model.safetensors", outside / "model.safetensors"),
+                                ("proclink", "tokenizer.json", outside / "secret.txt")):
+        (root / name).mkdir()
+        if entry != "config.json":
+            (root / name / "config.json").write_text(TINY_CONFIG.read_text())
+        (root / name / entry).symlink_to(target)
+    traversal = root / "traversal"
+    traversal.mkdir()
+    (traversal / "config.json").write_text(TINY_CONFIG.read_text())
+    (traversal / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"lm_head.weight": "../../../../etc/passwd"}}))
+    remote = root / "remote_llava"
+    remote.mkdir()
+    auto_map = {"AutoConfig": "configuration_evil.EvilConfig", "AutoModelForImageTextToText": "modeling_evil.EvilModel"}
+    (remote / "config.json").write_text(json.dumps({**TINY, "auto_map": auto_map}))
+    for module in ("modeling_evil.py", "configuration_evil.py"):
+        (remote / module).write_text(f"import os\nos.mkdir({str(marker)!r})\n")
 
 
 def stage2_count(model: torch.nn.Module) -> int:
@@ -228,6 +255,13 @@ CASES = [
     cli("cli escape sequence selector", lambda c: ["inspect", "tiny", "--train", "model.\x1b[2J"], "U\\+001B"),
     cli("cli right-to-left override", lambda c: ["inspect", "tiny", "--train", "lm_\u202edaeh"], "U\\+202E"),
     cli("cli pickle in .bin", lambda c: ["step", c.file("evil"), "--weights", "--steps", "1"], "refused to load"),
+    cli("cli shard path traversal", lambda c: ["step", c.file("traversal"), "--weights", "--steps", "1"],
+        "names a shard that is not a file name inside the checkpoint directory: '../../../../etc/passwd'"),
+    cli("cli LLaVA config with auto_map", lambda c: ["step", c.file("remote_llava"), "--steps", "1"],
+        r"\(auto_map\), and freezelab never runs code"),
+    cli("cli Hub id with ..", lambda c: ["inspect", "a/b..c"], "not a valid Hub id: Cannot have -- or .."),
+    cli("cli pad_token_id beyond the vocabulary", lambda c: ["inspect", c.file("pad.json")],
+        "transformers could not build this config: Padding_idx must be within num_embeddings"),
     cli("cli unknown export format", lambda c: ["export", "tiny", "--format", "exe"], "invalid choice: 'exe'"),
     # -- dashboard, public server: model files inside and outside its root
     ui("missing file", "public", load("nope.json"), SourceError, "no such file"),
@@ -240,6 +274,26 @@ CASES = [
     ui("path traversal", "public", lambda app, s, c: handlers.load_model(app, s, f"{c.root}/../outside/config.json"),
        PolicyError, "'..' is not allowed"),
     ui("symlink escape", "public", load("link/config.json"), PolicyError, "outside the directories"),
+    ui("config.json links outside", "public", load("cfglink"), PolicyError,
+       "'config.json' in it leads outside the directories"),
+    ui("shard links outside", "public", load("shardlink", weights=True), PolicyError,
+       "'model.safetensors' in it leads outside"),
+    ui("tokenizer links outside", "public", load("proclink"), PolicyError, "'tokenizer.json' in it leads outside"),
+    ui("shard path traversal", "public", load("traversal", weights=True), SourceError,
+       "names a shard that is not a file name inside the checkpoint directory: '../../../../etc/passwd'"),
+    ui("shard path traversal, local", "local", load("traversal", weights=True), SourceError,
+       "not a file name inside the checkpoint directory"),
+    ui("LLaVA config with auto_map", "public", load("remote_llava"), SourceError,
+       r"\(auto_map\), and freezelab never runs code from a checkpoint"),
+    ui("LLaVA config with auto_map, local", "local", load("remote_llava", weights=True), SourceError,
+       r"\(auto_map\), and freezelab never runs code"),
+    ui("text_config with auto_map", "public", load("text_remote.json"), SourceError, r"\(text_config.auto_map\)"),
+    ui("pad_token_id beyond the vocabulary", "public", load("pad.json"), SourceError,
+       "transformers could not build this config: Padding_idx must be within num_embeddings"),
+    ui("Hub id with ..", "public", lambda app, s, c: handlers.load_model(app, s, "a/b..c"), SourceError,
+       "a/b..c: not a valid Hub id: Cannot have -- or .."),
+    ui("Hub id with --", "public", lambda app, s, c: handlers.load_model(app, s, "a/b--c"), SourceError,
+       "a/b--c: not a valid Hub id: Cannot have -- or .."),
     ui("paths disabled", "public-noroot", lambda app, s, c: handlers.load_model(app, s, str(c.outside)),
        PolicyError, "local paths are disabled"),
     ui("10**7 layers", "public", load("layers.json"), SourceError, "num_hidden_layers = 10000000 is outside"),
@@ -291,7 +345,7 @@ CASES = [
     ui("backtracking glob rule", "public", lambda app, s, c: handlers.add_rule(app, s, "train", SLOW_GLOB),
        SelectorError, "matches no parameter", model="llava-onevision-qwen2-72b"),
     ui("10 backtracking glob rules", "public", plan_bytes("plan_slow_globs.txt"), SelectorError,
-       "rule 1 .* matches no parameter"),
+       "rule 1 .* matches no parameter", model="llava-onevision-qwen2-72b"),
     ui("1000 busy glob rules", "public", plan_bytes("plan_busy_globs.txt"), SelectorError,
        "the plan's selectors together take longer than 1 s", model="llava-onevision-qwen2-72b"),
     ui("500 regexes to compile", "public", plan_bytes("plan_wide_regexes.txt"), FreezelabError,
@@ -329,10 +383,12 @@ CASES = [
 def run_cli(case: Case, ctx: Ctx, capsys: pytest.CaptureFixture[str]) -> None:
     argv = case.call(ctx)
     capsys.readouterr()
+    started = time.monotonic()
     try:
         code = main(argv)
     except SystemExit as exit_:  # argparse rejects the value itself
         code = exit_.code
+    assert time.monotonic() - started < HANG_S  # refused, not hung
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if "error:" in line]
     assert code == 2, err
