@@ -44,23 +44,26 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def refused_by_transformers(source: Source, failed: str, device: str = "cpu", hide: Path | None = None) -> Iterator[None]:
+def refused_by_transformers(source: Source, failed: str, device: str = "cpu",
+                            hide: Path | None = None) -> Iterator[None]:
     """The one place where an exception that transformers or torch raise on user input (a config they refuse,
     weights they cannot load) becomes a SourceError with its first line. Their checks raise many types:
     ValueError, TypeError, KeyError, StrictDataclassError, an AssertionError from torch (a pad_token_id beyond
     the vocabulary), ZeroDivisionError, ...; each means "this input is refused", not a bug in freezelab.
-    `hide`: a temporary path that must not appear in the message."""
+    `hide`: a temporary path that must not appear in the message (the spec stands for it)."""
     try:
         yield
     except FreezelabError:
         raise
     except ImportError as err:  # a sub-model whose optional package is missing (e.g. timm)
-        raise SourceError(f"{source.spec}: this config needs a package that is not installed: {_first_line(err)}") from None
+        raise SourceError(f"{source.spec}: this config needs a package that is not installed: "
+                          f"{_first_line(err)}") from None
     except Exception as err:  # noqa: BLE001 - see the docstring: any type, one message
         if _out_of_memory(err):
             raise SourceError(f"{source.name}: not enough {device} memory for its weights") from None
         message = _first_line(err)
-        raise SourceError(f"{source.spec}: {failed}: {message.replace(str(hide), '…') if hide else message}") from None
+        message = message.replace(str(hide), source.spec) if hide else message
+        raise SourceError(f"{source.spec}: {failed}: {message}") from None
 
 
 def _out_of_memory(err: Exception) -> bool:
@@ -103,8 +106,8 @@ def build(source: Source, *, device: str = "meta", dtype: str = "bf16", seed: in
     config.use_cache = False
     if seed is not None and device != "meta":
         torch.manual_seed(seed)
-    with (refused_by_transformers(source, "transformers could not build this config", device), torch.device(device),
-          _default_dtype(torch_dtype(dtype)), _pinned_dtype(config, torch_dtype(dtype))):
+    with (refused_by_transformers(source, "transformers could not build this config", device),
+          torch.device(device), _default_dtype(torch_dtype(dtype)), _pinned_dtype(config, torch_dtype(dtype))):
         return model_class(source.model_type)(config)
 
 

@@ -44,7 +44,8 @@ class Source:
     config: dict[str, Any] = field(repr=False, compare=False, hash=False, default_factory=dict)
     weights: tuple[Path, ...] = ()  # weight files, safetensors preferred; empty if none
     model_type: str = ""
-    weight_map: dict[str, str] = field(repr=False, compare=False, hash=False, default_factory=dict)  # sharded: name -> shard
+    # a sharded checkpoint's index, checked: parameter name -> shard file name
+    weight_map: dict[str, str] = field(repr=False, compare=False, hash=False, default_factory=dict)
 
     @property
     def has_weights(self) -> bool:
