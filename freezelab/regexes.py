@@ -112,11 +112,15 @@ class _Cache:
                 self._items.move_to_end(body)
             return found
 
-    def put(self, body: str, item: Compiled) -> None:
+    def compiled_one(self) -> None:
+        """Count a compile (failed ones too: the regex module notes each pattern it parsed)."""
         with self._lock:
             self._compiles += 1
             if self._compiles % PURGE_EVERY == 0:
                 regex.purge()
+
+    def put(self, body: str, item: Compiled) -> None:
+        with self._lock:
             if body in self._items:
                 return
             self._items[body] = item
@@ -154,6 +158,8 @@ def compile_bounded(body: str) -> Compiled:
         pattern = regex.compile(body, cache_pattern=False)
     except Exception as err:  # noqa: BLE001 - regex.error, and whatever else its parser raises on odd input
         raise RegexError(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+    finally:
+        CACHE.compiled_one()
     item = Compiled(pattern, size, time.monotonic() - started)
     CACHE.put(body, item)
     return item
