@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from freezelab.errors import NotLlavaError
+from freezelab.errors import NotLlavaError, SourceError
 
 CLASSES: dict[str, str] = {
     "llava": "LlavaForConditionalGeneration",
@@ -35,18 +35,34 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _remote_code(config: dict[str, Any]) -> str | None:
+    """Where the config maps classes to code shipped with the checkpoint (`auto_map`), if anywhere."""
+    for where, cfg in (("", config), ("text_config.", config.get("text_config")),
+                       ("vision_config.", config.get("vision_config"))):
+        if isinstance(cfg, dict) and cfg.get("auto_map"):
+            return f"{where}auto_map"
+    return None
+
+
 def check_family(config: dict[str, Any], origin: str) -> str:
-    """Return the config's model_type if freezelab supports it, else raise a clear error."""
+    """Return the config's model_type if freezelab supports it, else raise a clear error. A config naming
+    code shipped with the checkpoint (auto_map) is refused even when its model_type is supported: freezelab
+    never runs that code, and says so rather than quietly using transformers' class instead."""
     model_type = config.get("model_type")
     archs = config.get("architectures") or []
+    remote = _remote_code(config)
     if isinstance(model_type, str) and model_type in CLASSES:
+        if remote:
+            raise SourceError(f"{origin}: its config names model code shipped with the checkpoint ({remote}), and "
+                              "freezelab never runs code from a checkpoint; remove the auto_map entry to use "
+                              f"transformers' own {CLASSES[model_type]}")
         return model_type
     archs = archs if isinstance(archs, list) else [archs]
     found = f"model_type {_short(model_type)}" if model_type else "no model_type"
     if archs:
         found += f", architectures {', '.join(_short(a) for a in archs[:3])}{', ...' if len(archs) > 3 else ''}"
     hint = _HINTS.get(str(model_type), "supported: " + ", ".join(CLASSES.values()))
-    if config.get("auto_map"):  # custom code shipped with the checkpoint: never imported, never run
+    if remote:  # custom code shipped with the checkpoint: never imported, never run
         hint = "it needs the model code shipped with the checkpoint (auto_map), and freezelab never runs " \
                "code from a checkpoint; " + hint
     raise NotLlavaError(f"{origin} is not a LLaVA-family model ({found}); {hint}")

@@ -229,6 +229,8 @@ def _module_infos(model: torch.nn.Module, ids: dict[int, int], params: list[Para
 # known model needs neither torch nor transformers.
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "indexes"
+# the on-disk cache: onevision-72b's index is 0.6 MB, that of a config near the size bounds several MB
+CACHE_MAX_BYTES = 64 * 2**20
 
 
 def cache_dir() -> Path:
@@ -265,5 +267,25 @@ def store_cached(key: str, index: ModelIndex) -> None:
         with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
             json.dump(index.to_dict(), f)
         os.replace(f.name, directory / f"{key}.json")
+        _trim(directory, keep=directory / f"{key}.json")
     except OSError:
         pass  # a read-only home only costs speed
+
+
+def _trim(directory: Path, keep: Path) -> None:
+    """Delete the oldest files of the cache directory until it holds at most CACHE_MAX_BYTES; the index just
+    written stays, so every config a client sends cannot grow the disk without limit."""
+    files = []
+    for path in directory.iterdir():
+        try:
+            stat = path.stat()
+        except OSError:
+            continue  # removed meanwhile by another process
+        files.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in files)
+    for _, size, path in sorted(files):
+        if total <= CACHE_MAX_BYTES:
+            break
+        if path != keep:
+            path.unlink(missing_ok=True)
+            total -= size

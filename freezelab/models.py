@@ -5,15 +5,19 @@ random weights on a real device, or with a checkpoint's weights.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import sys
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from freezelab.errors import SourceError
+from freezelab.errors import FreezelabError, SourceError
 from freezelab.families import config_from_dict, model_class
 from freezelab.index import ModelIndex, build_index, cache_key, load_cached, store_cached
-from freezelab.sources import Source
-from freezelab.workload import TORCH_DTYPE_NAMES, Dtype
+from freezelab.sources import BIN_INDEX, SAFETENSORS_INDEX, Source
+from freezelab.workload import DTYPE_BYTES, TORCH_DTYPE_NAMES, Dtype
 
 if TYPE_CHECKING:
     import torch
@@ -37,20 +41,42 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(old)
 
 
-def hf_config(source: Source) -> Any:
-    from huggingface_hub.errors import StrictDataclassError  # transformers 5 configs validate field types
-
+@contextlib.contextmanager
+def refused_by_transformers(source: Source, failed: str, device: str = "cpu",
+                            hide: Path | None = None) -> Iterator[None]:
+    """The one place where an exception that transformers or torch raise on user input (a config they refuse,
+    weights they cannot load) becomes a SourceError with its first line. Their checks raise many types:
+    ValueError, TypeError, KeyError, StrictDataclassError, an AssertionError from torch (a pad_token_id beyond
+    the vocabulary), ZeroDivisionError, ...; each means "this input is refused", not a bug in freezelab.
+    `hide`: a temporary path that must not appear in the message (the spec stands for it)."""
     try:
-        return config_from_dict(source.config)
-    except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError, StrictDataclassError) as err:
-        raise SourceError(f"{source.spec}: the config could not be read by transformers: {_first_line(err)}") from None
+        yield
+    except FreezelabError:
+        raise
     except ImportError as err:  # a sub-model whose optional package is missing (e.g. timm)
-        raise SourceError(f"{source.spec}: this config needs a package that is not installed: {_first_line(err)}") from None
+        raise SourceError(f"{source.spec}: this config needs a package that is not installed: "
+                          f"{_first_line(err)}") from None
+    except Exception as err:  # noqa: BLE001 - see the docstring: any type, one message
+        if _out_of_memory(err):
+            raise SourceError(f"{source.name}: not enough {device} memory for its weights") from None
+        message = _first_line(err)
+        message = message.replace(str(hide), source.spec) if hide else message
+        raise SourceError(f"{source.spec}: {failed}: {message}") from None
+
+
+def _out_of_memory(err: Exception) -> bool:
+    torch = sys.modules.get("torch")  # reading a config does not import torch
+    return isinstance(err, MemoryError) or (torch is not None and isinstance(err, torch.OutOfMemoryError))
+
+
+def hf_config(source: Source) -> Any:
+    with refused_by_transformers(source, "the config could not be read by transformers"):
+        return config_from_dict(source.config)
 
 
 def _first_line(err: BaseException) -> str:
     lines = [line for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
+    return lines[0][:300] if lines else type(err).__name__
 
 
 @contextlib.contextmanager
@@ -79,16 +105,9 @@ def build(source: Source, *, device: str = "meta", dtype: Dtype = Dtype.BF16,
     config.use_cache = False
     if seed is not None and device != "meta":
         torch.manual_seed(seed)
-    try:
-        with torch.device(device), _default_dtype(torch_dtype(dtype)), _pinned_dtype(config, torch_dtype(dtype)):
-            model = model_class(source.model_type)(config)
-    except torch.OutOfMemoryError:
-        raise SourceError(f"{source.name}: not enough {device} memory for its weights") from None
-    except (ValueError, TypeError, RuntimeError, ArithmeticError, IndexError, KeyError, AttributeError) as err:
-        raise SourceError(f"{source.spec}: transformers could not build this config: {_first_line(err)}") from None
-    except ImportError as err:
-        raise SourceError(f"{source.spec}: this config needs a package that is not installed: {_first_line(err)}") from None
-    return model
+    with (refused_by_transformers(source, "transformers could not build this config", device),
+          torch.device(device), _default_dtype(torch_dtype(dtype)), _pinned_dtype(config, torch_dtype(dtype))):
+        return model_class(source.model_type)(config)
 
 
 def available_ram() -> int:
@@ -122,36 +141,54 @@ def check_file_room(source: Source, device: str) -> None:
                           f"of {where} is left; inspect it architecture-only instead")
 
 
+@contextlib.contextmanager
+def _checked_files(source: Source) -> Iterator[Path]:
+    """A temporary directory holding only what freezelab checked: links to the weight files it located and,
+    for a sharded checkpoint, an index written from the weight_map it validated. Nothing else of the
+    checkpoint directory (its config.json, generation_config.json, an index naming other files) can be read
+    through it."""
+    with tempfile.TemporaryDirectory(prefix="freezelab-weights-") as tmp:
+        directory = Path(tmp)
+        for path in source.weights:
+            os.symlink(path.resolve(), directory / path.name)
+        if source.weight_map:
+            name = SAFETENSORS_INDEX if source.weight_format == "safetensors" else BIN_INDEX
+            (directory / name).write_text(json.dumps({"metadata": {}, "weight_map": source.weight_map}))
+        yield directory
+
+
 def load_weights(source: Source, *, dtype: Dtype, device: str = "cpu") -> torch.nn.Module:
     """The checkpoint's model with its weights: safetensors first, .bin only with weights_only=True (a pickle
-    holding anything but tensors is refused, never executed), and never code shipped with the checkpoint."""
+    holding anything but tensors is refused, never executed), and never code shipped with the checkpoint.
+
+    from_pretrained gets the config freezelab read and checked (config.json is not read again) and a
+    directory of the checked weight files only."""
     import pickle
 
     import torch
+    from transformers import GenerationConfig
 
     if not source.weights:
         raise SourceError(f"{source.spec}: no weight files (*.safetensors or *.bin) next to its config.json")
     check_file_room(source, device)
-    cls = model_class(source.model_type)
-    directory = source.weights[0].parent
-    try:
-        model, info = cls.from_pretrained(
-            directory, dtype=torch_dtype(dtype), use_safetensors=source.weight_format == "safetensors",
-            weights_only=True, trust_remote_code=False, output_loading_info=True, local_files_only=True,
-            # device_map needs the accelerate package; CPU is from_pretrained's default anyway
-            **({} if device == "cpu" else {"device_map": device}),
-        )
-    except torch.OutOfMemoryError:
-        raise SourceError(f"{source.name}: not enough {device} memory for its weights") from None
-    except pickle.UnpicklingError:
-        raise SourceError(f"{directory}: refused to load {source.weights[0].name}: it holds objects other than "
-                          "tensors, which could run code; convert the checkpoint to safetensors") from None
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
-        raise SourceError(f"{directory}: the weights could not be loaded: {_first_line(err)}") from None
+    config = hf_config(source)
+    with _checked_files(source) as directory, \
+            refused_by_transformers(source, "the weights could not be loaded", device, hide=directory):
+        try:
+            model, info = model_class(source.model_type).from_pretrained(
+                directory, config=config, generation_config=GenerationConfig.from_model_config(config),
+                dtype=torch_dtype(dtype), use_safetensors=source.weight_format == "safetensors",
+                weights_only=True, trust_remote_code=False, output_loading_info=True, local_files_only=True,
+                # device_map needs the accelerate package; CPU is from_pretrained's default anyway
+                **({} if device == "cpu" else {"device_map": device}),
+            )
+        except pickle.UnpicklingError:
+            raise SourceError(f"{source.spec}: refused to load {source.weights[0].name}: it holds objects other "
+                              "than tensors, which could run code; convert the checkpoint to safetensors") from None
     missing = sorted(info.get("missing_keys", []))
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise SourceError(f"{directory}: the checkpoint lacks {len(missing)} weight(s): {shown}")
+        raise SourceError(f"{source.spec}: the checkpoint lacks {len(missing)} weight(s): {shown}")
     model.config.use_cache = False
     return model
 

@@ -20,7 +20,7 @@ from freezelab.choices import member
 from freezelab.errors import PlanError, SelectorError
 from freezelab.index import ModelIndex
 from freezelab.index_memo import per_index
-from freezelab.selectors import PLAN_REGEX_BUDGET_S, parse, reach, select
+from freezelab.selectors import PLAN_BUDGET_S, parse, plan_too_slow, reach, select
 
 if TYPE_CHECKING:
     import torch
@@ -135,12 +135,14 @@ def resolve(plan: Plan, index: ModelIndex) -> Resolution:
 
 
 def rule_hits(plan: Plan, index: ModelIndex) -> list[frozenset[int]]:
-    """The parameters each rule's selector matches, from the memo; the regexes a plan still has to run
+    """The parameters each rule's selector matches, from the memo; the globs and regexes a plan still has to run
     share one time budget. Raises SelectorError naming the rule when a selector matches nothing."""
-    deadline = time.monotonic() + PLAN_REGEX_BUDGET_S  # many slow regexes must not add up to minutes
+    deadline = time.monotonic() + PLAN_BUDGET_S  # many slow selectors must not add up to minutes
     found = []
     for n, rule in enumerate(plan.rules, 1):
         try:
+            if time.monotonic() > deadline:
+                raise plan_too_slow(rule.selector)
             found.append(hits(index, rule.selector, deadline))
         except SelectorError as err:
             raise SelectorError(f"rule {n} ({rule}): {err}") from None
@@ -348,6 +350,19 @@ def preset_names() -> list[str]:
 _RULE_LINE = re.compile(r"^\s*(train|freeze|base)\s+(\S.*?)\s*$")
 
 
+def _imported_rule(action: Any, selector: str, where: str, made: int, deadline: float) -> Rule:
+    """One rule of an imported plan: checked (its regex compiled) within the plan's time budget."""
+    if made >= MAX_RULES:
+        raise PlanError(f"a plan may have at most {MAX_RULES} rules, this one has more")
+    if time.monotonic() > deadline:
+        raise PlanError(f"{where}: the plan's selectors take longer than {PLAN_BUDGET_S:g} s to compile; "
+                        "simplify them or use fewer rules")
+    try:
+        return Rule(action, selector)
+    except SelectorError as err:
+        raise PlanError(f"{where}: {err}") from None
+
+
 def from_dict(data: Any) -> Plan:
     if not isinstance(data, dict):
         raise PlanError(f"a plan must be a JSON object, got {type(data).__name__}")
@@ -361,16 +376,16 @@ def from_dict(data: Any) -> Plan:
     rules = data.get("rules", [])
     if not isinstance(rules, list):
         raise PlanError("plan 'rules' must be a list")
-    parsed = []
+    if len(rules) > MAX_RULES:
+        raise PlanError(f"a plan may have at most {MAX_RULES} rules, this one has {len(rules)}")
+    parsed: list[Rule] = []
+    deadline = time.monotonic() + PLAN_BUDGET_S
     for n, r in enumerate(rules, 1):
         if not isinstance(r, dict) or set(r) != {"action", "selector"}:
             raise PlanError(f"plan rule {n} must be an object with exactly 'action' and 'selector'")
         if not isinstance(r["selector"], str):
             raise PlanError(f"plan rule {n}: selector must be text")
-        try:
-            parsed.append(Rule(r["action"], r["selector"]))
-        except SelectorError as err:
-            raise PlanError(f"plan rule {n}: {err}") from None
+        parsed.append(_imported_rule(r["action"], r["selector"], f"plan rule {n}", len(parsed), deadline))
     preset_name = data.get("preset")
     if preset_name is not None and not (isinstance(preset_name, str) and len(preset_name) <= 64
                                         and preset_name.isprintable()):
@@ -393,6 +408,7 @@ def from_json(text: str | bytes) -> Plan:
 def from_text(text: str) -> Plan:
     """Rules one per line (`train @projector`), optional `base frozen|trainable`, `#` comment lines."""
     base, rules = None, []
+    deadline = time.monotonic() + PLAN_BUDGET_S
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -403,8 +419,5 @@ def from_text(text: str) -> Plan:
         if m.group(1) == "base":
             base = m.group(2)
             continue
-        try:
-            rules.append(Rule(m.group(1), m.group(2)))
-        except SelectorError as err:
-            raise PlanError(f"line {n}: {err}") from None
+        rules.append(_imported_rule(m.group(1), m.group(2), f"line {n}", len(rules), deadline))
     return Plan(base, tuple(rules))

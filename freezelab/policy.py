@@ -22,6 +22,10 @@ class PolicyError(FreezelabError):
     """The request is valid but this deployment does not allow it."""
 
 
+GiB = 2**30
+MAX_DIRECTORY_ENTRIES = 10_000  # a checkpoint directory holds tens of files; checking each costs a resolve()
+
+
 @dataclass(frozen=True)
 class Policy:
     public: bool = False
@@ -56,10 +60,28 @@ class Policy:
         if ".." in path.parts:
             raise PolicyError(f"{spec}: '..' is not allowed in paths on this public server")
         real = path.resolve()  # follows symlinks: a link pointing outside the roots is refused
-        for root in self.roots:
-            if real == root or root in real.parents:
-                return real
-        raise PolicyError(f"{spec}: outside the directories this public server may read")
+        if not self._inside(real):
+            raise PolicyError(f"{spec}: outside the directories this public server may read")
+        return real
+
+    def _inside(self, real: Path) -> bool:
+        return any(real == root or root in real.parents for root in self.roots)
+
+    def check_directory(self, directory: Path, spec: str) -> None:
+        """Public mode: every entry of the (resolved) directory a model is read from must resolve inside the
+        roots, since loaders open more than the typed path: config.json, the shard index, the shards, the
+        processor and tokenizer files. A link to anything outside is refused, whether or not it is used."""
+        if not self.public:
+            return
+        try:
+            for n, entry in enumerate(directory.iterdir()):
+                if n >= MAX_DIRECTORY_ENTRIES:
+                    raise PolicyError(f"{spec}: the directory holds more than {MAX_DIRECTORY_ENTRIES:,} entries")
+                if not self._inside(entry.resolve()):
+                    raise PolicyError(f"{spec}: {entry.name!r} in it leads outside the directories this public "
+                                      "server may read")
+        except OSError as err:  # unreadable, or a link loop
+            raise PolicyError(f"{spec}: the directory cannot be read ({err.strerror or type(err).__name__})") from None
 
     def check_weights(self, nbytes: int, name: str) -> None:
         if self.max_weight_bytes is not None and nbytes > self.max_weight_bytes:

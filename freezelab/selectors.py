@@ -7,8 +7,13 @@
 
 A glob matches a run of whole segments anywhere in a parameter name, so
 `layers.1` matches `...layers.1.mlp...` but never `layers.10`; `*` and `?`
-stay inside one segment and `**` spans any number of segments. Tied
-parameters match under each of their names.
+stay inside one segment and `**` spans any number of segments (matched in
+linear time: freezelab.globs). A regular expression is compiled within bounds
+(freezelab.regexes). Tied parameters match under each of their names.
+
+Matching is bounded in time: one glob or regular expression has
+SELECTOR_BUDGET_S over all names, its compile included, and the selectors of
+one plan together PLAN_BUDGET_S.
 """
 
 from __future__ import annotations
@@ -21,15 +26,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import regex
-
 from freezelab.errors import SelectorError
+from freezelab.globs import Glob
 from freezelab.index import COMPONENTS, ModelIndex
+from freezelab.regexes import RegexError, compile_bounded
 
 ALIASES = ("@all", "@vision", "@projector", "@llm", "@lm_head", "@embeddings")
 MAX_SELECTOR_CHARS = 512
-REGEX_BUDGET_S = 0.25  # total time one regular expression may spend over all names
-PLAN_REGEX_BUDGET_S = 1.0  # all regular expressions of one plan together
+SELECTOR_BUDGET_S = 0.25  # total time one glob or regular expression may spend over all names, compile included
+PLAN_BUDGET_S = 1.0  # all selectors of one plan together (1,000 rules are allowed)
 # control, format (e.g. right-to-left override), lone surrogate, and line / paragraph separator characters
 _INVISIBLE = ("Cc", "Cf", "Cs", "Zl", "Zp")
 _LAYERS = re.compile(r"^@(vision|llm)\.layers\[(.*)\]$")
@@ -57,7 +62,8 @@ class SelectorKind(StrEnum):
 class Selector:
     text: str
     kind: SelectorKind
-    pattern: Any = None            # compiled regex for glob / regex, slice for layers
+    pattern: Any = None            # Glob, compiled regex, or (tower, slice) for layers
+    compile_s: float = 0.0         # seconds compiling the regex took: charged to its budget
 
     def __str__(self) -> str:
         return self.text
@@ -73,42 +79,6 @@ def _parse_slice(body: str, text: str) -> slice | int:
     if len(nums) == 3 and nums[2] == 0:
         raise SelectorError(f"{text!r}: slice step cannot be zero")
     return slice(*nums)
-
-
-def _segment_regex(seg: str) -> str:
-    """One glob segment: `*` and `?` never cross a dot; `[...]` / `[!...]` are character classes."""
-    out, i = "", 0
-    while i < len(seg):
-        c = seg[i]
-        end = seg.find("]", i + 1) if c == "[" else -1
-        if c == "*":
-            out += r"[^.]*"
-        elif c == "?":
-            out += r"[^.]"
-        elif end > i + 1:
-            inner = seg[i + 1:end]
-            negate = inner.startswith("!") and len(inner) > 1
-            chars = (inner[1:] if negate else inner).replace("\\", "\\\\").replace("^", "\\^").replace("[", "\\[")
-            out += "[" + ("^" if negate else "") + chars + "]"
-            i = end
-        else:
-            out += re.escape(c)
-        i += 1
-    return out
-
-
-def glob_to_regex(glob: str) -> str:
-    """Translate a segment glob into a regular expression searched in dotted names."""
-    body, pending_any = "", False
-    for seg in glob.split("."):
-        if seg == "**":
-            pending_any = True
-            continue
-        if body:
-            body += r"\.(?:[^.]+\.)*" if pending_any else r"\."
-        body += _segment_regex(seg)
-        pending_any = False
-    return rf"(?:^|\.){body or r'[^.]+'}(?:\.|$)"
 
 
 def parse(text: str) -> Selector:
@@ -129,9 +99,10 @@ def parse(text: str) -> Selector:
         if not body:
             raise SelectorError("'re:' needs a regular expression after it")
         try:
-            return Selector(text, SelectorKind.REGEX, regex.compile(body))
-        except regex.error as err:
+            compiled = compile_bounded(body)
+        except RegexError as err:
             raise SelectorError(f"{text!r}: bad regular expression: {err}") from None
+        return Selector(text, SelectorKind.REGEX, compiled.pattern, compiled.compile_s)
     if text.startswith("@"):
         if text in ALIASES:
             return Selector(text, SelectorKind.ALIAS)
@@ -145,10 +116,7 @@ def parse(text: str) -> Selector:
         raise SelectorError(f"{text!r}: a glob cannot contain spaces (use re: for a regular expression)")
     if ".." in text or text.startswith(".") or text.endswith("."):
         raise SelectorError(f"{text!r}: empty dotted segment")
-    try:
-        return Selector(text, SelectorKind.GLOB, re.compile(glob_to_regex(text)))
-    except re.error as err:  # a character class such as [9-0]
-        raise SelectorError(f"{text!r}: bad glob: {err}") from None
+    return Selector(text, SelectorKind.GLOB, Glob(text))  # a bad character class such as [9-0] raises SelectorError
 
 
 def _layer_params(index: ModelIndex, tower: str, which: slice | int, text: str) -> list[int]:
@@ -169,34 +137,50 @@ def _layer_params(index: ModelIndex, tower: str, which: slice | int, text: str) 
 
 
 def _names_search(index: ModelIndex, sel: Selector, shared: float | None = None) -> list[int]:
-    """Parameters whose names the glob or regex matches; a regex stops at its own time budget or at the
-    `shared` deadline of the plan it belongs to, whichever comes first."""
-    own = time.monotonic() + REGEX_BUDGET_S
+    """Parameters whose names the glob or regex matches; it stops at its own time budget (a regex's compile
+    counts against it) or at the `shared` deadline of the plan it belongs to, whichever comes first."""
+    own = time.monotonic() + SELECTOR_BUDGET_S - sel.compile_s
     deadline = own if shared is None else min(own, shared)
+    match = _regex_search if sel.kind == SelectorKind.REGEX else _glob_search
     hits = []
     for i, p in enumerate(index.params):
         for name in p.names:
-            if sel.kind == SelectorKind.REGEX:
-                left = deadline - time.monotonic()
-                try:
-                    found = left > 0 and sel.pattern.search(name, timeout=left) is not None
-                except TimeoutError:
-                    found = None
-                if found is None or left <= 0:
-                    raise _too_slow(sel, shared is not None and shared < own)
-            else:
-                found = sel.pattern.search(name) is not None
+            left = deadline - time.monotonic()
+            found = match(sel.pattern, name, left) if left > 0 else None
+            if found is None:
+                raise _too_slow(sel, shared is not None and shared < own)
             if found:
                 hits.append(i)
                 break
     return hits
 
 
+def _regex_search(pattern: Any, name: str, left: float) -> bool | None:
+    """Whether the compiled regex is found in `name`; None when it runs out of time."""
+    try:
+        return pattern.search(name, timeout=left) is not None
+    except TimeoutError:
+        return None
+
+
+def _glob_search(glob: Glob, name: str, left: float) -> bool:
+    return glob.search(name)  # linear in the glob's and the name's length: never stopped mid-name
+
+
 def _too_slow(sel: Selector, plan_budget: bool) -> SelectorError:
     if plan_budget:
-        return SelectorError(f"{sel.text!r}: the plan's regular expressions together take longer than "
-                             f"{PLAN_REGEX_BUDGET_S:g} s; simplify them")
-    return SelectorError(f"{sel.text!r}: the regular expression takes too long (nested repetition?); simplify it")
+        return plan_too_slow(sel.text)
+    if sel.kind == SelectorKind.GLOB:
+        return SelectorError(f"{sel.text!r}: the glob takes longer than {SELECTOR_BUDGET_S:g} s to match; "
+                             "simplify it")
+    return SelectorError(f"{sel.text!r}: the regular expression takes too long (longer than "
+                         f"{SELECTOR_BUDGET_S:g} s, its compile included; nested repetition?); simplify it")
+
+
+def plan_too_slow(text: str) -> SelectorError:
+    """The one message for a plan whose selectors together exceed PLAN_BUDGET_S."""
+    return SelectorError(f"{text!r}: the plan's selectors together take longer than {PLAN_BUDGET_S:g} s to "
+                         "compile and match; simplify them or use fewer rules")
 
 
 def _alias_params(index: ModelIndex, alias: str) -> list[int]:
@@ -211,14 +195,14 @@ def _alias_params(index: ModelIndex, alias: str) -> list[int]:
     return sorted(out)
 
 
-def _no_match(index: ModelIndex, sel: Selector) -> SelectorError:
+def _no_match(index: ModelIndex, sel: Selector, deadline: float | None = None) -> SelectorError:
     hint = ""
     if sel.kind == SelectorKind.GLOB:
         for old, new in RENAMES:
             if old in sel.text:
                 renamed = sel.text.replace(old, new).strip(".")
                 try:
-                    if renamed and _names_search(index, parse(renamed)):
+                    if renamed and _names_search(index, parse(renamed), deadline):
                         hint = (f"; names changed in transformers 5 (this is {index.transformers_version}): "
                                 f"did you mean {renamed!r}?")
                         break
@@ -237,7 +221,7 @@ def _no_match(index: ModelIndex, sel: Selector) -> SelectorError:
 def select(index: ModelIndex, selector: Selector | str, deadline: float | None = None) -> list[int]:
     """Indices (into index.params) of the parameters a selector names; never empty.
 
-    `deadline` (a time.monotonic() value) bounds the time a regex may take together with others."""
+    `deadline` (a time.monotonic() value) bounds the time a glob or regex may take together with others."""
     sel = parse(selector) if isinstance(selector, str) else selector
     if sel.kind == SelectorKind.ALIAS:
         hits = _alias_params(index, sel.text)
@@ -247,7 +231,7 @@ def select(index: ModelIndex, selector: Selector | str, deadline: float | None =
     else:
         hits = _names_search(index, sel, deadline)
     if not hits:
-        raise _no_match(index, sel)
+        raise _no_match(index, sel, deadline)
     return hits
 
 

@@ -44,6 +44,8 @@ class Source:
     config: dict[str, Any] = field(repr=False, compare=False, hash=False, default_factory=dict)
     weights: tuple[Path, ...] = ()  # weight files, safetensors preferred; empty if none
     model_type: str = ""
+    # a sharded checkpoint's index, checked: parameter name -> shard file name
+    weight_map: dict[str, str] = field(repr=False, compare=False, hash=False, default_factory=dict)
 
     @property
     def has_weights(self) -> bool:
@@ -105,20 +107,45 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def weight_files(directory: Path) -> tuple[Path, ...]:
-    """Weight files of a checkpoint directory: safetensors first, .bin only if there is no safetensors."""
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _plain_file_name(name: str) -> bool:
+    """A name that can only mean a file directly inside the checkpoint directory."""
+    return (bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\x00" not in name
+            and Path(name).name == name)
+
+
+def shard_map(directory: Path, index_name: str) -> dict[str, str]:
+    """The weight_map of a shard index (parameter name -> shard file), every shard a plain file name inside
+    `directory`: a name such as ../../etc/passwd is refused in every mode."""
+    weight_map = read_json(directory / index_name).get("weight_map", {})
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise SourceError(f"{directory}: {index_name} has no usable weight_map (parameter name -> shard file name)")
+    for shard in sorted(set(weight_map.values())):
+        if not _plain_file_name(shard):
+            raise SourceError(f"{directory}: {index_name} names a shard that is not a file name inside the checkpoint "
+                              f"directory: {_short(shard)}")
+    return weight_map
+
+
+def weight_files(directory: Path) -> tuple[tuple[Path, ...], dict[str, str]]:
+    """Weight files of a checkpoint directory, safetensors first (.bin only if there is no safetensors), and the
+    shard index's weight_map when there is one."""
     for index_name, pattern in ((SAFETENSORS_INDEX, "*.safetensors"), (BIN_INDEX, "*.bin")):
-        index = directory / index_name
-        if index.is_file():
-            shards = sorted(set(read_json(index).get("weight_map", {}).values()))
+        if (directory / index_name).is_file():
+            weight_map = shard_map(directory, index_name)
+            shards = sorted(set(weight_map.values()))
             missing = [s for s in shards if not (directory / s).is_file()]
             if missing:
                 raise SourceError(f"{directory}: {index_name} names missing shard(s): {', '.join(missing[:3])}")
-            return tuple(directory / s for s in shards)
+            return tuple(directory / s for s in shards), weight_map
         found = sorted(p for p in directory.glob(pattern) if p.is_file())
         if found:
-            return tuple(found)
-    return ()
+            return tuple(found), {}
+    return (), {}
 
 
 def _from_config_file(spec: str, path: Path, kind: str, name: str) -> Source:
@@ -126,8 +153,9 @@ def _from_config_file(spec: str, path: Path, kind: str, name: str) -> Source:
     origin = str(path) if kind != "known" else name
     model_type = check_family(config, origin)
     check_sizes(config, origin)
-    weights = weight_files(path.parent) if kind == "checkpoint" else ()
-    return Source(spec=spec, kind=kind, name=name, config=config, weights=weights, model_type=model_type)
+    weights, weight_map = weight_files(path.parent) if kind == "checkpoint" else ((), {})
+    return Source(spec=spec, kind=kind, name=name, config=config, weights=weights, model_type=model_type,
+                  weight_map=weight_map)
 
 
 def _from_path(spec: str, path: Path) -> Source:
@@ -147,11 +175,17 @@ def _from_hub(spec: str) -> Source:
         from huggingface_hub.errors import (
             EntryNotFoundError,
             GatedRepoError,
+            HFValidationError,
             LocalEntryNotFoundError,
             RepositoryNotFoundError,
         )
+        from huggingface_hub.utils import validate_repo_id
     except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
         raise SourceError("loading a Hub id needs the huggingface_hub package") from None
+    try:
+        validate_repo_id(spec)  # the Hub's own rules (no '--' or '..', no '-' or '.' at either end), offline
+    except HFValidationError as err:
+        raise SourceError(f"{spec}: not a valid Hub id: {str(err).splitlines()[0]}") from None
     size = _remote_size(spec, "config.json")
     if size is not None and size > MAX_CONFIG_BYTES:
         raise SourceError(f"{spec}: its config.json is {size:,} bytes on the Hub; too large for a config file")
@@ -169,6 +203,8 @@ def _from_hub(spec: str) -> Source:
         raise SourceError(f"{spec}: the Hub repo has no config.json") from None
     except OSError as err:
         raise SourceError(f"{spec}: could not fetch config.json ({err.__class__.__name__}: {err})") from None
+    except Exception as err:  # noqa: BLE001 - a proxy refusing, TLS, a timeout, an HTTP error: all "could not fetch"
+        raise SourceError(f"{spec}: could not fetch config.json from the Hub ({err.__class__.__name__})") from None
     return _from_config_file(spec, path, "hub", spec)
 
 
@@ -209,12 +245,16 @@ def resolve(spec: str, *, policy: Policy = LOCAL) -> Source:
     if "\x00" in spec or len(spec) > 4096:
         raise SourceError("not a valid model name or path")
     path = Path(spec).expanduser()
+    # In public mode whether a name exists on disk must not decide how it is answered (an existence oracle):
+    # only its form makes it a path there.
     looks_like_path = (spec.startswith((".", "/", "~")) or spec.endswith(".json") or "\\" in spec
-                       or (not _HUB_ID.match(spec) and os.sep in spec) or _exists(path))
+                       or (not _HUB_ID.match(spec) and os.sep in spec) or (not policy.public and _exists(path)))
     if looks_like_path:
         path = policy.check_path(spec)
         if not path.exists():
             raise SourceError(f"{spec}: no such file or directory")
+        if path.is_dir():  # a checkpoint: its loaders open config, index, shards and processor files in it
+            policy.check_directory(path, spec)
         return _from_path(spec, path)
     if _HUB_ID.match(spec):
         return _from_hub(spec)

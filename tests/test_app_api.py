@@ -80,3 +80,14 @@ def test_load_7b_and_export(server):
     data = json.loads(json_text)
     assert [r["selector"] for r in data["rules"]] == ["@llm.layers[-4:]"]
     assert Path(plan_file).read_text(encoding="utf-8").strip() == json_text.strip()
+
+
+def test_the_plan_file_input_takes_uploads_and_never_fetches_a_url(server, tmp_path, tiny_model):
+    c = client(server)
+    plan = tmp_path / "plan.txt"
+    plan.write_text("train @projector\ntrain model.language_model.layers.1\n")
+    out = c.predict(gradio_client.handle_file(str(plan)), api_name="/import_plan")  # uploaded first, as the page does
+    assert trainable(out[SUMMARY]) == numel(tiny_model, ("model.multi_modal_projector.", "model.language_model.layers.1."))
+    # a URL as the file's path: Gradio would download it server-side before the handler runs
+    with pytest.raises(gradio_client.exceptions.AppError, match="only a file uploaded from your computer"):
+        c.predict(gradio_client.handle_file("https://example.com/plan.json"), api_name="/import_plan")

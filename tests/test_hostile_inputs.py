@@ -33,6 +33,9 @@ from freezelab.workload import WorkloadError
 
 TINY = json.loads(TINY_CONFIG.read_text())
 SLOW_REGEX = r"re:(?:[a-z_]|[a-z])+\d$"   # backtracks on every real parameter name: only the budget stops it
+SLOW_GLOB = "*?" * 12 + "Z"    # a backtracking matcher tries every split of each name segment: 22 s on a 72B model
+BUSY_GLOB = "*?" * 12 + "*"    # matches (segments of 12+ characters) after a full pass over every name
+WIDE_REGEX = "lm_head|" + "|".join(rf"layers\.{i}\.mlp" for i in range(30))  # a millisecond or two to compile
 HANG_S = 10.0   # far above any refusal here (regex budgets: 0.25 s each, 1 s per plan); a hang would take minutes
 
 
@@ -68,6 +71,8 @@ CONFIGS: dict[str, Any] = {
     "heads0.json": tiny_with({"text_config.num_attention_heads": 0}),
     "deep.json": b"[" * 100_000,
     "bigint.json": b'{"model_type": "llava", "vocab_size": ' + b"9" * 5000 + b"}",
+    "pad.json": tiny_with({"text_config.vocab_size": 19, "text_config.pad_token_id": 501}),  # torch asserts
+    "text_remote.json": tiny_with({"text_config.auto_map": {"AutoModel": "modeling_evil.EvilModel"}}),
 }
 PLANS: dict[str, bytes] = {
     "plan_bad.json": b'{"schema": "freezelab.plan/1", "rules": [',
@@ -81,6 +86,10 @@ PLANS: dict[str, bytes] = {
     "plan_many.txt": b"train @llm\n" * 1001,
     "plan_nothing.txt": b"train model.nothing.here\n",
     "plan_upload.json": b" " * 2_000_000,
+    "plan_slow_globs.txt": "\n".join(f"train {SLOW_GLOB}" for _ in range(10)).encode(),
+    # distinct rules (a memoised resolve runs identical selectors once), each a full pass over every name
+    "plan_busy_globs.txt": "\n".join(f"train [!{chr(0x4E00 + k)}]{BUSY_GLOB}" for k in range(1000)).encode(),
+    "plan_wide_regexes.txt": "\n".join(f"train re:{WIDE_REGEX}|x{i}" for i in range(500)).encode(),  # 250 KB
 }
 
 
@@ -122,6 +131,31 @@ def write_inputs(root: Path, outside: Path, marker: Path) -> None:
     (big / "config.json").write_text(TINY_CONFIG.read_text())
     with open(big / "model.safetensors", "wb") as f:
         f.truncate(3 * 2**30)  # sparse: 3 GiB on paper, nothing on disk
+    write_escapes(root, outside, marker)
+
+
+def write_escapes(root: Path, outside: Path, marker: Path) -> None:
+    """Checkpoint directories inside the root whose files lead elsewhere, and a LLaVA checkpoint with code."""
+    (outside / "model.safetensors").write_bytes(b"{}")
+    (outside / "secret.txt").write_text("not for visitors")
+    for name, entry, target in (("cfglink", "config.json", outside / "config.json"),
+                                ("shardlink", "model.safetensors", outside / "model.safetensors"),
+                                ("proclink", "tokenizer.json", outside / "secret.txt")):
+        (root / name).mkdir()
+        if entry != "config.json":
+            (root / name / "config.json").write_text(TINY_CONFIG.read_text())
+        (root / name / entry).symlink_to(target)
+    traversal = root / "traversal"
+    traversal.mkdir()
+    (traversal / "config.json").write_text(TINY_CONFIG.read_text())
+    (traversal / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"lm_head.weight": "../../../../etc/passwd"}}))
+    remote = root / "remote_llava"
+    remote.mkdir()
+    auto_map = {"AutoConfig": "configuration_evil.EvilConfig", "AutoModelForImageTextToText": "modeling_evil.EvilModel"}
+    (remote / "config.json").write_text(json.dumps({**TINY, "auto_map": auto_map}))
+    for module in ("modeling_evil.py", "configuration_evil.py"):
+        (remote / module).write_text(f"import os\nos.mkdir({str(marker)!r})\n")
 
 
 def stage2_count(model: torch.nn.Module) -> int:
@@ -215,9 +249,20 @@ CASES = [
     cli("cli lr inf", lambda c: ["step", "tiny", "--lr", "inf"], "learning rate must be a number above 0"),
     cli("cli zero steps", lambda c: ["step", "tiny", "--steps", "0"], "steps must be a whole number from 1"),
     cli("cli catastrophic regex", lambda c: ["inspect", "llava-1.5-7b", "--train", SLOW_REGEX], "takes too long"),
+    cli("cli regex count 2**32", lambda c: ["inspect", "tiny", "--train", "re:a{4294967294}"],
+        "repetition count 4,294,967,294 is above the limit of 1,000"),
+    cli("cli backtracking glob", lambda c: ["inspect", "llava-onevision-qwen2-72b", "--train", SLOW_GLOB],
+        "matches no parameter"),
     cli("cli escape sequence selector", lambda c: ["inspect", "tiny", "--train", "model.\x1b[2J"], "U\\+001B"),
     cli("cli right-to-left override", lambda c: ["inspect", "tiny", "--train", "lm_\u202edaeh"], "U\\+202E"),
     cli("cli pickle in .bin", lambda c: ["step", c.file("evil"), "--weights", "--steps", "1"], "refused to load"),
+    cli("cli shard path traversal", lambda c: ["step", c.file("traversal"), "--weights", "--steps", "1"],
+        "names a shard that is not a file name inside the checkpoint directory: '../../../../etc/passwd'"),
+    cli("cli LLaVA config with auto_map", lambda c: ["step", c.file("remote_llava"), "--steps", "1"],
+        r"\(auto_map\), and freezelab never runs code"),
+    cli("cli Hub id with ..", lambda c: ["inspect", "a/b..c"], "not a valid Hub id: Cannot have -- or .."),
+    cli("cli pad_token_id beyond the vocabulary", lambda c: ["inspect", c.file("pad.json")],
+        "transformers could not build this config: Padding_idx must be within num_embeddings"),
     cli("cli unknown export format", lambda c: ["export", "tiny", "--format", "exe"], "invalid choice: 'exe'"),
     # -- dashboard, public server: model files inside and outside its root
     ui("missing file", "public", load("nope.json"), SourceError, "no such file"),
@@ -230,6 +275,26 @@ CASES = [
     ui("path traversal", "public", lambda app, s, c: handlers.load_model(app, s, f"{c.root}/../outside/config.json"),
        PolicyError, "'..' is not allowed"),
     ui("symlink escape", "public", load("link/config.json"), PolicyError, "outside the directories"),
+    ui("config.json links outside", "public", load("cfglink"), PolicyError,
+       "'config.json' in it leads outside the directories"),
+    ui("shard links outside", "public", load("shardlink", weights=True), PolicyError,
+       "'model.safetensors' in it leads outside"),
+    ui("tokenizer links outside", "public", load("proclink"), PolicyError, "'tokenizer.json' in it leads outside"),
+    ui("shard path traversal", "public", load("traversal", weights=True), SourceError,
+       "names a shard that is not a file name inside the checkpoint directory: '../../../../etc/passwd'"),
+    ui("shard path traversal, local", "local", load("traversal", weights=True), SourceError,
+       "not a file name inside the checkpoint directory"),
+    ui("LLaVA config with auto_map", "public", load("remote_llava"), SourceError,
+       r"\(auto_map\), and freezelab never runs code from a checkpoint"),
+    ui("LLaVA config with auto_map, local", "local", load("remote_llava", weights=True), SourceError,
+       r"\(auto_map\), and freezelab never runs code"),
+    ui("text_config with auto_map", "public", load("text_remote.json"), SourceError, r"\(text_config.auto_map\)"),
+    ui("pad_token_id beyond the vocabulary", "public", load("pad.json"), SourceError,
+       "transformers could not build this config: Padding_idx must be within num_embeddings"),
+    ui("Hub id with ..", "public", lambda app, s, c: handlers.load_model(app, s, "a/b..c"), SourceError,
+       "a/b..c: not a valid Hub id: Cannot have -- or .."),
+    ui("Hub id with --", "public", lambda app, s, c: handlers.load_model(app, s, "a/b--c"), SourceError,
+       "a/b--c: not a valid Hub id: Cannot have -- or .."),
     ui("paths disabled", "public-noroot", lambda app, s, c: handlers.load_model(app, s, str(c.outside)),
        PolicyError, "local paths are disabled"),
     ui("10**7 layers", "public", load("layers.json"), SourceError, "num_hidden_layers = 10000000 is outside"),
@@ -270,6 +335,22 @@ CASES = [
        SelectorError, "U\\+D800"),
     ui("unicode glob", "public", lambda app, s, c: handlers.add_rule(app, s, "train", "mödel.🔥*"),
        SelectorError, "matches no parameter of tiny"),
+    ui("regex count 2**32 preview", "public", lambda app, s, c: handlers.preview_selector(app, s, "re:a{4294967294}"),
+       None, "bad regular expression: the repetition count 4,294,967,294 is above the limit of 1,000"),
+    ui("regex count 2,000,000", "public", lambda app, s, c: handlers.add_rule(app, s, "train", "re:a{2000000}"),
+       SelectorError, "repetition count 2,000,000 is above the limit of 1,000"),
+    ui("nested regex counts", "public", lambda app, s, c: handlers.preview_selector(app, s, "re:(?:[a-z]{1000}){1000}"),
+       None, "could expand it to more than 100,000 elements"),
+    ui("backtracking glob preview", "public", lambda app, s, c: handlers.preview_selector(app, s, SLOW_GLOB),
+       None, "matches no parameter", model="llava-onevision-qwen2-72b"),
+    ui("backtracking glob rule", "public", lambda app, s, c: handlers.add_rule(app, s, "train", SLOW_GLOB),
+       SelectorError, "matches no parameter", model="llava-onevision-qwen2-72b"),
+    ui("10 backtracking glob rules", "public", plan_bytes("plan_slow_globs.txt"), SelectorError,
+       "rule 1 .* matches no parameter", model="llava-onevision-qwen2-72b"),
+    ui("1000 busy glob rules", "public", plan_bytes("plan_busy_globs.txt"), SelectorError,
+       "the plan's selectors together take longer than 1 s", model="llava-onevision-qwen2-72b"),
+    ui("500 regexes to compile", "public", plan_bytes("plan_wide_regexes.txt"), FreezelabError,
+       "longer than 1 s to compile", model="llava-onevision-qwen2-72b"),
     ui("100k selector preview", "public", lambda app, s, c: handlers.preview_selector(app, s, "a" * 100_000),
        None, "100000 characters long"),
     ui("module path not text", "public", lambda app, s, c: handlers.toggle_module(app, s, ["model"], True),
@@ -303,10 +384,12 @@ CASES = [
 def run_cli(case: Case, ctx: Ctx, capsys: pytest.CaptureFixture[str]) -> None:
     argv = case.call(ctx)
     capsys.readouterr()
+    started = time.monotonic()
     try:
         code = main(argv)
     except SystemExit as exit_:  # argparse rejects the value itself
         code = exit_.code
+    assert time.monotonic() - started < HANG_S  # refused, not hung
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if "error:" in line]
     assert code == 2, err

@@ -81,3 +81,23 @@ def test_odd_specs():
         resolve("x" * 5000)
     with pytest.raises(SourceError, match="by text"):
         resolve(None)  # type: ignore[arg-type]
+
+
+def test_public_mode_answers_a_name_the_same_whether_it_exists_or_not(roots, tmp_path, monkeypatch):
+    """Whether a relative name exists on the server must not change the answer (an existence oracle)."""
+    from freezelab.errors import FreezelabError
+    inside, _ = roots
+    monkeypatch.chdir(tmp_path)  # holds models/ckpt and secret/config.json
+    policy = public_policy((inside,))
+
+    def answer(spec: str) -> tuple[type, str]:
+        with pytest.raises(FreezelabError) as info:
+            resolve(spec, policy=policy)
+        return type(info.value), str(info.value).replace(spec, "SPEC")
+
+    for existing, missing in (("secret/config.json", "nosuch/config.json"), ("secret", "nosuch"),
+                              ("models/ckpt", "models/nosuch"), ("secret/config", "nosuch/config")):
+        assert (tmp_path / existing.split("/")[0]).exists() and not (tmp_path / missing).exists()
+        assert answer(existing) == answer(missing), (existing, missing)
+    # local mode keeps reading relative paths (the user's own box)
+    assert resolve("models/ckpt", policy=LOCAL).kind == "checkpoint"

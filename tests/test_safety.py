@@ -31,7 +31,7 @@ from freezelab.model_cache import ModelCache, index_bytes
 from freezelab.models import build, index_of, load_weights
 from freezelab.plans import Plan, Rule, hits, preset, resolve
 from freezelab.policy import LOCAL, PolicyError, from_options, public_policy
-from freezelab.selectors import PLAN_REGEX_BUDGET_S, REGEX_BUDGET_S, select
+from freezelab.selectors import PLAN_BUDGET_S, SELECTOR_BUDGET_S, select
 from freezelab.session import Session
 from freezelab.sources import KNOWN_DIR, TINY_CONFIG
 from freezelab.sources import resolve as resolve_source
@@ -91,17 +91,80 @@ def _checkpoint(directory: Path, model, config_changes: dict, marker: Path) -> P
     return directory
 
 
-def test_code_shipped_with_a_llava_checkpoint_never_runs(tmp_path, tiny_model):
+def test_a_llava_checkpoint_that_ships_code_is_refused_in_both_modes(tmp_path, tiny_model, capsys):
     marker = tmp_path / "ran"
     auto_map = {"AutoConfig": "configuration_evil.EvilConfig", "AutoModel": "modeling_evil.EvilModel",
                 "AutoModelForImageTextToText": "modeling_evil.EvilModel"}
     ckpt = _checkpoint(tmp_path / "ckpt", tiny_model, {"auto_map": auto_map}, marker)
-    source = resolve_source(str(ckpt))
-    loaded = load_weights(source, dtype="fp32")
-    assert type(loaded).__name__ == "LlavaForConditionalGeneration"
-    report = list(iter_step(source, preset("stage1"), Workload(dtype="fp32"), steps=1, lr=1e-3, weights=True))[-1]
-    assert report.report.weights == "checkpoint" and report.report.passed
+    refusal = r"ckpt/config.json: its config names model code shipped with the checkpoint \(auto_map\), and " \
+              "freezelab never runs code from a checkpoint; remove the auto_map entry to use transformers' own " \
+              "LlavaForConditionalGeneration"
+    for policy in (LOCAL, public_policy((tmp_path,))):
+        with pytest.raises(SourceError, match=refusal):
+            resolve_source(str(ckpt), policy=policy)
+        with pytest.raises(SourceError, match=refusal):
+            handlers.load_model(handlers.App.for_policy(policy), Session(), str(ckpt), weights=True)
+    assert main(["step", str(ckpt), "--weights", "--steps", "1"]) == 2
+    assert "never runs code from a checkpoint" in capsys.readouterr().err
     assert not marker.exists()
+
+
+def test_the_step_loads_only_the_checked_config_and_weight_files(tmp_path, tiny_model, monkeypatch):
+    """from_pretrained gets the config freezelab read and checked, and a directory holding links to the shards it
+    validated: a config.json changed after the check (or a generation_config.json) is never read."""
+    tiny_model.save_pretrained(tmp_path, max_shard_size="300KB")  # 4 shards and their index
+    source = resolve_source(str(tmp_path))
+    assert len(source.weights) == 4 and set(source.weight_map.values()) == {p.name for p in source.weights}
+    swapped = json.loads((tmp_path / "config.json").read_text())
+    swapped["text_config"]["hidden_size"] = 128  # the weights no longer fit this config
+    (tmp_path / "config.json").write_text(json.dumps(swapped))
+    (tmp_path / "generation_config.json").write_text("{ not JSON")
+    seen: list[list[str]] = []
+    original = type(tiny_model).from_pretrained.__func__
+
+    def spy(cls, directory, *args, **kwargs):
+        seen.append(sorted(p.name for p in Path(directory).iterdir()))
+        assert kwargs["config"].text_config.hidden_size == tiny_model.config.text_config.hidden_size
+        return original(cls, directory, *args, **kwargs)
+
+    monkeypatch.setattr(type(tiny_model), "from_pretrained", classmethod(spy))
+    loaded = load_weights(source, dtype="fp32")
+    assert seen == [sorted(["model.safetensors.index.json", *(p.name for p in source.weights)])]
+    assert all((loaded.state_dict()[k] == v).all() for k, v in tiny_model.state_dict().items())
+
+
+def test_a_shard_named_outside_the_checkpoint_is_refused_in_both_modes(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    index = {"weight_map": {name: "model.safetensors" for name in tiny_model.state_dict()}}
+    for shard in ("../../../../etc/passwd", "/etc/passwd", "sub/model.safetensors", "..", "C:\\model.safetensors"):
+        index["weight_map"]["lm_head.weight"] = shard
+        (tmp_path / "ckpt" / "model.safetensors.index.json").write_text(json.dumps(index))
+        for policy in (LOCAL, public_policy((tmp_path,))):
+            with pytest.raises(SourceError, match="names a shard that is not a file name inside the checkpoint"):
+                resolve_source(str(tmp_path / "ckpt"), policy=policy)
+
+
+def test_public_mode_refuses_a_checkpoint_with_any_link_leading_outside(tmp_path, tiny_model):
+    root, outside = tmp_path / "models", tmp_path / "outside"
+    tiny_model.save_pretrained(root / "ckpt")
+    tiny_model.save_pretrained(outside)
+    policy = public_policy((root,))
+    assert resolve_source(str(root / "ckpt"), policy=policy).kind == "checkpoint"
+    (root / "ckpt" / "inside.json").symlink_to(root / "ckpt" / "config.json")  # a link within the root is fine
+    assert resolve_source(str(root / "ckpt"), policy=policy).kind == "checkpoint"
+    (root / "ckpt" / "inside.json").unlink()
+    for name, target in (("config.json", outside / "config.json"), ("model.safetensors", outside / "model.safetensors"),
+                         ("tokenizer_config.json", outside / "config.json")):
+        entry = root / "ckpt" / name
+        saved = entry.read_bytes() if entry.exists() else None
+        entry.unlink(missing_ok=True)
+        entry.symlink_to(target)
+        with pytest.raises(PolicyError, match=f"'{name}' in it leads outside the directories this public server"):
+            resolve_source(str(root / "ckpt"), policy=policy)
+        assert resolve_source(str(root / "ckpt"), policy=LOCAL).kind == "checkpoint"  # the user's own box is open
+        entry.unlink()
+        if saved is not None:
+            entry.write_bytes(saved)
 
 
 def _evil_bin(path: Path, marker: Path) -> None:
@@ -239,20 +302,37 @@ def test_catastrophic_regex_against_long_names_stops_at_its_budget(tiny_index):
     started = time.monotonic()
     with pytest.raises(SelectorError, match="takes too long"):
         select(index, "re:(a|aa)+$")
-    assert time.monotonic() - started < REGEX_BUDGET_S + 1.0
+    assert time.monotonic() - started < SELECTOR_BUDGET_S + 1.0
 
 
 def test_the_regexes_of_one_plan_share_one_budget(tiny_index, monkeypatch):
-    monkeypatch.setattr(selectors, "REGEX_BUDGET_S", 60.0)  # only the plan's budget can stop them now
+    monkeypatch.setattr(selectors, "SELECTOR_BUDGET_S", 60.0)  # only the plan's budget can stop them now
     index = _long_names(tiny_index)
     plan = Plan(rules=tuple(Rule("train", f"re:(a|aa)+$|x{i}") for i in range(50)))
     started = time.monotonic()
     with pytest.raises(SelectorError, match="rule 1 .* together take longer than 1 s"):
         resolve(plan, index)
-    assert time.monotonic() - started < PLAN_REGEX_BUDGET_S + 1.0
+    assert time.monotonic() - started < PLAN_BUDGET_S + 1.0
 
 
 # -- caches bounded by bytes ---------------------------------------------------------------------
+
+def test_the_index_cache_on_disk_keeps_its_newest_files_within_its_bound(tmp_path, monkeypatch, tiny_index):
+    from freezelab import index as index_mod
+
+    monkeypatch.setenv("FREEZELAB_CACHE", str(tmp_path))
+    size = len(json.dumps(tiny_index.to_dict()))
+    monkeypatch.setattr(index_mod, "CACHE_MAX_BYTES", 3 * size + size // 2)  # room for three
+    (tmp_path / "index").mkdir()
+    for n in range(6):
+        index_mod.store_cached(f"key{n}", tiny_index)
+        os.utime(tmp_path / "index" / f"key{n}.json", (1000 * (n + 1),) * 2)  # an ordered history
+    assert sorted(p.name for p in (tmp_path / "index").iterdir()) == ["key3.json", "key4.json", "key5.json"]
+    assert index_mod.load_cached("key5").total_params == tiny_index.total_params
+    monkeypatch.setattr(index_mod, "CACHE_MAX_BYTES", size // 2)  # the one just written stays, whatever its size
+    index_mod.store_cached("key6", tiny_index)
+    assert [p.name for p in (tmp_path / "index").iterdir()] == ["key6.json"]
+
 
 def test_the_model_cache_is_a_byte_bounded_lru():
     sizes = {name: ModelCache().get(name).nbytes for name in ("tiny", "llava-1.5-7b", "llava-1.5-13b")}
@@ -388,6 +468,30 @@ def test_a_closed_browser_session_cancels_its_run():
 
 
 # -- public mode switches -----------------------------------------------------------------------
+
+def test_the_plan_file_input_never_downloads_a_url(monkeypatch):
+    """Gradio downloads a file value whose path is a URL before any handler runs; the app's file input refuses."""
+    import asyncio
+
+    import gradio as gr
+    from gradio import processing_utils
+
+    from freezelab.ui.blocks import create_app
+
+    fetched = []
+
+    async def download(url: str, cache_dir: str) -> str:
+        fetched.append(url)
+        return str(ROOT / "README.md")
+
+    monkeypatch.setattr(processing_utils, "async_ssrf_protected_download", download)
+    demo = create_app(handlers.App.for_policy(public_policy()))
+    upload = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "fl-import")
+    value = {"path": "https://example.com/plan.json", "orig_name": "plan.json", "meta": {"_type": "gradio.FileData"}}
+    with pytest.raises(gr.Error, match="only a file uploaded from your computer is accepted here, not a URL"):
+        asyncio.run(processing_utils.async_move_files_to_cache(value, upload, check_in_upload_folder=True))
+    assert fetched == []
+
 
 def test_command_line_mode_wins_over_the_environment(tmp_path):
     assert from_options(False, (), {"SPACE_ID": "org/space", "FREEZELAB_PUBLIC": "1"}) is LOCAL

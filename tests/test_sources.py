@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import httpx
 import pytest
 
 from freezelab.errors import NotLlavaError, SourceError
@@ -124,3 +126,53 @@ def test_hub_id_offline_from_cache(monkeypatch, tmp_path: Path):
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     src = resolve("someorg/tiny-llava")
     assert src.kind == "hub" and src.model_type == "llava" and not src.weights
+
+
+@pytest.mark.parametrize("spec", ["a/b..c", "a/b--c", "org-/name", "org/name."])
+def test_hub_ids_the_hub_refuses_are_refused_offline(spec, monkeypatch):
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("asked the Hub"))
+    with pytest.raises(SourceError, match=f"{re.escape(spec)}: not a valid Hub id: "):
+        resolve(spec)
+
+
+@pytest.mark.parametrize("error", [httpx.ProxyError("407 Proxy Authentication Required"),
+                                   httpx.ConnectTimeout("timed out"), RuntimeError("anything else")])
+def test_any_failure_to_fetch_a_hub_config_is_one_message(error, monkeypatch):
+    import huggingface_hub
+
+    def download(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    with pytest.raises(SourceError, match=rf"^org/model: could not fetch config.json from the Hub "
+                                          rf"\({type(error).__name__}\)$"):
+        resolve("org/model")
+
+
+@pytest.mark.parametrize("error", [AssertionError("Padding_idx must be within num_embeddings"),
+                                   ZeroDivisionError("division by zero"), NotImplementedError("no such layout"),
+                                   type("OddConfigError", (Exception,), {})("transformers refused it")])
+def test_whatever_transformers_raises_on_a_config_becomes_one_source_error(error, monkeypatch, tiny_source):
+    """One place (models.refused_by_transformers) turns any refusal by transformers or torch into a SourceError."""
+    from freezelab import models
+
+    def refuse(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(models, "config_from_dict", refuse)
+    with pytest.raises(SourceError, match=f"^tiny: the config could not be read by transformers: {error}$"):
+        models.hf_config(tiny_source)
+    monkeypatch.undo()
+    monkeypatch.setattr(models, "model_class", lambda model_type: refuse)
+    with pytest.raises(SourceError, match=f"^tiny: transformers could not build this config: {error}$"):
+        models.build(tiny_source, device="meta")
+
+
+def test_a_pad_token_beyond_the_vocabulary_is_refused_when_building(tmp_path: Path):
+    config = json.loads(TINY_CONFIG.read_text())
+    config["text_config"].update(vocab_size=19, pad_token_id=501)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    from freezelab.models import build
+    with pytest.raises(SourceError, match="transformers could not build this config: Padding_idx must be within"):
+        build(resolve(str(tmp_path)), device="meta")

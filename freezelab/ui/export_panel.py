@@ -12,6 +12,7 @@ from freezelab.ui import handlers
 from freezelab.ui.export_view import EXPORT, export_ids, export_view, note_name, target_titles
 from freezelab.ui.registry import Registry, elem_id
 from freezelab.ui.shared import Shared, error_text, warn
+from freezelab.ui.uploads import accept_uploads_only
 
 LANGUAGES = {"json": "json", "python": "python", "llamafactory": "yaml", "swift": "shell", "llava": "shell"}
 
@@ -54,5 +55,6 @@ def create_export_panel(ui: Registry, tab: gr.Tab) -> None:
                                   elem_id=f"fl-export-{name}")
     gr.Markdown("### Import a plan\nA freezelab plan JSON (or a text file with one rule per line: "
                 "`train @projector`). It replaces the current plan; undo brings the old one back.")
-    elems["upload"] = gr.File(label="plan file", file_types=[".json", ".txt"], type="filepath", elem_id="fl-import")
+    elems["upload"] = accept_uploads_only(gr.File(label="plan file", file_types=[".json", ".txt"], type="filepath",
+                                                  elem_id="fl-import"))
     ui.add(EXPORT, elems, wire=_wire)
