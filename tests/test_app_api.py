@@ -7,6 +7,7 @@ import urllib.request
 from pathlib import Path
 
 import gradio_client
+import pytest
 
 
 def client(url: str):
