@@ -36,6 +36,8 @@ def qkv(q_heads=4, kv_heads=4, lq=16, lk=16, d=64, dtype=BF16, dk=None):
     ({"lq": 8}, False, True, False, Backend.EFFICIENT),            # causal with lq != lk: not flash
     ({"kv_heads": 2}, False, True, False, Backend.MATH),           # GQA without enable_gqa
     ({"kv_heads": 2}, False, True, True, Backend.FLASH),           # GQA native
+    ({"kv_heads": 2, "dtype": FP32}, False, True, True, Backend.MATH),   # fp32 GQA: flash needs 16-bit,
+    ({"kv_heads": 2}, True, False, True, Backend.MATH),            # efficient needs equal heads
     ({"d": 320}, False, True, False, Backend.EFFICIENT),           # head dim over flash's 256
     ({"dtype": torch.float64}, False, True, False, Backend.MATH),
     ({"dk": 32}, False, True, False, Backend.MATH),                # q and k head dims differ

@@ -49,18 +49,27 @@ def counting_backends(counts: dict[str, int] | None) -> Iterator[None]:
 
 
 def cuda_sdpa_backend(q, k, v, attn_mask, dropout_p, is_causal, enable_gqa) -> Backend:
-    """The backend `select_sdp_backend` picks on sm90 for a training step (dense inputs)."""
+    """The backend `select_sdp_backend` picks on sm90 for a training step (dense inputs).
+
+    aten/src/ATen/native/transformers/cuda/sdp_utils.cpp of PyTorch 2.11 and 2.13: flash checks
+    `check_batch_size_and_num_heads_dense<true>` (grouped-query heads with enable_gqa) and takes
+    only fp16 / bf16; the memory-efficient kernel checks `check_batch_size_and_num_heads_dense<false>`
+    (the same number of heads in q, k and v, whatever enable_gqa says) and also takes fp32; cuDNN
+    takes only fp16 / bf16. So fp32 attention with fewer kv heads (Qwen2-0.5B: 14 q, 2 kv heads,
+    which transformers passes with enable_gqa=True when there is no mask) runs the math kernel,
+    which repeats k and v to every head and saves the s x s attention matrix in fp32."""
     d, dk, dv = q.shape[-1], k.shape[-1], v.shape[-1]
     lq, lk = q.shape[-2], k.shape[-2]
-    heads_ok = q.shape[-3] == k.shape[-3] == v.shape[-3] or (
-        enable_gqa and q.shape[-3] % k.shape[-3] == 0 and k.shape[-3] == v.shape[-3])
-    if q.dim() == 4 and heads_ok and lq > 0 and lk > 0:
-        if (attn_mask is None and q.dtype in HALF and d == dk == dv and d <= 256
-                and not (is_causal and lq != lk)):
-            return Backend.FLASH
-        align = 8 if q.dtype in HALF else 4
-        if (q.dtype in (*HALF, torch.float32) and d == dk and d % align == 0 and dv % align == 0):
-            return Backend.EFFICIENT
+    same_heads = q.shape[-3] == k.shape[-3] == v.shape[-3]
+    gqa = enable_gqa and q.shape[-3] % k.shape[-3] == 0 and k.shape[-3] == v.shape[-3]
+    if q.dim() != 4 or lq == 0 or lk == 0:
+        return Backend.MATH
+    if ((same_heads or gqa) and attn_mask is None and q.dtype in HALF and d == dk == dv and d <= 256
+            and not (is_causal and lq != lk)):
+        return Backend.FLASH
+    align = 8 if q.dtype in HALF else 4
+    if same_heads and q.dtype in (*HALF, torch.float32) and d == dk and d % align == 0 and dv % align == 0:
+        return Backend.EFFICIENT
     return Backend.MATH
 
 
@@ -85,7 +94,7 @@ def cuda_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
     if backend is Backend.FLASH:
         return _flash(query, key, value, dropout_p, is_causal, scale)
     if backend is Backend.EFFICIENT:
-        return _efficient(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+        return _efficient(query, key, value, attn_mask, dropout_p, is_causal, scale)
     return aten._scaled_dot_product_attention_math(query, key, value, attn_mask, dropout_p, is_causal,
                                                    None, scale=scale, enable_gqa=enable_gqa)[0]
 
@@ -102,11 +111,7 @@ def _flash(query, key, value, dropout_p, is_causal, scale):
     return out[..., :d] if pad else out
 
 
-def _efficient(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
-    if enable_gqa and key.shape[-3] != query.shape[-3]:
-        rep = query.shape[-3] // key.shape[-3]
-        key = key.repeat_interleave(rep, dim=-3)
-        value = value.repeat_interleave(rep, dim=-3)
+def _efficient(query, key, value, attn_mask, dropout_p, is_causal, scale):
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:  # convert_boolean_attn_mask
             attn_mask = torch.zeros_like(attn_mask, dtype=query.dtype).masked_fill_(
