@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from freezelab.memory.fake.allocator import replay_caching_allocator, segment_size, should_split
+from freezelab.memory.caching_allocator import segment_size, should_split
+from freezelab.memory.fake.allocator import replay_caching_allocator
 from freezelab.memory.fake.ledger import Entry, Label
 from freezelab.memory.result import Category, Phase
 
