@@ -22,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from freezelab.memory.cuda_facts import CUBLASLT_WORKSPACE, MEASURED_ARCH, cublas_workspace, rounded
 from freezelab.memory.fake.ops import BLAS_OPS, FOREACH_INPLACE, FOREACH_LIKE, PRIM_DEVICE, uses_cublaslt
-from freezelab.memory.fake.sdpa import BACKWARD_SCRATCH
+from freezelab.memory.fake.sdpa import KERNEL_SCRATCH
 from freezelab.memory.result import Category, Phase
 
 aten = torch.ops.aten
@@ -202,11 +202,12 @@ class TensorLedger(TorchDispatchMode):
             self._workspace(func, args)
         out = func(*args, **kwargs)
         self._track_outputs(out)
-        scratch = BACKWARD_SCRATCH.get(func)
+        scratch = KERNEL_SCRATCH.get(func)
         if scratch is not None:
-            nbytes = scratch(args, kwargs)
+            size_of, cat = scratch
+            nbytes = size_of(args, kwargs)
             if nbytes:
-                self.free_raw(self.alloc_raw(nbytes, Category.WORKSPACE))
+                self.free_raw(self.alloc_raw(nbytes, cat))
         return out
 
     def _track_outputs(self, out: Any) -> None:
@@ -216,6 +217,16 @@ class TensorLedger(TorchDispatchMode):
             for o in out:
                 if isinstance(o, torch.Tensor):
                     self.track(o)
+
+    def workspaces_ready(self) -> None:
+        """Book the workspaces an earlier step in the same process left: both threads' cuBLAS ones
+        and the forward's cuBLASLt one (autograd's cuBLASLt comes only with checkpointing)."""
+        ready = ((("main", Label.CUBLAS), self.cublas_bytes), (("main", Label.CUBLASLT), self.cublaslt_bytes),
+                 (("autograd", Label.CUBLAS), self.cublas_bytes))
+        for key, nbytes in ready:
+            if key not in self._workspaces:
+                self._workspaces.add(key)
+                self.alloc_raw(nbytes, Category.WORKSPACE, key[1])
 
     def _workspace(self, func, args) -> None:
         """cuBLAS workspaces are per (handle, stream) and handles per thread: the forward's main

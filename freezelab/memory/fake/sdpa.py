@@ -5,9 +5,10 @@ the attention matrix for backward; on the GPU the same call runs
 FlashAttention-2 or the memory-efficient kernel, which save the output and a
 logsumexp. `cuda_sdpa` makes the backend choice of `select_sdp_backend` and
 calls the same ATen ops the CUDA composite calls, so autograd saves what it
-saves on a GPU. `BACKWARD_SCRATCH` gives the scratch the fused backward
-kernels allocate through the caching allocator and free before returning
-(the meta kernels return only the outputs).
+saves on a GPU. `KERNEL_SCRATCH` gives the scratch that the fused backward
+kernels, and the math kernel's `_safe_softmax` composite, allocate through the
+caching allocator and free before returning (the fake kernels return only the
+outputs).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from freezelab.memory.cuda_facts import rounded
+from freezelab.memory.result import Category
 
 aten = torch.ops.aten
 HALF = (torch.float16, torch.bfloat16)
@@ -152,7 +154,18 @@ def efficient_backward_scratch(args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     return n
 
 
-BACKWARD_SCRATCH: dict[Any, Callable[[tuple[Any, ...], dict[str, Any]], int]] = {
-    aten._scaled_dot_product_flash_attention_backward.default: flash_backward_scratch,
-    aten._scaled_dot_product_efficient_attention_backward.default: efficient_backward_scratch,
+def safe_softmax_scratch(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """The math kernel's `_safe_softmax` (aten/src/ATen/native/SoftMax.cpp, a composite on CUDA):
+    softmax into a new tensor, `self == -inf` into a boolean one, then `where(all -inf rows, 0, out)`
+    into the result; the fake kernel makes the result only."""
+    x = args[0]
+    dtype = kwargs.get("dtype") or (args[2] if len(args) > 2 and args[2] is not None else x.dtype)
+    return rounded(x.numel() * torch.empty((), dtype=dtype).element_size()) + rounded(x.numel())
+
+
+# op -> (its scratch bytes, what they count as): kernel workspace, or the composite's activations
+KERNEL_SCRATCH: dict[Any, tuple[Callable[[tuple[Any, ...], dict[str, Any]], int], Category]] = {
+    aten._scaled_dot_product_flash_attention_backward.default: (flash_backward_scratch, Category.WORKSPACE),
+    aten._scaled_dot_product_efficient_attention_backward.default: (efficient_backward_scratch, Category.WORKSPACE),
+    aten._safe_softmax.default: (safe_softmax_scratch, Category.ACTIVATIONS),
 }

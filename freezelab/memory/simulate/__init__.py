@@ -56,6 +56,7 @@ def simulate_step(
     cancel: Callable[[], bool] | None = None,
     *,
     input_require_grads: bool = False,
+    workspaces_ready: bool = False,
 ) -> MemoryEstimate:
     """Run two training steps of the real model on fake tensors and account their memory.
 
@@ -75,8 +76,13 @@ def simulate_step(
     the state a model is left in when checkpointing was turned off without removing
     them (see shared/notes/pitfalls.md). With `workload.grad_ckpt` they are always on,
     as `gradient_checkpointing_enable()` installs them.
+
+    `workspaces_ready=True` books the cuBLAS workspaces before the first step, as in a process that
+    already ran one (measurements that run many cases in one process); a fresh training run makes
+    them in its first step, where they can split cached blocks.
     """
-    return execute(Run(config, trainable, workload, progress, cancel, input_require_grads=input_require_grads))
+    return execute(Run(config, trainable, workload, progress, cancel, input_require_grads=input_require_grads,
+                       workspaces_ready=workspaces_ready))
 
 
 def execute(run: Run) -> MemoryEstimate:
@@ -87,6 +93,8 @@ def execute(run: Run) -> MemoryEstimate:
         _enter_fake_world(run, stack)
         tokens = _image_tokens(run)
         stack.enter_context(run.ledger)
+        if run.workspaces_ready:
+            run.ledger.workspaces_ready()
         labels = hooks.param_labels(run)
         _book_weights(run, labels)
         run.ledger.category, run.ledger.component = Category.ACTIVATIONS, Label.INPUTS

@@ -3,6 +3,7 @@ with its ties kept, and given the freeze plan and the requires_grad hooks of the
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import types
 import warnings
@@ -11,6 +12,7 @@ import torch
 
 from freezelab.components import classify
 from freezelab.errors import SimulationError
+from freezelab.memory.fake.autocast import CudaAutocastDelta
 from freezelab.families import model_class
 from freezelab.memory.simulate.run import Run
 
@@ -107,7 +109,13 @@ def apply_plan(run: Run) -> None:
     for p in run.model.parameters():
         p.requires_grad_(id(p) in train_ids)
     if run.w.grad_ckpt:
-        run.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs: dict[str, object] = {"use_reentrant": False}
+        if run.autocast_dtype is not None:
+            # the recomputation runs inside backward, where the autograd engine does not apply the
+            # torch-function modes of the forward: give it CUDA's autocast policy back, as the real
+            # recomputation (C++ autocast, restored by checkpoint) has it
+            kwargs["context_fn"] = lambda: (contextlib.nullcontext(), CudaAutocastDelta())
+        run.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     elif run.input_require_grads:
         run.model.enable_input_require_grads()
     run.model.train()

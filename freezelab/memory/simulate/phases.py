@@ -82,7 +82,7 @@ def backward(run: Run, step: int, base: float, loss: torch.Tensor, params: list[
     run.phase(base + 0.2, f"step {step}: backward")
     ledger.set_phase(Phase.BACKWARD)
     ledger.category, ledger.component = Category.LOGITS_LOSS, Label.LM_HEAD
-    if params and loss.requires_grad:
+    if loss.requires_grad:  # as the sanity step does: with input hooks even a frozen model has a graph
         loss.backward()
     elif params:
         run.note_once(NO_GRAPH_NOTE)
