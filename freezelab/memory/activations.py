@@ -241,8 +241,24 @@ class Tape:
         if need:
             self._save(qi, ki, probs32, probs, vi)
         score_bytes = rounded(scores * c)
-        self._fwd(2 * score_bytes + self.nbytes(y))
-        self._bwd(2 * score_bytes + rounded(scores * 4) + self.nbytes(y) + self._grad_bytes(q, k, v))
+        reps = self.nbytes(ki) + self.nbytes(vi) if rep > 1 and not need else 0  # alive while it runs
+        # the math kernel (aten/src/ATen/native/transformers/attention.cpp) multiplies q and k^T by
+        # sqrt(scale) into new tensors (the ones its matmul saves) while the originals stay alive, and its
+        # _safe_softmax writes softmax, then where(all -inf rows, 0, .), into new tensors beside a
+        # boolean s x s mask
+        safe = 0 if self.num.eager else (rounded(scores * c) + rounded(scores) + self.nbytes(qi)
+                                         + self.nbytes(ki))
+        if need or c == 4:
+            self._fwd(2 * score_bytes + self.nbytes(y) + reps + safe)
+        else:  # nothing saved: softmax(dtype=float32) holds its input, its fp32 copy and its fp32 output
+            self._fwd(score_bytes + 2 * rounded(scores * 4) + self.nbytes(y) + reps + safe)
+        # backward: probs @ v gives the probabilities' and v's gradients and lets go of the output's
+        # gradient and the 16-bit probabilities; softmax's backward then holds two more fp32 s x s
+        # tensors beside its saved output (the gradient upcast to fp32 and its own result); q's and
+        # k's gradients come after
+        probs_grad = 2 * rounded(scores * 4) - (score_bytes if probs is not probs32 else 0)
+        v_grad = self.nbytes(vi) if self.grad(v) else 0
+        self._bwd(max(probs_grad + v_grad, self.nbytes(y) + self._grad_bytes(q, k, v)))
         return y
 
     def cache_copy(self, x: str, out: str, elem: int) -> str:

@@ -22,9 +22,11 @@ Assumptions, each a fact of the software stack the calibration used
   reach it), so each decoder layer's k and v stay referenced by the output.
   They cost extra only where autograd does not already save them (layers
   with no gradient flowing through); checkpointed layers never cache.
-* nvidia-smi shows more than the tensors: the caching allocator keeps freed
-  blocks and the CUDA context holds its kernels (`cuda_facts`: 5% of the peak
-  and 768 MiB, as measured on the H100).
+* nvidia-smi shows more than the tensors: the CUDA context with its kernels
+  (`cuda_facts`: 768 MiB, as measured on the H100) and the free blocks the
+  caching allocator keeps. Those come from replaying the step, tensor by
+  tensor in order, through the same allocator model the simulation uses
+  (`allocations`), not from a fixed fraction.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from freezelab.index import ModelIndex
 from freezelab.memory import notes as notes_mod
 from freezelab.memory import optimizer_state
 from freezelab.memory.activations import Numerics
+from freezelab.memory.allocations import AllocatorFigures, StepTensors, figures
 from freezelab.memory.cuda_facts import (
-    ALLOCATOR_CACHE_FRACTION,
     CUBLASLT_WORKSPACE,
     CUDA_CONTEXT,
     MEASURED_ARCH,
@@ -83,24 +85,24 @@ def _layout(index: ModelIndex, w: Workload) -> ImageLayout | None:
     return image_layout(index.config, w.image_size, w.images)
 
 
-def _input_bytes(index: ModelIndex, w: Workload, seq: int, layout: ImageLayout | None, num: Numerics) -> int:
+def _input_blocks(index: ModelIndex, w: Workload, seq: int, layout: ImageLayout | None, num: Numerics) -> list[int]:
     """The batch on the GPU: ids, mask and labels, plus the pixels of every tile."""
-    total = 3 * rounded(w.batch * seq * INDEX_ELEM)
+    blocks = [rounded(w.batch * seq * INDEX_ELEM)] * 3
     if layout is not None:
         side = int((index.config.get("vision_config") or {}).get("image_size") or 0)
         pixel_elem = 2 if num.autocast else num.param
-        total += rounded(w.batch * w.images * layout.tiles * 3 * side * side * pixel_elem)
-    return total
+        blocks.append(rounded(w.batch * w.images * layout.tiles * 3 * side * side * pixel_elem))
+    return blocks
 
 
-def _buffer_bytes(index: ModelIndex) -> int:
+def _buffer_blocks(index: ModelIndex) -> list[int]:
     """Non-parameter buffers: the vision position ids and the rotary inverse frequencies."""
     text = index.config.get("text_config") or {}
     heads = int(text.get("num_attention_heads") or 1)
     head_dim = int(text.get("head_dim") or int(text.get("hidden_size") or 0) // heads)
     vision = index.config.get("vision_config") or {}
     side = int(vision.get("image_size") or 0) // max(1, int(vision.get("patch_size") or 1))
-    return rounded((side * side + 1) * INDEX_ELEM) + 2 * rounded(head_dim // 2 * 4)
+    return [rounded((side * side + 1) * INDEX_ELEM)] + [rounded(head_dim // 2 * 4)] * 2
 
 
 def _grad_owner(stages: list[Stage], mask: list[bool]) -> dict[int, str]:
@@ -116,7 +118,7 @@ def _grad_owner(stages: list[Stage], mask: list[bool]) -> dict[int, str]:
 
 def _resident(index: ModelIndex, w: Workload, owner: dict[int, str], num: Numerics) -> Resident:
     all_weights, layer, root = sizes(index, num.param)
-    weights = all_weights + _buffer_bytes(index)
+    weights = all_weights + sum(_buffer_blocks(index))
     live = [optimizer_state.Tensor(index.params[i].shape, index.params[i].numel) for i in owner]
     grads = sum(rounded(t.numel * num.param) for t in live)
     r = Resident(weights=weights, gradients=grads,
@@ -141,9 +143,32 @@ def _workspace(backward: bool, ckpt: bool) -> int:
     return total
 
 
-def device_estimate(peak: int) -> int:
-    """What nvidia-smi would show: tensors, the allocator's cached free blocks, the CUDA context."""
-    return peak + int(peak * ALLOCATOR_CACHE_FRACTION) + CUDA_CONTEXT
+def _step_tensors(index: ModelIndex, w: Workload, num: Numerics, seq: int, layout: ImageLayout | None,
+                  owner: dict[int, str], workspaces_ready: bool) -> StepTensors:
+    """Every tensor of the step by size, for the allocator replay (`allocations`)."""
+    params = index.params
+    live = [optimizer_state.Tensor(params[i].shape, params[i].numel) for i in sorted(owner)]
+    temps, serial = optimizer_state.step_temp_blocks(w.optimizer, live, num.param)
+    offload = w.offload_optimizer
+    embed = index.module_by_path[index.roots["embeddings"][0]].own[0]
+    return StepTensors(
+        weights=[rounded(p.numel * num.param) for p in params] + _buffer_blocks(index),
+        inputs=_input_blocks(index, w, seq, layout, num),
+        param_grads={i: (name, rounded(params[i].numel * num.param)) for i, name in owner.items()},
+        state=[] if offload else [optimizer_state.state_blocks(w.optimizer, t, num.param) for t in live],
+        step_temps=[] if offload else temps, step_temps_serial=serial,
+        workspaces=(CUBLAS_WORKSPACE, CUBLASLT_WORKSPACE),
+        logits_fp32=rounded(w.batch * seq * params[embed].shape[0] * 4), upcast=num.compute != 4,
+        ckpt=w.grad_ckpt, workspaces_ready=workspaces_ready)
+
+
+def allocator_cache(peak: int, replay: AllocatorFigures, w: Workload) -> int:
+    """The free blocks the caching allocator keeps beside the tensors at the peak, from the replay of
+    the step. The replay is of one GPU holding everything; with sharding or offload the cache keeps
+    its share of the peak."""
+    if w.gpus > 1 or w.offload_optimizer:
+        return replay.cache * peak // max(1, replay.allocated_peak)
+    return replay.cache
 
 
 def _check(index: ModelIndex, mask: list[bool]) -> None:
@@ -161,12 +186,17 @@ def _trainable_by_component(index: ModelIndex, mask: list[bool]) -> dict[Compone
 
 
 def estimate(index: ModelIndex, mask: list[bool], workload: Workload, *,
-             input_require_grads: bool | None = None) -> MemoryEstimate:
+             input_require_grads: bool | None = None, workspaces_ready: bool = False,
+             cache_share: float | None = None) -> MemoryEstimate:
     """Peak GPU memory of one steady-state training step of `index` with trainable `mask`.
 
     input_require_grads: whether transformers' input-embedding hooks are installed (they make both
     towers build a graph even when frozen). None: exactly when gradient checkpointing is on, which
-    installs them; True models hooks left behind after checkpointing was turned off."""
+    installs them; True models hooks left behind after checkpointing was turned off.
+    workspaces_ready: the cuBLAS workspaces exist before the step (the process ran one before), as
+    in measurements that run many cases in one process; a fresh training run makes them in step 1.
+    cache_share: skip the allocator replay and take the allocator's cache as this share of the tensor
+    peak (a chart's neighbouring points, from the replayed estimate beside them)."""
     _check(index, mask)
     w, num = workload, numerics(workload)
     layout = _layout(index, w)
@@ -182,13 +212,20 @@ def estimate(index: ModelIndex, mask: list[bool], workload: Workload, *,
         grad_of[name] += rounded(index.params[i].numel * num.param)
     backward = any(s.backward for s in stages)
     divisor = w.gpus if w.gpus > 1 and w.sharding in ("zero2", "zero3", "fsdp") else 1
-    tl = walk(stages, r, inputs=_input_bytes(index, w, seq, layout, num), workspace=_workspace(backward, w.grad_ckpt),
+    tl = walk(stages, r, inputs=sum(_input_blocks(index, w, seq, layout, num)), workspace=_workspace(backward, w.grad_ckpt),
               grad_bytes=lambda s: grad_of[s.name], grad_divisor=divisor)
-    return _result(index, mask, w, num, stages, owner, r, tl, seq)
+    if cache_share is None:
+        replay = figures(stages, _step_tensors(index, w, num, seq, layout, owner, workspaces_ready))
+        cache = allocator_cache(tl.peak.total, replay, w)
+    else:
+        cache = int(tl.peak.total * cache_share)
+    est = _result(index, mask, w, num, stages, owner, r, tl, seq, cache)
+    est.details["allocator_replayed"] = cache_share is None
+    return est
 
 
 def _result(index: ModelIndex, mask: list[bool], w: Workload, num: Numerics, stages: list[Stage],
-            owner: dict[int, str], r: Resident, tl: Timeline, seq: int) -> MemoryEstimate:
+            owner: dict[int, str], r: Resident, tl: Timeline, seq: int, cache: int) -> MemoryEstimate:
     peak = tl.peak
     trainable = _trainable_by_component(index, mask)
     dead = sum(p.numel for i, p in enumerate(index.params) if mask[i] and i not in owner)
@@ -211,6 +248,8 @@ def _result(index: ModelIndex, mask: list[bool], w: Workload, num: Numerics, sta
         "trainable_without_gradient": dead,
         "gradients_total_bytes": r.gradients,
         "cpu_ram_bytes": r.cpu_bytes,
+        "allocator_cache_bytes": cache,
+        "cuda_context_bytes": CUDA_CONTEXT,
         "activations_at_peak_by_component": {c: peak.activations.get(c, 0) for c in ACTIVATION_GROUPS},
         "stages": [{"name": s.name, "component": s.component, "kept_bytes": s.kept, "held_bytes": s.held,
                     "backward": s.backward} for s in stages],
@@ -219,7 +258,7 @@ def _result(index: ModelIndex, mask: list[bool], w: Workload, num: Numerics, sta
     }
     return MemoryEstimate(
         method=Method.ANALYTIC, peak_bytes=peak.total, breakdown=dict(peak.parts), phase=peak.phase,
-        device_estimate_bytes=device_estimate(peak.total),
+        device_estimate_bytes=peak.total + cache + CUDA_CONTEXT,
         activations_by_component={c: tl.end_of_forward.get(c, 0) for c in ACTIVATION_GROUPS},
         notes=notes_mod.write(facts), details=details, cublas_workspaces=_cublas_workspaces(stages))
 

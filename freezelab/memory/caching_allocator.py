@@ -22,8 +22,6 @@ analytic estimate runs the allocation order of its step timeline through it
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
-
 from freezelab.memory.cuda_facts import (
     BLOCK,
     LARGE_BUFFER,
@@ -34,38 +32,50 @@ from freezelab.memory.cuda_facts import (
 )
 
 
-@dataclass(eq=False)
 class Block:
-    addr: int
-    size: int
-    seg: int
-    small: bool
-    free: bool = True
-    prev: Block | None = None
-    next: Block | None = None
+    """A block of a segment: allocated or free, linked to its neighbours in the segment."""
+
+    __slots__ = ("addr", "size", "seg", "small", "free", "prev", "next")
+
+    def __init__(self, addr: int, size: int, seg: int, small: bool, free: bool = True,
+                 prev: Block | None = None, next: Block | None = None) -> None:
+        self.addr, self.size, self.seg, self.small = addr, size, seg, small
+        self.free, self.prev, self.next = free, prev, next
 
 
 class Pool:
-    """The free blocks of one pool, best fit first: the smallest that fits, then the lowest address."""
+    """The free blocks of one pool, best fit first: the smallest that fits, then the lowest address.
+    Free blocks are kept by size (the sizes sorted, each size's addresses sorted): many free blocks
+    share a few sizes."""
 
     def __init__(self) -> None:
-        self.free: list[tuple[int, int]] = []  # sorted (size, addr)
+        self.sizes: list[int] = []                  # the distinct sizes of free blocks, sorted
+        self.by_size: dict[int, list[int]] = {}     # size -> addresses of free blocks of that size, sorted
         self.blocks: dict[int, Block] = {}
 
     def add(self, b: Block) -> None:
-        bisect.insort(self.free, (b.size, b.addr))
+        addrs = self.by_size.get(b.size)
+        if addrs is None:
+            self.by_size[b.size] = [b.addr]
+            bisect.insort(self.sizes, b.size)
+        else:
+            bisect.insort(addrs, b.addr)
         self.blocks[b.addr] = b
 
     def remove(self, b: Block) -> None:
-        i = bisect.bisect_left(self.free, (b.size, b.addr))
-        del self.free[i]
+        addrs = self.by_size[b.size]
+        if len(addrs) == 1:
+            del self.by_size[b.size]
+            del self.sizes[bisect.bisect_left(self.sizes, b.size)]
+        else:
+            del addrs[bisect.bisect_left(addrs, b.addr)]
         del self.blocks[b.addr]
 
     def best_fit(self, size: int) -> Block | None:
-        i = bisect.bisect_left(self.free, (size, -1))
-        if i == len(self.free):
+        i = bisect.bisect_left(self.sizes, size)
+        if i == len(self.sizes):
             return None
-        return self.blocks[self.free[i][1]]
+        return self.blocks[self.by_size[self.sizes[i]][0]]
 
 
 def segment_size(size: int) -> int:
@@ -86,22 +96,27 @@ class CachingAllocator:
     """The pools, the segments cudaMalloc'd so far and what is allocated now."""
 
     def __init__(self) -> None:
-        self.pools = {True: Pool(), False: Pool()}
+        self.small_pool, self.large_pool = Pool(), Pool()
         self.reserved = 0
         self.allocated = 0
         self.segments = 0
         self._next_addr = 0
 
+    @property
+    def pools(self) -> dict[bool, Pool]:
+        return {True: self.small_pool, False: self.large_pool}
+
     def malloc(self, size: int) -> Block:
         small = size <= SMALL_SIZE
-        pool = self.pools[small]
+        pool = self.small_pool if small else self.large_pool
         b = pool.best_fit(size)
         if b is None:
             b = self._new_segment(size, small)
         else:
             pool.remove(b)
-        if should_split(small, b.size - size):
-            self._split(b, size)
+        rest = b.size - size
+        if rest >= BLOCK if small else rest > SMALL_SIZE:  # should_split
+            self._split(b, size, pool)
         b.free = False
         self.allocated += b.size
         return b
@@ -114,23 +129,28 @@ class CachingAllocator:
         self.reserved += seg
         return b
 
-    def _split(self, b: Block, size: int) -> None:
+    @staticmethod
+    def _split(b: Block, size: int, pool: Pool) -> None:
         rest = Block(b.addr + size, b.size - size, b.seg, b.small, True, b, b.next)
         if b.next is not None:
             b.next.prev = rest
         b.next = rest
         b.size = size
-        self.pools[b.small].add(rest)
+        pool.add(rest)
 
     def release(self, b: Block) -> None:
         """Free `b` and merge it with free neighbours of its segment."""
         self.allocated -= b.size
-        pool = self.pools[b.small]
+        pool = self.small_pool if b.small else self.large_pool
         b.free = True
-        for nb in (b.prev, b.next):
-            if nb is not None and nb.free:
-                pool.remove(nb)
-                _merge(b, nb)
+        nb = b.prev
+        if nb is not None and nb.free:
+            pool.remove(nb)
+            _merge(b, nb)
+        nb = b.next
+        if nb is not None and nb.free:
+            pool.remove(nb)
+            _merge(b, nb)
         pool.add(b)
 
 

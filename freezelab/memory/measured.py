@@ -3,10 +3,16 @@ estimators.
 
 Rows follow the calibration protocol (shared/calibration/README.md): one JSON
 object per line with the plan name, the workload and `peak_allocated_bytes`,
-as written by the calibration's measure.py or benchmarks/measure_gpu.py. Plan
-names map to freezelab alias notation as the calibration README lists. The
-caller names the file: the tests read their copies in tests/data, the
-benchmarks the shared calibration rows.
+as written by the calibration's measure.py, benchmarks/measure_gpu.py or
+benchmarks/measure_validation_gpu.py (whose rows spell some fields their own
+way: `grad_ckpt`, `images`, `autocast`, `torch.bfloat16`). Plan names map to
+freezelab alias notation as the calibration README lists. The caller names the
+file: the tests read their copies in tests/data, the benchmarks the shared
+calibration rows.
+
+Each script ran its cases one after the other in one process, so every row but
+the first of a file ran with both cuBLAS workspaces already allocated by the
+cases before it: `Case.workspaces_ready`.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ PLAN_RULES: dict[str, tuple[str, ...] | None] = {
     "lm_head": ("@lm_head",),
 }
 DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+MODEL_ALIASES = {"llava-1.5-7b-fp32": "llava-1.5-7b"}   # validation rows name the fp32 build apart
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,12 @@ class Case:
     workload: Workload
     input_require_grads: bool | None
     measured: int
+    workspaces_ready: bool = False   # an earlier case of the same process allocated the cuBLAS workspaces
+
+    @property
+    def device_measured(self) -> int | None:
+        """What nvidia-smi showed (total minus free), when the row has it."""
+        return self.row.get("device_used_bytes")
 
     @property
     def label(self) -> str:
@@ -76,18 +89,22 @@ def plan_of(name: str) -> Plan:
     return Plan("frozen", tuple(Rule("train", s) for s in rules))
 
 
-def case_of(row: dict[str, Any]) -> Case:
-    autocast = "bf16" if row.get("autocast_bf16") else "none"
-    workload = Workload(batch=row["batch"], text_tokens=row["text_tokens"], images=row["images_per_sample"],
-                        image_size=row.get("image_size"), dtype=DTYPES[row["param_dtype"]], autocast=autocast,
-                        optimizer=row.get("optimizer_name", "adamw"), grad_ckpt=row["grad_checkpointing"],
-                        attn=row.get("attn", "sdpa"))
+def case_of(row: dict[str, Any], workspaces_ready: bool = False) -> Case:
+    autocast = row.get("autocast") or ("bf16" if row.get("autocast_bf16") else "none")
+    ckpt = bool(row.get("grad_checkpointing", row.get("grad_ckpt", False)))
+    optimizer = row.get("optimizer_name") or row.get("optimizer", "adamw")
+    workload = Workload(batch=row["batch"], text_tokens=row["text_tokens"],
+                        images=row.get("images_per_sample", row.get("images", 1)), image_size=row.get("image_size"),
+                        dtype=DTYPES[row["param_dtype"].removeprefix("torch.")], autocast=autocast,
+                        optimizer=optimizer if not optimizer.startswith("torch.optim.AdamW") else "adamw",
+                        grad_ckpt=ckpt, attn=row.get("attn", "sdpa"))
     hooks = row.get("input_require_grads_hooks")
-    return Case(row, row["model"], plan_of(row["plan"]), workload,
-                None if hooks is None or hooks == row["grad_checkpointing"] else hooks, row["peak_allocated_bytes"])
+    plan = Plan("frozen") if row.get("trainable_params") == 0 else plan_of(row["plan"])  # lm_head of a tied model
+    return Case(row, MODEL_ALIASES.get(row["model"], row["model"]), plan, workload,
+                None if hooks is None or hooks == ckpt else hooks, row["peak_allocated_bytes"], workspaces_ready)
 
 
 def load(path: Path) -> list[Case]:
     """The cases of a JSON-lines file of measured rows (rows marked "ok": false are skipped)."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [case_of(r) for r in rows if r.get("ok", True)]
+    return [case_of(r, workspaces_ready=i > 0) for i, r in enumerate(rows) if r.get("ok", True)]

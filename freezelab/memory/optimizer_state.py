@@ -8,7 +8,8 @@ and bitsandbytes' 8-bit optimizer:
   parameters that got a gradient. Its default foreach implementation groups
   the tensors by device and dtype and allocates `_foreach_sqrt(exp_avg_sq)`
   for the whole group: a temporary as large as the trainable weights. The
-  fused implementation updates in place.
+  fused implementation updates in place and keeps each tensor's `step` on the
+  device (an fp32 scalar: one 512-byte block each).
 * SGD keeps nothing; with momentum one buffer per parameter; both update in
   place (no weight decay by default).
 * bitsandbytes AdamW8bit: one byte per element for each moment plus an fp32
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from freezelab.memory.cuda_facts import rounded
 
 BNB_MIN_8BIT = 4096
+FUSED_STEP_BYTES = 4   # fused (and capturable) AdamW keeps `step` as an fp32 scalar on the device
 BNB_BLOCK = 256
 
 
@@ -38,48 +40,66 @@ class Tensor:
     numel: int
 
 
-def _adamw(t: Tensor, elem: int) -> int:
-    return 2 * rounded(t.numel * elem)
+def _adamw(t: Tensor, elem: int) -> list[int]:
+    return [rounded(t.numel * elem)] * 2   # exp_avg, exp_avg_sq
 
 
-def _adamw_8bit(t: Tensor, elem: int) -> int:
+def _adamw_8bit(t: Tensor, elem: int) -> list[int]:
     if t.numel < BNB_MIN_8BIT:
-        return 2 * rounded(t.numel * 4)
+        return [rounded(t.numel * 4)] * 2
     blocks = math.ceil(t.numel / BNB_BLOCK)
-    return 2 * (rounded(t.numel) + rounded(blocks * 4))
+    return [rounded(t.numel), rounded(t.numel), rounded(blocks * 4), rounded(blocks * 4)]
 
 
-def _adafactor(t: Tensor, elem: int) -> int:
+def _adafactor(t: Tensor, elem: int) -> list[int]:
     if len(t.shape) < 2:
-        return rounded(t.numel * elem)
+        return [rounded(t.numel * elem)]
     rows = t.numel // t.shape[-1]
     cols = t.numel // t.shape[-2]
-    return rounded(rows * elem) + rounded(cols * elem)
+    return [rounded(rows * elem), rounded(cols * elem)]
+
+
+def _adamw_fused(t: Tensor, elem: int) -> list[int]:
+    return [rounded(FUSED_STEP_BYTES), *_adamw(t, elem)]   # its `step` lives on the GPU, made first
+
+
+_STATE = {
+    "adamw": _adamw,
+    "adamw-fused": _adamw_fused,
+    "sgd": lambda t, e: [],
+    "sgd-momentum": lambda t, e: [rounded(t.numel * e)],
+    "adamw-8bit": _adamw_8bit,
+    "adafactor": _adafactor,
+}
+
+
+def state_blocks(optimizer: str, t: Tensor, elem: int) -> list[int]:
+    """The state tensors one trainable tensor gets at the first step(), in the order they are made."""
+    return _STATE[optimizer](t, elem)
 
 
 def state_bytes(optimizer: str, tensors: Iterable[Tensor], elem: int) -> int:
     """Optimizer state (steady state: after the first step) for the tensors that get gradients."""
-    per = {
-        "adamw": _adamw,
-        "adamw-fused": _adamw,
-        "sgd": lambda t, e: 0,
-        "sgd-momentum": lambda t, e: rounded(t.numel * e),
-        "adamw-8bit": _adamw_8bit,
-        "adafactor": _adafactor,
-    }[optimizer]
-    return sum(per(t, elem) for t in tensors)
+    return sum(sum(state_blocks(optimizer, t, elem)) for t in tensors)
+
+
+def step_temp_blocks(optimizer: str, tensors: Iterable[Tensor], elem: int) -> tuple[list[int], bool]:
+    """The temporaries of optimizer.step(), and whether they come one after the other (True) or are
+    all alive at once (False)."""
+    tensors = list(tensors)
+    if optimizer == "adamw":
+        # foreach: exp_avg_sq_sqrt = _foreach_sqrt(exp_avg_sqs) for the whole (device, dtype) group
+        return [rounded(t.numel * elem) for t in tensors], False
+    if optimizer == "adafactor":
+        # single-tensor: one var_estimate (row @ col) or, for a vector, grad*grad plus a clone
+        return [rounded(t.numel * elem) * (1 if len(t.shape) >= 2 else 2) for t in tensors], True
+    return [], False
 
 
 def step_temp_bytes(optimizer: str, tensors: Iterable[Tensor], elem: int) -> int:
     """Peak temporary memory of optimizer.step() on top of weights, gradients and state."""
-    tensors = list(tensors)
-    if optimizer == "adamw":
-        # foreach: exp_avg_sq_sqrt = _foreach_sqrt(exp_avg_sqs) for the whole (device, dtype) group
-        return sum(rounded(t.numel * elem) for t in tensors)
-    if optimizer == "adafactor":
-        # single-tensor: one var_estimate (row @ col) or, for a vector, grad*grad plus a clone
-        return max((rounded(t.numel * elem) * (1 if len(t.shape) >= 2 else 2) for t in tensors), default=0)
-    return 0
+    blocks, serial = step_temp_blocks(optimizer, tensors, elem)
+    return max(blocks, default=0) if serial else sum(blocks)
 
 
 def state_label(optimizer: str, elem: int) -> str:

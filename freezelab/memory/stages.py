@@ -26,6 +26,7 @@ from freezelab.memory.activations import Numerics, Tape
 from freezelab.memory.cuda_facts import rounded
 from freezelab.memory.structure import layer_params as _layer_params
 from freezelab.memory.structure import relative as _relative
+from freezelab.memory.tape_order import OrderedTape, Program
 from freezelab.tokens import ImageLayout
 
 
@@ -57,6 +58,8 @@ class Stage:
     out_grad: bool = False      # does its output require grad
     dead: bool = False          # runs forward, but feeds nothing the loss depends on
     forward_only: int = 0       # alive from its forward until the forward pass ends (autocast weight cache)
+    program: Program | None = None  # its ops in order (freezelab.memory.tape_order), when it has a tape
+    checkpointed: bool = False  # keeps only its input; backward replays its forward
 
     @property
     def keeps(self) -> int:
@@ -97,8 +100,8 @@ class Flow:
     def numel(self, i: int) -> int:
         return self.index.params[i].numel
 
-    def tape(self) -> Tape:
-        return Tape(self.num, self.trainable, self.numel)
+    def tape(self) -> OrderedTape:
+        return OrderedTape(self.num, self.trainable, self.numel)
 
 
 # -- parameter lookup ------------------------------------------------------------------
@@ -178,14 +181,18 @@ def _layer_stage(f: Flow, recipe: Recipe, name: str, component: str, p: dict[str
         t.kv_values_follow_keys = f.cache_values_follow_keys
         x = t.input("x", rows * hidden, f.num.stream, flow_in, hidden)
         out = recipe(t, p, x, hidden, inter, d, batch, seq)
-        stage = Stage(name, component, out_grad=t.grad(out))
+        stage = Stage(name, component, out_grad=t.grad(out), program=t.program(out, cached if t.kv_cache else ()))
+        p = stage.program
         if f.ckpt and stage.out_grad:
+            stage.checkpointed = True
             # non-reentrant checkpoint keeps only the layer's input; backward replays the layer
             stage.kept = t.nbytes(x)
-            stage.bwd_extra = t.kept + t.bwd_extra
+            stage.bwd_extra = p.backward_peak(recompute=True)
         else:
-            stage.kept, stage.bwd_extra = t.kept, t.bwd_extra
-        stage.fwd_extra = t.fwd_extra + t.nbytes(out)
+            # op by op its saved tensors go as the backward passes them: the peak beyond all it kept
+            stage.kept = t.kept
+            stage.bwd_extra = p.backward_peak(recompute=False) - (t.kept - (t.nbytes(x) if x in t.saved else 0))
+        stage.fwd_extra = p.forward_peak(checkpointed=stage.checkpointed)
         stage.forward_only = t.forward_cached if not (f.ckpt and stage.out_grad) else 0
         if t.kv_cache:
             stage.held = sum(t.nbytes(n) for n in cached if n not in t.saved)
@@ -241,7 +248,8 @@ def _vision_stages(f: Flow, stages: list[Stage]) -> tuple[bool, int]:
         y = t.layer_norm(x, "pre", pre, _find(rel, "pre_layrnorm.bias"))
         flow = t.grad(y)
         stages.append(Stage("vision.pre_layrnorm", VISION, t.kept, t.fwd_extra, t.bwd_extra,
-                            [i for i in (pre, _find(rel, "pre_layrnorm.bias")) if i is not None], out_grad=flow))
+                            [i for i in (pre, _find(rel, "pre_layrnorm.bias")) if i is not None], out_grad=flow,
+                            program=t.program(y)))
     layer_params = _layer_params(index, "vision")
     used, n_features = feature_index(config, len(layer_params))
     cache: dict[tuple[Any, ...], Stage] = {}
@@ -296,7 +304,8 @@ def _projector_stages(f: Flow, stages: list[Stage], feature_grad: bool, width: i
         packed = t.new("packed", tokens * text_hidden, f.num.compute, out_grad, text_hidden)
         held = t.nbytes(packed)
     stages.append(Stage("projector", PROJECTOR, t.kept, t.fwd_extra, t.bwd_extra, list(rel.values()),
-                        held=held, out_grad=out_grad, forward_only=t.forward_cached))
+                        held=held, out_grad=out_grad, forward_only=t.forward_cached,
+                        program=t.program(packed if newline is not None else y)))
     return out_grad
 
 
@@ -322,6 +331,7 @@ def _llm_stages(f: Flow, stages: list[Stage], image_grad: bool) -> None:
     stages.append(merge)
     cache: dict[tuple[Any, ...], Stage] = {}
     first_flow: int | None = None
+    mask = rounded(f.batch * f.seq * f.seq * f.num.compute) if f.num.eager else 0
     for i, p in enumerate(layer_params):
         inter = _shape(index, _find(p, "gate_proj.weight", "fc1.weight"), 0, 4 * hidden)
         st = _layer_stage(f, _decoder_layer, f"llm.layers.{i}", LLM, p, flow, n, hidden, inter, d,
@@ -329,19 +339,21 @@ def _llm_stages(f: Flow, stages: list[Stage], image_grad: bool) -> None:
         st.grad_params = list(p.values())
         if st.out_grad and first_flow is None:
             first_flow = len(stages)
-        if f.num.eager:  # the materialised (b, 1, s, s) causal mask lives through the forward
-            st.fwd_extra += rounded(f.batch * f.seq * f.seq * f.num.compute)
+        st.fwd_extra += mask  # eager's materialised (b, 1, s, s) causal mask lives through the forward
         flow = st.out_grad
         stages.append(st)
     if first_flow is not None:
-        stages[first_flow].kept += rope
+        # checkpointing keeps each layer's inputs for its recomputation: the causal mask too
+        stages[first_flow].kept += rope + (mask if f.ckpt else 0)
+    for st in stages[stages.index(merge) + 1:first_flow]:  # not kept yet: alive through the forward
+        st.fwd_extra += rope
     llm_rel = _relative(index, index.roots["llm"][0])
     norm = _find(llm_rel, "norm.weight")
     t = f.tape()
     x = t.input("h", n * hidden, f.num.stream, flow, hidden)
     y = t.rms_norm(x, "final_norm", norm)
     stages.append(Stage("llm.norm", LLM, t.kept, t.fwd_extra, t.bwd_extra, [norm] if norm is not None else [],
-                        out_grad=t.grad(y)))
+                        out_grad=t.grad(y), program=t.program(y)))
     _head_stages(f, stages, t.grad(y), vocab, hidden)
 
 
@@ -367,9 +379,11 @@ def _head_stages(f: Flow, stages: list[Stage], flow: bool, vocab: int, hidden: i
     upcast = fp32 if f.num.compute != 4 else 0  # .float() copies 16-bit logits; a no-op on fp32
     # backward: the fp32 gradient cast back to the logits dtype, then grad_input of the matmul
     back = max(upcast + logits_bytes, logits_bytes + rounded(n * hidden * f.num.compute)) if grad else 0
-    stages.append(Stage("lm_head", HEAD, t.kept, t.fwd_extra, back, [head] if head is not None else [],
-                        held=logits_bytes, out_grad=grad, forward_only=t.forward_cached))
-    loss = Stage("loss", HEAD, fwd_extra=upcast + (0 if grad else fp32), out_grad=grad)
+    # the model's forward holds the last hidden state (outputs.last_hidden_state) until it returns
+    hidden = 0 if x in t.saved else t.nbytes(x)
+    stages.append(Stage("lm_head", HEAD, t.kept, t.fwd_extra + hidden, back, [head] if head is not None else [],
+                        held=logits_bytes, out_grad=grad, forward_only=t.forward_cached, program=t.program(logits)))
+    loss = Stage("loss", HEAD, fwd_extra=upcast + (0 if grad else fp32) + hidden, out_grad=grad)
     if grad:
         loss.kept = fp32                  # log_softmax output
         loss.bwd_extra = 2 * fp32         # nll_loss grad + log_softmax grad, alive together

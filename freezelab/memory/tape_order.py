@@ -1,0 +1,163 @@
+"""The order of a stage's ops as its tape recorded them: what each op read, made and saved.
+
+`OrderedTape` is the activation `Tape` (freezelab.memory.activations) that also
+writes down, op by op, the tensors the op read, the tensors it created, the
+ones it saved for its backward (first saver only: a tensor saved by several
+ops goes with the earliest, whose backward runs last), the parameters it used
+and its transients. `Program` is that record, frozen: what the analytic
+estimate's allocation order (`freezelab.memory.allocations`) replays through
+the caching allocator. Identical layers share one program.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from freezelab.memory.activations import Tape
+
+OPS = ("linear", "rms_norm", "layer_norm", "act", "mul", "add", "rotary", "attention", "cache_copy", "new")
+PASS_THROUGH = frozenset({"add"})   # backward hands the output's gradient to both inputs, allocating nothing
+PARAM_ARGS = ("weight", "bias")
+OUTPUT_ARGS = ("out", "name")
+
+
+@dataclass(frozen=True)
+class OpRecord:
+    kind: str                   # the Tape method that ran
+    reads: tuple[str, ...]      # tensors it read (made before it ran)
+    makes: tuple[str, ...]      # tensors it created, in order
+    saves: tuple[str, ...]      # tensors it was the first to save for its backward
+    params: tuple[int, ...]     # parameter indices it used
+    fwd_temp: int               # forward bytes beyond what it made, freed before it returns
+    bwd_temp: int               # backward bytes beyond the gradients of its tensors, freed before it returns
+    fwd_peak: int = 0           # the tape's transient of its forward (what it makes and its temporaries)
+    bwd_peak: int = 0           # the tape's transient of its backward (gradients and temporaries)
+
+
+@dataclass(frozen=True)
+class Program:
+    """One stage's forward, op by op, with what outlives each op."""
+
+    ops: tuple[OpRecord, ...]
+    sizes: dict[str, int]           # bytes of every tensor (512-byte blocks)
+    grads: frozenset[str]           # tensors that require grad
+    inp: str                        # the stage's input (the previous stage's output)
+    out: str                        # the stage's output
+    saved: frozenset[str]           # kept for backward
+    forward_only: frozenset[str]    # kept until the forward pass ends (autocast's weight cache)
+    held: tuple[str, ...] = ()      # kept until the model output is dropped (the KV cache copies)
+    dies: tuple[tuple[str, ...], ...] = ()        # per op: what nothing needs after it (see dies_after)
+    dies_unsaved: tuple[tuple[str, ...], ...] = ()  # the same when nothing is saved (checkpointing)
+
+    def __post_init__(self) -> None:
+        lasting = self.forward_only | set(self.held) | {self.out}
+        object.__setattr__(self, "dies", self.dies_after(self.saved | lasting))
+        object.__setattr__(self, "dies_unsaved", self.dies_after(frozenset(lasting | {self.inp})))
+
+    def dies_after(self, keep: frozenset[str]) -> tuple[tuple[str, ...], ...]:
+        """Per op, the tensors nothing needs after it in the forward (read last there, or made there
+        and never read), leaving out those in `keep`."""
+        last: dict[str, int] = {}
+        for j, op in enumerate(self.ops):
+            for n in (*op.makes, *op.reads):
+                last[n] = j
+        out: list[list[str]] = [[] for _ in self.ops]
+        for n, j in last.items():
+            if n not in keep:
+                out[j].append(n)
+        return tuple(tuple(names) for names in out)
+
+    def forward_peak(self, checkpointed: bool, with_input: bool = True) -> int:
+        """The most the stage's forward holds at once beyond what was alive before it: its input until
+        its last read (unless `with_input` is False), what each op makes (until its last read, or for
+        good when kept), each op's temporaries. Checkpointed: nothing is kept but the input."""
+        dies = self.dies_unsaved if checkpointed else self.dies
+        inp = self.sizes[self.inp]
+        alive = inp if with_input else 0
+        peak = alive
+        for op, gone in zip(self.ops, dies):
+            made = sum(self.sizes[n] for n in op.makes)
+            peak = max(peak, alive + made + op.fwd_temp)
+            alive += made - sum(self.sizes[n] for n in gone if with_input or n != self.inp)
+        return peak
+
+    def backward_peak(self, recompute: bool) -> int:
+        """The most the stage holds while its backward runs, its saved tensors included and its input
+        left out: with `recompute` (a checkpointed layer) the forward first runs again, saving as it
+        goes; then op by op in reverse, each op's backward transient on top of what is still saved (an
+        op's saved tensors go after its backward)."""
+        saved_of = [sum(self.sizes[n] for n in op.saves if n != self.inp) for op in self.ops]
+        saved = sum(saved_of)
+        peak = self.forward_peak(checkpointed=False, with_input=False) if recompute else 0
+        for op, size in zip(reversed(self.ops), reversed(saved_of)):
+            peak = max(peak, saved + op.bwd_peak)
+            saved -= size
+        return peak
+
+
+class OrderedTape(Tape):
+    """A Tape that records its ops in order (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.records: list[OpRecord] = []
+        self.first_input: str | None = None
+        self._made: list[str] = []
+        self._fwd_n = 0
+        self._bwd_n = 0
+
+    def input(self, name: str, numel: int, elem: int, grad: bool, width: int) -> str:
+        if self.first_input is None:
+            self.first_input = name
+        return super().input(name, numel, elem, grad, width)
+
+    def _new(self, name: str, numel: int, elem: int, grad: bool, width: int = 1) -> str:
+        self._made.append(name)
+        return super()._new(name, numel, elem, grad, width)
+
+    def _fwd(self, nbytes: int) -> None:
+        self._fwd_n = max(self._fwd_n, nbytes)
+        super()._fwd(nbytes)
+
+    def _bwd(self, nbytes: int) -> None:
+        self._bwd_n = max(self._bwd_n, nbytes)
+        super()._bwd(nbytes)
+
+    def program(self, out: str, held: tuple[str, ...] = ()) -> Program:
+        return Program(tuple(self.records), {n: t.nbytes for n, t in self.t.items()},
+                       frozenset(n for n, t in self.t.items() if t.grad), self.first_input or out, out,
+                       frozenset(self.saved), frozenset(self.forward_only - self.saved),
+                       tuple(n for n in held if n in self.t and n not in self.saved))
+
+
+def _recorded(kind: str) -> Callable[..., str]:
+    method = getattr(Tape, kind)
+    sig = inspect.signature(method)
+
+    def op(self: OrderedTape, *args: Any, **kwargs: Any) -> str:
+        bound = sig.bind(self, *args, **kwargs).arguments
+        before = set(self.t)
+        saved_before = set(self.saved)
+        self._made, self._fwd_n, self._bwd_n = [], 0, 0
+        result = method(self, *args, **kwargs)
+        made = tuple(self._made)
+        reads = tuple(dict.fromkeys(v for k, v in bound.items()
+                                    if isinstance(v, str) and k not in OUTPUT_ARGS and v in before))
+        params = tuple(v for k, v in bound.items() if k in PARAM_ARGS and isinstance(v, int))
+        made_bytes = sum(self.t[n].nbytes for n in made)
+        grad_bytes = sum(self.t[n].nbytes for n in (*reads, *made) if self.t[n].grad)
+        saves = tuple(n for n in self.t if n in self.saved and n not in saved_before)
+        self.records.append(OpRecord(kind, reads, made, saves, params, max(0, self._fwd_n - made_bytes),
+                                     max(0, self._bwd_n - grad_bytes), self._fwd_n, self._bwd_n))
+        return result
+
+    op.__name__ = kind
+    op.__doc__ = method.__doc__
+    return op
+
+
+for _kind in OPS:
+    setattr(OrderedTape, _kind, _recorded(_kind))
