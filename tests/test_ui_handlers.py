@@ -337,17 +337,42 @@ def test_workload_change_recomputes_the_estimate(app, start):
     assert units.gib(expected.device_estimate_bytes) in view.memory.verdict
 
 
-def test_verdict_names_exactly_the_cards_that_fit(app, start):
+def test_verdict_names_each_card_with_its_margin(app, start):
+    """Fits only where the device figure plus its measured error fits; tight inside the error band."""
+    from freezelab.memory.verdict import DEVICE_ERROR
+
     big = handlers.load_model(app, start.session, "llava-1.5-7b").session
     big = handlers.set_workload(app, big, batch=4, text_tokens=1024).session
     small = handlers.apply_preset(app, big, "stage1")
-    need = small.memory.estimate.device_estimate_bytes
-    fitting = [name for name, size in common_gpus() if size >= need]
-    assert fitting and f"smallest card: <b>{fitting[0]}</b>" in small.memory.verdict
-    assert f"fits: {', '.join(fitting)}" in small.memory.verdict
+    est = small.memory.estimate
+    need, band = est.device_estimate_bytes, DEVICE_ERROR[est.method]
+    fitting = [name for name, size in common_gpus() if size >= need * (1 + band)]
+    tight = [name for name, size in common_gpus() if need * (1 - band) <= size < need * (1 + band)]
+    verdict = small.memory.verdict
+    assert fitting and f"smallest card: <b>{fitting[0]} (" in verdict and "± 3.6% (measured)" in verdict
+    assert "fits: " + ", ".join(f"{n} (" for n in fitting[:1]) in verdict
+    assert all(n in verdict.split("fits: ")[1].split("<br>")[0] for n in fitting)
+    if tight:
+        assert all(n in verdict.split("tight: ")[1].split("<br>")[0] for n in tight)
     huge = handlers.set_workload(app, handlers.apply_preset(app, big, "full").session, batch=32)
     assert huge.memory.estimate.device_estimate_bytes > max(size for _, size in common_gpus())
     assert "does not fit</span> any common GPU" in huge.memory.verdict
+
+
+def test_a_card_inside_the_error_band_is_tight(app, start):
+    """A workload whose device figure is within its error of an 80 GB card: tight there, with what it
+    is short by."""
+    from freezelab.memory.gpus import fits_table
+
+    s = handlers.load_model(app, start.session, "llava-1.5-7b").session
+    s = handlers.apply_preset(app, s, "full").session
+    view = handlers.set_workload(app, s, batch=4, text_tokens=640)
+    rows = {r["gpu"]: r for r in fits_table(view.memory.estimate)}
+    h100 = rows["H100 80 GB"]
+    assert -h100["margin_bytes"] <= h100["headroom_bytes"] < 0 and h100["verdict"] == "tight"
+    tight = view.memory.verdict.split("tight: ")[1].split("<br>")[0]
+    assert f"H100 80 GB ({units.gib(-h100['headroom_bytes'])} short)" in tight
+    assert '<span class="fl-ok">fits</span> smallest card: <b>H200 141 GB' in view.memory.verdict
 
 
 # -- export / import --------------------------------------------------------------------------

@@ -5,10 +5,14 @@
 peak, what torch.cuda.max_memory_allocated reports), breakdown (bytes per
 category at the peak), phase, activations_by_component, device_estimate_bytes
 (with allocator cache and CUDA context: what nvidia-smi would show), fits (a
-bool for --gpu-memory, else {gpu name: bool} over common GPUs), gpus (each with
-memory and headroom; common GPUs also with their architecture, their own device
-figure and whether they were measured), notes, workload, plan, trainable_params,
-model and details.
+bool for --gpu-memory, else {gpu name: bool} over common GPUs: true only when the
+device figure plus its measured error fits), verdict (the same shape, each
+{verdict: fits | tight | does not fit, headroom_bytes, margin_bytes}),
+device_error (the method's measured error behind the margin), allocator_hint
+(a sentence when the allocator's cache is large, else null), gpus (each with
+memory, verdict, headroom and margin; common GPUs also with their architecture,
+their own device figure and whether they were measured), notes, workload, plan,
+trainable_params, model and details.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from freezelab.cli.common import (
 from freezelab.index import ModelIndex
 from freezelab.memory.result import CATEGORIES, MemoryEstimate
 from freezelab.memory.gpus import fits_custom, fits_table, parse_gib
+from freezelab.memory.verdict import allocator_hint, error_of
 from freezelab.models import index_of
 from freezelab.plans import Resolution, resolve
 from freezelab.sources import Source
@@ -69,17 +74,19 @@ def _simulate(source: Source, index: ModelIndex, res: Resolution, workload: Work
                          progress=None if quiet else _progress)
 
 
-def _fits(est: MemoryEstimate, gpu_bytes: int | None) -> tuple[Any, list[dict[str, Any]]]:
+def _fits(est: MemoryEstimate, gpu_bytes: int | None) -> tuple[Any, Any, list[dict[str, Any]]]:
+    """(fits, verdict, gpu rows): `fits` a bool per card (true only for the FITS verdict), `verdict` per
+    card its verdict, headroom and margin; for --gpu-memory one of each instead of a mapping."""
+    rows = [fits_custom(est, gpu_bytes)] if gpu_bytes is not None else fits_table(est)
+    verdicts = {r["gpu"]: {k: r[k] for k in ("verdict", "headroom_bytes", "margin_bytes")} for r in rows}
     if gpu_bytes is not None:
-        row = fits_custom(est.device_estimate_bytes, gpu_bytes)
-        return row["fits"], [row]
-    rows = fits_table(est)
-    return {r["gpu"]: r["fits"] for r in rows}, rows
+        return rows[0]["fits"], verdicts[rows[0]["gpu"]], rows
+    return {r["gpu"]: r["fits"] for r in rows}, verdicts, rows
 
 
 def report(index: ModelIndex, res: Resolution, workload: Workload, est: MemoryEstimate,
            gpu_bytes: int | None) -> dict[str, Any]:
-    fits, gpus = _fits(est, gpu_bytes)
+    fits, verdict, gpus = _fits(est, gpu_bytes)
     return {
         "model": index.name,
         "method": est.method,
@@ -89,6 +96,9 @@ def report(index: ModelIndex, res: Resolution, workload: Workload, est: MemoryEs
         "activations_by_component": est.activations_by_component,
         "device_estimate_bytes": est.device_estimate_bytes,
         "fits": fits,
+        "verdict": verdict,
+        "device_error": error_of(est.method),
+        "allocator_hint": allocator_hint(est),
         "gpus": gpus,
         "notes": est.notes,
         "workload": workload.to_dict(),
@@ -123,15 +133,25 @@ def _print_human(data: dict[str, Any]) -> None:
     acts = {k: v for k, v in data["activations_by_component"].items() if v}
     if acts:
         console.print("activations kept for backward: " + ", ".join(f"{k} {units.gib(v, 2)}" for k, v in acts.items()))
-    fits = data["fits"]
-    if isinstance(fits, bool):
-        console.print(f"fits in {data['gpus'][0]['gpu']}: " + ("[green]yes[/]" if fits else "[red]no[/]"))
-    else:
-        console.print("fits: " + ", ".join(f"{g} [green]yes[/]" if ok else f"{g} [red]no[/]" for g, ok in fits.items()))
+    console.print(f"per GPU (device figure, ± {100 * data['device_error']:.1f}% as measured): "
+                  + ", ".join(_verdict_text(r) for r in data["gpus"]))
+    assumed = [r["gpu"] for r in data["gpus"] if not r["measured"]]
+    if assumed:
+        console.print("[dim]measured on sm90 cards (H100, H200); the same CUDA context and allocator assumed "
+                      "for: " + ", ".join(assumed) + "[/]")
+    if data["allocator_hint"]:
+        console.print(f"[yellow]hint:[/] {data['allocator_hint']}")
     for note in data["notes"]:
         console.print(f"- {note}")
     for warning in data["warnings"]:
         console.print(f"[yellow]warning:[/] {warning}")
+
+
+def _verdict_text(row: dict[str, Any]) -> str:
+    colour = {"fits": "green", "tight": "yellow"}.get(row["verdict"], "red")
+    spare = row["headroom_bytes"]
+    left = f"{units.gib(spare, 1)} left" if spare >= 0 else f"{units.gib(-spare, 1)} short"
+    return f"{row['gpu']} [{colour}]{row['verdict']}[/] ({left})"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,8 +2,9 @@
 
 Memory is each card's total as nvidia-smi reports it (MiB), the same scale as
 the estimate's `device_estimate_bytes` (tensors + allocator cache + CUDA
-context), so "fits" means the step would run without an out-of-memory error
-if nothing else shares the card.
+context); each card gets a verdict with the estimate's measured error
+(`freezelab.memory.verdict`): "fits" means the step would run without an
+out-of-memory error, error included, if nothing else shares the card.
 
 The estimate is made for sm90, the architecture the calibration measured
 (`cuda_facts`). Each card is compared against its own figure: on another
@@ -21,6 +22,7 @@ from typing import Any
 from freezelab.errors import FreezelabError
 from freezelab.memory.cuda_facts import MEASURED_ARCH, Arch, cublas_workspace
 from freezelab.memory.result import MemoryEstimate
+from freezelab.memory.verdict import judge
 from freezelab.units import GiB, MiB
 
 MAX_GPU_GIB = 4096.0
@@ -73,17 +75,20 @@ def device_bytes_on(est: MemoryEstimate, arch: Arch) -> int:
 
 
 def fits_table(est: MemoryEstimate) -> list[dict[str, Any]]:
-    """Each common GPU with its own device figure, whether it fits and what is left
-    (negative: missing)."""
+    """Each common GPU with its own device figure and its verdict (`freezelab.memory.verdict`): `fits`
+    (true only when the figure plus the method's measured error fits), `verdict` (fits / tight / does
+    not fit), `headroom_bytes` (what is left; negative: missing) and `margin_bytes` (the error band)."""
     rows = []
     for g in GPUS:
         need = device_bytes_on(est, g.arch)
-        rows.append({"gpu": g.name, "memory_bytes": g.total_bytes, "fits": need <= g.total_bytes,
-                     "headroom_bytes": g.total_bytes - need, "architecture": str(g.arch),
+        fit = judge(need, g.total_bytes, est.method, measured=g.measured)
+        rows.append({"gpu": g.name, "memory_bytes": g.total_bytes, **fit.to_dict(), "architecture": str(g.arch),
                      "device_estimate_bytes": need, "measured": g.measured})
     return rows
 
 
-def fits_custom(device_bytes: int, gpu_bytes: int) -> dict[str, Any]:
-    return {"gpu": f"{gpu_bytes / GiB:g} GiB", "memory_bytes": gpu_bytes, "fits": device_bytes <= gpu_bytes,
-            "headroom_bytes": gpu_bytes - device_bytes}
+def fits_custom(est: MemoryEstimate, gpu_bytes: int) -> dict[str, Any]:
+    """The verdict on a card of `gpu_bytes` (its architecture unknown: the sm90 figure, assumed)."""
+    fit = judge(est.device_estimate_bytes, gpu_bytes, est.method, measured=False)
+    return {"gpu": f"{gpu_bytes / GiB:g} GiB", "memory_bytes": gpu_bytes, **fit.to_dict(),
+            "device_estimate_bytes": est.device_estimate_bytes, "measured": False}

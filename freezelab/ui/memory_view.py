@@ -11,12 +11,15 @@ import plotly.graph_objects as go
 from freezelab import charts, units
 from freezelab.index import ModelIndex
 from freezelab.memory.analytic import estimate
+from freezelab.memory.gpus import fits_table
 from freezelab.memory.result import MemoryEstimate
+from freezelab.memory.verdict import Verdict, allocator_hint, error_of
 from freezelab.ui.gpu_lines import chart_lines, common_gpus
 from freezelab.ui.registry import elem_id, shown
 from freezelab.workload import LIMITS, Workload
 
-CURVE_BATCHES = (1, 4, 16, 64)  # plus the current batch; each point costs one analytic estimate (~8 ms on 7B)
+CURVE_BATCHES = (1, 4, 16, 64)  # plus the current batch; each point costs one analytic estimate without
+                                # the allocator replay (a few ms on 7B)
 MEMORY = "memory"  # the memory panel's ids: the workload controls by field name, and what it shows
 FIELDS = ("batch", "text_tokens", "images", "dtype", "autocast", "optimizer", "grad_ckpt", "attn",
           "gpus", "sharding", "offload_optimizer")  # the workload controls, in the order they are sent
@@ -39,25 +42,40 @@ def workload_shown(workload: Workload) -> dict[str, Any]:
     return {control: getattr(workload, name) for control, name in zip(WORKLOAD_IDS, FIELDS)}
 
 
+def _card(row: dict[str, Any]) -> str:
+    spare = row["headroom_bytes"]
+    left = f"{units.gib(spare)} left" if spare >= 0 else f"{units.gib(-spare)} short"
+    return f"{escape(row['gpu'])} ({left}{'' if row['measured'] else ', assumed'})"
+
+
 def verdict_html(est: MemoryEstimate, workload: Workload) -> str:
-    gpus = common_gpus()
-    need = est.device_estimate_bytes
-    fitting = [name for name, size in gpus if est.fits(size)]
-    per = f"{units.gib(need)} per GPU"
+    """The verdict per common card, with the estimate's measured error as the margin: fits (the figure
+    plus its error fits), tight (the card is inside the error band), does not fit."""
+    rows = sorted(fits_table(est), key=lambda r: r["memory_bytes"])
+    by = {v: [r for r in rows if r["verdict"] == v] for v in Verdict}
+    band = f"± {100 * error_of(est.method):.1f}% (measured)"
+    per = f"{units.gib(est.device_estimate_bytes)} per GPU {band}"
     if workload.gpus > 1:
         per += f" × {workload.gpus} GPUs ({workload.sharding})"
-    if fitting:
-        head = f'<span class="fl-ok">fits</span> smallest card: <b>{escape(fitting[0])}</b>'
-        rest = f"fits: {', '.join(map(escape, fitting))}"
-        too_small = [name for name, size in gpus if not est.fits(size)]
-        if too_small:
-            rest += f"; too small: {', '.join(map(escape, too_small))}"
+    if by[Verdict.FITS]:
+        head = f'<span class="fl-ok">fits</span> smallest card: <b>{_card(by[Verdict.FITS][0])}</b>'
+    elif by[Verdict.TIGHT]:
+        head = (f'<span class="fl-tight">tight</span> <b>{_card(by[Verdict.TIGHT][-1])}</b>: inside the '
+                "estimate's error band")
     else:
-        head = f'<span class="fl-bad">does not fit</span> any common GPU (largest: {escape(gpus[-1][0])})'
-        rest = ("to shrink it: train fewer parameters, turn on gradient checkpointing, lower the batch or "
-                "sequence length, or shard across GPUs (ZeRO-3 / FSDP)")
+        head = f'<span class="fl-bad">does not fit</span> any common GPU (largest: {escape(rows[-1]["gpu"])})'
+    rest = [f"{label}: {', '.join(_card(r) for r in by[v])}" for v, label in
+            ((Verdict.FITS, "fits"), (Verdict.TIGHT, "tight"), (Verdict.DOES_NOT_FIT, "too small")) if by[v]]
+    if not by[Verdict.FITS]:
+        rest.append("to shrink it: train fewer parameters, turn on gradient checkpointing, lower the batch or "
+                    "sequence length, or shard across GPUs (ZeRO-3 / FSDP)")
+    hint = allocator_hint(est)
+    if hint:
+        rest.append(escape(hint))
+    rest.append("measured on sm90 (H100, H200); other cards assume the same CUDA context and allocator")
     return (f'<div id="fl-verdict" class="fl-verdict">{head} · {per} '
-            f'(tensor peak {units.gib(est.peak_bytes)}, in {escape(est.phase)})<br><small>{rest}</small></div>')
+            f'(tensor peak {units.gib(est.peak_bytes)}, in {escape(est.phase)})<br><small>'
+            + "<br>".join(rest) + "</small></div>")
 
 
 def notes_md(est: MemoryEstimate) -> str:
@@ -71,8 +89,11 @@ def curve(index: ModelIndex, mask: list[bool], workload: Workload, current: Memo
     largest = max(size for _, size in common_gpus())
     xs: list[int] = []
     points: list[MemoryEstimate] = []
+    share = current.details.get("allocator_cache_bytes", 0) / max(1, current.peak_bytes)
     for b in sorted({b for b in CURVE_BATCHES if b <= LIMITS["batch"]} | {workload.batch}):
-        points.append(current if b == workload.batch else estimate(index, mask, workload.with_(batch=b)))
+        # the other points take the current batch's allocator cache as a share of their peak
+        points.append(current if b == workload.batch else estimate(index, mask, workload.with_(batch=b),
+                                                                   cache_share=share))
         xs.append(b)
         if points[-1].device_estimate_bytes > largest and b >= workload.batch:
             break
@@ -81,5 +102,5 @@ def curve(index: ModelIndex, mask: list[bool], workload: Workload, current: Memo
 
 def memory_view(index: ModelIndex, mask: list[bool], workload: Workload) -> MemoryView:
     est = estimate(index, mask, workload)
-    return MemoryView(estimate=est, figure=charts.memory_breakdown(est, chart_lines()),
+    return MemoryView(estimate=est, figure=charts.memory_breakdown(est, chart_lines(est)),
                       curve=curve(index, mask, workload, est), verdict=verdict_html(est, workload), notes=notes_md(est))

@@ -14,10 +14,11 @@ CSS = TREE_CSS + """
                                  border-bottom: 1px solid var(--border-color-primary); }
 .fl-summary td:nth-child(2), .fl-summary td:nth-child(3) { text-align: right; font-variant-numeric: tabular-nums; }
 .fl-verdict { font-size: 1rem; padding: .4rem .6rem; border-radius: 6px; background: var(--block-background-fill); }
-.fl-verdict .fl-ok, .fl-verdict .fl-bad { color: white; font-weight: 700; border-radius: 4px; padding: 1px 8px;
+.fl-verdict .fl-ok, .fl-verdict .fl-bad, .fl-verdict .fl-tight { color: white; font-weight: 700; border-radius: 4px; padding: 1px 8px;
                                           text-transform: uppercase; font-size: .85rem; letter-spacing: .03em; }
 .fl-verdict .fl-ok { background: #237a46; }
 .fl-verdict .fl-bad { background: #b3261e; }
+.fl-verdict .fl-tight { background: #b26b00; }
 #fl-status { min-height: 1.5rem; }
 .fl-presets button { min-width: 0 !important; }
 footer { display: none !important; }
