@@ -21,13 +21,20 @@ def _siglip() -> dict[str, Any]:
 
 
 def config(kind: str) -> dict[str, Any]:
-    """A tiny config dict of class `kind`: llava, llava-siglip, llava-tied, next, next-video, onevision, vipllava."""
+    """A tiny config dict of class `kind`: llava, llava-siglip, llava-tied, qwen-tied, next, next-video,
+    onevision, vipllava."""
     c = copy.deepcopy(TINY)
     c.pop("architectures")
     if kind == "llava":
         return c
     if kind == "llava-tied":
         c["tie_word_embeddings"] = True
+        return c
+    if kind == "qwen-tied":  # the shipped 0.5B ones in small: SigLIP + Qwen2 (GQA, q/k/v biases), tied
+        c["vision_config"]["image_size"] = TILE
+        c.update(vision_config=_siglip(), vision_feature_select_strategy="full", vision_feature_layer=-1,
+                 tie_word_embeddings=True)
+        c["text_config"].update(model_type="qwen2", tie_word_embeddings=True)
         return c
     c["vision_config"]["image_size"] = TILE
     if kind == "llava-siglip":
