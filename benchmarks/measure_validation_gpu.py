@@ -1,4 +1,4 @@
-"""GPU measurements behind benchmarks/data/validation-h200.jsonl (needs CUDA).
+"""GPU measurements behind tests/data/validation-h200.jsonl (needs CUDA).
 
 shared/calibration/measure.py's protocol (model built on the GPU in the row's
 dtype, `model.config.use_cache = False`, two steps, peak over step 2) with the

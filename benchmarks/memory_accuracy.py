@@ -6,7 +6,7 @@ Runs each method on every calibration row (../shared/calibration/measured-h100.j
 or its copy in tests/data/); with --extra also on the rows measured the same way
 for other models, checkpointing, autocast, eager attention, optimizers and
 text-only batches (tests/data/measured-extra-h100.jsonl); with --all also on the
-H200 validation rows (benchmarks/data/validation-h200.jsonl). Prints each row's
+H200 validation rows (tests/data/validation-h200.jsonl). Prints each row's
 measured and predicted tensor peak (`peak_allocated_bytes`, GiB) and its relative
 error, then the device figure beside it (`device_estimate_bytes` against the
 measured `device_used_bytes`: total minus free, CUDA context and allocator cache
@@ -42,7 +42,7 @@ DEVICE_TARGET = (0.03, 0.06)
 SHARED_ROWS = ROOT.parent / "shared" / "calibration" / "measured-h100.jsonl"
 CALIBRATION_COPY = ROOT / "tests" / "data" / "calibration-h100.jsonl"   # the same rows, kept with the tests
 EXTRA_ROWS = ROOT / "tests" / "data" / "measured-extra-h100.jsonl"
-VALIDATION_ROWS = ROOT / "benchmarks" / "data" / "validation-h200.jsonl"
+VALIDATION_ROWS = ROOT / "tests" / "data" / "validation-h200.jsonl"
 
 
 def calibration_path() -> Path:

@@ -9,7 +9,7 @@ the median and max absolute relative error.
     python benchmarks/simulate_accuracy.py [--calibration DIR] [--rows N] [--repeat K]
                                            [--validation] [--extra FILE] [--json OUT]
 
-`--validation` also runs benchmarks/data/validation-h200.jsonl: rows measured
+`--validation` also runs tests/data/validation-h200.jsonl: rows measured
 the same way (torch 2.11 + CUDA 13, transformers 5.17, on an H200, also sm90)
 with the knobs the calibration file does not vary: gradient checkpointing,
 eager attention, SGD / Adafactor / fused AdamW, text-only and two-image batches,
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from freezelab.units import GiB  # noqa: E402
-VALIDATION = ROOT / "benchmarks" / "data" / "validation-h200.jsonl"
+VALIDATION = ROOT / "tests" / "data" / "validation-h200.jsonl"
 CONFIG_FILES = {  # model name in a row -> config file
     "llava-1.5-7b": None,  # the calibration directory's llava-1.5-7b.config.json
     "llava-1.5-7b-fp32": None,

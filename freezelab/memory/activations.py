@@ -240,26 +240,39 @@ class Tape:
         probs = probs32 if c == 4 else self._new(f"{out}.probs", scores, c, need)
         if need:
             self._save(qi, ki, probs32, probs, vi)
-        score_bytes = rounded(scores * c)
         reps = self.nbytes(ki) + self.nbytes(vi) if rep > 1 and not need else 0  # alive while it runs
-        # the math kernel (aten/src/ATen/native/transformers/attention.cpp) multiplies q and k^T by
-        # sqrt(scale) into new tensors (the ones its matmul saves) while the originals stay alive, and its
-        # _safe_softmax writes softmax, then where(all -inf rows, 0, .), into new tensors beside a
-        # boolean s x s mask
-        safe = 0 if self.num.eager else (rounded(scores * c) + rounded(scores) + self.nbytes(qi)
-                                         + self.nbytes(ki))
-        if need or c == 4:
-            self._fwd(2 * score_bytes + self.nbytes(y) + reps + safe)
-        else:  # nothing saved: softmax(dtype=float32) holds its input, its fp32 copy and its fp32 output
-            self._fwd(score_bytes + 2 * rounded(scores * 4) + self.nbytes(y) + reps + safe)
+        self._fwd(self._scores_transient(scores, need) + reps + self._math_extra(qi, ki, scores, seq, need))
         # backward: probs @ v gives the probabilities' and v's gradients and lets go of the output's
         # gradient and the 16-bit probabilities; softmax's backward then holds two more fp32 s x s
         # tensors beside its saved output (the gradient upcast to fp32 and its own result); q's and
         # k's gradients come after
+        score_bytes = rounded(scores * c)
         probs_grad = 2 * rounded(scores * 4) - (score_bytes if probs is not probs32 else 0)
         v_grad = self.nbytes(vi) if self.grad(v) else 0
         self._bwd(max(probs_grad + v_grad, self.nbytes(y) + self._grad_bytes(q, k, v)))
         return y
+
+    def _scores_transient(self, scores: int, need: bool) -> int:
+        """The s x s tensors alive at once around the softmax (the output comes after them)."""
+        c, fp32 = self.num.compute, rounded(scores * 4)
+        if need or c == 4:
+            return 2 * rounded(scores * c)
+        if self.num.param == 4:  # the fp32 mask made the scores fp32: softmax holds them and its output
+            return 2 * fp32
+        # nothing saved: softmax(dtype=float32) holds its 16-bit input, its fp32 copy and its fp32 output
+        return rounded(scores * c) + 2 * fp32
+
+    def _math_extra(self, qi: str, ki: str, scores: int, seq: int, need: bool) -> int:
+        """The math kernel (aten/src/ATen/native/transformers/attention.cpp): its causal mask (a boolean
+        and an additive s x s), q * sqrt(scale) into a new tensor beside the original (and
+        k^T * sqrt(scale), which its matmul saves when anything needs a gradient), and _safe_softmax:
+        softmax, then where(all -inf rows, 0, .), into new tensors beside a boolean mask of the scores.
+        Eager attention has none of these."""
+        if self.num.eager:
+            return 0
+        c = self.num.compute
+        mask = rounded(seq * seq) + rounded(seq * seq * c)
+        return mask + rounded(scores * c) + rounded(scores) + self.nbytes(qi) + (self.nbytes(ki) if need else 0)
 
     def cache_copy(self, x: str, out: str, elem: int) -> str:
         """DynamicCache.update: torch.cat onto an empty tensor, i.e. a copy the model output keeps."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from freezelab.memory.caching_allocator import Block, CachingAllocator
+from freezelab.memory.cuda_facts import SMALL_BUFFER, SMALL_SIZE
 from freezelab.memory.stages import HEAD, PROJECTOR, VISION, Stage
 from freezelab.memory.tape_order import PASS_THROUGH, Program
 
@@ -67,40 +68,66 @@ class AllocatorFigures:
         return max(0, self.reserved - self.allocated_peak)
 
 
+class _Small:
+    """A request of the small pool (up to 1 MiB): only its size is followed (see `_Run`)."""
+
+    __slots__ = ("size", "shares")
+
+    def __init__(self, size: int) -> None:
+        self.size, self.shares = size, 0
+
+
 class _Run:
-    """The allocator, the peak it reached, and the blocks with more than one owner."""
+    """The allocator and the peak it reached.
+
+    Requests up to 1 MiB come from the small pool, which never shares a segment with the large one:
+    its 2 MiB segments are counted from the most it held at once (within 2 MiB of a full replay of the
+    pool, tens of MiB in all), so only the large pool is replayed block by block."""
 
     def __init__(self, t: StepTensors) -> None:
         self.t = t
         self.alloc = CachingAllocator()
         self.threads: set[str] = set()
         self.peak = 0
-        self.refs: dict[int, int] = {}   # id(block) -> extra owners (a gradient passed to two inputs, ...)
+        self.small = 0        # bytes of the small pool in use
+        self.small_peak = 0
 
-    def new(self, size: int) -> Block | None:
+    def new(self, size: int) -> Block | _Small | None:
         if size <= 0:
             return None
-        b = self.alloc.malloc(size)
-        if self.alloc.allocated > self.peak:
-            self.peak = self.alloc.allocated
+        if size <= SMALL_SIZE:
+            b: Block | _Small = _Small(size)
+            self.small += size
+            if self.small > self.small_peak:
+                self.small_peak = self.small
+        else:
+            b = self.alloc.malloc(size)
+        total = self.alloc.allocated + self.small
+        if total > self.peak:
+            self.peak = total
         return b
 
-    def share(self, b: Block | None) -> Block | None:
+    @property
+    def reserved(self) -> int:
+        return self.alloc.reserved + -(-self.small_peak // SMALL_BUFFER) * SMALL_BUFFER
+
+    @staticmethod
+    def share(b: Block | _Small | None) -> Block | _Small | None:
+        """One more owner of `b` (a gradient passed to two inputs, a hidden state kept twice)."""
         if b is not None:
-            self.refs[id(b)] = self.refs.get(id(b), 0) + 1
+            b.shares += 1
         return b
 
-    def drop(self, b: Block | None) -> None:
+    def drop(self, b: Block | _Small | None) -> None:
         if b is None:
             return
-        extra = self.refs.get(id(b))
-        if extra:
-            if extra == 1:
-                del self.refs[id(b)]
-            else:
-                self.refs[id(b)] = extra - 1
+        if b.shares:
+            b.shares -= 1
             return
-        self.alloc.release(b)
+        if type(b) is _Small:
+            self.small -= b.size
+        else:
+            self.alloc.release(b)
 
     def workspace(self, thread: str, lt: bool = True) -> None:
         """`thread`'s cuBLAS (and cuBLASLt) workspace, at its first matrix multiply; kept for good."""
@@ -152,7 +179,7 @@ def figures(stages: list[Stage], tensors: StepTensors) -> AllocatorFigures:
             compiled[id(s.program)] = _Compiled(s.program, tensors.param_grads)
     for step in (1, 2):
         _step(run, stages, compiled, first=step == 1)
-    return AllocatorFigures(run.alloc.reserved, run.peak)
+    return AllocatorFigures(run.reserved, run.peak)
 
 
 def _step(run: _Run, stages: list[Stage], compiled: dict[int, _Compiled], first: bool) -> None:
@@ -223,7 +250,7 @@ class _Forward:
             for i in makes:
                 loc[i] = run.new(c.sizes[i])
             if t is not None:
-                run.alloc.release(t)
+                run.drop(t)
             for i in dies:
                 if i != c.inp or s.component != HEAD:
                     run.drop(loc[i])
@@ -402,7 +429,7 @@ class _Backward:
             else:
                 grad[i] = g
         if t is not None:
-            run.alloc.release(t)
+            run.drop(t)
         for g in outs:
             run.drop(g)
 
@@ -416,7 +443,7 @@ class _Backward:
             for i in makes:
                 loc[i] = run.new(c.sizes[i])
             if t is not None:
-                run.alloc.release(t)
+                run.drop(t)
             for i in dies:
                 run.drop(loc[i])
                 loc[i] = None

@@ -214,13 +214,16 @@ def estimate(index: ModelIndex, mask: list[bool], workload: Workload, *,
     divisor = w.gpus if w.gpus > 1 and w.sharding in ("zero2", "zero3", "fsdp") else 1
     tl = walk(stages, r, inputs=sum(_input_blocks(index, w, seq, layout, num)), workspace=_workspace(backward, w.grad_ckpt),
               grad_bytes=lambda s: grad_of[s.name], grad_divisor=divisor)
+    replay = None
     if cache_share is None:
         replay = figures(stages, _step_tensors(index, w, num, seq, layout, owner, workspaces_ready))
         cache = allocator_cache(tl.peak.total, replay, w)
     else:
         cache = int(tl.peak.total * cache_share)
     est = _result(index, mask, w, num, stages, owner, r, tl, seq, cache)
-    est.details["allocator_replayed"] = cache_share is None
+    est.details["allocator_replayed"] = replay is not None
+    if replay is not None:  # one GPU holding everything, before any sharding
+        est.details["allocator_reserved_bytes"] = replay.reserved
     return est
 
 

@@ -35,12 +35,13 @@ from freezelab.memory.cuda_facts import (
 class Block:
     """A block of a segment: allocated or free, linked to its neighbours in the segment."""
 
-    __slots__ = ("addr", "size", "seg", "small", "free", "prev", "next")
+    __slots__ = ("addr", "size", "seg", "small", "free", "prev", "next", "shares")
 
     def __init__(self, addr: int, size: int, seg: int, small: bool, free: bool = True,
                  prev: Block | None = None, next: Block | None = None) -> None:
         self.addr, self.size, self.seg, self.small = addr, size, seg, small
         self.free, self.prev, self.next = free, prev, next
+        self.shares = 0   # owners beyond the first, for a replay that hands one block to several tensors
 
 
 class Pool:

@@ -6,7 +6,7 @@ Two kinds of fact live here:
   pool): they hold on every card of the architecture named;
 * measured on the calibration GPU, an H100 80GB (sm90) with CUDA 13 and
   PyTorch 2.11 (shared/calibration/measured-h100.jsonl, 11 rows), and seen
-  again on an H200 (sm90, benchmarks/data/validation-h200.jsonl). On other
+  again on an H200 (sm90, tests/data/validation-h200.jsonl). On other
   cards they are assumptions; `freezelab.memory.gpus` says per card which.
 
 Pure Python: the analytic estimator imports this without torch.

@@ -132,11 +132,13 @@ def _vision_layer(t: Tape, p: dict[str, int], x: str, hidden: int, inter: int, d
     v = t.linear(h, "v", hidden, _find(p, "v_proj.weight"), _find(p, "v_proj.bias"))
     a = t.attention(q, k, v, "attn", batch=batch, heads=d.heads, kv_heads=d.heads, seq=seq, head_dim=d.head_dim)
     o = t.linear(a, "o", hidden, _find(p, "out_proj.weight", "o_proj.weight"), _find(p, "out_proj.bias"))
+    t.hold(h)  # the layer's `hidden_states` until self_attn returns
     r = t.add(x, o, "res1")
     h2 = t.layer_norm(r, "ln2", _find(p, "layer_norm2.weight"), _find(p, "layer_norm2.bias"))
     f = t.linear(h2, "fc1", inter, _find(p, "fc1.weight"), _find(p, "fc1.bias"))
     g = t.act(d.act, f, "gelu")
     m = t.linear(g, "fc2", hidden, _find(p, "fc2.weight"), _find(p, "fc2.bias"))
+    t.hold(h2)  # ... and until the MLP returns
     return t.add(r, m, "out")
 
 
@@ -155,6 +157,7 @@ def _decoder_layer(t: Tape, p: dict[str, int], x: str, hidden: int, inter: int, 
     a = t.attention(q, k, v, "attn", batch=batch, heads=d.heads, kv_heads=d.kv_heads, seq=seq,
                     head_dim=d.head_dim)
     o = t.linear(a, "o", hidden, _find(p, "o_proj.weight"), _find(p, "o_proj.bias"))
+    t.hold(h)  # the layer's `hidden_states` until self_attn returns
     r = t.add(x, o, "res1")
     h2 = t.rms_norm(r, "norm2", _find(p, "post_attention_layernorm.weight"))
     gate = t.linear(h2, "gate", inter, _find(p, "gate_proj.weight"), _find(p, "gate_proj.bias"))
@@ -162,6 +165,7 @@ def _decoder_layer(t: Tape, p: dict[str, int], x: str, hidden: int, inter: int, 
     s = t.act("silu", gate, "silu")
     m = t.mul(s, up, "swiglu")
     down = t.linear(m, "down", hidden, _find(p, "down_proj.weight"), _find(p, "down_proj.bias"))
+    t.hold(h2)  # ... and until the MLP returns
     return t.add(r, down, "out")
 
 
@@ -225,6 +229,14 @@ def feature_index(config: dict[str, Any], num_layers: int) -> tuple[int, int]:
     return max(int(i) % (num_layers + 1) for i in layers), len(layers)
 
 
+def _hooked_leaf(stage: Stage, nbytes: int) -> None:
+    """transformers' input hook (`output.requires_grad_(True)`) makes a frozen embedding's output a leaf
+    that requires grad: its AccumulateGrad node holds it until the backward reaches it, and gives it a
+    .grad there."""
+    stage.kept += nbytes
+    stage.bwd_extra += nbytes
+
+
 def _vision_stages(f: Flow, stages: list[Stage]) -> tuple[bool, int]:
     """Vision tower stages; returns (feature requires grad, feature width)."""
     index, config, layout = f.index, f.index.config, f.layout
@@ -240,6 +252,8 @@ def _vision_stages(f: Flow, stages: list[Stage]) -> tuple[bool, int]:
     flow = f.hooks or any(f.mask[i] for i in emb_params)
     emb = Stage("vision.embeddings", VISION, grad_params=emb_params, out_grad=flow,
                 fwd_extra=3 * rounded(rows * hidden * f.num.stream))
+    if f.hooks and not any(f.mask[i] for i in emb_params):
+        _hooked_leaf(emb, rounded(rows * hidden * f.num.stream))
     stages.append(emb)
     pre = _find(rel, "pre_layrnorm.weight")
     if pre is not None:
@@ -328,10 +342,12 @@ def _llm_stages(f: Flow, stages: list[Stage], image_grad: bool) -> None:
     merge = Stage("llm.embeddings", LLM, fwd_extra=2 * stream, out_grad=flow, grad_params=[embed])
     if index.params[embed].aliases:  # tied: the embedding's gradient is added into lm_head's
         merge.bwd_extra = rounded(vocab * hidden * f.num.param)
+    if f.hooks and not f.mask[embed]:
+        _hooked_leaf(merge, stream)
     stages.append(merge)
     cache: dict[tuple[Any, ...], Stage] = {}
     first_flow: int | None = None
-    mask = rounded(f.batch * f.seq * f.seq * f.num.compute) if f.num.eager else 0
+    mask = rounded(f.batch * f.seq * f.seq * f.num.stream) if f.num.eager else 0  # in the embeddings' dtype
     for i, p in enumerate(layer_params):
         inter = _shape(index, _find(p, "gate_proj.weight", "fc1.weight"), 0, 4 * hidden)
         st = _layer_stage(f, _decoder_layer, f"llm.layers.{i}", LLM, p, flow, n, hidden, inter, d,
@@ -345,8 +361,14 @@ def _llm_stages(f: Flow, stages: list[Stage], image_grad: bool) -> None:
     if first_flow is not None:
         # checkpointing keeps each layer's inputs for its recomputation: the causal mask too
         stages[first_flow].kept += rope + (mask if f.ckpt else 0)
-    for st in stages[stages.index(merge) + 1:first_flow]:  # not kept yet: alive through the forward
-        st.fwd_extra += rope
+    start = stages.index(merge) + 1
+    layers = stages[start:]
+    for st in stages[start:first_flow if first_flow is not None else len(stages)]:
+        st.fwd_extra += rope  # not kept yet: alive through the forward
+    first = layers[0].program if layers else None
+    if first is not None and first.inp not in first.saved and not layers[0].checkpointed:
+        for st in layers[1:]:  # the model's `inputs_embeds`, referenced until the language model returns
+            st.fwd_extra += stream
     llm_rel = _relative(index, index.roots["llm"][0])
     norm = _find(llm_rel, "norm.weight")
     t = f.tape()

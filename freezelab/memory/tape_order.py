@@ -91,7 +91,9 @@ class Program:
         op's saved tensors go after its backward)."""
         saved_of = [sum(self.sizes[n] for n in op.saves if n != self.inp) for op in self.ops]
         saved = sum(saved_of)
-        peak = self.forward_peak(checkpointed=False, with_input=False) if recompute else 0
+        peak = 0
+        if recompute:  # the output's gradient waits while the layer replays
+            peak = self.forward_peak(checkpointed=False, with_input=False) + self.sizes[self.out]
         for op, size in zip(reversed(self.ops), reversed(saved_of)):
             peak = max(peak, saved + op.bwd_peak)
             saved -= size
@@ -125,6 +127,11 @@ class OrderedTape(Tape):
     def _bwd(self, nbytes: int) -> None:
         self._bwd_n = max(self._bwd_n, nbytes)
         super()._bwd(nbytes)
+
+    def hold(self, *names: str) -> None:
+        """The model code keeps `names` referenced until here (a Python variable that the next call
+        replaces): a pseudo-op that reads them, makes nothing and has no backward."""
+        self.records.append(OpRecord("hold", tuple(n for n in names if n in self.t), (), (), (), 0, 0))
 
     def program(self, out: str, held: tuple[str, ...] = ()) -> Program:
         return Program(tuple(self.records), {n: t.nbytes for n, t in self.t.items()},

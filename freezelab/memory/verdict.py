@@ -39,7 +39,7 @@ from freezelab.units import GiB
 
 # The largest |device_estimate_bytes - device_used_bytes| / device_used_bytes over the 60 measured rows
 # (tests/data/calibration-h100.jsonl, tests/data/measured-extra-h100.jsonl,
-# benchmarks/data/validation-h200.jsonl), as benchmarks/memory_accuracy.py --all prints it.
+# tests/data/validation-h200.jsonl), as benchmarks/memory_accuracy.py --all prints it.
 DEVICE_ERROR: dict[Method, float] = {Method.ANALYTIC: 0.036, Method.SIMULATE: 0.036}
 # The allocator cache (reserved beyond the tensor peak) from which expandable segments are worth a try.
 HINT_CACHE_SHARE = 0.10
