@@ -318,36 +318,7 @@ def test_freezing_downstream_cannot_remove_upstream_flow(llava7b) -> None:
     assert 0.5 * kept2 < kept1 < kept2  # frozen layers still keep most of what trainable ones keep
 
 
-# -- agreement with the simulated estimator ------------------------------------------------------------
-
-AGREE = [("stage1", dict(dtype="bf16")), ("full", dict(dtype="bf16")), ("last-2", dict(dtype="bf16")),
-         ("vision-projector", dict(dtype="bf16")), ("stage2", dict(dtype="fp32", autocast="bf16")),
-         ("full", dict(dtype="bf16", grad_ckpt=True)), ("stage1", dict(dtype="bf16", grad_ckpt=True)),
-         ("full", dict(dtype="bf16", optimizer="sgd-momentum")), ("last-2", dict(dtype="bf16", optimizer="adafactor")),
-         ("stage2", dict(dtype="bf16", attn="eager")), ("lm-head", dict(dtype="fp32", autocast="bf16"))]
-
-
-@pytest.mark.parametrize("plan,kw", AGREE)
-def test_agrees_with_simulated_step_on_tiny(tiny_source, plan, kw) -> None:
-    """Both estimators count the same tensors; they differ only in transients shorter than one op
-    (which buffer the autograd engine frees first): at most 10.5 KiB (0.75%, stage 1 with
-    checkpointing) of the non-workspace bytes on the tiny model, 3 KiB or less elsewhere. (fp32 without
-    autocast is left out: on a GQA model a real GPU falls back to the math attention kernel, which the
-    fake-tensor run does not reproduce.)"""
-    from freezelab.memory.simulate import simulate_step
-    from freezelab.models import hf_config
-
-    index = index_of(tiny_source, dtype=kw["dtype"])
-    res = resolve(preset(plan), index)
-    w = Workload(batch=2, text_tokens=32, **kw)
-    sim = simulate_step(hf_config(tiny_source), res.trainable_names(index), w)
-    ana = estimate(index, res.mask, w)
-    body_sim = sim.peak_bytes - sim.breakdown["workspace"]
-    body_ana = ana.peak_bytes - ana.breakdown["workspace"]
-    assert abs(body_ana - body_sim) <= 11 * 1024
-    assert ana.breakdown["workspace"] == sim.breakdown["workspace"]
-    assert ana.cublas_workspaces == sim.cublas_workspaces
-
+# -- agreement with the simulated estimator: tests/test_agreement_grid.py ------------------------------
 
 # -- real measurements ---------------------------------------------------------------------------------
 
