@@ -44,12 +44,13 @@ from freezelab.memory.cuda_facts import (
     rounded,
 )
 from freezelab.memory.result import MemoryEstimate, Method
-from freezelab.memory.sharding import Resident, per_gpu
+from freezelab.memory.fsdp2 import ROOT, Fsdp2, padded_rows, unit_of
+from freezelab.memory.sharding import Resident, per_gpu, runs_fsdp2, sharded_notes
 from freezelab.memory.stages import ACTIVATION_GROUPS, Flow, Stage, build
 from freezelab.memory.structure import sizes
-from freezelab.memory.timeline import Timeline, walk
+from freezelab.memory.timeline import Timeline, walk, walk_fsdp2
 from freezelab.tokens import ImageLayout, image_layout, workload_sequence
-from freezelab.workload import DTYPE_BYTES, Workload
+from freezelab.workload import DTYPE_BYTES, Sharding, Workload
 
 CUBLAS_WORKSPACE = cublas_workspace(MEASURED_ARCH)
 INDEX_ELEM = 8                     # input_ids, attention_mask and labels are int64
@@ -127,6 +128,41 @@ def _resident(index: ModelIndex, w: Workload, owner: dict[int, str], num: Numeri
                    layer_grads=max(trainable_layer, min(layer, grads)), root_weights=root)
 
 
+def _sharded_resident(index: ModelIndex, w: Workload, owner: dict[int, str], num: Numerics, fs: Fsdp2) -> Resident:
+    """One FSDP2 rank's resident memory: its padded shards (every parameter, frozen ones too), the
+    optimizer state of its shards of the trainable ones, its sharded gradients; offload moves them to RAM."""
+    n = w.gpus
+    local = [optimizer_state.Tensor((-(-(index.params[i].shape or (1,))[0] // n), *index.params[i].shape[1:]),
+                                    padded_rows(index.params[i].shape, n)) for i in owner]
+    per_unit: dict[str, int] = {}
+    for i in owner:
+        per_unit[unit_of(index, i)] = per_unit.get(unit_of(index, i), 0) + padded_rows(index.params[i].shape, n)
+    grads = sum(rounded(rows * num.param) for rows in per_unit.values())
+    state = optimizer_state.state_bytes(w.optimizer, local, num.param)
+    temp = optimizer_state.step_temp_bytes(w.optimizer, local, num.param)
+    r = Resident(weights=fs.shards() + _buffer_bytes(index), gradients=grads, state=state, step_temp=temp,
+                 assumptions=sharded_notes(w))
+    if w.offload_optimizer:
+        host = state + temp + (sum(u.shards for u in fs.units.values()) + grads if fs.offload else 0)
+        r = Resident(weights=r.weights, gradients=0 if fs.offload else grads, state=0, step_temp=0, cpu_bytes=host,
+                     assumptions=r.assumptions)
+    return r
+
+
+def _walk_sharded(index: ModelIndex, mask: list[bool], w: Workload, num: Numerics, stages: list[Stage],
+                  owner: dict[int, str], inputs: int, workspace: int) -> tuple[Resident, Timeline]:
+    fs = Fsdp2(index, mask, num.param, w.gpus, reshard_after_forward=w.sharding != Sharding.ZERO2,
+               offload=w.offload_optimizer and w.sharding == Sharding.FSDP)
+    r = _sharded_resident(index, w, owner, num, fs)
+    by_stage: dict[str, list[tuple[str, int]]] = {}
+    for i, name in owner.items():
+        by_stage.setdefault(name, []).append((unit_of(index, i), rounded(index.params[i].numel * num.param)))
+    layers = {u for u in fs.units if u != ROOT}
+    tl = walk_fsdp2(stages, r, fs, lambda s: s.name if s.name in layers else ROOT, inputs=inputs,
+                    workspace=workspace, grads=lambda s: by_stage.get(s.name, []), has_grad=lambda i: i in owner)
+    return r, tl
+
+
 def _cublas_workspaces(stages: list[Stage]) -> int:
     """cuBLAS workspaces held over the step: the forward thread's, and autograd's with a backward."""
     return 2 if any(s.backward for s in stages) else 1
@@ -176,14 +212,20 @@ def estimate(index: ModelIndex, mask: list[bool], workload: Workload, *,
                 _values_follow_keys(index.transformers_version), input_require_grads)
     stages = build(flow)
     owner = _grad_owner(stages, mask)
+    backward = any(s.backward for s in stages)
+    inputs, workspace = _input_bytes(index, w, seq, layout, num), _workspace(backward, w.grad_ckpt)
+    if runs_fsdp2(w):
+        r, tl = _walk_sharded(index, mask, w, num, stages, owner, inputs, workspace)
+        return _result(index, mask, w, num, stages, owner, r, tl, seq)
     r = _resident(index, w, owner, num)
     grad_of = {name: 0 for name in (s.name for s in stages)}
+    first_of = dict(grad_of)
     for i, name in owner.items():
-        grad_of[name] += rounded(index.params[i].numel * num.param)
-    backward = any(s.backward for s in stages)
-    divisor = w.gpus if w.gpus > 1 and w.sharding in ("zero2", "zero3", "fsdp") else 1
-    tl = walk(stages, r, inputs=_input_bytes(index, w, seq, layout, num), workspace=_workspace(backward, w.grad_ckpt),
-              grad_bytes=lambda s: grad_of[s.name], grad_divisor=divisor)
+        size = rounded(index.params[i].numel * num.param)
+        grad_of[name] += size
+        first_of[name] = max(first_of[name], size)
+    tl = walk(stages, r, inputs=inputs, workspace=workspace, grad_bytes=lambda s: grad_of[s.name],
+              first_grad=lambda s: first_of[s.name])
     return _result(index, mask, w, num, stages, owner, r, tl, seq)
 
 

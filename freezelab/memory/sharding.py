@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from freezelab.workload import Sharding, Workload
+
 
 @dataclass(frozen=True)
 class Resident:
@@ -62,3 +64,24 @@ def per_gpu(r: Resident, sharding: str, gpus: int, offload: bool, *, layer_weigh
         out = replace(out, cpu_bytes=out.state + out.step_temp, state=0, step_temp=0)
         notes.append("the optimizer state and its step run on the CPU")
     return replace(out, assumptions=notes)
+
+
+def runs_fsdp2(w: Workload) -> bool:
+    """ZeRO-2, ZeRO-3 and FSDP on more than one GPU are estimated as FSDP2 runs them
+    (freezelab.memory.fsdp2); DDP and ZeRO-1 from the unsharded step."""
+    return w.gpus > 1 and w.sharding in (Sharding.ZERO2, Sharding.ZERO3, Sharding.FSDP)
+
+
+def sharded_notes(w: Workload) -> list[str]:
+    """What an FSDP2-estimated mode assumes, in one sentence each."""
+    how = ("FSDP2 with reshard_after_forward=False: each layer stays gathered from its forward to its backward"
+           if w.sharding == Sharding.ZERO2 else
+           "FSDP2 fully_shard: each layer is gathered for its forward and again for its backward, the next one "
+           "prefetched; the root unit (embeddings, projector, norms, lm_head) stays gathered through the step")
+    notes = [f"{w.sharding.upper()} on {w.gpus} GPUs is estimated as {how}; every parameter, frozen ones included, "
+             f"keeps a 1/{w.gpus} shard per GPU, and gradients are reduce-scattered layer by layer"]
+    if w.offload_optimizer:
+        notes.append("FSDP2's CPUOffloadPolicy: parameter shards, sharded gradients and the optimizer step live in "
+                     "host memory" if w.sharding == Sharding.FSDP else
+                     "the optimizer state and its step run on the CPU; sharded gradients stay on the GPU")
+    return notes

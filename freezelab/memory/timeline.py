@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from freezelab.memory.fsdp2 import ROOT, Fsdp2, Gathered
 from freezelab.memory.result import CATEGORIES, Category, Phase
 from freezelab.memory.sharding import Resident
 from freezelab.memory.stages import ACTIVATION_GROUPS, HEAD, ActivationGroup, Stage
@@ -48,13 +49,20 @@ class _Walker:
         self.moments: list[Moment] = []
 
     def snapshot(self, phase: Phase, stage: str, transient: int = 0, component: ActivationGroup | None = None,
-                 gathered: bool = True, extra_grads: int = 0, temp: int = 0) -> None:
+                 gathered: bool = True, extra_grads: int = 0, temp: int = 0,
+                 sharded: Gathered | None = None) -> None:
+        """One moment. `sharded`: FSDP2's gathered weights and gradient buffers at this moment (they replace
+        the constant working set and the divided gradients)."""
         acts = dict(self.live)
         if component:
             acts[component] += transient
         parts = dict.fromkeys(CATEGORIES, 0)
-        parts[Category.WEIGHTS] = self.r.weights + (self.r.gathered_weights if gathered else 0)
-        parts[Category.GRADIENTS] = -(-self.grads // self.div) + self.r.buckets + extra_grads
+        if sharded is not None:
+            parts[Category.WEIGHTS] = self.r.weights + sharded.weights
+            parts[Category.GRADIENTS] = sharded.grads
+        else:
+            parts[Category.WEIGHTS] = self.r.weights + (self.r.gathered_weights if gathered else 0)
+            parts[Category.GRADIENTS] = -(-self.grads // self.div) + self.r.buckets + extra_grads
         parts[Category.OPTIMIZER_STATE] = self.r.state
         parts[Category.OPTIMIZER_TEMP] = temp
         parts[Category.ACTIVATIONS] = self.inputs + sum(v for c, v in acts.items() if c != HEAD)
@@ -64,7 +72,8 @@ class _Walker:
 
 
 def walk(stages: list[Stage], r: Resident, *, inputs: int, workspace: int,
-         grad_bytes: Callable[[Stage], int], grad_divisor: int = 1) -> Timeline:
+         grad_bytes: Callable[[Stage], int], grad_divisor: int = 1,
+         first_grad: Callable[[Stage], int] | None = None) -> Timeline:
     w = _Walker(r, inputs, workspace, grad_bytes, grad_divisor)
     for s in stages:
         w.snapshot(Phase.FORWARD, s.name, s.fwd_extra, s.component)
@@ -74,12 +83,74 @@ def walk(stages: list[Stage], r: Resident, *, inputs: int, workspace: int,
     end_of_forward = dict(w.live)
     backward = [s for s in stages if s.backward]
     for s in reversed(backward):
-        w.grads += grad_bytes(s)
+        total = grad_bytes(s)
+        first = total if first_grad is None else first_grad(s)
+        w.grads += first
         w.snapshot(Phase.BACKWARD, s.name, s.bwd_extra, s.component, extra_grads=r.gathered_grads)
+        if total > first:
+            w.grads += total - first
+            w.snapshot(Phase.BACKWARD, s.name, 0, s.component, extra_grads=r.gathered_grads)
         w.live[s.component] -= s.kept
     for s in stages:  # the model output (logits, vision states) goes; what only it referenced with it
         w.live[s.component] -= s.held + (s.kept if not s.backward else 0)
     if backward:
         w.snapshot(Phase.OPTIMIZER, "optimizer.step", gathered=False, temp=r.step_temp)
+    peak = max(w.moments, key=lambda m: m.total)
+    return Timeline(peak, end_of_forward, w.moments)
+
+
+def walk_fsdp2(stages: list[Stage], r: Resident, fs: Fsdp2, unit: Callable[[Stage], str], *, inputs: int,
+               workspace: int, grads: Callable[[Stage], list[tuple[str, int]]],
+               has_grad: Callable[[int], bool]) -> Timeline:
+    """The walk of one rank of an FSDP2 step: the same activations, with FSDP2's buffers at each moment
+    (freezelab.memory.fsdp2): copy-out moments at each unit's pre-forward, the prefetches of backward, the
+    reduce-scatters at each post-backward, the root's at the end. A stage's backward is two moments: its
+    transient peak with the first (largest) of its weight gradients, then all of them once the transient
+    is gone (`grads(s)`: (unit, bytes) per gradient the stage produces)."""
+    w = _Walker(r, inputs, workspace, lambda s: 0, 1)
+    for g in fs.forward_start():
+        w.snapshot(Phase.FORWARD, "root.all_gather", sharded=g)
+    prev = ROOT
+    for s in stages:
+        u = unit(s)
+        if u != prev:
+            fs.leave(prev)
+            for g in fs.enter(u):
+                w.snapshot(Phase.FORWARD, f"{s.name}.all_gather", sharded=g)
+        w.snapshot(Phase.FORWARD, s.name, s.fwd_extra, s.component, sharded=fs.now())
+        w.live[s.component] += s.keeps + s.forward_only
+        prev = u
+    fs.leave(prev)
+    fs.forward_end()
+    for s in stages:
+        w.live[s.component] -= s.forward_only
+    end_of_forward = dict(w.live)
+    backward = [s for s in stages if s.backward]
+    if backward:
+        fs.backward_start()
+    prev = ROOT
+    for s in reversed(backward):
+        u = unit(s)
+        if u != prev and prev != ROOT:
+            fs.backward_leave(prev, has_grad)
+        fs.backward_enter(u)
+        made = sorted(grads(s), key=lambda g: -g[1])
+        for owner, nbytes in made[:1]:
+            fs.produced(owner, nbytes)
+        w.snapshot(Phase.BACKWARD, s.name, s.bwd_extra, s.component, sharded=fs.now())
+        for owner, nbytes in made[1:]:
+            fs.produced(owner, nbytes)
+        if len(made) > 1:
+            w.snapshot(Phase.BACKWARD, s.name, sharded=fs.now())
+        w.live[s.component] -= s.kept
+        prev = u
+    if prev != ROOT:
+        fs.backward_leave(prev, has_grad)
+    for g in fs.backward_end(has_grad):
+        w.snapshot(Phase.BACKWARD, "root.reduce_scatter", sharded=g)
+    for s in stages:
+        w.live[s.component] -= s.held + (s.kept if not s.backward else 0)
+    if backward:
+        w.snapshot(Phase.OPTIMIZER, "optimizer.step", temp=r.step_temp, sharded=fs.now())
     peak = max(w.moments, key=lambda m: m.total)
     return Timeline(peak, end_of_forward, w.moments)

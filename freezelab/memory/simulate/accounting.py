@@ -45,7 +45,7 @@ def estimate(run: Run, marks: StepMarks, params: list[torch.nn.Parameter],
     led = run.ledger
     since = marks.start_t[2]
     replay = replay_caching_allocator(led.entries, since)
-    shard = sharding.plan(run.model, run.w)
+    shard = sharding.plan(run.model, run.w, run.sharded)
     peak = _peak(run, replay, shard, since)
     device = peak.total + peak.cache + CUDA_CONTEXT
     run.details.update(_details(run, marks, replay, peak, params, labels))

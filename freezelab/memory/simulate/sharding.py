@@ -37,13 +37,16 @@ def _nbytes(p: torch.Tensor) -> int:
     return rounded(p.numel() * p.element_size())
 
 
-def plan(model: torch.nn.Module, w: Workload) -> ShardingPlan:
-    """What `w`'s sharding and offload change on one rank of `model`'s step."""
+def plan(model: torch.nn.Module, w: Workload, ran_sharded: bool = False) -> ShardingPlan:
+    """What `w`'s sharding and offload change on one rank of `model`'s step (`ran_sharded`: the step ran
+    through FSDP2 already, so only offload is left to apply)."""
     out = ShardingPlan()
     if w.offload_optimizer:
         out.scale[Category.OPTIMIZER_STATE] = 0.0
         out.scale[Category.OPTIMIZER_TEMP] = 0.0
         out.notes.append("Optimizer offload: optimizer state and the step's temporaries are on the CPU.")
+    if ran_sharded:
+        return out
     if w.gpus > 1 and w.sharding == "ddp":
         _ddp(model, w, out)
     elif w.gpus > 1:
