@@ -10,12 +10,12 @@ ZeRO-1) and the analytic estimate, and prints both peaks, the relative differenc
 seconds; then the median and largest absolute difference, per model and overall.
 
 The grid: modes {ddp, zero1, zero2, zero3, fsdp} x plans {stage1, stage2, last-4, full} x checkpointing
-{off, on} x GPUs {1, 2, 8, 64} (1 GPU: no sharding, once per plan and checkpointing setting). On
-llava-1.5-7b the whole grid is run with `--full-grid` (136 simulations, about 25 s each on two cores);
-by default, and always on the 34B and 72B models (a simulation takes minutes there), it is sampled:
-every mode at every GPU count, with the plan and checkpointing setting rotating through the cases
-(a Latin-square walk, so each plan and each setting meets each mode and each GPU count), plus the
-1-GPU run of each plan without checkpointing: 24 cases per model.
+{off, on} x GPUs {1, 2, 8, 64} x optimizer offload {no, yes} (1 GPU: no sharding, once per plan and
+checkpointing setting). On llava-1.5-7b the whole grid runs with `--full-grid` (248 simulations, 10 to
+40 s each on two cores). By default, and always on the 34B and 72B models, it is sampled: every mode at
+every GPU count, with the plan and checkpointing setting rotating through the cases (so that every plan
+and both settings meet every mode and every GPU count), each mode once more with optimizer offload on
+8 GPUs, and the 1-GPU run of each plan: 24 cases per model.
 """
 
 from __future__ import annotations
@@ -46,32 +46,36 @@ GPUS = (2, 8, 64)
 WORKLOAD = dict(batch=4, text_tokens=448)   # the done-when workload of the 7B case
 
 
-def full_grid() -> list[tuple[str, bool, str, int]]:
-    one = [(p, c, "ddp", 1) for p in PLANS for c in (False, True)]
-    return one + [(p, c, m, g) for p, c, m, g in itertools.product(PLANS, (False, True), MODES, GPUS)]
+def full_grid() -> list[tuple[str, bool, str, int, bool]]:
+    one = [(p, c, "ddp", 1, False) for p in PLANS for c in (False, True)]
+    return one + [(p, c, m, g, o) for p, c, m, g, o in itertools.product(PLANS, (False, True), MODES, GPUS,
+                                                                        (False, True))]
 
 
-def sampled_grid() -> list[tuple[str, bool, str, int]]:
+def sampled_grid() -> list[tuple[str, bool, str, int, bool]]:
     """Each mode at each GPU count once; plan and checkpointing rotate so that every plan and both
-    settings meet every mode and every GPU count."""
-    cases = [(p, False, "ddp", 1) for p in PLANS]
+    settings meet every mode and every GPU count; then each mode once more with optimizer offload."""
+    cases = [(p, False, "ddp", 1, False) for p in PLANS]
     settings = list(itertools.product(PLANS, (False, True)))
     for k, (m, g) in enumerate(itertools.product(MODES, GPUS)):
         plan, ckpt = settings[(k * 3) % len(settings)]
-        cases.append((plan, ckpt, m, g))
+        cases.append((plan, ckpt, m, g, False))
+    for k, m in enumerate(MODES):
+        plan, ckpt = settings[(k * 5 + 1) % len(settings)]
+        cases.append((plan, ckpt, m, 8, True))
     return cases
 
 
-def run_case(model: str, plan: str, ckpt: bool, mode: str, gpus: int) -> dict:
+def run_case(model: str, plan: str, ckpt: bool, mode: str, gpus: int, offload: bool) -> dict:
     source = resolve_source(model)
     index = index_of(source)
     res = resolve(preset(plan), index)
-    w = Workload(grad_ckpt=ckpt, gpus=gpus, sharding=mode, **WORKLOAD)
+    w = Workload(grad_ckpt=ckpt, gpus=gpus, sharding=mode, offload_optimizer=offload, **WORKLOAD)
     analytic = estimate(index, res.mask, w).peak_bytes
     t0 = time.perf_counter()
     simulated = simulate_step(hf_config(source), res.trainable_names(index), w).peak_bytes
     seconds = time.perf_counter() - t0
-    return dict(model=model, plan=plan, ckpt=ckpt, mode=mode, gpus=gpus, analytic_bytes=analytic,
+    return dict(model=model, plan=plan, ckpt=ckpt, mode=mode, gpus=gpus, offload=offload, analytic_bytes=analytic,
                 simulated_bytes=simulated, error=(analytic - simulated) / simulated, seconds=seconds)
 
 
@@ -87,14 +91,14 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args()
     rows = []
-    print(f"{'model':28} {'plan':7} {'ckpt':4} {'mode':5} {'GPUs':>4} {'analytic':>9} {'simulated':>9} "
-          f"{'diff':>7} {'sim s':>6}", flush=True)
+    print(f"{'model':28} {'plan':7} {'ckpt':4} {'mode':5} {'GPUs':>4} {'offload':7} {'analytic':>9} "
+          f"{'simulated':>9} {'diff':>7} {'sim s':>6}", flush=True)
     for model in args.models:
         grid = full_grid() if args.full_grid and model == MODELS[0] else sampled_grid()
-        for plan, ckpt, mode, gpus in grid:
-            r = run_case(model, plan, ckpt, mode, gpus)
+        for plan, ckpt, mode, gpus, offload in grid:
+            r = run_case(model, plan, ckpt, mode, gpus, offload)
             rows.append(r)
-            print(f"{model:28} {plan:7} {'on' if ckpt else 'off':4} {mode:5} {gpus:>4} "
+            print(f"{model:28} {plan:7} {'on' if ckpt else 'off':4} {mode:5} {gpus:>4} {'yes' if offload else 'no':7} "
                   f"{r['analytic_bytes'] / GiB:9.2f} {r['simulated_bytes'] / GiB:9.2f} {r['error']:+7.2%} "
                   f"{r['seconds']:6.1f}", flush=True)
         print(f"{model}: {summary([r for r in rows if r['model'] == model])}", flush=True)

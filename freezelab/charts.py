@@ -199,6 +199,25 @@ def memory_curve(xs: Sequence[int], estimates: Sequence[MemoryEstimate], gpus: S
     return go.Figure({"data": data, "layout": layout})
 
 
+def gpu_count_chart(counts: Sequence[int], per_gpu: dict[str, Sequence[int]], gpus: Sequence[Gpu], *,
+                    current: int | None = None) -> go.Figure:
+    """Device memory per GPU against the number of GPUs, one line per sharding mode, with the card sizes."""
+    data = [{"type": "scatter", "mode": "lines+markers", "x": list(counts), "y": [b / GiB for b in values],
+             "name": mode, "hovertemplate": mode + ", %{x} GPUs: %{y:.1f} GiB per GPU<extra></extra>"}
+            for mode, values in per_gpu.items()]
+    top = max((max(v) for v in per_gpu.values() if v), default=GiB)
+    limit = max(_axis_max(top, gpus), top * 1.06)
+    shapes, notes = _gpu_lines(gpus, limit, "y")
+    if current is not None:
+        shapes.append({"type": "line", "x0": current, "x1": current, "y0": 0, "y1": 1, "yref": "paper",
+                       "line": {"color": "#2e9e5b", "width": 2}})
+    layout = _layout("Memory per GPU vs number of GPUs", 300,
+                     xaxis={"title": {"text": "GPUs"}, "type": "log", "dtick": 0.30103},
+                     yaxis={"title": {"text": "GiB per GPU"}, "range": [0, limit / GiB]}, shapes=shapes,
+                     annotations=notes)
+    return go.Figure({"data": data, "layout": layout})
+
+
 def estimate_comparison(estimates: Sequence[MemoryEstimate]) -> go.Figure:
     """Side-by-side bars per category for several estimates (e.g. analytic vs simulated)."""
     data = []

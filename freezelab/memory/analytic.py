@@ -29,6 +29,8 @@ Assumptions, each a fact of the software stack the calibration used
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from freezelab.components import Component
 from freezelab.errors import FreezelabError
 from freezelab.index import ModelIndex
@@ -44,12 +46,13 @@ from freezelab.memory.cuda_facts import (
     rounded,
 )
 from freezelab.memory.result import MemoryEstimate, Method
-from freezelab.memory.fsdp2 import ROOT, Fsdp2, padded_rows, unit_of
-from freezelab.memory.sharding import Resident, per_gpu, runs_fsdp2, sharded_notes
+from freezelab.memory.fsdp2 import ROOT, Fsdp2
+from freezelab.memory.sharding import ENGINE, Resident, deepspeed_extra, per_gpu, runs_fsdp2, sharded_notes
 from freezelab.memory.stages import ACTIVATION_GROUPS, Flow, Stage, build
 from freezelab.memory.structure import sizes
 from freezelab.memory.timeline import Timeline, walk, walk_fsdp2
 from freezelab.tokens import ImageLayout, image_layout, workload_sequence
+from freezelab.units import GiB
 from freezelab.workload import DTYPE_BYTES, Sharding, Workload
 
 CUBLAS_WORKSPACE = cublas_workspace(MEASURED_ARCH)
@@ -116,27 +119,25 @@ def _grad_owner(stages: list[Stage], mask: list[bool]) -> dict[int, str]:
 
 
 def _resident(index: ModelIndex, w: Workload, owner: dict[int, str], num: Numerics) -> Resident:
-    all_weights, layer, root = sizes(index, num.param)
+    all_weights = sizes(index, num.param)[0]
     weights = all_weights + _buffer_bytes(index)
     live = [optimizer_state.Tensor(index.params[i].shape, index.params[i].numel) for i in owner]
     grads = sum(rounded(t.numel * num.param) for t in live)
     r = Resident(weights=weights, gradients=grads,
                  state=optimizer_state.state_bytes(w.optimizer, live, num.param),
                  step_temp=optimizer_state.step_temp_bytes(w.optimizer, live, num.param))
-    trainable_layer = max((rounded(index.params[i].numel * num.param) for i in owner), default=0)
-    return per_gpu(r, w.sharding, w.gpus, w.offload_optimizer, layer_weights=layer,
-                   layer_grads=max(trainable_layer, min(layer, grads)), root_weights=root)
+    return per_gpu(r, w)
 
 
 def _sharded_resident(index: ModelIndex, w: Workload, owner: dict[int, str], num: Numerics, fs: Fsdp2) -> Resident:
     """One FSDP2 rank's resident memory: its padded shards (every parameter, frozen ones too), the
     optimizer state of its shards of the trainable ones, its sharded gradients; offload moves them to RAM."""
-    n = w.gpus
+    n, rows, unit = w.gpus, fs.layout.rows, fs.layout.unit
     local = [optimizer_state.Tensor((-(-(index.params[i].shape or (1,))[0] // n), *index.params[i].shape[1:]),
-                                    padded_rows(index.params[i].shape, n)) for i in owner]
+                                    rows[i]) for i in owner]
     per_unit: dict[str, int] = {}
     for i in owner:
-        per_unit[unit_of(index, i)] = per_unit.get(unit_of(index, i), 0) + padded_rows(index.params[i].shape, n)
+        per_unit[unit[i]] = per_unit.get(unit[i], 0) + rows[i]
     grads = sum(rounded(rows * num.param) for rows in per_unit.values())
     state = optimizer_state.state_bytes(w.optimizer, local, num.param)
     temp = optimizer_state.step_temp_bytes(w.optimizer, local, num.param)
@@ -156,11 +157,24 @@ def _walk_sharded(index: ModelIndex, mask: list[bool], w: Workload, num: Numeric
     r = _sharded_resident(index, w, owner, num, fs)
     by_stage: dict[str, list[tuple[str, int]]] = {}
     for i, name in owner.items():
-        by_stage.setdefault(name, []).append((unit_of(index, i), rounded(index.params[i].numel * num.param)))
+        by_stage.setdefault(name, []).append((fs.layout.unit[i], rounded(index.params[i].numel * num.param)))
     layers = {u for u in fs.units if u != ROOT}
     tl = walk_fsdp2(stages, r, fs, lambda s: s.name if s.name in layers else ROOT, inputs=inputs,
                     workspace=workspace, grads=lambda s: by_stage.get(s.name, []), has_grad=lambda i: i in owner)
     return r, tl
+
+
+def _engine_notes(index: ModelIndex, w: Workload, owner: dict[int, str], num: Numerics, r: Resident) -> None:
+    """What a DeepSpeed ZeRO run would need on top of figures that follow PyTorch's engines."""
+    if w.gpus == 1:
+        return
+    extra = deepspeed_extra(w, sum(index.params[i].numel for i in owner), num.param, r.state)
+    if extra:
+        what = ("its reduce bucket (reduce_bucket_size, 5e8 elements; its fp32 master weights and moments are "
+                "offloaded with the optimizer)" if w.offload_optimizer or num.param == 4 else
+                "fp32 master weights and fp32 moments of the trainable shard, and its reduce bucket "
+                "(reduce_bucket_size, 5e8 elements)")
+        r.assumptions.append(f"DeepSpeed ZeRO-{w.sharding[-1]} needs about {extra / GiB:.1f} GiB more per GPU: {what}")
 
 
 def _cublas_workspaces(stages: list[Stage]) -> int:
@@ -196,6 +210,47 @@ def _trainable_by_component(index: ModelIndex, mask: list[bool]) -> dict[Compone
     return out
 
 
+@dataclass
+class _Step:
+    """What does not depend on how the step is spread over GPUs: the stages and who makes each gradient."""
+
+    num: Numerics
+    seq: int
+    stages: list[Stage]
+    owner: dict[int, str]
+    inputs: int
+    workspace: int
+
+
+def _step(index: ModelIndex, mask: list[bool], w: Workload, input_require_grads: bool | None) -> _Step:
+    num = numerics(w)
+    layout = _layout(index, w)
+    seq = workload_sequence(index.config, w)
+    use_cache = bool((index.config.get("text_config") or {}).get("use_cache", True))
+    flow = Flow(index, mask, num, w.batch, seq, w.images, layout, w.grad_ckpt, use_cache,
+                _values_follow_keys(index.transformers_version), input_require_grads)
+    stages = build(flow)
+    backward = any(s.backward for s in stages)
+    return _Step(num, seq, stages, _grad_owner(stages, mask), _input_bytes(index, w, seq, layout, num),
+                 _workspace(backward, w.grad_ckpt))
+
+
+def _walk(index: ModelIndex, mask: list[bool], w: Workload, st: _Step) -> tuple[Resident, Timeline]:
+    """Resident memory and the walk of the step as `w` spreads it over its GPUs."""
+    if runs_fsdp2(w):
+        return _walk_sharded(index, mask, w, st.num, st.stages, st.owner, st.inputs, st.workspace)
+    r = _resident(index, w, st.owner, st.num)
+    grad_of = {name: 0 for name in (s.name for s in st.stages)}
+    first_of = dict(grad_of)
+    for i, name in st.owner.items():
+        size = rounded(index.params[i].numel * st.num.param)
+        grad_of[name] += size
+        first_of[name] = max(first_of[name], size)
+    tl = walk(st.stages, r, inputs=st.inputs, workspace=st.workspace, grad_bytes=lambda s: grad_of[s.name],
+              first_grad=lambda s: first_of[s.name])
+    return r, tl
+
+
 def estimate(index: ModelIndex, mask: list[bool], workload: Workload, *,
              input_require_grads: bool | None = None) -> MemoryEstimate:
     """Peak GPU memory of one steady-state training step of `index` with trainable `mask`.
@@ -204,29 +259,19 @@ def estimate(index: ModelIndex, mask: list[bool], workload: Workload, *,
     towers build a graph even when frozen). None: exactly when gradient checkpointing is on, which
     installs them; True models hooks left behind after checkpointing was turned off."""
     _check(index, mask)
-    w, num = workload, numerics(workload)
-    layout = _layout(index, w)
-    seq = workload_sequence(index.config, w)
-    use_cache = bool((index.config.get("text_config") or {}).get("use_cache", True))
-    flow = Flow(index, mask, num, w.batch, seq, w.images, layout, w.grad_ckpt, use_cache,
-                _values_follow_keys(index.transformers_version), input_require_grads)
-    stages = build(flow)
-    owner = _grad_owner(stages, mask)
-    backward = any(s.backward for s in stages)
-    inputs, workspace = _input_bytes(index, w, seq, layout, num), _workspace(backward, w.grad_ckpt)
-    if runs_fsdp2(w):
-        r, tl = _walk_sharded(index, mask, w, num, stages, owner, inputs, workspace)
-        return _result(index, mask, w, num, stages, owner, r, tl, seq)
-    r = _resident(index, w, owner, num)
-    grad_of = {name: 0 for name in (s.name for s in stages)}
-    first_of = dict(grad_of)
-    for i, name in owner.items():
-        size = rounded(index.params[i].numel * num.param)
-        grad_of[name] += size
-        first_of[name] = max(first_of[name], size)
-    tl = walk(stages, r, inputs=inputs, workspace=workspace, grad_bytes=lambda s: grad_of[s.name],
-              first_grad=lambda s: first_of[s.name])
-    return _result(index, mask, w, num, stages, owner, r, tl, seq)
+    st = _step(index, mask, workload, input_require_grads)
+    r, tl = _walk(index, mask, workload, st)
+    _engine_notes(index, workload, st.owner, st.num, r)
+    return _result(index, mask, workload, st.num, st.stages, st.owner, r, tl, st.seq)
+
+
+def spread_peaks(index: ModelIndex, mask: list[bool], workload: Workload, spreads: list[Workload], *,
+                 input_require_grads: bool | None = None) -> list[int]:
+    """The tensor peak of the same step under each of `spreads` (the workload with other gpus, sharding or
+    offload), building its stages once: what `estimate(...).peak_bytes` gives for each, much faster."""
+    _check(index, mask)
+    st = _step(index, mask, workload, input_require_grads)
+    return [_walk(index, mask, w, st)[1].peak.total for w in spreads]
 
 
 def _result(index: ModelIndex, mask: list[bool], w: Workload, num: Numerics, stages: list[Stage],
@@ -258,6 +303,7 @@ def _result(index: ModelIndex, mask: list[bool], w: Workload, num: Numerics, sta
                     "backward": s.backward} for s in stages],
         "phases": _phase_peaks(tl),
         "assumptions": r.assumptions,
+        "engine": ENGINE[w.sharding] if w.gpus > 1 else "one GPU",
     }
     return MemoryEstimate(
         method=Method.ANALYTIC, peak_bytes=peak.total, breakdown=dict(peak.parts), phase=peak.phase,

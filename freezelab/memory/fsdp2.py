@@ -27,6 +27,7 @@ group (freezelab.memory.simulate.fsdp):
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -62,18 +63,50 @@ class Unit:
     shards: int = 0         # this rank's padded shards, one buffer each
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How FSDP2 splits one index over N ranks: its units, and per parameter its unit and padded shard."""
+
+    units: dict[str, Unit]
+    unit: list[str]          # per parameter
+    rows: list[int]          # per parameter: elements of one rank's padded shard
+
+
+_LAYOUTS: dict[tuple[int, int, int], tuple[weakref.ReferenceType[ModelIndex], Layout]] = {}
+
+
+def layout(index: ModelIndex, elem: int, n: int) -> Layout:
+    """The layout of `index` over `n` ranks in `elem`-byte elements (memoised per index, dropped with it)."""
+    key = (id(index), elem, n)
+    hit = _LAYOUTS.get(key)
+    if hit is not None and hit[0]() is index:
+        return hit[1]
+    out = _layout(index, elem, n)
+    _LAYOUTS[key] = (weakref.ref(index, lambda _ref, k=key: _LAYOUTS.pop(k, None)), out)
+    return out
+
+
 def units(index: ModelIndex, elem: int, n: int) -> dict[str, Unit]:
+    """Each unit's parameters and buffer sizes for N ranks."""
+    return layout(index, elem, n).units
+
+
+def _layout(index: ModelIndex, elem: int, n: int) -> Layout:
     out: dict[str, Unit] = {}
+    names, all_rows = [], []
     for i, p in enumerate(index.params):
-        u = out.setdefault(unit_of(index, i), Unit())
+        name = unit_of(index, i)
+        u = out.setdefault(name, Unit())
         rows = padded_rows(p.shape, n)
+        names.append(name)
+        all_rows.append(rows)
         u.params.append(i)
         u.flat += rows * n
         u.unsharded += rounded(rows * n * elem)
         u.shards += rounded(rows * elem)
     for u in out.values():
         u.flat = rounded(u.flat * elem)
-    return out
+    return Layout(out, names, all_rows)
 
 
 @dataclass
@@ -92,7 +125,8 @@ class Fsdp2:
         self.index, self.mask, self.elem, self.n = index, mask, elem, n
         self.reshard = reshard_after_forward
         self.offload = offload
-        self.units = units(index, elem, n)
+        self.layout = layout(index, elem, n)
+        self.units = self.layout.units
         self.gathered: set[str] = set()       # units whose parameters are unsharded
         self.flats: set[str] = set()          # units whose flat all-gather buffer is alive
         self.fwd_order: list[str] = []        # units in post-forward order
@@ -112,7 +146,8 @@ class Fsdp2:
         return Gathered(w, g)
 
     def _grad_rows(self, unit: str, has_grad: Callable[[int], bool]) -> int:
-        return sum(padded_rows(self.index.params[i].shape, self.n) for i in self.units[unit].params if has_grad(i))
+        rows = self.layout.rows
+        return sum(rows[i] for i in self.units[unit].params if has_grad(i))
 
     # -- forward -----------------------------------------------------------------------------
     def forward_start(self) -> list[Gathered]:

@@ -40,19 +40,16 @@ class Timeline:
 
 
 class _Walker:
-    def __init__(self, r: Resident, inputs: int, workspace: int, grad_bytes: Callable[[Stage], int],
-                 grad_divisor: int) -> None:
+    def __init__(self, r: Resident, inputs: int, workspace: int) -> None:
         self.r, self.inputs, self.workspace = r, inputs, workspace
-        self.grad_bytes, self.div = grad_bytes, max(1, grad_divisor)
         self.live = {c: 0 for c in ACTIVATION_GROUPS}
         self.grads = 0
         self.moments: list[Moment] = []
 
     def snapshot(self, phase: Phase, stage: str, transient: int = 0, component: ActivationGroup | None = None,
-                 gathered: bool = True, extra_grads: int = 0, temp: int = 0,
-                 sharded: Gathered | None = None) -> None:
+                 temp: int = 0, sharded: Gathered | None = None) -> None:
         """One moment. `sharded`: FSDP2's gathered weights and gradient buffers at this moment (they replace
-        the constant working set and the divided gradients)."""
+        the whole gradients of the unsharded step)."""
         acts = dict(self.live)
         if component:
             acts[component] += transient
@@ -61,8 +58,8 @@ class _Walker:
             parts[Category.WEIGHTS] = self.r.weights + sharded.weights
             parts[Category.GRADIENTS] = sharded.grads
         else:
-            parts[Category.WEIGHTS] = self.r.weights + (self.r.gathered_weights if gathered else 0)
-            parts[Category.GRADIENTS] = -(-self.grads // self.div) + self.r.buckets + extra_grads
+            parts[Category.WEIGHTS] = self.r.weights
+            parts[Category.GRADIENTS] = self.grads + self.r.buckets
         parts[Category.OPTIMIZER_STATE] = self.r.state
         parts[Category.OPTIMIZER_TEMP] = temp
         parts[Category.ACTIVATIONS] = self.inputs + sum(v for c, v in acts.items() if c != HEAD)
@@ -72,9 +69,11 @@ class _Walker:
 
 
 def walk(stages: list[Stage], r: Resident, *, inputs: int, workspace: int,
-         grad_bytes: Callable[[Stage], int], grad_divisor: int = 1,
-         first_grad: Callable[[Stage], int] | None = None) -> Timeline:
-    w = _Walker(r, inputs, workspace, grad_bytes, grad_divisor)
+         grad_bytes: Callable[[Stage], int], first_grad: Callable[[Stage], int] | None = None) -> Timeline:
+    """The walk of the unsharded step (one GPU, DDP, ZeRO-1). A stage's backward is two moments: its
+    transient peak with the first (largest) of its weight gradients (`first_grad`), then all of them
+    (`grad_bytes`) once the transient is gone."""
+    w = _Walker(r, inputs, workspace)
     for s in stages:
         w.snapshot(Phase.FORWARD, s.name, s.fwd_extra, s.component)
         w.live[s.component] += s.keeps + s.forward_only
@@ -86,15 +85,15 @@ def walk(stages: list[Stage], r: Resident, *, inputs: int, workspace: int,
         total = grad_bytes(s)
         first = total if first_grad is None else first_grad(s)
         w.grads += first
-        w.snapshot(Phase.BACKWARD, s.name, s.bwd_extra, s.component, extra_grads=r.gathered_grads)
+        w.snapshot(Phase.BACKWARD, s.name, s.bwd_extra, s.component)
         if total > first:
             w.grads += total - first
-            w.snapshot(Phase.BACKWARD, s.name, 0, s.component, extra_grads=r.gathered_grads)
+            w.snapshot(Phase.BACKWARD, s.name, 0, s.component)
         w.live[s.component] -= s.kept
     for s in stages:  # the model output (logits, vision states) goes; what only it referenced with it
         w.live[s.component] -= s.held + (s.kept if not s.backward else 0)
     if backward:
-        w.snapshot(Phase.OPTIMIZER, "optimizer.step", gathered=False, temp=r.step_temp)
+        w.snapshot(Phase.OPTIMIZER, "optimizer.step", temp=r.step_temp)
     peak = max(w.moments, key=lambda m: m.total)
     return Timeline(peak, end_of_forward, w.moments)
 
@@ -107,7 +106,7 @@ def walk_fsdp2(stages: list[Stage], r: Resident, fs: Fsdp2, unit: Callable[[Stag
     reduce-scatters at each post-backward, the root's at the end. A stage's backward is two moments: its
     transient peak with the first (largest) of its weight gradients, then all of them once the transient
     is gone (`grads(s)`: (unit, bytes) per gradient the stage produces)."""
-    w = _Walker(r, inputs, workspace, lambda s: 0, 1)
+    w = _Walker(r, inputs, workspace)
     for g in fs.forward_start():
         w.snapshot(Phase.FORWARD, "root.all_gather", sharded=g)
     prev = ROOT

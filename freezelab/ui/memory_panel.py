@@ -1,4 +1,5 @@
-"""Workload controls and the live memory estimate: verdict, breakdown, why, memory vs batch size."""
+"""Workload controls and the live memory estimate: verdict, breakdown, why, memory vs batch size, and how
+many GPUs of each card the step needs under each sharding mode."""
 
 from __future__ import annotations
 
@@ -54,4 +55,9 @@ def create_memory_panel(ui: Registry, first: View) -> None:
     gr.Markdown("**Why the memory goes where it goes**")
     notes = gr.Markdown(first.memory.notes, label="why", elem_id="fl-notes")
     curve = gr.Plot(first.memory.curve, label="memory vs batch size", show_label=False, elem_id="fl-curve-plot")
-    ui.add(MEMORY, {**c, "verdict": verdict, "plot": plot, "notes": notes, "curve": curve}, wire=_wire)
+    with gr.Accordion("How many GPUs", open=True):
+        min_gpus = gr.Markdown(first.memory.min_gpus, elem_id="fl-min-gpus")
+        gpu_count = gr.Plot(first.memory.gpu_count, label="memory per GPU vs number of GPUs", show_label=False,
+                            elem_id="fl-gpu-count-plot")
+    ui.add(MEMORY, {**c, "verdict": verdict, "plot": plot, "notes": notes, "curve": curve, "min_gpus": min_gpus,
+                    "gpu_count": gpu_count}, wire=_wire)

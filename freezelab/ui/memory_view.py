@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from freezelab import charts, units
 from freezelab.index import ModelIndex
 from freezelab.memory.analytic import estimate
+from freezelab.memory.gpu_count import GpuCount, gpu_count
 from freezelab.memory.result import MemoryEstimate
 from freezelab.ui.gpu_lines import chart_lines, common_gpus
 from freezelab.ui.registry import elem_id, shown
@@ -29,6 +30,8 @@ class MemoryView:
     verdict: str = shown(elem_id(MEMORY, "verdict"))         # HTML (id fl-verdict)
     notes: str = shown(elem_id(MEMORY, "notes"))             # markdown: the estimator's own sentences
     curve: go.Figure = shown(elem_id(MEMORY, "curve"))       # memory vs batch size
+    gpu_count: go.Figure = shown(elem_id(MEMORY, "gpu_count"))  # memory per GPU vs number of GPUs, per mode
+    min_gpus: str = shown(elem_id(MEMORY, "min_gpus"))       # markdown: smallest number of each card per mode
 
 
 WORKLOAD_IDS = tuple(elem_id(MEMORY, name) for name in FIELDS)
@@ -79,7 +82,23 @@ def curve(index: ModelIndex, mask: list[bool], workload: Workload, current: Memo
     return charts.memory_curve(xs, points, chart_lines(), x_label="batch size", current=workload.batch)
 
 
+def min_gpus_md(count: GpuCount) -> str:
+    """The smallest number of each common card per sharding mode, as a markdown table."""
+    modes = list(count.smallest)
+    rows = [f"| GPU | {' | '.join(modes)} |", "|---|" + "---:|" * len(modes)]
+    for card in next(iter(count.smallest.values())):
+        cells = ["–" if count.smallest[m][card] is None else str(count.smallest[m][card]) for m in modes]
+        rows.append(f"| {escape(card)} | {' | '.join(cells)} |")
+    off = ", optimizer offloaded" if count.offload_optimizer else ""
+    return (f"**Smallest number of GPUs that fits** (per GPU: this batch{off}; – : not even {count.counts[-1]})\n\n"
+            + "\n".join(rows))
+
+
 def memory_view(index: ModelIndex, mask: list[bool], workload: Workload) -> MemoryView:
     est = estimate(index, mask, workload)
+    count = gpu_count(index, mask, workload, cublas_workspaces=est.cublas_workspaces)
     return MemoryView(estimate=est, figure=charts.memory_breakdown(est, chart_lines()),
-                      curve=curve(index, mask, workload, est), verdict=verdict_html(est, workload), notes=notes_md(est))
+                      curve=curve(index, mask, workload, est), verdict=verdict_html(est, workload), notes=notes_md(est),
+                      gpu_count=charts.gpu_count_chart(count.counts, count.per_gpu, chart_lines(),
+                                                       current=workload.gpus),
+                      min_gpus=min_gpus_md(count))
