@@ -189,6 +189,7 @@ def test_hub_ids_read_nothing_but_their_config(tmp_path, monkeypatch):
 
 
 def test_a_huge_hub_config_is_refused_before_it_is_downloaded(monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the Hub is asked (patched below)
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, **_: SimpleNamespace(size=5 * 2**30))
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("downloaded"))
     with pytest.raises(SourceError, match="5,368,709,120 bytes on the Hub; too large for a config file"):

@@ -105,7 +105,8 @@ def test_hub_id_offline_without_cache(monkeypatch, tmp_path: Path):
     import huggingface_hub.constants as c
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
-    with pytest.raises(SourceError, match="no network and it is not in the local Hugging Face cache"):
+    with pytest.raises(SourceError, match="HF_HUB_OFFLINE is set, and its config.json is not in the local Hugging Face "
+                       "cache"):
         resolve("someorg/some-llava")
 
 
