@@ -133,6 +133,8 @@ def test_target_version_errors(shipped_indexes):
     with pytest.raises(ExportError, match="LLaMA-Factory .* needs transformers>=4.55.0"):
         export(preset("stage1"), index, "llamafactory", transformers="4.45")
     assert export(preset("stage1"), index, "llava", transformers="4.45").exact  # LLaVA's own classes: no names
+    with pytest.raises(ExportError, match="not a transformers version"):
+        export(preset("stage1"), index, "llava", transformers="4.x")
 
 
 def test_cli_target_transformers(capsys):

@@ -72,8 +72,8 @@ def export(plan: Plan, index: ModelIndex, target: str, transformers: str | None 
     """One target; `transformers`: the trainer's transformers version, whose parameter names a
     name-based target uses. Raises SelectorError when a rule matches nothing on this model."""
     chosen = _target(target)
-    named = _spelled(index, transformers) if chosen.names_parameters else index
-    return chosen.render(plan, named, resolve(plan, index).mask)
+    named = _spelled(index, transformers)  # checks the version even for a target that names no parameter
+    return chosen.render(plan, named if chosen.names_parameters else index, resolve(plan, index).mask)
 
 
 def export_all(plan: Plan, index: ModelIndex, transformers: str | None = None) -> dict[str, Export]:
