@@ -299,7 +299,8 @@ def render(plan: Plan, index: ModelIndex, mask: Sequence[bool]) -> Export:
     head = [f"### LLaMA-Factory ({SOURCE}) keys for the freezelab plan on {name}",
             f"### {counts_line(index, mask)}",
             *comment_lines("### ", f"the keys match module names, which transformers releases from "
-                           f"{MODEL_LEVEL_SINCE} on spell alike (names here: transformers {index.transformers_version})"),
+                           f"{MODEL_LEVEL_SINCE} on spell alike (names here: transformers {index.transformers_version}). "
+                           f"LLaMA-Factory runs on transformers{TRANSFORMERS}"),
             f"### {verdict}: {printable(unusable or note)}"]
     return Export("llamafactory", "\n".join(head + setting.yaml_lines()) + "\n", not diff and not unusable,
                   unusable or note, diff.numel(index), "yaml")

@@ -2,9 +2,8 @@
 
 freezelab's index holds the names of the installed transformers, but an export that names
 parameters (the Python snippet, ms-swift's prefixes, LLaMA-Factory's module names) is read by
-a trainer on its own transformers: ms-swift @ 3602360 pins `transformers>=4.33,<5.17.0`
-(requirements/framework.txt), LLaMA-Factory @ ff6d4d1 `>=4.55.0,<=5.8.0,!=4.57.0,!=5.6.0`
-(src/llamafactory/extras/misc.py). The LLaVA-HF classes have had three spellings:
+a trainer on its own transformers (swift.TRANSFORMERS, llamafactory.TRANSFORMERS: both older
+than the installed one). The LLaVA-HF classes have had three spellings:
 
 | transformers | vision tower (CLIP / SigLIP)          | LLM                      | lm_head                 | projector, image_newline |
 |--------------|---------------------------------------|--------------------------|-------------------------|--------------------------|

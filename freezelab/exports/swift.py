@@ -38,6 +38,7 @@ from freezelab.index import ModelIndex
 from freezelab.plans import Plan
 
 SOURCE = "modelscope/ms-swift @ 3602360"
+TRANSFORMERS = ">=4.33,<5.17.0"  # requirements/framework.txt: the releases ms-swift runs on
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def render(plan: Plan, index: ModelIndex, mask: Sequence[bool]) -> Export:
                  "--freeze_llm do nothing there, the prefix lists do the work")
     head = [f"# ms-swift `swift sft` ({SOURCE}) flags for the freezelab plan on {name}",
             f"# {counts_line(index, mask)}",
-            *comment_lines("# ", names_line(index)),
+            *comment_lines("# ", f"{names_line(index)}. ms-swift runs on transformers{TRANSFORMERS}"),
             f"# {'EXACT' if exact else 'NOT EXACT'}: {printable(note)}"]
     flags = setting.flags()
     body = [f"{f} \\" for f in flags[:-1]] + flags[-1:]
