@@ -16,8 +16,8 @@ MODES = ("architecture only", "load weights")
 
 
 def model_choices() -> list[tuple[str, str]]:
-    return [("tiny: built-in tiny LLaVA (random weights)", "tiny"),
-            *((f"{r['name']}: {r['title']}", r["name"]) for r in known_info())]
+    """Names only: they must fit the menu at a laptop's width (the header line gives the full title)."""
+    return [("tiny (built-in)", "tiny"), *((r["name"], r["name"]) for r in known_info())]
 
 
 def _wire(sh: Shared) -> None:

@@ -123,8 +123,8 @@ const inner = (r) => {
     badges += '<span class="fl-b fl-dead" title="no gradient ever reaches these parameters">no grad</span>';
   }
   const pick = s === 'e' ? '' : '<button class="fl-pick" title="use this module as the selector">&#8599;</button>';
-  return `${box}<span class="fl-n">${esc(name)}</span><span class="fl-t">${esc(type)}</span>` +
-         `<span class="fl-c">${esc(counts)}</span>${badges}${pick}`;
+  return `${box}<span class="fl-n">${esc(name)}</span><span class="fl-c">${esc(counts)}</span>${badges}${pick}` +
+         `<span class="fl-t">${esc(type)}</span>`;
 };
 const render = () => {
   const host = element.querySelector('.fl-tree');
@@ -173,13 +173,15 @@ render();
 TREE_TEMPLATE = '<div class="fl-tree"></div>'
 
 TREE_CSS = """
-.fl-tree { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 12.5px; line-height: 1.6; }
+.fl-tree { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 12.5px; line-height: 1.6;
+           overflow-x: auto; }
+.fl-tree summary, .fl-tree .fl-leaf { white-space: nowrap; }
 .fl-tree details > :not(summary), .fl-tree details > .fl-leaf { margin-left: 1.15em; }
 .fl-tree summary { cursor: pointer; }
 .fl-tree .fl-leaf { padding-left: 1em; }
 .fl-tree input[type=checkbox] { appearance: auto; -webkit-appearance: checkbox; accent-color: #2e9e5b;
                                 width: 14px; height: 14px; margin: 0 .35em 0 0; vertical-align: -2px; cursor: pointer; }
-.fl-tree .fl-t { color: #8a94a0; margin-left: .45em; }
+.fl-tree .fl-t { color: #8a94a0; margin-left: .3em; }
 .fl-tree .fl-c { color: #3d4852; margin-left: .55em; }
 .fl-tree .fl-b { font-size: 10.5px; border-radius: 3px; padding: 0 .3em; margin-left: .4em; }
 .fl-tree .fl-tie { background: #e8e1f5; color: #5a3e99; }
