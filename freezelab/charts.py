@@ -68,13 +68,13 @@ MIN_PLOT_PX = {"x": 360, "y": 170}
 
 
 def _layout(title: str, height: int, **extra: Any) -> dict[str, Any]:
-    """Title at the top left, legend in one row under the plot (axis titles stay on the y axis, so
-    nothing under the plot competes with the legend)."""
-    return {"title": {"text": title, "x": 0.01, "xanchor": "left", "y": 1, "yref": "container", "yanchor": "top",
-                      "pad": {"t": 8}, "font": {"size": 14}},
+    """Title at the top left, legend in one row at the bottom of the figure, under the tick labels
+    (axis titles only on y axes, so nothing under the plot competes with the legend). Plotly's
+    defaults fill in the rest: each key here is validated on every figure, on every click."""
+    return {"title": {"text": title, "x": 0.01, "y": 1, "pad": {"t": 8}, "font": {"size": 14}},
             "height": height, "margin": MARGIN, "template": TEMPLATE,
-            "legend": {"orientation": "h", "x": 0, "xanchor": "left", "y": 0, "yref": "container", "yanchor": "bottom",
-                       "traceorder": "normal", "font": {"size": 11}}, **extra}
+            "legend": {"orientation": "h", "y": 0, "yref": "container", "traceorder": "normal", "font": {"size": 11}},
+            **extra}
 
 
 # -- parameters --------------------------------------------------------------------

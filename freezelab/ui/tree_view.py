@@ -95,7 +95,9 @@ def tree_data(index: ModelIndex, mask: list[bool], query: str = "", depth: int |
         trainable = sum(on[i] for i in m.params)
         flags = ("T" if st.ties[pos] else "") + ("D" if st.dead[pos] else "") + ("H" if m.path in hits else "") \
             + ("O" if m.path in opened else "")
-        counts = f"{units.params(trainable)} / {st.total_text[pos]}" if total else "no parameters"
+        # most modules are wholly frozen or wholly trainable: their text is already known (~800 rows on 7B)
+        part = st.total_text[pos] if trainable == total else "0" if trainable == 0 else units.params(trainable)
+        counts = f"{part} / {st.total_text[pos]}" if total else "no parameters"
         row = [*st.head[pos], counts, _state(trainable, total), flags]
         if st.ties[pos]:
             row.append(st.ties[pos])
