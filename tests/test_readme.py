@@ -70,3 +70,22 @@ def test_readme_projector_activation_example():
     assert round(est.breakdown["weights"] / 2**30) == 13
     assert round(est.activations_by_component["llm"] / 2**30) == 16
     assert "16 GiB on top of 13 GiB" in README.replace("\n", " ")
+
+
+def test_readme_small_model_and_lesson_figures():
+    """The tiny model's tensors under its CUDA context (stage 1, default workload), and the lessons' workload."""
+    from freezelab.memory.analytic import estimate
+    from freezelab.models import index_of
+    from freezelab.plans import preset, resolve as resolve_plan
+    from freezelab.sources import resolve
+    from freezelab.ui.learn_view import MODEL, WORKLOAD
+    from freezelab.units import gib, nbytes
+    from freezelab.workload import Workload
+
+    index = index_of(resolve("tiny"))
+    est = estimate(index, resolve_plan(preset("stage1"), index).mask, Workload())
+    flat = " ".join(README.split())
+    assert f"the tiny model: {nbytes(est.peak_bytes)} of tensors under {gib(est.device_estimate_bytes)} on the GPU" in flat
+    assert f"four steps on {MODEL}" in flat
+    assert f"batch {WORKLOAD.batch} × {WORKLOAD.text_tokens:,} text tokens and an image" in flat
+    assert WORKLOAD.images == 1

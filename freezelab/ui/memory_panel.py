@@ -43,8 +43,9 @@ def _wire(sh: Shared) -> None:
                                   show_progress="hidden", api_visibility="private")
 
 
-def _controls(first: View) -> dict[str, Any]:
-    """The workload controls, in the order they are laid out (a grid: as many per row as fit)."""
+def _controls(first: View) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The workload controls, in the order they are laid out: a grid (as many per row as fit), then
+    the two ticks side by side."""
     w = first.session.workload
 
     def number(name: str) -> gr.Number:
@@ -54,21 +55,24 @@ def _controls(first: View) -> dict[str, Any]:
         return gr.Dropdown(list(choices), value=getattr(w, name), label=LABELS[name], elem_id=control_id(name))
 
     def tick(name: str, label: str) -> gr.Checkbox:
-        return gr.Checkbox(getattr(w, name), label=label, elem_id=control_id(name), elem_classes="fl-wide")
+        return gr.Checkbox(getattr(w, name), label=label, elem_id=control_id(name))
 
     # Numbers carry no minimum/maximum: out-of-range values reach Workload, whose message says why.
-    return {"batch": number("batch"), "text_tokens": number("text_tokens"), "images": number("images"),
-            "dtype": menu("dtype", DTYPES), "autocast": menu("autocast", AUTOCAST),
-            "optimizer": menu("optimizer", OPTIMIZERS), "attn": menu("attn", ATTENTION), "gpus": number("gpus"),
-            "sharding": menu("sharding", SHARDING), "grad_ckpt": tick("grad_ckpt", "gradient checkpointing"),
-            "offload_optimizer": tick("offload_optimizer", "offload optimizer to CPU")}
+    with gr.Row(elem_classes="fl-workload-grid"):
+        grid = {"batch": number("batch"), "text_tokens": number("text_tokens"), "images": number("images"),
+                "dtype": menu("dtype", DTYPES), "autocast": menu("autocast", AUTOCAST),
+                "optimizer": menu("optimizer", OPTIMIZERS), "attn": menu("attn", ATTENTION), "gpus": number("gpus"),
+                "sharding": menu("sharding", SHARDING)}
+    with gr.Row(elem_classes="fl-workload-ticks"):
+        ticks = {"grad_ckpt": tick("grad_ckpt", "gradient checkpointing"),
+                 "offload_optimizer": tick("offload_optimizer", "offload optimizer to CPU")}
+    return grid, ticks
 
 
 def create_memory_panel(ui: Registry, first: View) -> None:
     gr.Markdown("### Training step and GPU memory")
     with gr.Accordion("Workload per GPU (tokens and images per sample)", open=True, elem_id="fl-workload"):
-        with gr.Row(elem_classes="fl-workload-grid"):
-            controls = _controls(first)
+        grid, ticks = _controls(first)
         error = gr.HTML(first.memory.error, elem_id="fl-workload-error", js_on_load=SHOW_ERROR_JS)
     with gr.Column(elem_classes=RESULTS, elem_id="fl-memory-results"):
         verdict = gr.HTML(first.memory.verdict, label="verdict", elem_id="fl-verdict-box", js_on_load=None)
@@ -78,5 +82,5 @@ def create_memory_panel(ui: Registry, first: View) -> None:
         gr.Markdown("**Why the memory goes where it goes**")
         notes = gr.Markdown(first.memory.notes, label="why", elem_id="fl-notes")
         curve = gr.Plot(first.memory.curve, label="memory vs batch size", show_label=False, elem_id="fl-curve-plot")
-    ui.add(MEMORY, {**controls, "verdict": verdict, "plot": plot, "notes": notes, "curve": curve,
+    ui.add(MEMORY, {**grid, **ticks, "verdict": verdict, "plot": plot, "notes": notes, "curve": curve,
                     "context": context, "error": error}, wire=_wire)

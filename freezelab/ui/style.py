@@ -41,15 +41,16 @@ button.label-wrap > .icon {{ margin-right: 6px; }}  /* an accordion's arrow is a
 .fl-presets {{ flex-wrap: wrap !important; gap: 6px !important; }}
 .fl-presets button {{ min-width: 0 !important; flex: 1 1 auto !important; white-space: nowrap; }}
 
-/* workload controls: a grid of equal cells, as many per row as fit; the two ticks take two cells
+/* workload controls: a grid of equal cells, as many per row as fit, then the two ticks side by side
    (Gradio wraps a row's form controls in one .form element: that is the grid) */
 .fl-workload-grid > .form {{ display: grid !important; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr));
                             gap: 8px !important; border: none !important; background: none !important; }}
 .fl-workload-grid > .form > * {{ min-width: 0 !important; width: auto !important; flex: none !important;
                                 margin: 0 !important; border: 1px solid var(--border-color-primary) !important;
                                 border-radius: 6px; }}
-.fl-workload-grid > .form > .fl-wide {{ grid-column: span 2; }}
-.fl-workload-grid label > span, .fl-workload-grid .label-text {{ white-space: nowrap; }}
+.fl-workload-grid label > span, .fl-workload-ticks .label-text {{ white-space: nowrap; }}
+.fl-workload-ticks > .form {{ flex-wrap: wrap !important; }}
+.fl-workload-ticks > .form > * {{ min-width: 200px !important; }}
 .fl-field-error {{ color: {RED}; background: #fdecea; border: 1px solid {RED}; border-radius: 6px;
                   padding: 6px 10px; margin-top: 6px; }}
 .fl-field-error ul {{ margin: 0 0 4px 0; padding-left: 1.2em; }}
