@@ -19,8 +19,8 @@ import plotly.graph_objects as go
 from freezelab import units
 from freezelab.anatomy import count
 from freezelab.index import COMPONENTS, ModelIndex
-from freezelab.memory.estimate import CATEGORIES, GiB, MemoryEstimate
 from freezelab.index_memo import per_index
+from freezelab.memory.estimate import CATEGORIES, GiB, MemoryEstimate
 
 TRAINABLE = "#2e9e5b"
 FROZEN = "#b8c2cc"
@@ -249,7 +249,8 @@ def memory_breakdown(estimate: MemoryEstimate, gpus: Sequence[Gpu], *, context: 
         parts.pop("overhead")
     top = sum(parts.values())
     scale = Scale.for_bytes(top)
-    data = [{"type": "bar", "orientation": "h", "y": [""], "x": [scale(b)], "name": LEGEND_LABELS.get(c, CATEGORY_LABELS[c]),
+    data = [{"type": "bar", "orientation": "h", "y": [""], "x": [scale(b)],
+             "name": LEGEND_LABELS.get(c, CATEGORY_LABELS[c]),
              "marker": {"color": CATEGORY_COLORS[c], **({"pattern": {"shape": "/"}} if c == "overhead" else {})},
              "hovertemplate": f"{CATEGORY_LABELS[c]}: {units.nbytes(b)}<extra></extra>"}
             for c, b in parts.items() if b > 0]
@@ -310,7 +311,8 @@ def estimate_comparison(estimates: Sequence[MemoryEstimate]) -> go.Figure:
     scale = Scale.for_bytes(max((p[c] for p in parts for c in keys), default=GiB))
     data = [{"type": "bar", "name": e.method, "x": [CATEGORY_LABELS[c] for c in keys],
              "y": [scale(p[c]) for c in keys],
-             "hovertemplate": f"%{{x}}: %{{y:.2f}} {scale.unit}<extra></extra>"} for e, p in zip(estimates, parts)]
+             "hovertemplate": f"%{{x}}: %{{y:.2f}} {scale.unit}<extra></extra>"}
+            for e, p in zip(estimates, parts, strict=True)]
     title = "Estimates by category" + ("" if context else " (tensors; the CUDA context is in the table)")
     layout = _layout(title, 300, barmode="group", yaxis={"ticksuffix": f" {scale.unit}", "automargin": True})
     return go.Figure({"data": data, "layout": layout})

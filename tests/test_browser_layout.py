@@ -72,7 +72,8 @@ PROBE_JS = r"""
       range.selectNodeContents(node);
       const r = range.getBoundingClientRect();
       if (r.left < box.left - 1 || r.right > box.right + 1) {
-        say('overflows', el, `text ${Math.round(r.left)}-${Math.round(r.right)} outside ${Math.round(box.left)}-${Math.round(box.right)}`);
+        const px = (a, b) => `${Math.round(a)}-${Math.round(b)}`;
+        say('overflows', el, `text ${px(r.left, r.right)} outside ${px(box.left, box.right)}`);
         break;
       }
     }
@@ -96,7 +97,8 @@ PROBE_JS = r"""
       const outX = r.left < b.left - 1 || r.right > b.right + 1;
       const outY = r.top < b.top - 1 || r.bottom > b.bottom + 1;
       if ((cs.overflowX !== 'visible' && outX) || (cs.overflowY !== 'visible' && outY)) {
-        say('cut off', el, `by ${a.tagName.toLowerCase()}${a.id ? '#' + a.id : ''}.${String(a.className).split(' ')[0]}`);
+        const by = `${a.tagName.toLowerCase()}${a.id ? '#' + a.id : ''}.${String(a.className).split(' ')[0]}`;
+        say('cut off', el, `by ${by}`);
         break;
       }
     }
@@ -129,7 +131,9 @@ PROBE_JS = r"""
     canvas.font = `${cs.fontStyle} ${cs.fontWeight} ${cs.fontSize} ${cs.fontFamily}`;
     const end = input.getBoundingClientRect().left + parseFloat(cs.paddingLeft) + canvas.measureText(input.value).width;
     const arrow = icon.getBoundingClientRect().left;
-    if (end > arrow) say('arrow covers the value', input, `text ends at ${Math.round(end)}, arrow at ${Math.round(arrow)}`);
+    if (end > arrow) {
+      say('arrow covers the value', input, `text ends at ${Math.round(end)}, arrow at ${Math.round(arrow)}`);
+    }
   }
   // 6. chart texts on top of each other or outside the chart
   const overlap = (a, b) => Math.min(a.right, b.right) - Math.max(a.left, b.left) > 1 &&

@@ -160,10 +160,10 @@ def test_gpu_line_labels_never_overlap_and_merge_when_too_close():
         px = charts.MIN_PLOT_PX[axis] / scale(800 * GiB)
         where = sorted(note[axis] for note in notes)
         if axis == "y":
-            assert all((b - a) * px >= charts.LABEL_PX for a, b in zip(where, where[1:]))
+            assert all((b - a) * px >= charts.LABEL_PX for a, b in zip(where, where[1:], strict=False))
         else:
             widths = {note[axis]: len(note["text"]) * charts.LABEL_CHAR_PX for note in notes}
-            assert all((b - a) * px >= (widths[a] + widths[b]) / 2 for a, b in zip(where, where[1:]))
+            assert all((b - a) * px >= (widths[a] + widths[b]) / 2 for a, b in zip(where, where[1:], strict=False))
     _, apart = charts.gpu_lines(chart_gpus, 150 * GiB, charts.Scale.for_bytes(150 * GiB), "y")
     assert [n["text"] for n in apart] == ["24/40/48 GB", "80 GB", "141 GB"]
 

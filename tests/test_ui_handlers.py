@@ -20,9 +20,9 @@ from freezelab.plans import Plan, append_rule, module_selector, plan_mask, prese
 from freezelab.policy import PolicyError, public_policy
 from freezelab.session import Session
 from freezelab.ui import handlers
+from freezelab.ui.context_view import result_html, session_key
 from freezelab.ui.export_view import export_view
 from freezelab.ui.gpu_lines import common_gpus
-from freezelab.ui.context_view import result_html, session_key
 from freezelab.ui.learn_view import LESSONS, run_lesson
 from freezelab.ui.registry import shown_values
 from freezelab.ui.tree_view import tree_data
@@ -379,12 +379,13 @@ def test_a_refused_workload_value_shows_at_its_field_and_marks_the_results_stale
 
 def test_the_status_line_always_says_something(app, start):
     s = handlers.apply_preset(app, start.session, "stage1").session
-    views = {"workload": handlers.set_workload(app, s, batch=2), "filter": handlers.set_tree_options(app, s, "q_proj", None),
+    views = {"workload": handlers.set_workload(app, s, batch=2),
+             "filter": handlers.set_tree_options(app, s, "q_proj", None),
              "depth": handlers.set_tree_options(app, s, "", 2), "context": handlers.set_context(app, s, True)}
     for name, view in views.items():
         assert view.status.strip(), name
-    assert views["workload"].status == (f"Workload: batch 2 × (64 text tokens + 1 image), bf16, adamw: "
-                                        f"{units.gib(views['workload'].memory.estimate.device_estimate_bytes)} per GPU.")
+    need = units.gib(views["workload"].memory.estimate.device_estimate_bytes)
+    assert views["workload"].status == f"Workload: batch 2 × (64 text tokens + 1 image), bf16, adamw: {need} per GPU."
     assert views["filter"].status == "The tree shows modules matching `q_proj`."
 
 

@@ -66,7 +66,8 @@ def current_html(session: Session, trainable: int) -> str:
 
 def result_html(what: str, session: Session, trainable: int) -> str:
     """A result's label: what it was computed for, and a note the page shows once that is no longer current."""
-    return (f'<div class="fl-for" data-fl-for="{session_key(session)}">{escape(what)} for {describe(session, trainable)}'
+    return (f'<div class="fl-for" data-fl-for="{session_key(session)}">{escape(what)} for '
+            f"{describe(session, trainable)}"
             '<span class="fl-stale-note">Out of date: the model, plan or workload has changed since. '
             "Run it again for the current one.</span></div>")
 

@@ -326,7 +326,8 @@ def set_workload(app: App, session: Session, **values: Any) -> View:
     """New workload values; a bad value raises WorkloadError and changes nothing."""
     workload = Workload.from_dict({**session.workload.to_dict(), **_clean(values)})
     view = build_view(app, replace(session, workload=workload))
-    view.status = f"Workload: {workload_text(workload)}: {units.gib(view.memory.estimate.device_estimate_bytes)} per GPU."
+    need = units.gib(view.memory.estimate.device_estimate_bytes)
+    view.status = f"Workload: {workload_text(workload)}: {need} per GPU."
     return view
 
 

@@ -65,8 +65,8 @@ button.label-wrap > .icon {{ margin-right: 6px; }}  /* an accordion's arrow is a
                   text-transform: uppercase; font-size: .8rem; }}
 
 /* Verify: what each result ran for; once the plan or workload changes, the result is marked stale */
-.fl-now, .fl-for {{ font-size: .9rem; padding: .35rem .6rem; border-radius: 6px; background: var(--block-background-fill);
-                   border: 1px solid var(--border-color-primary); }}
+.fl-now, .fl-for {{ font-size: .9rem; padding: .35rem .6rem; border-radius: 6px;
+                   background: var(--block-background-fill); border: 1px solid var(--border-color-primary); }}
 .fl-now code, .fl-for code {{ white-space: normal; overflow-wrap: anywhere; }}
 .fl-for .fl-stale-note {{ display: none; }}
 .fl-for.fl-stale {{ border: 2px dashed {RED}; }}
