@@ -135,7 +135,19 @@ PROBE_JS = r"""
       say('arrow covers the value', input, `text ends at ${Math.round(end)}, arrow at ${Math.round(arrow)}`);
     }
   }
-  // 6. chart texts on top of each other or outside the chart
+  // 6. a placeholder longer than its box (cut, or wrapped out of a one-line box)
+  for (const input of document.querySelectorAll('input[placeholder], textarea[placeholder]')) {
+    if (!shown(input) || input.value || !input.placeholder) continue;
+    const cs = getComputedStyle(input);
+    canvas.font = `${cs.fontStyle} ${cs.fontWeight} ${cs.fontSize} ${cs.fontFamily}`;
+    const room = input.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
+    const lines = input.tagName === 'TEXTAREA' ? Math.max(1, Math.floor((input.clientHeight -
+      parseFloat(cs.paddingTop) - parseFloat(cs.paddingBottom)) / lineHeight(input))) : 1;
+    if (canvas.measureText(input.placeholder).width > room * lines) {
+      out.push(`placeholder cut: "${input.placeholder}" ${where(input)}`);
+    }
+  }
+  // 7. chart texts on top of each other or outside the chart
   const overlap = (a, b) => Math.min(a.right, b.right) - Math.max(a.left, b.left) > 1 &&
                             Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top) > 1;
   for (const plot of document.querySelectorAll('.js-plotly-plot')) {
@@ -168,7 +180,7 @@ PROBE_JS = r"""
       }
     }
   }
-  // 7. glyphs with no system font behind them (colour emoji): they render as empty boxes
+  // 8. glyphs with no system font behind them (colour emoji): they render as empty boxes
   const missing = document.body.innerText.match(/[\u2705\u274C\u23F3\u231B\u2728\u{1F300}-\u{1FAFF}]/gu);
   if (missing) out.push(`glyphs without a system font: ${[...new Set(missing)].join(' ')}`);
   return out;

@@ -55,7 +55,7 @@ def create_model_panel(ui: Registry) -> None:
         known = gr.Dropdown(model_choices(), value="tiny", label="Model", scale=4,
                             info="the built-in tiny model, or a known architecture (config only, no download)")
         custom = gr.Textbox(label="…or a local path or Hub id", scale=4,
-                            placeholder="/path/to/checkpoint, path/to/config.json or org/name",
+                            placeholder="path/to/model or org/name",
                             elem_id="fl-custom-model",
                             info="a checkpoint directory, a config.json, or a Hub id (only its config is read)")
         mode = gr.Radio(list(MODES), value=MODES[0], label="Weights", scale=2,
