@@ -22,7 +22,7 @@ SELECTORS = ["@projector", "@llm.layers[-2:]", "@vision", "*.bias", "@lm_head", 
 @pytest.mark.parametrize(("sharding", "stage"), [("ddp", 0), ("zero1", 1), ("zero2", 2), ("zero3", 3)])
 def test_deepspeed_config_carries_the_workload(tiny_index, sharding, stage):
     w = Workload(batch=4, gpus=8, sharding=sharding, offload_optimizer=stage > 0)
-    ex = export(preset("stage2"), tiny_index, "deepspeed", w)
+    ex = export(preset("stage2"), tiny_index, "deepspeed", workload=w)
     cfg = json.loads(ex.text)
     assert ex.exact and ex.language == "json" and ex.differs == 0
     assert cfg["zero_optimization"]["stage"] == stage
@@ -39,15 +39,15 @@ def test_deepspeed_config_carries_the_workload(tiny_index, sharding, stage):
     (Workload(optimizer="adafactor", sharding="zero2"), "adafactor is not built by DeepSpeed"),
 ])
 def test_deepspeed_config_says_what_deepspeed_cannot_run(tiny_index, workload, gap):
-    ex = export(preset("stage1"), tiny_index, "deepspeed", workload)
+    ex = export(preset("stage1"), tiny_index, "deepspeed", workload=workload)
     assert not ex.exact and gap in ex.note and ex.note.startswith("closest config: ")
     cfg = json.loads(ex.text)
     assert ("optimizer" in cfg) == (workload.optimizer != "adafactor")
 
 
 def test_deepspeed_fp16_and_fp32(tiny_index):
-    fp16 = json.loads(export(Plan(), tiny_index, "deepspeed", Workload(dtype="fp16")).text)
-    fp32 = json.loads(export(Plan(), tiny_index, "deepspeed", Workload(dtype="fp32")).text)
+    fp16 = json.loads(export(Plan(), tiny_index, "deepspeed", workload=Workload(dtype="fp16")).text)
+    fp32 = json.loads(export(Plan(), tiny_index, "deepspeed", workload=Workload(dtype="fp32")).text)
     assert (fp16["fp16"], fp16["bf16"]) == ({"enabled": True}, {"enabled": False})
     assert (fp32["fp16"], fp32["bf16"]) == ({"enabled": False}, {"enabled": False})
 
@@ -60,7 +60,7 @@ def _argv(text: str) -> list[str]:
 def test_fsdp_line_for_a_preset_with_extra_rules(tiny_index):
     plan = preset("last-2").then("freeze", "*.bias")
     w = Workload(batch=2, gpus=8, grad_ckpt=True, offload_optimizer=True, sharding="zero3")
-    ex = export(plan, tiny_index, "fsdp", w)
+    ex = export(plan, tiny_index, "fsdp", workload=w)
     argv = _argv(ex.text)
     assert argv[:5] == ["torchrun", "--nproc_per_node", "8", "-m", "freezelab"]
     assert argv[5:9] == ["step", "tiny", "--preset", "last-2"] and argv[9:11] == ["--freeze", "*.bias"]
@@ -74,7 +74,7 @@ def test_fsdp_line_for_a_preset_with_extra_rules(tiny_index):
 
 def test_fsdp_line_makes_an_explicit_base_explicit(tiny_index):
     plan = Plan("trainable", (Rule("train", "@projector"), Rule("freeze", "@vision")))
-    argv = _argv(export(plan, tiny_index, "fsdp", Workload(gpus=2)).text)
+    argv = _argv(export(plan, tiny_index, "fsdp", workload=Workload(gpus=2)).text)
     assert argv[7:11] == ["--train", "@all", "--train", "@projector"]
     assert read_back(argv, tiny_index)[0] == resolve(plan, tiny_index).mask
 
@@ -88,7 +88,7 @@ plans = st.builds(
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(plan=plans)
 def test_fsdp_line_reads_back_as_the_plan(tiny_index, plan):
-    ex = export_all(plan, tiny_index, Workload(gpus=4))["fsdp"]
+    ex = export_all(plan, tiny_index, workload=Workload(gpus=4))["fsdp"]
     mask, _ = read_back(_argv(ex.text), tiny_index)
     assert ex.exact and mask == resolve(plan, tiny_index).mask
 

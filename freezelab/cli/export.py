@@ -35,6 +35,10 @@ def register(sub: Any) -> None:
     add_plan_options(p)
     add_workload_options(p, multi_gpu=True)  # read by the deepspeed and fsdp formats
     p.add_argument("--format", default="json", choices=list(TARGETS), help="what to write (default json)")
+    p.add_argument("--target-transformers", metavar="VERSION",
+                   help="the transformers version of the trainer that reads the export (e.g. 4.57): python, "
+                   "swift and llamafactory then use its parameter names (before 5.6 the vision tower's are "
+                   "model.vision_tower.vision_model.*); default: the installed transformers")
     p.add_argument("--out", type=Path, metavar="FILE", help="write to FILE instead of standard output")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: target, exact, note, differs, language, text")
@@ -62,7 +66,8 @@ def write_atomic(path: Path, text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     source = resolve_source(args.model)
     plan = plan_from_args(args)
-    result = export(plan, index_of(source), args.format, workload_from_args(args))
+    result = export(plan, index_of(source), args.format, transformers=args.target_transformers,
+                    workload=workload_from_args(args))
     if args.out:
         write_atomic(args.out, result.text)
     if args.json:
