@@ -132,9 +132,8 @@ def _resident(index: ModelIndex, w: Workload, owner: dict[int, str], num: Numeri
 def _sharded_resident(index: ModelIndex, w: Workload, owner: dict[int, str], num: Numerics, fs: Fsdp2) -> Resident:
     """One FSDP2 rank's resident memory: its padded shards (every parameter, frozen ones too), the
     optimizer state of its shards of the trainable ones, its sharded gradients; offload moves them to RAM."""
-    n, rows, unit = w.gpus, fs.layout.rows, fs.layout.unit
-    local = [optimizer_state.Tensor((-(-(index.params[i].shape or (1,))[0] // n), *index.params[i].shape[1:]),
-                                    rows[i]) for i in owner]
+    rows, unit = fs.layout.rows, fs.layout.unit
+    local = [fs.layout.local[i] for i in owner]
     per_unit: dict[str, int] = {}
     for i in owner:
         per_unit[unit[i]] = per_unit.get(unit[i], 0) + rows[i]
@@ -150,17 +149,26 @@ def _sharded_resident(index: ModelIndex, w: Workload, owner: dict[int, str], num
     return r
 
 
-def _walk_sharded(index: ModelIndex, mask: list[bool], w: Workload, num: Numerics, stages: list[Stage],
-                  owner: dict[int, str], inputs: int, workspace: int) -> tuple[Resident, Timeline]:
-    fs = Fsdp2(index, mask, num.param, w.gpus, reshard_after_forward=w.sharding != Sharding.ZERO2,
+def _grads_by_stage(index: ModelIndex, st: _Step, unit: list[str]) -> dict[str, list[tuple[str, int]]]:
+    """Per backward stage, the (unit, bytes) of each unsharded gradient it makes; the same for every N, so
+    kept on the step for its other walks."""
+    if st.by_stage is None:
+        st.by_stage = {}
+        for i, name in st.owner.items():
+            st.by_stage.setdefault(name, []).append((unit[i], rounded(index.params[i].numel * st.num.param)))
+    return st.by_stage
+
+
+def _walk_sharded(index: ModelIndex, mask: list[bool], w: Workload, st: _Step,
+                  peak_only: bool = False) -> tuple[Resident, Timeline | int]:
+    fs = Fsdp2(index, mask, st.num.param, w.gpus, reshard_after_forward=w.sharding != Sharding.ZERO2,
                offload=w.offload_optimizer and w.sharding == Sharding.FSDP)
-    r = _sharded_resident(index, w, owner, num, fs)
-    by_stage: dict[str, list[tuple[str, int]]] = {}
-    for i, name in owner.items():
-        by_stage.setdefault(name, []).append((fs.layout.unit[i], rounded(index.params[i].numel * num.param)))
+    r = _sharded_resident(index, w, st.owner, st.num, fs)
+    by_stage = _grads_by_stage(index, st, fs.layout.unit)
     layers = {u for u in fs.units if u != ROOT}
-    tl = walk_fsdp2(stages, r, fs, lambda s: s.name if s.name in layers else ROOT, inputs=inputs,
-                    workspace=workspace, grads=lambda s: by_stage.get(s.name, []), has_grad=lambda i: i in owner)
+    tl = walk_fsdp2(st.stages, r, fs, lambda s: s.name if s.name in layers else ROOT, inputs=st.inputs,
+                    workspace=st.workspace, grads=lambda s: by_stage.get(s.name, []),
+                    has_grad=lambda i: i in st.owner, peak_only=peak_only)
     return r, tl
 
 
@@ -220,6 +228,7 @@ class _Step:
     owner: dict[int, str]
     inputs: int
     workspace: int
+    by_stage: dict[str, list[tuple[str, int]]] | None = None   # FSDP2 walks: gradients per stage and unit
 
 
 def _step(index: ModelIndex, mask: list[bool], w: Workload, input_require_grads: bool | None) -> _Step:
@@ -235,10 +244,12 @@ def _step(index: ModelIndex, mask: list[bool], w: Workload, input_require_grads:
                  _workspace(backward, w.grad_ckpt))
 
 
-def _walk(index: ModelIndex, mask: list[bool], w: Workload, st: _Step) -> tuple[Resident, Timeline]:
-    """Resident memory and the walk of the step as `w` spreads it over its GPUs."""
+def _walk(index: ModelIndex, mask: list[bool], w: Workload, st: _Step,
+          peak_only: bool = False) -> tuple[Resident, Timeline | int]:
+    """Resident memory and the walk of the step as `w` spreads it over its GPUs (`peak_only`: the peak's
+    total instead of the timeline)."""
     if runs_fsdp2(w):
-        return _walk_sharded(index, mask, w, st.num, st.stages, st.owner, st.inputs, st.workspace)
+        return _walk_sharded(index, mask, w, st, peak_only)
     r = _resident(index, w, st.owner, st.num)
     grad_of = {name: 0 for name in (s.name for s in st.stages)}
     first_of = dict(grad_of)
@@ -247,7 +258,7 @@ def _walk(index: ModelIndex, mask: list[bool], w: Workload, st: _Step) -> tuple[
         grad_of[name] += size
         first_of[name] = max(first_of[name], size)
     tl = walk(st.stages, r, inputs=st.inputs, workspace=st.workspace, grad_bytes=lambda s: grad_of[s.name],
-              first_grad=lambda s: first_of[s.name])
+              first_grad=lambda s: first_of[s.name], peak_only=peak_only)
     return r, tl
 
 
@@ -261,6 +272,7 @@ def estimate(index: ModelIndex, mask: list[bool], workload: Workload, *,
     _check(index, mask)
     st = _step(index, mask, workload, input_require_grads)
     r, tl = _walk(index, mask, workload, st)
+    assert isinstance(tl, Timeline)
     _engine_notes(index, workload, st.owner, st.num, r)
     return _result(index, mask, workload, st.num, st.stages, st.owner, r, tl, st.seq)
 
@@ -271,7 +283,7 @@ def spread_peaks(index: ModelIndex, mask: list[bool], workload: Workload, spread
     offload), building its stages once: what `estimate(...).peak_bytes` gives for each, much faster."""
     _check(index, mask)
     st = _step(index, mask, workload, input_require_grads)
-    return [_walk(index, mask, w, st)[1].peak.total for w in spreads]
+    return [int(_walk(index, mask, w, st, peak_only=True)[1]) for w in spreads]
 
 
 def _result(index: ModelIndex, mask: list[bool], w: Workload, num: Numerics, stages: list[Stage],

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 from freezelab.index import ModelIndex
 from freezelab.memory.cuda_facts import rounded
+from freezelab.memory.optimizer_state import Tensor
 
 ROOT = "root"
 
@@ -70,6 +71,7 @@ class Layout:
     units: dict[str, Unit]
     unit: list[str]          # per parameter
     rows: list[int]          # per parameter: elements of one rank's padded shard
+    local: list[Tensor]      # per parameter: rank 0's shard, as the optimizer sees it
 
 
 _LAYOUTS: dict[tuple[int, int, int], tuple[weakref.ReferenceType[ModelIndex], Layout]] = {}
@@ -93,20 +95,21 @@ def units(index: ModelIndex, elem: int, n: int) -> dict[str, Unit]:
 
 def _layout(index: ModelIndex, elem: int, n: int) -> Layout:
     out: dict[str, Unit] = {}
-    names, all_rows = [], []
+    names, all_rows, local = [], [], []
     for i, p in enumerate(index.params):
         name = unit_of(index, i)
         u = out.setdefault(name, Unit())
         rows = padded_rows(p.shape, n)
         names.append(name)
         all_rows.append(rows)
+        local.append(Tensor((-(-(p.shape or (1,))[0] // n), *p.shape[1:]), rows))
         u.params.append(i)
         u.flat += rows * n
         u.unsharded += rounded(rows * n * elem)
         u.shards += rounded(rows * elem)
     for u in out.values():
         u.flat = rounded(u.flat * elem)
-    return Layout(out, names, all_rows)
+    return Layout(out, names, all_rows, local)
 
 
 @dataclass
@@ -118,7 +121,8 @@ class Gathered:
 
 
 class Fsdp2:
-    """The state machine of FSDP2's buffers as the walker moves through the stages."""
+    """The state machine of FSDP2's buffers as the walker moves through the stages (running totals, so
+    that a moment costs nothing: a step is walked for up to 64 GPUs on every dashboard click)."""
 
     def __init__(self, index: ModelIndex, mask: list[bool], elem: int, n: int, reshard_after_forward: bool,
                  offload: bool) -> None:
@@ -135,34 +139,49 @@ class Fsdp2:
         self.sharded_grads = 0
         self.backward_started: set[str] = set()
         self.finished: set[str] = set()       # post-backward done
+        self._weights = self._grads = 0       # running totals of gathered / flat and of unsharded gradients
 
     # -- sizes -----------------------------------------------------------------------------
     def shards(self) -> int:
         return 0 if self.offload else sum(u.shards for u in self.units.values())
 
     def now(self) -> Gathered:
-        w = sum(self.units[u].unsharded for u in self.gathered) + sum(self.units[u].flat for u in self.flats)
-        g = sum(self.unsharded_grads.values()) + self.rs_input + (0 if self.offload else self.sharded_grads)
-        return Gathered(w, g)
+        return Gathered(self._weights, self._grads + self.rs_input + (0 if self.offload else self.sharded_grads))
 
     def _grad_rows(self, unit: str, has_grad: Callable[[int], bool]) -> int:
         rows = self.layout.rows
         return sum(rows[i] for i in self.units[unit].params if has_grad(i))
 
+    def _gather(self, unit: str, on: bool) -> None:
+        if on != (unit in self.gathered):
+            (self.gathered.add if on else self.gathered.discard)(unit)
+            self._weights += self.units[unit].unsharded * (1 if on else -1)
+
+    def _flat(self, unit: str, on: bool) -> None:
+        if on != (unit in self.flats):
+            (self.flats.add if on else self.flats.discard)(unit)
+            self._weights += self.units[unit].flat * (1 if on else -1)
+
+    def _drop_grads(self, unit: str) -> None:
+        self._grads -= self.unsharded_grads.pop(unit, 0)
+
     # -- forward -----------------------------------------------------------------------------
     def forward_start(self) -> list[Gathered]:
         """The root's pre-forward: its flat buffer and parameters (kept through backward)."""
-        self.flats, self.gathered = {ROOT}, {ROOT}
+        self._flat(ROOT, True)
+        self._gather(ROOT, True)
         return [self.now()]
 
     def enter(self, unit: str) -> list[Gathered]:
         """A unit's pre-forward; returns the copy-out moment (previous flat buffer still alive)."""
         if unit == ROOT or unit in self.gathered and unit in self.fwd_order:
             return []
-        self.flats.add(unit)
-        self.gathered.add(unit)
+        self._flat(unit, True)
+        self._gather(unit, True)
         moment = self.now()
-        self.flats = {unit}
+        for other in list(self.flats):
+            if other != unit:
+                self._flat(other, False)
         return [moment]
 
     def leave(self, unit: str) -> None:
@@ -171,11 +190,12 @@ class Fsdp2:
             return
         self.fwd_order.append(unit)
         if self.reshard:
-            self.gathered.discard(unit)
+            self._gather(unit, False)
 
     def forward_end(self) -> None:
         """The root's post-forward drops the last flat buffer; the root joins the post-forward order."""
-        self.flats = set()
+        for other in list(self.flats):
+            self._flat(other, False)
 
     # -- backward ----------------------------------------------------------------------------
     def _next(self, unit: str | None) -> str | None:
@@ -188,7 +208,7 @@ class Fsdp2:
     def _prefetch(self, unit: str | None) -> None:
         target = self._next(unit)
         if target is not None and target not in self.gathered and target not in self.finished:
-            self.flats.add(target)
+            self._flat(target, True)
 
     def backward_start(self) -> None:
         """The root's pre-backward prefetches the last unit."""
@@ -199,40 +219,43 @@ class Fsdp2:
         if unit == ROOT or unit in self.backward_started:
             return
         self.backward_started.add(unit)
-        self.gathered.add(unit)
-        self.flats.discard(unit)
+        self._gather(unit, True)
+        self._flat(unit, False)
         self._prefetch(unit)
 
     def produced(self, unit: str, grad_bytes: int) -> None:
         """Gradients autograd made for parameters of `unit` (unsharded until its post-backward)."""
         self.unsharded_grads[unit] = self.unsharded_grads.get(unit, 0) + grad_bytes
+        self._grads += grad_bytes
 
     def backward_leave(self, unit: str, has_grad: Callable[[int], bool]) -> None:
         """A unit's post-backward: reshard, reduce-scatter its gradients."""
         if unit in self.finished:
             return
         self.finished.add(unit)
-        self.gathered.discard(unit)
+        self._gather(unit, False)
         rows = self._grad_rows(unit, has_grad)
         if not rows:
             return
-        self.unsharded_grads.pop(unit, None)
+        self._drop_grads(unit)
         self.rs_input = rounded(rows * self.n * self.elem)
         self.sharded_grads += rounded(rows * self.elem)
 
     def backward_end(self, has_grad: Callable[[int], bool]) -> list[Gathered]:
         """The final callback: the root (and any unit the backward did not reach) post-backward, then the
         pending reduce-scatter input and prefetched buffers released."""
-        self.gathered.discard(ROOT)
+        self._gather(ROOT, False)
         rows = self._grad_rows(ROOT, has_grad)
         moments = []
         if rows:
             self.rs_input = rounded(rows * self.n * self.elem)
             moments.append(self.now())
-            self.unsharded_grads.pop(ROOT, None)
+            self._drop_grads(ROOT)
             self.sharded_grads += rounded(rows * self.elem)
         for unit in self.units:
             self.finished.add(unit)
-        self.gathered, self.flats, self.rs_input = set(), set(), 0
-        self.unsharded_grads = {}
+            self._gather(unit, False)
+            self._flat(unit, False)
+            self._drop_grads(unit)
+        self.rs_input = 0
         return moments

@@ -7,6 +7,10 @@ trainable tensor's gradient when it is produced and freeing the stage's
 saved tensors after it; the model output (logits, vision hidden states) is
 dropped after backward; then optimizer.step() runs with all gradients and
 its temporaries. The peak is the largest total over those moments.
+
+`walk` is the unsharded step (one GPU, DDP, ZeRO-1: whole weights and gradients);
+`walk_fsdp2` the same stages on one rank of an FSDP2 run (ZeRO-2, ZeRO-3, FSDP), with
+FSDP2's gathered weights and gradient buffers at each moment (freezelab.memory.fsdp2).
 """
 
 from __future__ import annotations
@@ -68,12 +72,34 @@ class _Walker:
         self.moments.append(Moment(phase, stage, parts, acts))
 
 
+class _PeakWalker(_Walker):
+    """The same walk keeping only the largest total (many walks of one step: how many GPUs it needs)."""
+
+    def __init__(self, r: Resident, inputs: int, workspace: int) -> None:
+        super().__init__(r, inputs, workspace)
+        self.best = 0
+
+    def snapshot(self, phase: Phase, stage: str, transient: int = 0, component: ActivationGroup | None = None,
+                 temp: int = 0, sharded: Gathered | None = None) -> None:
+        held = self.r.weights + self.r.state + temp + self.inputs + self.workspace + sum(self.live.values())
+        held += transient if component else 0
+        held += sharded.weights + sharded.grads if sharded is not None else self.grads + self.r.buckets
+        self.best = max(self.best, held)
+
+
+def _result(w: _Walker, end_of_forward: dict[ActivationGroup, int]) -> Timeline | int:
+    if isinstance(w, _PeakWalker):
+        return w.best
+    return Timeline(max(w.moments, key=lambda m: m.total), end_of_forward, w.moments)
+
+
 def walk(stages: list[Stage], r: Resident, *, inputs: int, workspace: int,
-         grad_bytes: Callable[[Stage], int], first_grad: Callable[[Stage], int] | None = None) -> Timeline:
+         grad_bytes: Callable[[Stage], int], first_grad: Callable[[Stage], int] | None = None,
+         peak_only: bool = False) -> Timeline | int:
     """The walk of the unsharded step (one GPU, DDP, ZeRO-1). A stage's backward is two moments: its
     transient peak with the first (largest) of its weight gradients (`first_grad`), then all of them
-    (`grad_bytes`) once the transient is gone."""
-    w = _Walker(r, inputs, workspace)
+    (`grad_bytes`) once the transient is gone. `peak_only`: just the peak's total."""
+    w = (_PeakWalker if peak_only else _Walker)(r, inputs, workspace)
     for s in stages:
         w.snapshot(Phase.FORWARD, s.name, s.fwd_extra, s.component)
         w.live[s.component] += s.keeps + s.forward_only
@@ -94,19 +120,18 @@ def walk(stages: list[Stage], r: Resident, *, inputs: int, workspace: int,
         w.live[s.component] -= s.held + (s.kept if not s.backward else 0)
     if backward:
         w.snapshot(Phase.OPTIMIZER, "optimizer.step", temp=r.step_temp)
-    peak = max(w.moments, key=lambda m: m.total)
-    return Timeline(peak, end_of_forward, w.moments)
+    return _result(w, end_of_forward)
 
 
 def walk_fsdp2(stages: list[Stage], r: Resident, fs: Fsdp2, unit: Callable[[Stage], str], *, inputs: int,
                workspace: int, grads: Callable[[Stage], list[tuple[str, int]]],
-               has_grad: Callable[[int], bool]) -> Timeline:
+               has_grad: Callable[[int], bool], peak_only: bool = False) -> Timeline | int:
     """The walk of one rank of an FSDP2 step: the same activations, with FSDP2's buffers at each moment
     (freezelab.memory.fsdp2): copy-out moments at each unit's pre-forward, the prefetches of backward, the
     reduce-scatters at each post-backward, the root's at the end. A stage's backward is two moments: its
     transient peak with the first (largest) of its weight gradients, then all of them once the transient
-    is gone (`grads(s)`: (unit, bytes) per gradient the stage produces)."""
-    w = _Walker(r, inputs, workspace)
+    is gone (`grads(s)`: (unit, bytes) per gradient the stage produces). `peak_only`: just the peak's total."""
+    w = (_PeakWalker if peak_only else _Walker)(r, inputs, workspace)
     for g in fs.forward_start():
         w.snapshot(Phase.FORWARD, "root.all_gather", sharded=g)
     prev = ROOT
@@ -151,5 +176,4 @@ def walk_fsdp2(stages: list[Stage], r: Resident, fs: Fsdp2, unit: Callable[[Stag
         w.live[s.component] -= s.held + (s.kept if not s.backward else 0)
     if backward:
         w.snapshot(Phase.OPTIMIZER, "optimizer.step", temp=r.step_temp, sharded=fs.now())
-    peak = max(w.moments, key=lambda m: m.total)
-    return Timeline(peak, end_of_forward, w.moments)
+    return _result(w, end_of_forward)
