@@ -10,13 +10,12 @@ its gradient buckets), so DDP either fits on one GPU, on any N > 1, or never.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from freezelab.index import ModelIndex
 from freezelab.memory.analytic import device_estimate, spread_peaks
-from freezelab.memory.cuda_facts import MEASURED_ARCH, cublas_workspace
-from freezelab.memory.gpus import GPUS, Gpu
+from freezelab.memory.gpus import GPUS, device_bytes_for
 from freezelab.workload import SHARDING, Sharding, Workload
 
 COUNTS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)   # one node of up to 8, then whole nodes
@@ -29,16 +28,11 @@ class GpuCount:
     smallest: dict[str, dict[str, int | None]]     # mode -> card -> smallest count that fits (None: none)
     offload_optimizer: bool = False
     cublas_workspaces: int = 2
-    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"counts": list(self.counts), "offload_optimizer": self.offload_optimizer,
                 "per_gpu_device_bytes": {m: dict(zip(map(str, self.counts), v)) for m, v in self.per_gpu.items()},
                 "smallest": self.smallest}
-
-
-def _on(card: Gpu, device_bytes: int, workspaces: int) -> int:
-    return device_bytes - workspaces * (cublas_workspace(MEASURED_ARCH) - cublas_workspace(card.arch))
 
 
 def _same_as(w: Workload, mode: str, n: int) -> tuple[str, int]:
@@ -65,11 +59,8 @@ def gpu_count(index: ModelIndex, mask: list[bool], workload: Workload, *, cublas
                                            input_require_grads=input_require_grads)))
     per_gpu = {m: [device_estimate(peaks[_same_as(workload, m, n)]) for n in COUNTS] for m in SHARDING}
     smallest = {m: {g.name: next((n for n, b in zip(COUNTS, per_gpu[m])
-                                  if _on(g, b, cublas_workspaces) <= g.total_bytes), None) for g in GPUS}
+                                  if device_bytes_for(b, cublas_workspaces, g.arch) <= g.total_bytes), None)
+                      for g in GPUS}
                 for m in SHARDING}
     return GpuCount(COUNTS, per_gpu, smallest, workload.offload_optimizer, cublas_workspaces)
 
-
-def summary_line(count: GpuCount, mode: Sharding | str, card: str) -> str:
-    n = count.smallest[str(mode)][card]
-    return "does not fit on 64" if n is None else f"{n} GPU{'s' if n > 1 else ''}"

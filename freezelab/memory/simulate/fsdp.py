@@ -98,11 +98,6 @@ def lazy_init(model: torch.nn.Module) -> None:
     model._get_fsdp_state()._lazy_init()
 
 
-def shards(model: torch.nn.Module) -> list[torch.Tensor]:
-    """Each parameter's local shard storage as FSDP2 keeps it (padded)."""
-    return [p._sharded_param_data for g in param_groups(model) for p in g.fsdp_params]
-
-
 # -- booking what FSDP2 allocates ------------------------------------------------------------
 
 def _booking_resize(st: torch.UntypedStorage, size: int) -> Any:
