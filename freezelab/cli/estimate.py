@@ -11,7 +11,9 @@ device figure plus its measured error fits), verdict (the same shape, each
 device_error (the method's measured error behind the margin), allocator_hint
 (a sentence when the allocator's cache is large, else null), gpus (each with
 memory, verdict, headroom and margin; common GPUs also with their architecture,
-their own device figure and whether they were measured), notes, workload, plan,
+their own device figure and whether they were measured), gpu_count (per-GPU
+device figure for 1 to 64 GPUs under each sharding mode, and the smallest number
+of each common GPU on which it fits, margin included), notes, workload, plan,
 trainable_params, model and details.
 """
 
@@ -86,7 +88,12 @@ def _fits(est: MemoryEstimate, gpu_bytes: int | None) -> tuple[Any, Any, list[di
 
 def report(index: ModelIndex, res: Resolution, workload: Workload, est: MemoryEstimate,
            gpu_bytes: int | None) -> dict[str, Any]:
+    from freezelab.memory.analytic import cache_share_of
+    from freezelab.memory.gpu_count import gpu_count
+
     fits, verdict, gpus = _fits(est, gpu_bytes)
+    needed = gpu_count(index, res.mask, workload, cublas_workspaces=est.cublas_workspaces,
+                       cache_share=cache_share_of(est))
     return {
         "model": index.name,
         "method": est.method,
@@ -106,8 +113,25 @@ def report(index: ModelIndex, res: Resolution, workload: Workload, est: MemoryEs
         "trainable_params": count(index, res.mask).trainable,
         "total_params": index.total_params,
         "warnings": res.warnings,
+        "gpu_count": needed.to_dict(),
         "details": est.details,
     }
+
+
+def _gpu_count_table(count: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    offload = ", optimizer offloaded" if count["offload_optimizer"] else ""
+    modes = list(count["smallest"])
+    tbl = Table(title=f"smallest number of GPUs that fits, per sharding mode (analytic, up to {count['counts'][-1]}"
+                f"{offload}; -: not even then)", title_justify="left")
+    tbl.add_column("GPU")
+    for mode in modes:
+        tbl.add_column(mode, justify="right")
+    for card in next(iter(count["smallest"].values())):
+        tbl.add_row(card, *("-" if count["smallest"][m][card] is None else str(count["smallest"][m][card])
+                            for m in modes))
+    return tbl
 
 
 def _print_human(data: dict[str, Any]) -> None:
@@ -141,6 +165,7 @@ def _print_human(data: dict[str, Any]) -> None:
                       "for: " + ", ".join(assumed) + "[/]")
     if data["allocator_hint"]:
         console.print(f"[yellow]hint:[/] {data['allocator_hint']}")
+    console.print(_gpu_count_table(data["gpu_count"]))
     for note in data["notes"]:
         console.print(f"- {note}")
     for warning in data["warnings"]:
