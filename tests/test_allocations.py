@@ -11,6 +11,7 @@ from freezelab.memory.analytic import estimate
 from freezelab.memory.measured import load
 from freezelab.memory.result import Method
 from freezelab.memory.tape_order import OrderedTape
+from freezelab.memory.claims import DEVICE
 from freezelab.memory.verdict import DEVICE_ERROR
 from freezelab.models import index_of
 from freezelab.plans import resolve
@@ -69,7 +70,8 @@ def test_a_fresh_process_splits_the_freed_logits_block() -> None:
 
 def test_device_figure_on_every_measured_row() -> None:
     """README: the analytic device figure against nvidia-smi (device_used_bytes) on the 60 measured rows
-    at hand: 0.43% median, 3.56% max; the verdict's error band (DEVICE_ERROR) is that maximum."""
+    at hand: 0.36% median, 3.43% max (claimed: 0.4%, 3.6%); the verdict's error band (DEVICE_ERROR) is
+    the claimed maximum."""
     errors = []
     for name in ROWS:
         for case in load(DATA / name):
@@ -78,5 +80,5 @@ def test_device_figure_on_every_measured_row() -> None:
                            input_require_grads=case.input_require_grads, workspaces_ready=case.workspaces_ready)
             errors.append(abs(est.device_estimate_bytes - case.device_measured) / case.device_measured)
     assert len(errors) == 60
-    assert statistics.median(errors) <= 0.005
-    assert max(errors) <= DEVICE_ERROR[Method.ANALYTIC]
+    assert statistics.median(errors) <= DEVICE[Method.ANALYTIC].median
+    assert max(errors) <= DEVICE_ERROR[Method.ANALYTIC] == DEVICE[Method.ANALYTIC].max

@@ -8,9 +8,8 @@ blocks, and a large transient (the fp32 logits of the loss) that finds its old
 block split needs a new segment. So the analytic estimate replays its step
 through the allocator model the simulation uses (`caching_allocator`):
 
-* setup: with `workspaces_ready` the cuBLAS / cuBLASLt workspaces of both
-  threads (a process that already ran a step, like every measured row after
-  the first of its run); each weight and buffer; the batch;
+* setup: with `workspaces_ready` the cuBLAS / cuBLASLt workspaces of both threads (a process
+  that already ran a step, like every measured row after the first of its run); weights; batch;
 * two steps, as the protocol runs them: each stage's forward op by op from the
   program its tape recorded (`tape_order`: every tensor it makes, freed after
   its last read unless saved for backward, cached by autocast or held by the
@@ -23,9 +22,8 @@ through the allocator model the simulation uses (`caching_allocator`):
 * each thread's cuBLAS workspace at its first matrix multiply (the forward's,
   then autograd's at the first backward one), unless ready.
 
-Each program is compiled once per estimate into flat instruction lists over
-numbered slots (`_Compiled`), which identical layers share. Pure Python, like
-the rest of the analytic estimate.
+Each program is compiled once per estimate into flat instruction lists over numbered
+slots (`_Compiled`), which identical layers share. Pure Python, like all the analytic estimate.
 """
 
 from __future__ import annotations

@@ -34,13 +34,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from freezelab.memory.claims import DEVICE
 from freezelab.memory.result import MemoryEstimate, Method
 from freezelab.units import GiB
 
-# The largest |device_estimate_bytes - device_used_bytes| / device_used_bytes over the 60 measured rows
-# (tests/data/calibration-h100.jsonl, tests/data/measured-extra-h100.jsonl,
-# tests/data/validation-h200.jsonl), as benchmarks/memory_accuracy.py --all prints it.
-DEVICE_ERROR: dict[Method, float] = {Method.ANALYTIC: 0.036, Method.SIMULATE: 0.036}
+# The largest |device_estimate_bytes - device_used_bytes| / device_used_bytes over the 60 measured rows,
+# as the README claims it (freezelab.memory.claims; benchmarks/memory_accuracy.py --all prints it).
+DEVICE_ERROR: dict[Method, float] = {m: claim.max for m, claim in DEVICE.items()}
 # The allocator cache (reserved beyond the tensor peak) from which expandable segments are worth a try.
 HINT_CACHE_SHARE = 0.10
 HINT_CACHE_BYTES = 2 * GiB
