@@ -330,7 +330,7 @@ def spread_peaks(index: ModelIndex, mask: list[bool], workload: Workload, spread
 def device_estimate(peak: int, cache_share: float) -> int:
     """What nvidia-smi would show for a tensor peak of `peak`: the tensors, the allocator's cached free
     blocks as `cache_share` of the peak (an estimate's replayed share, `cache_share_of`), the CUDA context."""
-    return peak + int(peak * cache_share) + CUDA_CONTEXT
+    return peak + round(peak * cache_share) + CUDA_CONTEXT
 
 
 def cache_share_of(est: MemoryEstimate) -> float:
