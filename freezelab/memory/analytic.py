@@ -160,6 +160,14 @@ def _trainable_by_component(index: ModelIndex, mask: list[bool]) -> dict[Compone
     return out
 
 
+def data_flow(index: ModelIndex, mask: list[bool], w: Workload, input_require_grads: bool | None = None) -> Flow:
+    """What the stages of a step are built from (checked: the mask must be this model's)."""
+    _check(index, mask)
+    use_cache = bool((index.config.get("text_config") or {}).get("use_cache", True))
+    return Flow(index, mask, numerics(w), w.batch, workload_sequence(index.config, w), w.images, _layout(index, w),
+                w.grad_ckpt, use_cache, _values_follow_keys(index.transformers_version), input_require_grads)
+
+
 def estimate(index: ModelIndex, mask: list[bool], workload: Workload, *,
              input_require_grads: bool | None = None) -> MemoryEstimate:
     """Peak GPU memory of one steady-state training step of `index` with trainable `mask`.
@@ -167,13 +175,9 @@ def estimate(index: ModelIndex, mask: list[bool], workload: Workload, *,
     input_require_grads: whether transformers' input-embedding hooks are installed (they make both
     towers build a graph even when frozen). None: exactly when gradient checkpointing is on, which
     installs them; True models hooks left behind after checkpointing was turned off."""
-    _check(index, mask)
-    w, num = workload, numerics(workload)
-    layout = _layout(index, w)
-    seq = workload_sequence(index.config, w)
-    use_cache = bool((index.config.get("text_config") or {}).get("use_cache", True))
-    flow = Flow(index, mask, num, w.batch, seq, w.images, layout, w.grad_ckpt, use_cache,
-                _values_follow_keys(index.transformers_version), input_require_grads)
+    w = workload
+    flow = data_flow(index, mask, w, input_require_grads)
+    num, layout, seq = flow.num, flow.layout, flow.seq
     stages = build(flow)
     owner = _grad_owner(stages, mask)
     r = _resident(index, w, owner, num)
