@@ -94,6 +94,7 @@ class StageFlops:
     name: str       # the stage: "vision.layers.3", "projector", "llm.layers.31", "lm_head", ...
     group: Group
     split: Split
+    dead: bool = False  # runs, but feeds nothing the loss depends on (vision layers behind the feature layer)
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,7 @@ def flops_of(stages: list[Stage], index: ModelIndex, mask: list[bool], w: Worklo
         if group is Group.LLM and w.attn != "eager":
             causal = causal + att
         if split.total:
-            by_stage.append(StageFlops(s.name, group, split))
+            by_stage.append(StageFlops(s.name, group, split, s.dead))
     traffic, optimizer = _traffic(index, mask, w, stages, DTYPE_BYTES[w.dtype])
     return Flops(total, by_component, tuple(by_stage), attention, causal, optimizer, traffic, tokens)
 

@@ -24,6 +24,8 @@ from freezelab.plans import MAX_PLAN_BYTES, PRESETS, Plan, Resolution, append_ru
 from freezelab.policy import LOCAL, Policy
 from freezelab.selectors import parse, reach, select
 from freezelab.session import Session, TreeOptions
+from freezelab.compute.timing import Efficiency
+from freezelab.ui.compute_view import ComputeView, compute_view
 from freezelab.ui.memory_view import MemoryView, memory_view
 from freezelab.ui.registry import shown, shown_ids, shown_within
 from freezelab.ui.tree_view import tree_json
@@ -75,6 +77,7 @@ class View:
     params_fig: go.Figure = shown("summary.params_plot")
     map_fig: go.Figure = shown("map.plot")
     memory: MemoryView = shown_within()
+    compute: ComputeView = shown_within()
     trainable: int                                      # trainable parameters under the plan
 
 
@@ -131,6 +134,7 @@ def build_view(app: App, session: Session, status: str = "") -> View:
         params_fig=charts.params_by_component(index, res.mask),
         map_fig=charts.model_map(index, res.mask),
         memory=memory_view(index, res.mask, session.workload),
+        compute=compute_view(index, res.mask, session.workload, session.efficiency),
         trainable=count(index, res.mask).trainable,
         status=status,
     )
@@ -308,3 +312,12 @@ def _clean(values: dict[str, Any]) -> dict[str, Any]:
             v = int(v)
         out[k] = v
     return out
+
+
+def set_efficiency(app: App, session: Session, **values: Any) -> View:
+    """New fractions of peak for the time model (mfu, bandwidth); a bad value raises TimingError."""
+    known = {"mfu", "bandwidth", "network"}
+    if set(values) - known:
+        raise OptionError(f"unknown efficiency field(s): {', '.join(sorted(set(values) - known))}")
+    efficiency = replace(session.efficiency, **_clean(values))
+    return build_view(app, replace(session, efficiency=efficiency))

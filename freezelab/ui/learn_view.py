@@ -1,5 +1,6 @@
 """The Learn tab: a guided walk from LLaVA stage 1 to stage 2 to the last N layers,
-on the tiny model and on llava-1.5-7b, explaining what changed after each step."""
+on the tiny model and on llava-1.5-7b, explaining what changed after each step, and what
+the plans cost in compute and time."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from freezelab.memory.result import MemoryEstimate
 from freezelab.plans import preset
 from freezelab.session import Session
 from freezelab.ui.handlers import App, View, build_view, load_model
+from freezelab.ui.learn_compute import compute_lesson
 from freezelab.workload import Workload
 
 # The calibration workload of shared measurements: one 336px image (576 tokens) + 1,024 text tokens.
@@ -27,6 +29,7 @@ class Lesson:
     preset: str
     workload: Workload
     why: str
+    compute: bool = False   # also compare the plans' FLOPs and step times (freezelab.ui.learn_compute)
 
 
 _STAGE1 = ("Only the projector trains: it learns to map image features into the LLM's embedding space. "
@@ -36,6 +39,10 @@ _STAGE1 = ("Only the projector trains: it learns to map image features into the 
 _STAGE2 = ("Now the LLM trains as well. Every LLM parameter gets a gradient, and AdamW keeps two more "
            "values per parameter: gradients and optimizer state now dwarf everything else. The vision "
            "tower stays frozen and, since nothing before it trains, keeps no activations.")
+_COMPUTE = ("Freezing changes memory far more than compute. Every plan runs the same forward; what differs is "
+            "the backward. A frozen layer behind a trainable one still runs its backward for the input gradient "
+            "and skips only the weight-gradient matmuls; only layers before the first trainable parameter run no "
+            "backward at all.")
 _LAST_N = ("Only the top layers of the LLM train. Their gradients and optimizer state are a small "
            "fraction of stage 2's, and backpropagation stops at the lowest trainable layer, so the layers "
            "below it keep no activations. This is often the cheapest way to adapt the language side.")
@@ -47,6 +54,8 @@ LESSONS: dict[str, Lesson] = {lesson.key: lesson for lesson in (
     Lesson(4, "7b-stage1", "Stage 1 on llava-1.5-7b", "llava-1.5-7b", "stage1", BIG_WORKLOAD, _STAGE1),
     Lesson(5, "7b-stage2", "Stage 2 on llava-1.5-7b", "llava-1.5-7b", "stage2", BIG_WORKLOAD, _STAGE2),
     Lesson(6, "7b-last4", "Last 4 LLM layers on llava-1.5-7b", "llava-1.5-7b", "last-4", BIG_WORKLOAD, _LAST_N),
+    Lesson(7, "7b-compute", "Stage 1 vs stage 2 in FLOPs and time", "llava-1.5-7b", "stage1", BIG_WORKLOAD,
+           _COMPUTE, compute=True),
 )}
 
 INTRO = ("Each button loads a model, applies a plan and sets a workload; the dashboard tab shows the "
@@ -93,6 +102,8 @@ def run_lesson(app: App, session: Session, key: str) -> tuple[View, str]:
     view = build_view(app, session, f"Lesson {lesson.number} applied ({lesson.title}): the dashboard tab "
                       "shows the result.")
     text = f"### {lesson.number}. {lesson.title}\n\n{lesson.why}\n\n{what_changed(prev, view)}"
+    if lesson.compute:
+        text += "\n\n" + compute_lesson(app.loaded(session).index, lesson.workload, session.efficiency)
     if view.memory.estimate.notes:
         text += "\n\nWhat the estimator says:\n" + "\n".join(f"- {n}" for n in view.memory.estimate.notes[:4])
     return view, text

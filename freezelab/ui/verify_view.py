@@ -128,7 +128,22 @@ def check_rows(report: StepReport) -> list[list[str]]:
     return rows
 
 
+def time_text(report: StepReport) -> str:
+    """The steady-state step time beside the time model's estimate for this card (or why there is none)."""
+    t, measured = report.time_estimate, report.measured_seconds
+    shown = "–" if measured is None else f"{measured:.2f} s"
+    if not t or t.get("seconds") is None:
+        return f"Step time: measured {shown}" + (f"; {t['note']}." if t else ".")
+    return (f"Step time: measured {shown}, estimated **{t['seconds']:.2f} s** ({t['note']}: "
+            f"{'; '.join(t['assumptions'])}).")
+
+
 def memory_text(report: StepReport) -> str:
+    """The measured peaks beside the estimate, then the step time beside its estimate."""
+    return _memory_rows(report) + "\n\n" + time_text(report)
+
+
+def _memory_rows(report: StepReport) -> str:
     est = report.estimate
     steady = [s for s in report.steps if s.steady and s.peak_allocated_bytes is not None]
     if not steady:
