@@ -175,3 +175,27 @@ def test_a_rule_that_trains_one_projection_runs_backward_from_there_only(tiny):
     f = flops(tiny, plan)
     layer3 = next(s.split for s in f.by_stage if s.name == "llm.layers.3")
     assert layer3 == Split(L_LINEARS + L_ATTENTION, 0, L_DOWN, 0)   # down_proj's input is frozen-side
+
+
+def test_notes_say_where_the_backward_runs(tiny):
+    from freezelab.compute.notes import explain
+
+    notes = explain(flops(tiny, preset("stage1")))
+    assert notes[0].startswith("One step runs 57.6 MFLOP of matmul FLOPs: forward 28.7 MFLOP, backward 29.0 MFLOP")
+    assert notes[1].startswith(f"{TL} LLM layers and lm_head train no weights but still run a backward")
+    assert notes[2].startswith(f"{VL - 1} vision layers and the patch embedding run forward only")
+    assert notes[3].startswith("1 vision layer after the one the projector reads runs forward only")
+    assert explain(flops(tiny, preset("frozen")))[0].endswith("so no backward runs.")
+
+
+def test_compute_chart_stacks_each_component_by_part(tiny):
+    from freezelab.charts import compute_breakdown
+
+    f = flops(tiny, preset("stage1"), WORKLOAD.with_(grad_ckpt=True))
+    fig = compute_breakdown(f)
+    bars = {bar.name: dict(zip(bar.y, bar.x)) for bar in fig.data}
+    assert set(bars) == {"forward", "backward: input gradients", "backward: weight gradients",
+                         "recomputed forward (checkpointing)"}
+    assert bars["forward"]["language model"] == pytest.approx(TL * (L_LINEARS + L_ATTENTION) / 1e12)
+    assert bars["backward: weight gradients"]["language model"] == 0
+    assert bars["backward: weight gradients"]["projector"] == pytest.approx(PROJECTOR / 1e12)
