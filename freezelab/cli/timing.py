@@ -60,6 +60,11 @@ def print_time(console: Any, data: dict[str, Any]) -> None:
                   f"input {units.flops(f['backward_input'])}, backward weight {units.flops(f['backward_weight'])}"
                   + (f", recompute {units.flops(f['recompute'])}" if f["recompute"] else "")
                   + f"); optimizer step {units.flops(f['optimizer'])} elementwise")
+    counted = data.get("details", {}).get("flops")
+    if counted:
+        console.print(f"FlopCounterMode on the simulated step: forward {units.flops(counted['forward'])}, backward "
+                      f"{units.flops(counted['backward'])} (analytic: {units.flops(f['forward'])}, "
+                      f"{units.flops(f['backward'])})")
     t = data["time"]
     training = t["samples"] is not None
     table = Table(title="estimated step time per GPU (CUDA; the sanity step measures it)", title_justify="left")

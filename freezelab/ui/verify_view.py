@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import plotly.graph_objects as go
 
 from freezelab import charts, units
+from freezelab.compute.flops import Flops, step_flops
 from freezelab.errors import FreezelabError
 from freezelab.memory.analytic import estimate as analytic_estimate
 from freezelab.memory.result import CATEGORIES, MemoryEstimate
@@ -84,6 +85,16 @@ def comparison_table(a: MemoryEstimate, s: MemoryEstimate) -> str:
     return "\n".join(rows)
 
 
+def flops_rows(analytic: Flops, counted: dict[str, int]) -> str:
+    """The analytic FLOPs beside FlopCounterMode's count of the simulated step 2."""
+    rows = ["| FLOPs of one step | analytic | FlopCounterMode | difference |", "|---|---:|---:|---:|"]
+    for label, x, y in (("forward", analytic.forward, counted["forward"]),
+                        ("backward (with recompute)", analytic.backward, counted["backward"])):
+        diff = f"{100 * (y - x) / x:+.2f}%" if x else ("0" if x == y else "–")
+        rows.append(f"| {label} | {units.flops(x)} | {units.flops(y)} | {diff} |")
+    return "\n".join(rows)
+
+
 def simulate(app: App, session: Session, progress: Progress | None = None,
              cancel: Callable[[], bool] | None = None) -> SimulationView:
     """Run the real training step on fake tensors; seconds for a 7B model, so behind a button."""
@@ -97,8 +108,10 @@ def simulate(app: App, session: Session, progress: Progress | None = None,
     analytic = analytic_estimate(index, res.mask, session.workload)
     simulated = simulate_step(hf_config(loaded.source), res.trainable_names(index), session.workload,
                               progress=progress, cancel=cancel)
-    return SimulationView(analytic, simulated, comparison_table(analytic, simulated),
-                          charts.estimate_comparison([analytic, simulated]))
+    table = comparison_table(analytic, simulated)
+    if "flops" in simulated.details:
+        table += "\n\n" + flops_rows(step_flops(index, res.mask, session.workload), simulated.details["flops"])
+    return SimulationView(analytic, simulated, table, charts.estimate_comparison([analytic, simulated]))
 
 
 # -- sanity step -------------------------------------------------------------------------
