@@ -83,8 +83,8 @@ class Tape:
         self.kv_values_follow_keys = False    # ... with the values in the keys' dtype
         self.cost = Cost()                    # FLOPs and bytes of the ops recorded so far
         # What a checkpoint replay of these ops recomputes: non-reentrant checkpointing stops early,
-        # once the last tensor saved for backward is repacked, and an op saves its inputs before it
-        # runs, so the replay ends just before the last op that saves inputs (a layer's last Linear).
+        # once the last tensor saved for backward is repacked, and a matmul saves its inputs before
+        # it runs, so the replay ends just before the last op that saves (a layer's last Linear).
         self.replay = Cost()
 
     # -- bookkeeping -----------------------------------------------------------
@@ -111,6 +111,11 @@ class Tape:
 
     def _moves(self, per_element: int, numel: int, backward: bool) -> None:
         self._charge(costs.traffic(per_element * numel, backward=backward))
+
+    def _replayed(self, saves: bool) -> None:
+        """An op that saves tensors for backward: a checkpoint replay runs up to here at least."""
+        if saves:
+            self.replay = self.cost.forward_only()
 
     def grad(self, name: str) -> bool:
         return self.t[name].grad
@@ -142,8 +147,7 @@ class Tape:
         src = self.t[x]
         flow, w_train, b_train = src.grad, self.trainable(weight), self.trainable(bias)
         xin = self._to16(x)
-        if flow or w_train:  # saves its input and / or weight: a replay stops before it runs
-            self.replay = self.cost.forward_only()
+        self._replayed(flow or w_train)  # saves its input and / or weight before it runs
         if w_train:
             self._save(xin)  # grad_weight = grad_out^T @ input
         if self.num.autocast and weight is not None and (flow or w_train):
@@ -175,6 +179,7 @@ class Tape:
             self._save(self._new(f"{out}.normed", src.numel, src.elem, flow, src.width))
         y = self._new(out, src.numel, src.elem, flow or w_train, src.width)
         self._moves(costs.rms_norm_bytes(src.elem), src.numel, flow or w_train)
+        self._replayed(flow or w_train)
         self._fwd(2 * fp32_bytes + self.nbytes(y))
         self._bwd(self._grad_bytes(y) + (2 * fp32_bytes + src.nbytes if flow else 0))
         return y
@@ -191,6 +196,7 @@ class Tape:
         elem = 4 if self.num.autocast else src.elem
         y = self._new(out, src.numel, elem, needs, src.width)
         self._moves(src.elem + elem + (6 if xin != x else 0), src.numel, needs)
+        self._replayed(needs)
         self._fwd(self.nbytes(y) + (self.nbytes(xin) if xin != x else 0))
         self._bwd(self._grad_bytes(y) + (src.nbytes if src.grad else 0))
         return y
@@ -206,6 +212,7 @@ class Tape:
         if kind == "quick_gelu":
             extra = 2 * src.nbytes  # 1.702 x and sigmoid(.) before the product
         self._moves((7 if kind == "quick_gelu" else 2) * src.elem, src.numel, src.grad)
+        self._replayed(src.grad)
         self._fwd(self.nbytes(y) + extra)
         self._bwd(2 * self._grad_bytes(y))
         return y
@@ -218,6 +225,7 @@ class Tape:
             self._save(b)
         y = self._new(out, max(ta.numel, tb.numel), max(ta.elem, tb.elem), ta.grad or tb.grad, ta.width)
         self._moves(3 * self.t[y].elem, self.t[y].numel, self.t[y].grad)
+        self._replayed(ta.grad or tb.grad)
         self._fwd(self.nbytes(y))
         self._bwd(self._grad_bytes(y) + self._grad_bytes(a, b))
         return y
@@ -250,8 +258,7 @@ class Tape:
         y = self._new(out, batch * seq * heads * head_dim, self.num.compute, need, heads * head_dim)
         scores = batch * heads * seq * seq
         self._charge(self._attention_flops(batch, heads, kv_heads, seq, head_dim, q, k, v))
-        if need:  # saves its output (fused) or the probabilities (eager): a replay runs it
-            self.replay = self.cost.forward_only()
+        self._replayed(need)  # saves its output (fused) or the probabilities (eager) after it runs
         if fused:
             # flash / memory-efficient kernels: q, k, v (kv heads only, GQA native), out and logsumexp
             if need:
