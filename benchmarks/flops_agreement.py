@@ -1,6 +1,7 @@
 """Analytic FLOPs against FlopCounterMode on the simulated step, for the shipped configs.
 
     python benchmarks/flops_agreement.py [--models NAME ...] [--presets P ...] [--all]
+    python benchmarks/flops_agreement.py --overhead [--runs 3]
 
 For each shipped architecture (assets/configs), each preset and gradient checkpointing off and
 on, the analytic count (freezelab.compute.flops.step_flops) is compared with what
@@ -11,11 +12,16 @@ workload is the CLI's default: batch 1, one image, 64 text tokens, bf16, AdamW, 
 The simulations of llava-v1.6-34b and llava-onevision-qwen2-72b take minutes each on two CPU cores,
 so by default they run a sample (stage1 and full, each with and without checkpointing); --all runs
 every preset on them too.
+
+--overhead times the simulation of llava-1.5-7b (stage1, stage2, last-4) with and without the
+FlopCounterMode count, alternating, in CPU seconds of this process (less sensitive than wall time
+to other jobs on the cores), and prints the medians and the median ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -62,12 +68,38 @@ def run(model: str, presets: tuple[str, ...]) -> list[float]:
     return worst
 
 
+def overhead(runs: int) -> None:
+    source = resolve_source("llava-1.5-7b")
+    index, config = index_of(source), hf_config(source)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    ratios = []
+    for name in ("stage1", "stage2", "last-4"):
+        trainable = resolve(preset(name), index).trainable_names(index)
+        simulate_step(config, trainable, Workload(), count_flops=False)  # warm
+        for _ in range(runs):
+            took = {}
+            for count in (True, False):
+                t0 = time.process_time()
+                simulate_step(config, trainable, Workload(), count_flops=count)
+                took[count] = time.process_time() - t0
+                times[count].append(took[count])
+            ratios.append(took[True] / took[False])
+    print(f"simulated step of llava-1.5-7b, CPU seconds: with FlopCounterMode {statistics.median(times[True]):.2f}, "
+          f"without {statistics.median(times[False]):.2f} (median of {len(ratios)} each); median ratio "
+          f"{statistics.median(ratios):.2f} (range {min(ratios):.2f}-{max(ratios):.2f})")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="*", default=[n for n in known_names() if n != "tiny"])
     p.add_argument("--presets", nargs="*", default=list(PRESETS))
     p.add_argument("--all", action="store_true", help="every preset on the 34B and 72B models too")
+    p.add_argument("--overhead", action="store_true", help="time the simulation with and without counting")
+    p.add_argument("--runs", type=int, default=3, help="with --overhead: runs per plan")
     args = p.parse_args(argv)
+    if args.overhead:
+        overhead(args.runs)
+        return 0
     worst: list[float] = []
     for model in args.models:
         presets = tuple(args.presets)

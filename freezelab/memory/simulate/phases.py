@@ -45,7 +45,7 @@ def run_steps(run: Run, batch: dict[str, Any], params: list[torch.nn.Parameter],
     autocast = (torch.autocast("cpu", dtype=run.autocast_dtype) if run.autocast_dtype is not None
                 else contextlib.nullcontext())
     marks = StepMarks()
-    flops = StepFlops(ledger)
+    flops = StepFlops(ledger) if run.count_flops else None
     for step in (1, 2):
         base = 0.15 + (step - 1) * 0.4
         if step == 2:
@@ -67,7 +67,8 @@ def run_steps(run: Run, batch: dict[str, Any], params: list[torch.nn.Parameter],
         if step == 1:
             marks.step1_peak = ledger.peak
         run.lap(f"step{step}_optimizer")
-    run.details["flops"] = flops.summary()
+    if flops is not None:
+        run.details["flops"] = flops.summary()
     return marks
 
 
