@@ -1,6 +1,6 @@
 """Analytic FLOPs against FlopCounterMode on the simulated step, for the shipped configs.
 
-    python benchmarks/flops_agreement.py [--models NAME ...] [--presets P ...] [--all]
+    python benchmarks/flops_agreement.py [--models NAME ...] [--presets P ...] [--quick]
     python benchmarks/flops_agreement.py --overhead [--runs 3]
 
 For each shipped architecture (assets/configs), each preset and gradient checkpointing off and
@@ -9,9 +9,9 @@ torch.utils.flop_counter.FlopCounterMode counts over step 2 of the simulated tra
 (freezelab.memory.simulate): forward, backward (recomputed forwards included) and total. The
 workload is the CLI's default: batch 1, one image, 64 text tokens, bf16, AdamW, SDPA.
 
-The simulations of llava-v1.6-34b and llava-onevision-qwen2-72b take minutes each on two CPU cores,
-so by default they run a sample (stage1 and full, each with and without checkpointing); --all runs
-every preset on them too.
+The whole grid is 176 simulated steps, about an hour on two busy CPU cores (those of
+llava-v1.6-34b and llava-onevision-qwen2-72b take about a minute each); --quick runs only stage1
+and full on those two.
 
 --overhead times the simulation of llava-1.5-7b (stage1, stage2, last-4) with and without the
 FlopCounterMode count, alternating, in CPU seconds of this process (less sensitive than wall time
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="*", default=[n for n in known_names() if n != "tiny"])
     p.add_argument("--presets", nargs="*", default=list(PRESETS))
-    p.add_argument("--all", action="store_true", help="every preset on the 34B and 72B models too")
+    p.add_argument("--quick", action="store_true", help="only stage1 and full on the 34B and 72B models")
     p.add_argument("--overhead", action="store_true", help="time the simulation with and without counting")
     p.add_argument("--runs", type=int, default=3, help="with --overhead: runs per plan")
     args = p.parse_args(argv)
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     worst: list[float] = []
     for model in args.models:
         presets = tuple(args.presets)
-        if model in LARGE and not args.all:
+        if model in LARGE and args.quick:
             presets = tuple(x for x in presets if x in LARGE_SAMPLE)
         worst += run(model, presets)
     print(f"\n{len(worst)} steps: largest relative difference {max(worst):.2e} (target: within {TOLERANCE:.0%}); "

@@ -145,7 +145,6 @@ def test_optimizer_work_follows_the_trainable_elements_and_sharding(tiny):
 CASES = [
     ("llava", "stage1", {"grad_ckpt": True}),
     ("llava", "last-2", {"attn": "eager"}),
-    ("llava-siglip", "full", {"grad_ckpt": True}),
     ("next", "stage2", {"images": 2, "grad_ckpt": True}),
     ("onevision", "vision-projector", {"dtype": "fp32", "autocast": "bf16"}),
     ("vipllava", "lm-head", {"grad_ckpt": True}),
