@@ -34,6 +34,7 @@ class Session:
     workload: Workload = field(default_factory=Workload)
     tree: TreeOptions = field(default_factory=TreeOptions)
     efficiency: Efficiency = field(default_factory=Efficiency)  # the time model's fractions of peak
+    context: bool | None = None         # memory charts include the CUDA context; None: the estimate's default
 
     def with_plan(self, plan: Plan) -> Session:
         """The session with a new plan; the old one goes on the undo stack (if it differs)."""

@@ -190,13 +190,13 @@ def test_compute_lesson_numbers_are_computed():
     from freezelab.compute.flops import step_flops
     from freezelab.plans import preset, resolve
     from freezelab.ui.handlers import App, initial_view
-    from freezelab.ui.learn_view import BIG_WORKLOAD, run_lesson
+    from freezelab.ui.learn_view import WORKLOAD, run_lesson
 
     app = App()
-    view, text = run_lesson(app, initial_view(app).session, "7b-compute")
+    view, text = run_lesson(app, initial_view(app).session, "compute")
     index = app.loaded(view.session).index
-    s1 = step_flops(index, resolve(preset("stage1"), index).mask, BIG_WORKLOAD)
-    s2 = step_flops(index, resolve(preset("stage2"), index).mask, BIG_WORKLOAD)
+    s1 = step_flops(index, resolve(preset("stage1"), index).mask, WORKLOAD)
+    s2 = step_flops(index, resolve(preset("stage2"), index).mask, WORKLOAD)
     assert f"**{s1.counted / 1e12:.1f}**" in text and f"**{s2.counted / 1e12:.1f}**" in text
     assert f"runs {s1.counted / s2.counted:.0%} of its FLOPs" in text
     assert view.compute.flops.counted == s1.counted   # the lesson leaves stage 1 on the dashboard

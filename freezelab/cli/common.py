@@ -82,7 +82,13 @@ def console(stderr: bool = False) -> Any:
     """A rich console at least 120 columns wide: module paths are long, and a pipe defaults to 80."""
     from rich.console import Console
 
-    return Console(stderr=stderr, width=max(Console(stderr=stderr).width, 120))
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            """rich would exit with status 1; main() ends every command the same way on a closed pipe."""
+            self.quiet = True
+            raise BrokenPipeError
+
+    return _Console(stderr=stderr, width=max(Console(stderr=stderr).width, 120))
 
 
 def print_json(data: Any) -> None:
@@ -117,5 +123,5 @@ def workload_from_args(args: argparse.Namespace, *, default_dtype: Dtype = Dtype
     return Workload(batch=args.batch, text_tokens=args.text_tokens, images=args.images, image_size=args.image_size,
                     dtype=args.dtype or default_dtype, autocast=args.autocast, optimizer=args.optimizer,
                     grad_ckpt=args.grad_ckpt, attn=args.attn, gpus=getattr(args, "gpus", 1),
-                    sharding=getattr(args, "sharding", Sharding.DDP),
+                    sharding=getattr(args, "sharding", None) or Sharding.DDP,
                     offload_optimizer=getattr(args, "offload_optimizer", False))
