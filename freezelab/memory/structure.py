@@ -85,3 +85,18 @@ def sizes(index: ModelIndex, elem: int) -> tuple[int, int, int]:
 @lru_cache(maxsize=65536)
 def _bytes(numel: int, elem: int) -> int:
     return rounded(numel * elem)
+
+
+def find(params: dict[str, int], *suffixes: str) -> int | None:
+    """The parameter whose relative name ends with one of `suffixes` (architectures differ in nesting)."""
+    for suffix in suffixes:
+        if suffix in params:
+            return params[suffix]
+        for name, i in params.items():
+            if name.endswith("." + suffix):
+                return i
+    return None
+
+
+def shape_of(index: ModelIndex, i: int | None, dim: int, default: int) -> int:
+    return index.params[i].shape[dim] if i is not None else default

@@ -57,6 +57,7 @@ def simulate_step(
     *,
     input_require_grads: bool = False,
     workspaces_ready: bool = False,
+    count_flops: bool = True,
 ) -> MemoryEstimate:
     """Run two training steps of the real model on fake tensors and account their memory.
 
@@ -80,9 +81,12 @@ def simulate_step(
     `workspaces_ready=True` books the cuBLAS workspaces before the first step, as in a process that
     already ran one (measurements that run many cases in one process); a fresh training run makes
     them in its first step, where they can split cached blocks.
+    `count_flops=True` counts step 2 with FlopCounterMode (`details["flops"]`, see
+    `simulate.flops`); the counting adds to the run's CPU time
+    (`python benchmarks/flops_agreement.py --overhead`).
     """
     return execute(Run(config, trainable, workload, progress, cancel, input_require_grads=input_require_grads,
-                       workspaces_ready=workspaces_ready))
+                       workspaces_ready=workspaces_ready, count_flops=count_flops))
 
 
 def execute(run: Run) -> MemoryEstimate:
