@@ -202,4 +202,5 @@ def index_of(source: Source, *, dtype: Dtype = Dtype.BF16) -> ModelIndex:
         index = build_index(build(source, device="meta", dtype=Dtype.BF16), source.name, meta=True)
         store_cached(key, index)
     index.name = source.name
+    index.processor = dict(source.processor)
     return index.with_dtype(TORCH_DTYPE_NAMES[dtype])

@@ -245,7 +245,7 @@ def test_bad_input_raises_one_clear_error_and_changes_nothing(app, start, call, 
 def test_a_non_llava_config_is_refused_and_the_previous_model_stays(app, start, tmp_path):
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
-    with pytest.raises(NotLlavaError, match="not a LLaVA-family model"):
+    with pytest.raises(NotLlavaError, match="not a vision-language model transformers builds"):
         handlers.load_model(app, start.session, str(config))
     assert handlers.build_view(app, start.session).header.startswith("**tiny**")
 

@@ -12,7 +12,7 @@ import torch
 
 from freezelab.components import ModelComponents
 from freezelab.errors import SimulationCancelled, SimulationError
-from freezelab.families import CLASSES
+from freezelab.families import class_name
 from freezelab.memory.fake.ledger import TensorLedger
 from freezelab.workload import TORCH_DTYPE_NAMES, Workload
 
@@ -30,10 +30,10 @@ class Run:
         if not isinstance(workload, Workload):
             raise SimulationError(f"workload must be a freezelab.workload.Workload, got {type(workload).__name__}")
         model_type = getattr(config, "model_type", None)
-        if model_type not in CLASSES:
+        if not isinstance(model_type, str) or class_name(model_type) is None:
             raise SimulationError(
-                f"model_type {model_type!r} is not a supported LLaVA family model "
-                f"({', '.join(sorted(CLASSES))})")
+                f"model_type {model_type!r} is not a vision-language model transformers builds "
+                "(an image-text-to-text class)")
         self.config = copy.deepcopy(config)
         self.model_type: str = model_type
         self.trainable = set(trainable)
