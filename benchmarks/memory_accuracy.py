@@ -52,7 +52,8 @@ def predict(method: str, case: Case) -> int:
         return estimate(index, res.mask, case.workload, input_require_grads=case.input_require_grads).peak_bytes
     from freezelab.memory.simulate import simulate_step
 
-    return simulate_step(hf_config(source), res.trainable_names(index), case.workload).peak_bytes
+    return simulate_step(hf_config(source), res.trainable_names(index), case.workload,
+                         processor=index.processor).peak_bytes
 
 
 def methods(choice: str) -> list[str]:

@@ -70,7 +70,7 @@ def test_what_each_strategy_scales(w: Workload, scale: dict) -> None:
 def test_bad_input_is_a_freezelab_error() -> None:
     from transformers import LlamaConfig
 
-    with pytest.raises(SimulationError, match="not a supported LLaVA family model"):
+    with pytest.raises(SimulationError, match="not a vision-language model transformers builds"):
         Run(LlamaConfig(), set(), Workload())
     with pytest.raises(SimulationError, match="must be a freezelab.workload.Workload"):
         Run(LlamaConfig(), set(), {"batch": 1})

@@ -66,7 +66,7 @@ def _simulate(source: Source, index: ModelIndex, res: Resolution, workload: Work
     from freezelab.models import hf_config
 
     return simulate_step(hf_config(source), res.trainable_names(index), workload,
-                         progress=None if quiet else _progress)
+                         progress=None if quiet else _progress, processor=index.processor)
 
 
 def _fits(est: MemoryEstimate, gpu_bytes: int | None) -> tuple[Any, list[dict[str, Any]]]:

@@ -48,7 +48,7 @@ from freezelab.memory.sharding import Resident, per_gpu
 from freezelab.memory.stages import ACTIVATION_GROUPS, Flow, Stage, build
 from freezelab.memory.structure import sizes
 from freezelab.memory.timeline import Timeline, walk
-from freezelab.tokens import ImageLayout, image_layout, workload_sequence
+from freezelab.tokens import LLAVA_TYPES, ImageLayout, combined, sample_layouts, workload_sequence
 from freezelab.workload import DTYPE_BYTES, Workload
 
 CUBLAS_WORKSPACE = cublas_workspace(MEASURED_ARCH)
@@ -56,7 +56,44 @@ INDEX_ELEM = 8                     # input_ids, attention_mask and labels are in
 
 
 class EstimateError(FreezelabError):
-    """The plan does not fit the model it is estimated for."""
+    """The plan does not fit the model it is estimated for, or the analytic model cannot follow it."""
+
+
+# The families whose data flow the stages model op by op (the accuracy benchmark checks each against the
+# simulation); any other model is refused with a pointer to the simulated estimate, never guessed.
+FOLLOWED: dict[str, str] = {t: "LLaVA" for t in LLAVA_TYPES}
+NOT_YET: dict[str, str] = {
+    "qwen2_vl": "its vision tower's varlen attention and 2D RoPE, the merger inside the tower, M-RoPE",
+    "qwen2_5_vl": "its vision tower's window attention and 2D RoPE, the merger inside the tower, M-RoPE",
+    "qwen3_vl": "its vision tower's 2D RoPE and DeepStack mergers feeding the first LLM layers",
+    "internvl": "its InternViT layers (layer scale) and pixel shuffle",
+    "gemma3": "its pooling projector and Gemma 3's sliding-window layers with image-bidirectional masks",
+    "paligemma": "Gemma 2's soft-capped eager attention and the full attention over the image prefix",
+    "idefics3": "its pixel-shuffle connector and padded tile batches",
+    "smolvlm": "its pixel-shuffle connector and padded tile batches",
+    "mistral3": "Pixtral's 2D RoPE, block-diagonal attention over all images and the patch merger",
+}
+
+
+def followed(index: ModelIndex, w: Workload) -> str | None:
+    """Why the stages cannot model this model or workload (with where to go instead), or None."""
+    from freezelab.families import family
+
+    simulate = ("use the simulated estimate (--method simulate, or Verify in the dashboard), which runs the "
+                "real model's training step")
+    if index.model_type not in FOLLOWED:
+        what = NOT_YET.get(index.model_type, "a family whose forward freezelab has not modelled")
+        return f"the analytic estimate does not follow {family(index.model_type).title} yet ({what}); {simulate}"
+    if w.frames:
+        return f"the analytic estimate does not follow videos (frames) yet; {simulate}"
+    return None
+
+
+def check_followed(index: ModelIndex, w: Workload) -> None:
+    """Refuse, with where to go instead, a model or workload the stages do not model."""
+    why = followed(index, w)
+    if why is not None:
+        raise EstimateError(why)
 
 
 def numerics(w: Workload) -> Numerics:
@@ -78,9 +115,10 @@ def _values_follow_keys(version: str) -> bool:
 
 
 def _layout(index: ModelIndex, w: Workload) -> ImageLayout | None:
+    """All images of one sample as one layout (None: a text-only sample)."""
     if w.images == 0:
         return None
-    return image_layout(index.config, w.image_size, w.images)
+    return combined(sample_layouts(index.config, w.with_(frames=0), index.processor))
 
 
 def _input_bytes(index: ModelIndex, w: Workload, seq: int, layout: ImageLayout | None, num: Numerics) -> int:
@@ -89,7 +127,7 @@ def _input_bytes(index: ModelIndex, w: Workload, seq: int, layout: ImageLayout |
     if layout is not None:
         side = int((index.config.get("vision_config") or {}).get("image_size") or 0)
         pixel_elem = 2 if num.autocast else num.param
-        total += rounded(w.batch * w.images * layout.tiles * 3 * side * side * pixel_elem)
+        total += rounded(w.batch * layout.tiles * 3 * side * side * pixel_elem)
     return total
 
 
@@ -168,9 +206,10 @@ def estimate(index: ModelIndex, mask: list[bool], workload: Workload, *,
     towers build a graph even when frozen). None: exactly when gradient checkpointing is on, which
     installs them; True models hooks left behind after checkpointing was turned off."""
     _check(index, mask)
+    check_followed(index, workload)
     w, num = workload, numerics(workload)
     layout = _layout(index, w)
-    seq = workload_sequence(index.config, w)
+    seq = workload_sequence(index.config, w, index.processor)
     use_cache = bool((index.config.get("text_config") or {}).get("use_cache", True))
     flow = Flow(index, mask, num, w.batch, seq, w.images, layout, w.grad_ckpt, use_cache,
                 _values_follow_keys(index.transformers_version), input_require_grads)

@@ -81,7 +81,7 @@ class Flow:
     batch: int
     seq: int                    # LLM tokens per sample
     images: int                 # images per sample
-    layout: ImageLayout | None  # None: text-only batch
+    layout: ImageLayout | None  # all images of one sample (freezelab.tokens.combined); None: text only
     ckpt: bool
     use_cache: bool = True      # the text model's KV cache (text_config.use_cache; off under checkpointing)
     cache_values_follow_keys: bool = False  # transformers < 5.24 stores cached values in the keys' dtype
@@ -226,7 +226,7 @@ def _vision_stages(f: Flow, stages: list[Stage]) -> tuple[bool, int]:
     rel = _relative(index, root)
     d = _vision_dims(config)
     hidden = int((config.get("vision_config") or {}).get("hidden_size") or 0)
-    tiles = f.batch * f.images * layout.tiles
+    tiles = f.batch * layout.tiles  # the layout holds all images of one sample
     rows = tiles * layout.tile_tokens
     emb_params = [i for n, i in rel.items() if n.startswith("embeddings.")]
     # the patch conv saves only the (resident) pixels; transformers' input hook marks its output
@@ -277,7 +277,7 @@ def _projector_stages(f: Flow, stages: list[Stage], feature_grad: bool, width: i
         elif root in index.by_name:
             rel[root.rsplit(".", 1)[-1]] = index.by_name[root]
     text_hidden = _shape(index, _find(rel, "linear_2.weight"), 0, 0) or _text_hidden(index)
-    tiles = f.batch * f.images * layout.tiles
+    tiles = f.batch * layout.tiles
     rows = tiles * layout.features_per_tile
     t = f.tape()
     # the CLS-dropping slice / feature concatenation hands linear_1 a fresh contiguous tensor
@@ -289,7 +289,7 @@ def _projector_stages(f: Flow, stages: list[Stage], feature_grad: bool, width: i
     h = t.act(str(config.get("projector_hidden_act", "gelu")), h, "act")
     y = t.linear(h, "linear_2", text_hidden, _find(rel, "linear_2.weight"), _find(rel, "linear_2.bias"))
     newline = _find(rel, "image_newline")
-    tokens = f.batch * f.images * layout.image_tokens
+    tokens = f.batch * layout.image_tokens
     out_grad = t.grad(y) or f.trainable(newline)
     held = t.nbytes(y)
     if newline is not None:  # any-res packing: permute, unpad, cat newlines into new tensors

@@ -96,7 +96,7 @@ def simulate(app: App, session: Session, progress: Progress | None = None,
     res = resolve(session.plan, index)
     analytic = analytic_estimate(index, res.mask, session.workload)
     simulated = simulate_step(hf_config(loaded.source), res.trainable_names(index), session.workload,
-                              progress=progress, cancel=cancel)
+                              progress=progress, cancel=cancel, processor=index.processor)
     return SimulationView(analytic, simulated, comparison_table(analytic, simulated),
                           charts.estimate_comparison([analytic, simulated]))
 

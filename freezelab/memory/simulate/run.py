@@ -24,7 +24,7 @@ class Run:
 
     def __init__(self, config: Any, trainable: Collection[str], workload: Workload,
                  progress: Progress | None = None, cancel: Callable[[], bool] | None = None, *,
-                 input_require_grads: bool = False) -> None:
+                 input_require_grads: bool = False, processor: dict[str, Any] | None = None) -> None:
         from torch._subclasses.fake_tensor import FakeTensorMode
 
         if not isinstance(workload, Workload):
@@ -39,12 +39,14 @@ class Run:
         self.trainable = set(trainable)
         self.w = workload
         self.input_require_grads = bool(input_require_grads)
+        self.processor: dict[str, Any] = dict(processor or {})
         self.dtype = getattr(torch, TORCH_DTYPE_NAMES[workload.dtype])
         self.autocast_dtype = None if workload.autocast == "none" else getattr(
             torch, TORCH_DTYPE_NAMES[workload.autocast])
         self._progress = progress
         self._cancel = cancel
-        self.fake_mode = FakeTensorMode(allow_non_fake_inputs=False)
+        # the batch's ids, grids and pixels are real (freezelab.memory.fake.concrete)
+        self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
         self.ledger = TensorLedger()
         self.notes: list[str] = []
         self.details: dict[str, Any] = {}
