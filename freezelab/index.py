@@ -176,8 +176,10 @@ def _dead_params(params: list[ParamInfo], vision_layers: list[str], config: Any)
     dead = {p.name: (f"vision layer {p.layer} only feeds hidden states after the one the projector "
                      f"reads (vision_feature_layer={feature_layer})")
             for p in vision if p.layer is not None and p.layer >= used}
-    dead.update({p.name: "registered after the vision layers (post-norm / pooling head): the projector "
-                 "reads a hidden state, not the tower's output" for p in after})
+    fam = family(config.model_type, config.to_dict())
+    who = "LLaVA" if fam.title.startswith(("LLaVA", "VipLLaVA")) else fam.title
+    dead.update({p.name: f"registered after the vision layers (post-norm / pooling head): {who} reads hidden "
+                 "states, not the pooled output" for p in after})
     return dead
 
 

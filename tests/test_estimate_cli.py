@@ -110,3 +110,40 @@ def test_simulate_method_reports_progress_on_stderr(capsys) -> None:
     index = index_of(resolve_source("tiny"))
     analytic = estimate(index, resolve(preset("stage1"), index).mask, Workload(batch=2))
     assert abs(data["peak_bytes"] - analytic.peak_bytes) <= 0.02 * analytic.peak_bytes
+
+
+def test_image_sizes_height_by_width(capsys) -> None:
+    """issue 12: LLaVA-NeXT at 336x672 counts 1,752 image tokens, at 672x672 2,928."""
+    data = run_json(capsys, "llava-v1.6-mistral-7b", "--train", "@projector", "--image-size", "336x672")
+    assert data["image_tokens"]["per_sample"] == 1752
+    assert data["details"]["sequence_length"] == 1752 + 64
+    assert data["workload"]["image_sizes"] == [[336, 672]] and data["workload"]["images"] == 1
+    square = run_json(capsys, "llava-v1.6-mistral-7b", "--train", "@projector", "--image-size", "672")
+    assert square["image_tokens"]["per_sample"] == 2928 and square["workload"]["image_size"] == 672
+    # one --image-size per image: several images of different sizes per sample
+    two = run_json(capsys, "llava-v1.6-mistral-7b", "--train", "@projector", "--image-size", "336x672",
+                   "--image-size", "672x672")
+    assert two["workload"]["images"] == 2 and two["image_tokens"]["per_sample"] == 1752 + 2928
+    assert [i["image_tokens"] for i in two["image_tokens"]["images"]] == [1752, 2928]
+    # one size for every image
+    three = run_json(capsys, "llava-v1.6-mistral-7b", "--train", "@projector", "--image-size", "336x672",
+                     "--images", "3")
+    assert three["image_tokens"]["per_sample"] == 3 * 1752
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--image-size", "336x"], "give height x width"),
+    (["--image-size", "336x672x3"], "give height x width"),
+    (["--image-size", "0x672"], "image_size must be between 1"),
+    (["--image-size", "336x672", "--image-size", "672x672", "--images", "3"], "2 image sizes for 3 image"),
+    (["--frames", "8"], "does not follow videos"),
+])
+def test_bad_image_options_are_one_message(capsys, args, message) -> None:
+    assert main(["estimate", "llava-v1.6-mistral-7b", "--train", "@projector", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_family_the_analytic_estimate_does_not_follow_points_to_the_simulation(capsys) -> None:
+    assert main(["estimate", "qwen2.5-vl-7b-instruct", "--train", "@projector"]) == 2
+    err = capsys.readouterr().err
+    assert "does not follow Qwen2.5-VL yet" in err and "--method simulate" in err

@@ -96,7 +96,26 @@ def report(index: ModelIndex, res: Resolution, workload: Workload, est: MemoryEs
         "trainable_params": count(index, res.mask).trainable,
         "total_params": index.total_params,
         "warnings": res.warnings,
+        "image_tokens": image_tokens(index, workload),
         "details": est.details,
+    }
+
+
+def image_tokens(index: ModelIndex, workload: Workload) -> dict[str, Any]:
+    """What the images of one sample become (freezelab.tokens), whichever method estimated."""
+    from freezelab.tokens import LLAVA_TYPES, sample_layouts, workload_sequence
+
+    layouts = sample_layouts(index.config, workload, index.processor)
+    return {
+        "per_sample": sum(lay.image_tokens for lay in layouts),
+        "around_images": sum(lay.special_tokens for lay in layouts),
+        "sequence_length": workload_sequence(index.config, workload, index.processor),
+        "images": [{"size": list(lay.size), "resized": list(lay.resized), "tiles": lay.tiles,
+                    "image_tokens": lay.image_tokens, "special_tokens": lay.special_tokens,
+                    "layout": lay.describe()} for lay in layouts],
+        "processor_settings": index.processor.get("source") or (
+            "none needed: the model config holds the image layout" if index.model_type in LLAVA_TYPES
+            else "the image processor classes' defaults (the source gave no processor settings)"),
     }
 
 
@@ -109,6 +128,13 @@ def _print_human(data: dict[str, Any]) -> None:
                   f"train; batch {w['batch']} x ({w['images']} image(s) + {w['text_tokens']} text tokens), "
                   f"{w['dtype']}, {w['optimizer']}" + (", gradient checkpointing" if w["grad_ckpt"] else "")
                   + (f", {w['gpus']} GPUs {w['sharding']}" if w["gpus"] > 1 else ""))
+    tokens = data["image_tokens"]
+    if tokens["images"]:
+        shapes = "; ".join(f"{'x'.join(map(str, i['size']))}: {i['image_tokens']:,}" + (
+            f" in {i['tiles']} tiles" if i["tiles"] > 1 else "") for i in tokens["images"])
+        around = f" + {tokens['around_images']:,} around them" if tokens["around_images"] else ""
+        console.print(f"image tokens per sample: {tokens['per_sample']:,}{around} ({shapes}); sequence "
+                      f"{tokens['sequence_length']:,} tokens", highlight=False)
     peak = data["peak_bytes"]
     table = Table(title=f"{data['method']} estimate: peak in the {data['phase']} phase", title_justify="left")
     for col in ("category", "at the peak", "share"):
