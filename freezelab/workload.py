@@ -149,6 +149,32 @@ def _check_int(name: str, value: Any, low: int) -> None:
         raise WorkloadError(f"{name} must be between {low} and {high:,}, got {shown}")
 
 
+def parse_size(text: str) -> int | tuple[int, int]:
+    """`336x672` (height x width) or `336` (a square side), as the CLI and the dashboard take them."""
+    parts = str(text).strip().lower().replace("×", "x").split("x")
+    if len(parts) > 2 or not all(p.strip().isdigit() for p in parts):
+        raise WorkloadError(f"image size {str(text)[:40]!r}: give height x width in pixels (e.g. 336x672) or one side")
+    sides = [int(p) for p in parts]
+    return sides[0] if len(sides) == 1 else (sides[0], sides[1])
+
+
+def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    """`336x672, 672x672` (one per image, or one for all) as (height, width) pairs; empty: ()."""
+    out = []
+    for item in str(text or "").replace(";", ",").split(","):
+        if item.strip():
+            size = parse_size(item)
+            out.append(size if isinstance(size, tuple) else (size, size))
+    return tuple(out)
+
+
+def sizes_text(w: Workload) -> str:
+    """The image sizes of `w` as the dashboard shows them (empty: the model's native size)."""
+    if w.image_sizes:
+        return ", ".join(f"{h}x{wd}" for h, wd in w.image_sizes)
+    return f"{w.image_size}x{w.image_size}" if w.image_size else ""
+
+
 def _image_sizes(w: Workload) -> tuple[tuple[int, int], ...]:
     """image_sizes as a tuple of (height, width) pairs, each side within bounds; one pair for all images or
     one per image; not together with image_size."""

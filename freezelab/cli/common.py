@@ -23,7 +23,7 @@ from freezelab.workload import (
     Optimizer,
     Sharding,
     Workload,
-    WorkloadError,
+    parse_size,
 )
 
 
@@ -118,19 +118,10 @@ def add_workload_options(parser: argparse.ArgumentParser, *, multi_gpu: bool = F
         group.add_argument("--offload-optimizer", action="store_true", help="optimizer state in CPU memory")
 
 
-def parse_image_size(text: str) -> int | tuple[int, int]:
-    """`336x672` (height x width) or `336` (a square side)."""
-    parts = text.lower().replace("×", "x").split("x")
-    if len(parts) > 2 or not all(p.strip().isdigit() for p in parts):
-        raise WorkloadError(f"--image-size {text!r}: give height x width in pixels (e.g. 336x672) or one side")
-    sides = [int(p) for p in parts]
-    return sides[0] if len(sides) == 1 else (sides[0], sides[1])
-
-
 def image_options(sizes: list[str] | None, images: int | None) -> dict[str, Any]:
     """images / image_size / image_sizes from --images and the --image-size values (one square side stays
     image_size, as before; anything else becomes (height, width) pairs, one per image or one for all)."""
-    parsed = [parse_image_size(text) for text in sizes or []]
+    parsed = [parse_size(text) for text in sizes or []]
     count = images if images is not None else (len(parsed) if len(parsed) > 1 else 1)
     if len(parsed) == 1 and isinstance(parsed[0], int):
         return {"images": count, "image_size": parsed[0]}

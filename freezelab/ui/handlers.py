@@ -8,6 +8,7 @@ session, so on error the page keeps the previous state.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -27,7 +28,8 @@ from freezelab.session import Session, TreeOptions
 from freezelab.ui.memory_view import MemoryView, memory_view
 from freezelab.ui.registry import shown, shown_ids, shown_within
 from freezelab.ui.tree_view import tree_json
-from freezelab.workload import Workload
+from freezelab.tokens import sample_layouts
+from freezelab.workload import Workload, parse_sizes
 
 Progress = Callable[[float, str], None]
 MAX_QUERY_CHARS = 200  # the tree filter is a substring, not a pattern: long input only costs time
@@ -301,10 +303,45 @@ def set_workload(app: App, session: Session, **values: Any) -> View:
 
 def _clean(values: dict[str, Any]) -> dict[str, Any]:
     """Numbers from the page arrive as floats (or None when a box is cleared): whole floats become ints,
-    anything else is passed through for Workload to reject with its own message."""
+    anything else is passed through for Workload to reject with its own message. Image sizes arrive as
+    text ("336x672, 672x672"; empty: the model's native size) and replace a square image_size."""
     out = {}
     for k, v in values.items():
         if isinstance(v, float) and v.is_integer():
             v = int(v)
         out[k] = v
+    if isinstance(out.get("image_sizes"), str):
+        out["image_sizes"] = parse_sizes(out["image_sizes"])
+        out["image_size"] = None
     return out
+
+
+MAX_IMAGE_FILE_BYTES = 64 * 2**20  # an image upload is only opened to read its height and width
+
+
+def image_size_of(path: str | None) -> tuple[int, int]:
+    """(height, width) of an uploaded image, read from its header (the pixels are never decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path:
+        raise OptionError("no image was uploaded")
+    try:
+        if os.path.getsize(path) > MAX_IMAGE_FILE_BYTES:
+            raise OptionError(f"the image file is over {MAX_IMAGE_FILE_BYTES // 2**20} MiB")
+        with Image.open(path) as img:
+            width, height = img.size
+    except (OSError, UnidentifiedImageError, ValueError) as err:  # includes PIL's decompression-bomb refusal
+        raise OptionError(f"the upload is not a readable image ({type(err).__name__})") from None
+    return height, width
+
+
+def set_image(app: App, session: Session, path: str | None) -> View:
+    """A dropped image: every image of a sample takes its height x width; the tokens and memory follow."""
+    h, w = image_size_of(path)
+    images = max(session.workload.images, 1)
+    workload = session.workload.with_(images=images, image_size=None, image_sizes=((h, w),))
+    view = build_view(app, replace(session, workload=workload))
+    tokens = sum(lay.image_tokens for lay in sample_layouts(app.loaded(session).index.config, workload,
+                                                             app.loaded(session).index.processor))
+    view.status = f"Image {h}x{w} (height x width): {tokens:,} image tokens per sample."
+    return view

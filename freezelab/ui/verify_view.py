@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from freezelab import charts, units
 from freezelab.errors import FreezelabError
 from freezelab.memory.analytic import estimate as analytic_estimate
+from freezelab.memory.analytic import followed
 from freezelab.memory.result import CATEGORIES, MemoryEstimate
 from freezelab.plans import resolve
 from freezelab.session import Session
@@ -60,10 +61,21 @@ class Cancels:
 
 @dataclass
 class SimulationView:
-    analytic: MemoryEstimate
+    analytic: MemoryEstimate | None   # None: the analytic estimate does not follow this model
     simulated: MemoryEstimate
     table: str = shown("simulate.table")      # markdown: category by category
     figure: go.Figure = shown("simulate.plot")
+
+
+def simulated_table(s: MemoryEstimate, why: str) -> str:
+    """The simulated estimate alone, for a model the analytic estimate does not follow."""
+    rows = ["| | simulated |", "|---|---:|"]
+    rows += [f"| {charts.CATEGORY_LABELS[c]} | {units.nbytes(s.breakdown[c])} |" for c in CATEGORIES
+             if s.breakdown.get(c)]
+    rows += [f"| **tensor peak** | {units.nbytes(s.peak_bytes)} |",
+             f"| **device (nvidia-smi)** | {units.nbytes(s.device_estimate_bytes)} |",
+             f"| peak happens in | {s.phase} |"]
+    return "\n".join(rows) + f"\n\nNo analytic column: {why}.\n\n" + "\n".join(f"- {n}" for n in s.notes)
 
 
 def comparison_table(a: MemoryEstimate, s: MemoryEstimate) -> str:
@@ -94,9 +106,13 @@ def simulate(app: App, session: Session, progress: Progress | None = None,
     index = loaded.index
     app.policy.check_simulate(index.total_params, index.name)
     res = resolve(session.plan, index)
-    analytic = analytic_estimate(index, res.mask, session.workload)
+    why = followed(index, session.workload)
+    analytic = analytic_estimate(index, res.mask, session.workload) if why is None else None
     simulated = simulate_step(hf_config(loaded.source), res.trainable_names(index), session.workload,
                               progress=progress, cancel=cancel, processor=index.processor)
+    if analytic is None:
+        return SimulationView(None, simulated, simulated_table(simulated, str(why)),
+                              charts.estimate_comparison([simulated]))
     return SimulationView(analytic, simulated, comparison_table(analytic, simulated),
                           charts.estimate_comparison([analytic, simulated]))
 
