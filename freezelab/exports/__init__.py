@@ -7,6 +7,7 @@ not). TARGETS lists them in display order for menus.
 
     from freezelab.exports import export, import_plan
     export(plan, index, "llamafactory").text
+    export(plan, index, "swift", transformers="4.57").text   # names as the trainer's transformers spells them
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 from freezelab.exports import llamafactory, llava, plan_json, python, swift
 from freezelab.exports.base import Difference, Export, ExportError, compress
+from freezelab.exports.naming import parse_version, respell
 from freezelab.exports.plan_json import import_plan
 from freezelab.index import ModelIndex
 from freezelab.plans import Plan, resolve
@@ -31,17 +33,19 @@ class Target:
     description: str       # one line for menus
     suffix: str            # file name suffix for downloads
     render: Callable[[Plan, ModelIndex, Sequence[bool]], Export]
+    names_parameters: bool = False  # its text names parameters, so it follows a transformers spelling
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("json", "freezelab plan JSON", "The plan itself (schema freezelab.plan/1); import it back with --plan.",
            ".json", plan_json.render),
     Target("python", "Python snippet", "Plain requires_grad_ calls on a transformers model, ending with an assert "
-           "of the trainable count; needs no freezelab.", ".py", python.render),
+           "of the trainable count; needs no freezelab.", ".py", python.render, True),
     Target("llamafactory", "LLaMA-Factory YAML", "finetuning_type full/freeze and the freeze_* keys, when they "
-           "reproduce the plan exactly; otherwise the closest keys and what differs.", ".yaml", llamafactory.render),
+           "reproduce the plan exactly; otherwise the closest keys and what differs.", ".yaml", llamafactory.render,
+           True),
     Target("swift", "ms-swift flags", "swift sft --tuner_type full with --freeze_vit / --freeze_aligner / "
-           "--freeze_llm and name-prefix lists.", ".sh", swift.render),
+           "--freeze_llm and name-prefix lists.", ".sh", swift.render, True),
     Target("llava", "LLaVA train.py flags", "LLaVA's own training script flags (--tune_mm_mlp_adapter, ..., "
            "or LLaVA-NeXT's --mm_tunable_parts) when they can express the plan.", ".sh", llava.render),
 )}
@@ -57,13 +61,23 @@ def _target(name: str) -> Target:
     return TARGETS[name]
 
 
-def export(plan: Plan, index: ModelIndex, target: str) -> Export:
-    """One target. Raises SelectorError when a rule matches nothing on this model."""
+def _spelled(index: ModelIndex, transformers: str | None) -> ModelIndex:
+    """The index in the spelling of the trainer's transformers (default: the installed one's)."""
+    if transformers is None:
+        return index
+    return respell(index, str(parse_version(transformers)))
+
+
+def export(plan: Plan, index: ModelIndex, target: str, transformers: str | None = None) -> Export:
+    """One target; `transformers`: the trainer's transformers version, whose parameter names a
+    name-based target uses. Raises SelectorError when a rule matches nothing on this model."""
     chosen = _target(target)
-    return chosen.render(plan, index, resolve(plan, index).mask)
+    named = _spelled(index, transformers)  # checks the version even for a target that names no parameter
+    return chosen.render(plan, named if chosen.names_parameters else index, resolve(plan, index).mask)
 
 
-def export_all(plan: Plan, index: ModelIndex) -> dict[str, Export]:
-    """Every target, resolving the plan once."""
+def export_all(plan: Plan, index: ModelIndex, transformers: str | None = None) -> dict[str, Export]:
+    """Every target, resolving the plan once (on the installed names: masks follow index order)."""
     mask = resolve(plan, index).mask
-    return {name: t.render(plan, index, mask) for name, t in TARGETS.items()}
+    named = _spelled(index, transformers)
+    return {name: t.render(plan, named if t.names_parameters else index, mask) for name, t in TARGETS.items()}

@@ -41,13 +41,14 @@ import shlex
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from packaging.version import InvalidVersion, Version
-
-from freezelab.exports.base import Difference, Export, closest, compress, counts_line, describe, printable
+from freezelab.exports.base import (Difference, Export, closest, comment_lines, compress, counts_line, describe,
+                                    printable)
+from freezelab.exports.naming import Spelling, names_line, spelling_of_index
 from freezelab.index import ModelIndex
 from freezelab.plans import Plan
 
 SOURCE = "modelscope/ms-swift @ 3602360"
+TRANSFORMERS = ">=4.33,<5.17.0"  # requirements/framework.txt: the releases ms-swift runs on
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,11 @@ _ARCH: dict[str, ModelKeys] = {
     "Idefics3ForConditionalGeneration": _IDEFICS3,
 }
 _REGISTERED = tuple(_ARCH)
+# model_arch.py's keys for transformers < 4.52 (transformers_ge_4_52 false)
+_LEGACY: dict[ModelKeys, ModelKeys] = {
+    _LLAVA_HF: _LLAVA_HF_LEGACY,
+    _QWEN2_VL: ModelKeys(("model", "lm_head"), ("visual.merger",), ("visual",)),
+}
 
 
 @dataclass(frozen=True)
@@ -101,11 +107,9 @@ def model_keys(index: ModelIndex) -> ModelKeys | None:
     keys = _ARCH.get(index.model_class)
     if keys is None:
         return None
-    try:
-        new = Version(index.transformers_version) >= Version("4.52")
-    except InvalidVersion:
-        new = True
-    return keys if new or keys is not _LLAVA_HF else _LLAVA_HF_LEGACY
+    if spelling_of_index(index) == Spelling.LEGACY:
+        return _LEGACY.get(keys, keys)
+    return keys
 
 
 def expanded(index: ModelIndex, s: Setting) -> tuple[list[str], list[str]]:
@@ -177,7 +181,8 @@ def render(plan: Plan, index: ModelIndex, mask: Sequence[bool]) -> Export:
         note += (f"; ms-swift registers no model for {index.model_class}: --freeze_vit / --freeze_aligner / "
                  "--freeze_llm do nothing there, the prefix lists do the work")
     head = [f"# ms-swift `swift sft` ({SOURCE}) flags for the freezelab plan on {name}",
-            f"# parameter names of transformers {index.transformers_version}; {counts_line(index, mask)}",
+            f"# {counts_line(index, mask)}",
+            *comment_lines("# ", f"{names_line(index)}. ms-swift runs on transformers{TRANSFORMERS}"),
             f"# {'EXACT' if exact else 'NOT EXACT'}: {printable(note)}"]
     flags = setting.flags()
     body = [f"{f} \\" for f in flags[:-1]] + flags[-1:]
