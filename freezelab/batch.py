@@ -45,6 +45,7 @@ class Batch:
     image_tokens: int       # placeholder tokens per image (the first image's)
     image_size: tuple[int, int] | None = None  # source image (height, width) of a real example
     image_positions: int | None = None         # positions all images take per sample (None: images * image_tokens)
+    sizes: dict[str, Any] | None = None        # the workload's image_size / image_sizes / frames it was built for
 
     @property
     def text_tokens(self) -> int:
@@ -59,11 +60,9 @@ class Batch:
 
     def workload(self, base: Workload) -> Workload:
         """`base` with the shape this batch really has (an example's length is the tokenizer's)."""
-        if self.kind == "synthetic":
-            return base
-        sizes = (self.image_size,) if self.image_size else ()
-        return base.with_(batch=self.batch, text_tokens=self.text_tokens, images=self.images, image_size=None,
-                          image_sizes=sizes, frames=0)
+        sizes = self.sizes if self.sizes is not None else {
+            "image_size": None, "image_sizes": (self.image_size,) if self.image_size else (), "frames": 0}
+        return base.with_(batch=self.batch, text_tokens=self.text_tokens, images=self.images, **sizes)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "batch": self.batch, "seq_len": self.seq_len, "images": self.images,
@@ -120,7 +119,8 @@ def synthetic(config: dict[str, Any], workload: Workload, *, device: str = "cpu"
     positions = sum(lay.sequence_tokens for lay in layouts) + (video.sequence_tokens if video else 0)
     first = layouts[0] if layouts else None
     return Batch(_to(inputs, device, pixel_dtype), "synthetic", workload.batch, seq, workload.images,
-                 first.image_tokens if first else 0, None, positions)
+                 first.image_tokens if first else 0, None, positions,
+                 {"image_size": workload.image_size, "image_sizes": workload.image_sizes, "frames": workload.frames})
 
 
 def _to(inputs: dict[str, torch.Tensor], device: str, pixel_dtype: torch.dtype | None) -> dict[str, torch.Tensor]:

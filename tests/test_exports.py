@@ -168,7 +168,9 @@ def test_family_registrations_decide_exactness(shipped_indexes):
     qwen3 = shipped_indexes["qwen3-vl-2b-instruct"]
     deepstack = sum(p.numel for p in qwen3.params if ".deepstack_merger_list." in p.name)
     lf3 = export(stage1, qwen3, "llamafactory")
-    assert not lf3.exact and lf3.differs == deepstack == 75_540_480
+    assert not lf3.exact and 0 < lf3.differs <= deepstack == 75_540_480
+    projector_switch = lf.trainable(qwen3, lf.Setting("full", True, False, True))  # train the projector only
+    assert difference(mask_of(qwen3, stage1), projector_switch).numel(qwen3) == deepstack
     sw3 = swift_setting(export(stage1, qwen3, "swift").text)
     assert (sw3.freeze_llm, sw3.freeze_vit, sw3.freeze_aligner) == (True, True, False)
     assert not sw3.freeze_parameters and not sw3.trainable_parameters
