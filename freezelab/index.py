@@ -27,7 +27,7 @@ from freezelab.families import FeatureRead, family
 if TYPE_CHECKING:
     import torch
 
-SCHEMA = 4
+SCHEMA = 5
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,7 @@ class ModelIndex:
     transformers_version: str = ""
     meta: bool = True                # built on the meta device (architecture only)
     recognised: dict[str, str] = field(default_factory=dict)  # component -> what the classifier found, in words
+    buffers: list[tuple[str, int, int]] = field(default_factory=list)  # (name, elements, bytes per element)
     # the image processor's settings (from the shipped config or the checkpoint's preprocessor_config.json):
     # set per source by freezelab.models.index_of, not part of the architecture or its cache key
     processor: dict[str, Any] = field(default_factory=dict)
@@ -122,6 +123,7 @@ class ModelIndex:
         data["params"] = [
             ParamInfo(**{**p, "shape": tuple(p["shape"]), "aliases": tuple(p["aliases"])}) for p in data["params"]
         ]
+        data["buffers"] = [tuple(b) for b in data.get("buffers", [])]
         data["modules"] = [
             ModuleInfo(**{**m, "children": tuple(m["children"]), "own": tuple(m["own"]), "params": tuple(m["params"])})
             for m in data["modules"]
@@ -213,7 +215,8 @@ def build_index(model: torch.nn.Module, name: str, *, meta: bool) -> ModelIndex:
     return ModelIndex(name=name, model_class=type(model).__name__, model_type=config.model_type,
                       config=config.to_dict(), params=params, modules=modules, roots=roots, layers=layers,
                       dead=dead, transformers_version=transformers.__version__, meta=meta,
-                      recognised={str(k): v for k, v in found.recognised().items()})
+                      recognised={str(k): v for k, v in found.recognised().items()},
+                      buffers=[(n, b.numel(), b.element_size()) for n, b in model.named_buffers()])
 
 
 def _parent(path: str) -> str:

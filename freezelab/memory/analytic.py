@@ -61,17 +61,17 @@ class EstimateError(FreezelabError):
 
 # The families whose data flow the stages model op by op (the accuracy benchmark checks each against the
 # simulation); any other model is refused with a pointer to the simulated estimate, never guessed.
-FOLLOWED: dict[str, str] = {t: "LLaVA" for t in LLAVA_TYPES}
+FOLLOWED: dict[str, str] = {
+    **{t: "LLaVA" for t in LLAVA_TYPES},
+    "idefics3": "SigLIP-type tiles, pixel-shuffle connector", "smolvlm": "SigLIP-type tiles, pixel-shuffle connector",
+    "qwen2_vl": "per-image attention with 2D RoPE, PatchMerger", "qwen2_5_vl": "windowed attention with 2D RoPE",
+    "internvl": "InternViT tiles with layer scale, pixel shuffle, MLP projector",
+    "mistral3": "Pixtral: one block-diagonal sequence of all patches, 2D RoPE, patch merger",
+}
 NOT_YET: dict[str, str] = {
-    "qwen2_vl": "its vision tower's varlen attention and 2D RoPE, the merger inside the tower, M-RoPE",
-    "qwen2_5_vl": "its vision tower's window attention and 2D RoPE, the merger inside the tower, M-RoPE",
     "qwen3_vl": "its vision tower's 2D RoPE and DeepStack mergers feeding the first LLM layers",
-    "internvl": "its InternViT layers (layer scale) and pixel shuffle",
     "gemma3": "its pooling projector and Gemma 3's sliding-window layers with image-bidirectional masks",
     "paligemma": "Gemma 2's soft-capped eager attention and the full attention over the image prefix",
-    "idefics3": "its pixel-shuffle connector and padded tile batches",
-    "smolvlm": "its pixel-shuffle connector and padded tile batches",
-    "mistral3": "Pixtral's 2D RoPE, block-diagonal attention over all images and the patch merger",
 }
 
 
@@ -114,16 +114,25 @@ def _values_follow_keys(version: str) -> bool:
     return (major, minor) < (5, 24)
 
 
-def _layout(index: ModelIndex, w: Workload) -> ImageLayout | None:
-    """All images of one sample as one layout (None: a text-only sample)."""
+def _layouts(index: ModelIndex, w: Workload) -> tuple[ImageLayout | None, tuple[ImageLayout, ...]]:
+    """All images of one sample as one layout (None: a text-only sample), and each image's. The families
+    of family_stages read the images one by one (their tiles may differ in length)."""
+    from freezelab.memory.family_stages import PATHS
+
     if w.images == 0:
-        return None
-    return combined(sample_layouts(index.config, w.with_(frames=0), index.processor))
+        return None, ()
+    each = tuple(sample_layouts(index.config, w.with_(frames=0), index.processor))
+    return (each[0] if index.model_type in PATHS else combined(list(each))), each
 
 
-def _input_bytes(index: ModelIndex, w: Workload, seq: int, layout: ImageLayout | None, num: Numerics) -> int:
+def _input_bytes(index: ModelIndex, w: Workload, seq: int, layout: ImageLayout | None, num: Numerics,
+                 flow: Flow) -> int:
     """The batch on the GPU: ids, mask and labels, plus the pixels of every tile."""
+    from freezelab.memory import family_stages
+
     total = 3 * rounded(w.batch * seq * INDEX_ELEM)
+    if index.model_type in family_stages.PATHS:
+        return total + family_stages.input_bytes(flow)
     if layout is not None:
         side = int((index.config.get("vision_config") or {}).get("image_size") or 0)
         pixel_elem = 2 if num.autocast else num.param
@@ -132,7 +141,10 @@ def _input_bytes(index: ModelIndex, w: Workload, seq: int, layout: ImageLayout |
 
 
 def _buffer_bytes(index: ModelIndex) -> int:
-    """Non-parameter buffers: the vision position ids and the rotary inverse frequencies."""
+    """Non-parameter buffers: the vision position ids and the rotary inverse frequencies (as the index
+    recorded them, when it did)."""
+    if index.buffers:
+        return sum(rounded(numel * elem) for _, numel, elem in index.buffers)
     text = index.config.get("text_config") or {}
     heads = int(text.get("num_attention_heads") or 1)
     head_dim = int(text.get("head_dim") or int(text.get("hidden_size") or 0) // heads)
@@ -208,11 +220,11 @@ def estimate(index: ModelIndex, mask: list[bool], workload: Workload, *,
     _check(index, mask)
     check_followed(index, workload)
     w, num = workload, numerics(workload)
-    layout = _layout(index, w)
+    layout, layouts = _layouts(index, w)
     seq = workload_sequence(index.config, w, index.processor)
     use_cache = bool((index.config.get("text_config") or {}).get("use_cache", True))
     flow = Flow(index, mask, num, w.batch, seq, w.images, layout, w.grad_ckpt, use_cache,
-                _values_follow_keys(index.transformers_version), input_require_grads)
+                _values_follow_keys(index.transformers_version), input_require_grads, layouts)
     stages = build(flow)
     owner = _grad_owner(stages, mask)
     r = _resident(index, w, owner, num)
@@ -221,7 +233,7 @@ def estimate(index: ModelIndex, mask: list[bool], workload: Workload, *,
         grad_of[name] += rounded(index.params[i].numel * num.param)
     backward = any(s.backward for s in stages)
     divisor = w.gpus if w.gpus > 1 and w.sharding in ("zero2", "zero3", "fsdp") else 1
-    tl = walk(stages, r, inputs=_input_bytes(index, w, seq, layout, num), workspace=_workspace(backward, w.grad_ckpt),
+    tl = walk(stages, r, inputs=_input_bytes(index, w, seq, layout, num, flow), workspace=_workspace(backward, w.grad_ckpt),
               grad_bytes=lambda s: grad_of[s.name], grad_divisor=divisor)
     return _result(index, mask, w, num, stages, owner, r, tl, seq)
 

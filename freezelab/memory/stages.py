@@ -86,6 +86,7 @@ class Flow:
     use_cache: bool = True      # the text model's KV cache (text_config.use_cache; off under checkpointing)
     cache_values_follow_keys: bool = False  # transformers < 5.24 stores cached values in the keys' dtype
     input_grads: bool | None = None  # transformers' input-embedding requires_grad hooks (None: = ckpt)
+    layouts: tuple[ImageLayout, ...] = ()  # each image of one sample (the families of family_stages read them)
 
     @property
     def hooks(self) -> bool:
@@ -162,7 +163,7 @@ def _decoder_layer(t: Tape, p: dict[str, int], x: str, hidden: int, inter: int, 
     return t.add(r, down, "out")
 
 
-Recipe = Callable[[Tape, dict[str, int], str, int, int, Dims, int, int], str]
+Recipe = Callable[..., str]  # (tape, params by relative name, input, hidden, inter, dims, batch, seq) -> output
 
 
 def _layer_stage(f: Flow, recipe: Recipe, name: str, component: str, p: dict[str, int], flow_in: bool,
@@ -376,11 +377,18 @@ def _head_stages(f: Flow, stages: list[Stage], flow: bool, vocab: int, hidden: i
     stages.append(loss)
 
 
+layer_stage = _layer_stage  # the recipes of freezelab.memory.family_stages run through the same stage builder
+
+
 def build(f: Flow) -> list[Stage]:
     """All stages in forward order, with backward flags set."""
+    from freezelab.memory import family_stages
+
     stages: list[Stage] = []
     image_grad = False
-    if f.layout is not None and f.images > 0:
+    if f.layout is not None and f.images > 0 and f.index.model_type in family_stages.PATHS:
+        image_grad = family_stages.image_stages(f, stages)
+    elif f.layout is not None and f.images > 0:
         feature_grad, width = _vision_stages(f, stages)
         image_grad = _projector_stages(f, stages, feature_grad, width)
     _llm_stages(f, stages, image_grad)
