@@ -67,12 +67,11 @@ FOLLOWED: dict[str, str] = {
     "qwen2_vl": "per-image attention with 2D RoPE, PatchMerger", "qwen2_5_vl": "windowed attention with 2D RoPE",
     "internvl": "InternViT tiles with layer scale, pixel shuffle, MLP projector",
     "mistral3": "Pixtral: one block-diagonal sequence of all patches, 2D RoPE, patch merger",
+    "qwen3_vl": "per-image attention with 2D RoPE, DeepStack mergers, q/k-normed decoder",
+    "gemma3": "pooling projector, Gemma norms, masked attention over image-bidirectional masks",
+    "paligemma": "Gemma 2's soft-capped eager attention, final logit soft-capping",
 }
-NOT_YET: dict[str, str] = {
-    "qwen3_vl": "its vision tower's 2D RoPE and DeepStack mergers feeding the first LLM layers",
-    "gemma3": "its pooling projector and Gemma 3's sliding-window layers with image-bidirectional masks",
-    "paligemma": "Gemma 2's soft-capped eager attention and the full attention over the image prefix",
-}
+NOT_YET: dict[str, str] = {}  # model_type -> what the stages lack for it (a family being modelled)
 
 
 def followed(index: ModelIndex, w: Workload) -> str | None:

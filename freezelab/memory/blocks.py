@@ -61,6 +61,24 @@ def norm(t: Tape, p: dict[str, int], x: str, out: str, names: tuple[str, ...]) -
     return x
 
 
+def gemma_rms_norm(t: Tape, x: str, out: str, weight: int | None) -> str:
+    """Gemma's RMSNorm: normalised in fp32 and multiplied by (1 + weight) in fp32, then cast back. The
+    fp32 copy of the input and the rsqrt are saved for the input's gradient, the fp32 normalised input
+    for the weight's."""
+    src = t.t[x]
+    flow, w_train = src.grad, t.trainable(weight)
+    fp32 = 4 * src.numel
+    if flow:
+        x32 = x if src.elem == 4 else t._new(f"{x}>32", src.numel, 4, True, src.width)
+        t._save(x32, t._new(f"{out}.rstd", src.rows, 4, True))
+    if w_train:
+        t._save(t._new(f"{out}.normed", src.numel, 4, flow, src.width))
+    y = t._new(out, src.numel, src.elem, flow or w_train, src.width)
+    t._fwd(3 * fp32 + t.nbytes(y))
+    t._bwd(t._grad_bytes(y) + (3 * fp32 + src.nbytes if flow else 0))
+    return y
+
+
 def attention(t: Tape, q: str, k: str, v: str, out: str, groups: Groups, h: Heads, split: bool = False) -> str:
     """Self-attention over the groups' sequences; split: one call per sequence whose outputs are
     concatenated (Qwen's non-flash path splits q, k and v per chunk, even into one)."""
@@ -141,3 +159,110 @@ def vision_block(t: Tape, p: dict[str, int], x: str, hidden: int, inter: int, h:
     r = t.add(x, _scaled(t, p, o, "lambda_1"), "res1")
     m = _mlp(t, p, norm(t, p, r, "ln2", _NORM2), hidden, inter, h.act)
     return t.add(r, _scaled(t, p, m, "lambda_2"), "out")
+
+
+# -- decoders ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DecoderKind:
+    """How a decoder layer differs from Llama's."""
+
+    gemma: bool = False        # Gemma norms (fp32, 1 + w) and sandwich norms around attention and MLP
+    qk_norm: bool = False      # q_norm / k_norm over each head
+    attention: str = "sdpa"    # sdpa | masked (memory-efficient kernel with a materialised mask) | softcap (eager)
+    act: str = "silu"
+    cap: float = 0.0           # attention logit soft-capping (Gemma 2)
+
+
+def _norm_op(t: Tape, kind: DecoderKind, x: str, out: str, weight: int | None) -> str:
+    return gemma_rms_norm(t, x, out, weight) if kind.gemma else t.rms_norm(x, out, weight)
+
+
+def _per_head_norm(t: Tape, kind: DecoderKind, x: str, out: str, weight: int | None, head_dim: int) -> str:
+    width = t.t[x].width
+    t.t[x].width = head_dim  # normalised over each head: rows x heads vectors of head_dim
+    y = _norm_op(t, kind, x, out, weight)
+    t.t[x].width = t.t[y].width = width
+    return y
+
+
+def _repeated(t: Tape, x: str, rep: int) -> str:
+    """repeat_kv / repeat_interleave: a copy of k or v for every query head."""
+    if rep == 1:
+        return x
+    src = t.t[x]
+    return t._new(f"{x}.rep", src.numel * rep, src.elem, src.grad, src.width * rep)
+
+
+def masked_attention(t: Tape, q: str, k: str, v: str, out: str, h: Heads, batch: int, seq: int) -> str:
+    """SDPA with a materialised (bool) mask on the memory-efficient kernel (fake.sdpa._efficient): k and v
+    repeated to every head, the mask turned into an additive one in q's dtype (padded to 16 columns), and
+    q, k, v, the output, the logsumexp and that mask saved for the backward."""
+    need = t.grad(q) or t.grad(k) or t.grad(v)
+    rep = h.heads // max(1, h.kv_heads)
+    kr, vr = _repeated(t, k, rep), _repeated(t, v, rep)
+    y = t._new(out, batch * seq * h.heads * h.head_dim, t.num.compute, need, h.heads * h.head_dim)
+    mask = t._new(f"{out}.mask", batch * seq * (seq + (-seq) % 16), t.num.compute, False)
+    if need:
+        t._save(q, kr, vr, y, mask, t._new(f"{out}.lse", batch * h.heads * seq, 4, False))
+    t._fwd(t.nbytes(y) + t.nbytes(mask) + (t.nbytes(kr) + t.nbytes(vr) if rep > 1 else 0))
+    t._bwd(t.nbytes(y) + t._grad_bytes(q, k, v) + (t._grad_bytes(kr, vr) if rep > 1 else 0)
+           + 4 * batch * h.heads * seq * h.head_dim)
+    return y
+
+
+def softcap_attention(t: Tape, q: str, k: str, v: str, out: str, h: Heads, batch: int, seq: int) -> str:
+    """Gemma 2's eager attention: scores scaled, divided by the cap, tanh (its output saved), times the cap,
+    plus the mask, softmax in fp32 (saved) and its copy in the compute dtype (saved for the product with v)."""
+    need = t.grad(q) or t.grad(k) or t.grad(v)
+    rep = h.heads // max(1, h.kv_heads)
+    kr, vr = _repeated(t, k, rep), _repeated(t, v, rep)
+    scores = batch * h.heads * seq * seq
+    c = t.num.compute
+    tanh = t._new(f"{out}.tanh", scores, c, need)
+    probs32 = t._new(f"{out}.probs32", scores, 4, need)
+    probs = t._new(f"{out}.probs", scores, c, need)
+    y = t._new(out, batch * seq * h.heads * h.head_dim, c, need, h.heads * h.head_dim)
+    if need:
+        t._save(q, kr, tanh, probs32, probs, vr)
+    step = t.nbytes(tanh)
+    t._fwd(2 * step + t.nbytes(probs32) + t.nbytes(y))
+    t._bwd(3 * step + t.nbytes(probs32) + t.nbytes(y) + t._grad_bytes(q, k, v))
+    return y
+
+
+def decoder_block(t: Tape, p: dict[str, int], x: str, hidden: int, inter: int, d: Heads, batch: int,
+                  seq: int, *, kind: DecoderKind) -> str:
+    """A decoder layer of the Llama family with the Qwen3 / Gemma variants of `kind`."""
+    h = _norm_op(t, kind, x, "norm1", find(p, "input_layernorm.weight"))
+    kv = d.kv_heads * d.head_dim
+    q = t.linear(h, "q", d.heads * d.head_dim, find(p, "q_proj.weight"), find(p, "q_proj.bias"))
+    k = t.linear(h, "k", kv, find(p, "k_proj.weight"), find(p, "k_proj.bias"))
+    v = t.linear(h, "v", kv, find(p, "v_proj.weight"), find(p, "v_proj.bias"))
+    if kind.qk_norm:
+        q = _per_head_norm(t, kind, q, "q_norm", find(p, "q_norm.weight"), d.head_dim)
+        k = _per_head_norm(t, kind, k, "k_norm", find(p, "k_norm.weight"), d.head_dim)
+    q, k = t.rotary(q, "q_rot"), t.rotary(k, "k_rot")
+    if t.kv_cache:  # DynamicCache copies k and v; attention reads the copies
+        k = t.cache_copy(k, "k_cache", t.t[k].elem)
+        v = t.cache_copy(v, "v_cache", t.t[k].elem if t.kv_values_follow_keys else t.t[v].elem)
+    if kind.attention == "masked":
+        a = masked_attention(t, q, k, v, "attn", d, batch, seq)
+    elif kind.attention == "softcap":
+        a = softcap_attention(t, q, k, v, "attn", d, batch, seq)
+    else:
+        a = t.attention(q, k, v, "attn", batch=batch, heads=d.heads, kv_heads=d.kv_heads, seq=seq,
+                        head_dim=d.head_dim)
+    o = t.linear(a, "o", hidden, find(p, "o_proj.weight"), find(p, "o_proj.bias"))
+    if kind.gemma:
+        o = _norm_op(t, kind, o, "post_attn_norm", find(p, "post_attention_layernorm.weight"))
+    r = t.add(x, o, "res1")
+    pre = "pre_feedforward_layernorm.weight" if kind.gemma else "post_attention_layernorm.weight"
+    h2 = _norm_op(t, kind, r, "norm2", find(p, pre))
+    gate = t.linear(h2, "gate", inter, find(p, "gate_proj.weight"), find(p, "gate_proj.bias"))
+    up = t.linear(h2, "up", inter, find(p, "up_proj.weight"), find(p, "up_proj.bias"))
+    m = t.mul(t.act(kind.act, gate, "act"), up, "glu")
+    down = t.linear(m, "down", hidden, find(p, "down_proj.weight"), find(p, "down_proj.bias"))
+    if kind.gemma:
+        down = _norm_op(t, kind, down, "post_ffn_norm", find(p, "post_feedforward_layernorm.weight"))
+    return t.add(r, down, "out")

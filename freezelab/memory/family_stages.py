@@ -18,7 +18,7 @@ from functools import partial
 from typing import Any
 
 from freezelab.memory.activations import Tape
-from freezelab.memory.blocks import Groups, Heads, find, vision_block
+from freezelab.memory.blocks import DecoderKind, Groups, Heads, decoder_block, find, gemma_rms_norm, vision_block
 from freezelab.memory.cuda_facts import rounded
 from freezelab.memory.stages import PROJECTOR, VISION, Flow, Stage, layer_stage
 from freezelab.memory.structure import layer_params, relative
@@ -185,6 +185,11 @@ def qwen_vision(f: Flow, stages: list[Stage]) -> tuple[bool, int, int]:
     rows = f.batch * sum(lay.frames * lay.grid[0] * lay.grid[1] for lay in f.layouts)
     head_dim = _vision_heads(config, hidden).head_dim
     flow = _embeddings(f, stages, rel, rows, hidden, "patch_embed.")
+    if "pos_embed.weight" in rel:  # Qwen3-VL: four learned positions per patch, interpolated and summed
+        flow = flow or f.trainable(rel["pos_embed.weight"])
+        stages[-1].grad_params.append(rel["pos_embed.weight"])
+        stages[-1].out_grad = flow
+        stages[-1].fwd_extra = 6 * rounded(rows * hidden * f.num.stream)
     windowed = f.index.model_type == "qwen2_5_vl"
     rope = 2 * rounded(rows * head_dim * 4) * (2 if windowed else 1)
     if windowed:
@@ -196,9 +201,11 @@ def qwen_vision(f: Flow, stages: list[Stage]) -> tuple[bool, int, int]:
     else:
         stages.append(Stage("vision.rotary", VISION, held=rope, out_grad=flow))
     full = set((config.get("vision_config") or {}).get("fullatt_block_indexes") or [])
+    taps = list((config.get("vision_config") or {}).get("deepstack_visual_indexes") or [])
     per_image, per_window = _image_groups(f), _window_groups(f) if windowed else ()
     h = _vision_heads(config, hidden)
     cache: dict[tuple[Any, ...], Stage] = {}
+    tapped: list[bool] = []
     for i, p in enumerate(layer_params(f.index, "vision")):
         groups = per_window if windowed and i not in full else per_image
         recipe = _SPLIT_BLOCKS.setdefault(groups, partial(_block, groups=groups, rotary=True, split=True))
@@ -208,6 +215,10 @@ def qwen_vision(f: Flow, stages: list[Stage]) -> tuple[bool, int, int]:
         st.grad_params = list(p.values())
         flow = st.out_grad
         stages.append(st)
+        if i in taps:
+            tapped.append(flow)
+    for k, tap_flow in enumerate(tapped):  # DeepStack mergers: features for the first LLM layers
+        _merger_stage(f, stages, tap_flow, rows, hidden, f"deepstack_merger_list.{k}.", deepstack=True)
     stages.append(Stage("vision.post", VISION, held=rounded(rows * hidden * f.num.stream), dead=True))
     return flow, rows, hidden
 
@@ -215,29 +226,46 @@ def qwen_vision(f: Flow, stages: list[Stage]) -> tuple[bool, int, int]:
 _SPLIT_BLOCKS: dict[Groups, Callable[..., str]] = {}
 
 
-def merger_projector(f: Flow, stages: list[Stage], feature_grad: bool, rows: int, width: int) -> bool:
-    """Qwen's PatchMerger: a norm over each patch, merge^2 patches side by side (a view), Linear, GELU,
-    Linear; Qwen2.5-VL then puts the merged tokens back in image order (a gather copy)."""
-    rel = _projector_rel(f)
+def _merger_stage(f: Flow, stages: list[Stage], feature_grad: bool, rows: int, width: int, prefix: str,
+                  deepstack: bool = False) -> bool:
+    """One of Qwen's patch mergers (the modules under `prefix` in the vision tower): a norm over each patch
+    (over merge^2 patches side by side for a DeepStack merger), merge^2 patches side by side (a view),
+    Linear, GELU, Linear; Qwen2.5-VL then puts the merged tokens back in image order (a gather copy).
+    A DeepStack merger's output lives until the language model has added it (the forward's end)."""
+    root = f.index.roots["vision"][0]
+    rel = {n: i for n, i in relative(f.index, root).items() if n.startswith(prefix)}
+    params = f.index.params
     merge2 = _merge(f.index.config) ** 2
-    matrices = [i for n, i in rel.items() if n.endswith("weight") and len(f.index.params[i].shape) == 2]
-    norm_w = next((i for n, i in rel.items() if n.endswith(("ln_q.weight", "norm.weight"))), None)
-    norm_b = next((i for n, i in rel.items() if n.endswith(("ln_q.bias", "norm.bias"))), None)
-    biases = {f.index.params[i].name.rsplit(".", 1)[0]: i for n, i in rel.items() if n.endswith(".bias")}
+    matrices = [i for n, i in rel.items() if n.endswith("weight") and len(params[i].shape) == 2]
+    norm_w = next((i for n, i in rel.items() if n.endswith("weight") and len(params[i].shape) == 1), None)
+    norm_b = next((i for n, i in rel.items() if n.endswith("bias") and params[i].shape[0] == params[norm_w].shape[0]
+                   and params[i].name.rsplit(".", 1)[0] == params[norm_w].name.rsplit(".", 1)[0]), None)
+    biases = {params[i].name.rsplit(".", 1)[0]: i for n, i in rel.items() if n.endswith(".bias")}
     t = f.tape()
     x = t.input("features", rows * width, f.num.stream, feature_grad, width)
-    x = t.layer_norm(x, "ln_q", norm_w, norm_b) if norm_b is not None else t.rms_norm(x, "ln_q", norm_w)
+    if deepstack:
+        t.t[x].width = width * merge2  # viewed before the norm (use_postshuffle_norm)
+    x = t.layer_norm(x, "norm", norm_w, norm_b) if norm_b is not None else t.rms_norm(x, "norm", norm_w)
     t.t[x].width = width * merge2  # .view(-1, hidden * merge^2)
     for k, w in enumerate(matrices):
         if k:
             x = t.act("gelu", x, f"act{k}")
-        x = t.linear(x, f"fc{k}", f.index.params[w].shape[0], w, biases.get(f.index.params[w].name.rsplit(".", 1)[0]))
+        x = t.linear(x, f"fc{k}", params[w].shape[0], w, biases.get(params[w].name.rsplit(".", 1)[0]))
     y = x
     if f.index.model_type == "qwen2_5_vl":
         y = t.new("ordered", t.t[x].numel, t.t[x].elem, t.grad(x), t.t[x].width)
-    stages.append(Stage("projector", PROJECTOR, t.kept, t.fwd_extra, t.bwd_extra, list(rel.values()),
-                        held=t.nbytes(y), out_grad=t.grad(y), forward_only=t.forward_cached))
+    name = f"projector.{prefix.rstrip('.')}" if deepstack else "projector"
+    stage = Stage(name, PROJECTOR, t.kept, t.fwd_extra, t.bwd_extra, list(rel.values()), out_grad=t.grad(y),
+                  forward_only=t.forward_cached + (t.nbytes(y) if deepstack else 0))
+    stage.held = 0 if deepstack else t.nbytes(y)
+    stages.append(stage)
     return t.grad(y)
+
+
+def merger_projector(f: Flow, stages: list[Stage], feature_grad: bool, rows: int, width: int) -> bool:
+    """The merger that hands the image tokens to the language model (DeepStack's run with the tower)."""
+    deep = any(s.name.startswith("projector.deepstack") and s.out_grad for s in stages)
+    return _merger_stage(f, stages, feature_grad, rows, width, "merger.") or deep
 
 
 def qwen_inputs(f: Flow) -> int:
@@ -368,6 +396,48 @@ def pixtral_inputs(f: Flow) -> int:
     return rounded(n * 3 * height * width * _pixel_elem(f)) + rounded(n * 2 * 8)
 
 
+# -- Gemma 3, PaliGemma ------------------------------------------------------------------------
+
+def gemma3_projector(f: Flow, stages: list[Stage], feature_grad: bool, rows: int, width: int) -> bool:
+    """Gemma3MultiModalProjector: the patches transposed into a square (a copy), average-pooled to
+    mm_tokens_per_image, Gemma's RMSNorm (in fp32), then a matmul with mm_input_projection_weight."""
+    rel = _projector_rel(f)
+    params = f.index.params
+    weight = next(i for n, i in rel.items() if len(params[i].shape) == 2)
+    norm_w = next(i for n, i in rel.items() if len(params[i].shape) == 1)
+    pooled = f.batch * sum(lay.image_tokens for lay in f.layouts)
+    t = f.tape()
+    t.input("features", rows * width, f.num.stream, feature_grad, width)
+    square = t.new("square", rows * width, f.num.stream, feature_grad, width)
+    if feature_grad:  # avg_pool2d's backward reads its input
+        t._save(square)
+    x = t.new("pooled", pooled * width, f.num.stream, feature_grad, width)
+    x = gemma_rms_norm(t, x, "norm", norm_w)
+    y = t.linear(x, "proj", params[weight].shape[1], weight)
+    stages.append(Stage("projector", PROJECTOR, t.kept, t.fwd_extra, t.bwd_extra, list(rel.values()),
+                        held=t.nbytes(y), out_grad=t.grad(y), forward_only=t.forward_cached))
+    return t.grad(y)
+
+
+def paligemma_projector(f: Flow, stages: list[Stage], feature_grad: bool, rows: int, width: int) -> bool:
+    """PaliGemmaMultiModalProjector: one Linear; the model then divides the features by sqrt(hidden)."""
+    rel = _projector_rel(f)
+    t = f.tape()
+    x = t.input("features", rows * width, f.num.stream, feature_grad, width)
+    y = _mlp_chain(t, f, rel, x)
+    y = t.new("scaled", t.t[y].numel, t.t[y].elem, t.grad(y), t.t[y].width)
+    stages.append(Stage("projector", PROJECTOR, t.kept, t.fwd_extra, t.bwd_extra, list(rel.values()),
+                        held=t.nbytes(y), out_grad=t.grad(y), forward_only=t.forward_cached))
+    return t.grad(y)
+
+
+def square_pixels(f: Flow) -> int:
+    """pixel_values (images, 3, S, S) and token_type_ids (int64, one per token)."""
+    side = int((f.index.config.get("vision_config") or {}).get("image_size") or 0)
+    return (rounded(f.batch * len(f.layouts) * 3 * side * side * _pixel_elem(f))
+            + rounded(f.batch * f.seq * INDEX_ELEM))
+
+
 ImagePath = tuple[Callable[[Flow, list[Stage]], tuple[bool, int, int]],
                   Callable[[Flow, list[Stage], bool, int, int], bool], Callable[[Flow], int]]
 PATHS: dict[str, ImagePath] = {
@@ -375,8 +445,11 @@ PATHS: dict[str, ImagePath] = {
     "smolvlm": (tiles_vision, shuffle_projector, tiles_inputs),
     "qwen2_vl": (qwen_vision, merger_projector, qwen_inputs),
     "qwen2_5_vl": (qwen_vision, merger_projector, qwen_inputs),
+    "qwen3_vl": (qwen_vision, merger_projector, qwen_inputs),
     "internvl": (tiles_vision, internvl_projector, tile_pixels),
     "mistral3": (pixtral_vision, pixtral_projector, pixtral_inputs),
+    "gemma3": (tiles_vision, gemma3_projector, square_pixels),
+    "paligemma": (tiles_vision, paligemma_projector, square_pixels),
 }
 
 
@@ -386,6 +459,26 @@ def image_stages(f: Flow, stages: list[Stage]) -> bool:
     vision, projector, _ = PATHS[f.index.model_type]
     feature_grad, rows, width = vision(f, stages)
     return projector(f, stages, feature_grad, rows, width)
+
+
+_DECODERS: dict[DecoderKind, Callable[..., str]] = {}
+
+
+def decoder_recipe(f: Flow) -> Callable[..., str] | None:
+    """The decoder layer recipe of a family whose layers are not Llama's (None: Llama's)."""
+    text = f.index.config.get("text_config") or {}
+    model_type = f.index.model_type
+    if model_type not in ("gemma3", "paligemma", "qwen3_vl"):
+        return None
+    act = str(text.get("hidden_activation") or text.get("hidden_act") or "silu")
+    if model_type == "qwen3_vl":
+        kind = DecoderKind(qk_norm=True, act=act)
+    elif model_type == "gemma3":
+        masked = f.layout is not None and f.images > 0  # image tokens attend to each other both ways
+        kind = DecoderKind(gemma=True, qk_norm=True, attention="masked" if masked else "sdpa", act=act)
+    else:
+        kind = DecoderKind(gemma=True, attention="softcap", act=act, cap=float(text.get("attn_logit_softcapping") or 0))
+    return _DECODERS.setdefault(kind, partial(decoder_block, kind=kind))
 
 
 def input_bytes(f: Flow) -> int:

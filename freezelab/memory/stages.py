@@ -318,14 +318,17 @@ def _llm_stages(f: Flow, stages: list[Stage], image_grad: bool) -> None:
     # cos/sin of the rotary embedding: computed once, saved by every layer's rotary products
     rope = 2 * rounded(n * d.head_dim * f.num.stream)
     merge = Stage("llm.embeddings", LLM, fwd_extra=2 * stream, out_grad=flow, grad_params=[embed])
-    if index.params[embed].aliases:  # tied: the embedding's gradient is added into lm_head's
-        merge.bwd_extra = rounded(vocab * hidden * f.num.param)
+    if index.params[embed].aliases:  # tied: the embedding's gradient, and its sum with lm_head's
+        merge.bwd_extra = 2 * rounded(vocab * hidden * f.num.param)
     stages.append(merge)
     cache: dict[tuple[Any, ...], Stage] = {}
     first_flow: int | None = None
+    from freezelab.memory.family_stages import decoder_recipe
+
+    recipe = decoder_recipe(f) or _decoder_layer
     for i, p in enumerate(layer_params):
         inter = _shape(index, _find(p, "gate_proj.weight", "fc1.weight"), 0, 4 * hidden)
-        st = _layer_stage(f, _decoder_layer, f"llm.layers.{i}", LLM, p, flow, n, hidden, inter, d,
+        st = _layer_stage(f, recipe, f"llm.layers.{i}", LLM, p, flow, n, hidden, inter, d,
                           f.batch, f.seq, cache, ("k_cache", "v_cache") if f.use_cache else ())
         st.grad_params = list(p.values())
         if st.out_grad and first_flow is None:
@@ -368,7 +371,12 @@ def _head_stages(f: Flow, stages: list[Stage], flow: bool, vocab: int, hidden: i
     upcast = fp32 if f.num.compute != 4 else 0  # .float() copies 16-bit logits; a no-op on fp32
     # backward: the fp32 gradient cast back to the logits dtype, then grad_input of the matmul
     back = max(upcast + logits_bytes, logits_bytes + rounded(n * hidden * f.num.compute)) if grad else 0
-    stages.append(Stage("lm_head", HEAD, t.kept, t.fwd_extra, back, [head] if head is not None else [],
+    kept, fwd_extra = t.kept, t.fwd_extra
+    if (f.index.config.get("text_config") or {}).get("final_logit_softcapping"):
+        # Gemma 2: logits / cap, tanh (its output saved), * cap: the capped logits replace the raw ones
+        kept += logits_bytes if grad else 0
+        fwd_extra = max(fwd_extra, 3 * logits_bytes)
+    stages.append(Stage("lm_head", HEAD, kept, fwd_extra, back, [head] if head is not None else [],
                         held=logits_bytes, out_grad=grad, forward_only=t.forward_cached))
     loss = Stage("loss", HEAD, fwd_extra=upcast + (0 if grad else fp32), out_grad=grad)
     if grad:
