@@ -143,7 +143,15 @@ def test_bad_image_options_are_one_message(capsys, args, message) -> None:
     assert message in capsys.readouterr().err
 
 
-def test_a_family_the_analytic_estimate_does_not_follow_points_to_the_simulation(capsys) -> None:
-    assert main(["estimate", "qwen2.5-vl-7b-instruct", "--train", "@projector"]) == 2
+def test_what_the_analytic_estimate_does_not_follow_points_to_the_simulation(capsys, tmp_path) -> None:
+    assert main(["estimate", "qwen2.5-vl-7b-instruct", "--train", "@projector", "--frames", "8"]) == 2
     err = capsys.readouterr().err
-    assert "does not follow Qwen2.5-VL yet" in err and "--method simulate" in err
+    assert "does not follow videos (frames) yet" in err and "--method simulate" in err
+    from tiny_families import _siglip, _text
+
+    path = tmp_path / "aya.json"  # a built-in class freezelab has not checked
+    path.write_text(json.dumps({"model_type": "aya_vision", "vision_config": _siglip(56),
+                                "text_config": _text("cohere2"), "image_token_index": 200, "downsample_factor": 2}))
+    assert main(["estimate", str(path), "--train", "@projector"]) == 2
+    assert "does not follow aya_vision yet (a family whose forward freezelab has not modelled)" in \
+        capsys.readouterr().err

@@ -317,9 +317,13 @@ def _llm_stages(f: Flow, stages: list[Stage], image_grad: bool) -> None:
     layer_params = _layer_params(index, "llm")
     # cos/sin of the rotary embedding: computed once, saved by every layer's rotary products
     rope = 2 * rounded(n * d.head_dim * f.num.stream)
-    merge = Stage("llm.embeddings", LLM, fwd_extra=2 * stream, out_grad=flow, grad_params=[embed])
+    merge = Stage("llm.embeddings", LLM, fwd_extra=2 * stream, out_grad=flow)
+    # the token lookup runs before the vision tower (transformers embeds input_ids first), so its
+    # backward, which makes the embedding's gradient, comes last
+    lookup = Stage("llm.embed_tokens", LLM, grad_params=[embed], out_grad=f.hooks or f.mask[embed])
     if index.params[embed].aliases:  # tied: the embedding's gradient, and its sum with lm_head's
-        merge.bwd_extra = 2 * rounded(vocab * hidden * f.num.param)
+        lookup.bwd_extra = 2 * rounded(vocab * hidden * f.num.param)
+    stages.insert(0, lookup)
     stages.append(merge)
     cache: dict[tuple[Any, ...], Stage] = {}
     first_flow: int | None = None
