@@ -115,8 +115,8 @@ def _values_follow_keys(version: str) -> bool:
 
 def _layouts(index: ModelIndex, w: Workload) -> tuple[ImageLayout | None, tuple[ImageLayout, ...]]:
     """All images of one sample as one layout (None: a text-only sample), and each image's. The families
-    of family_stages read the images one by one (their tiles may differ in length)."""
-    from freezelab.memory.family_stages import PATHS
+    of memory.image_paths read the images one by one (their tiles may differ in length)."""
+    from freezelab.memory.image_paths import PATHS
 
     if w.images == 0:
         return None, ()
@@ -127,11 +127,11 @@ def _layouts(index: ModelIndex, w: Workload) -> tuple[ImageLayout | None, tuple[
 def _input_bytes(index: ModelIndex, w: Workload, seq: int, layout: ImageLayout | None, num: Numerics,
                  flow: Flow) -> int:
     """The batch on the GPU: ids, mask and labels, plus the pixels of every tile."""
-    from freezelab.memory import family_stages
+    from freezelab.memory import image_paths
 
     total = 3 * rounded(w.batch * seq * INDEX_ELEM)
-    if index.model_type in family_stages.PATHS:
-        return total + family_stages.input_bytes(flow)
+    if index.model_type in image_paths.PATHS:
+        return total + image_paths.input_bytes(flow)
     if layout is not None:
         side = int((index.config.get("vision_config") or {}).get("image_size") or 0)
         pixel_elem = 2 if num.autocast else num.param

@@ -86,7 +86,7 @@ class Flow:
     use_cache: bool = True      # the text model's KV cache (text_config.use_cache; off under checkpointing)
     cache_values_follow_keys: bool = False  # transformers < 5.24 stores cached values in the keys' dtype
     input_grads: bool | None = None  # transformers' input-embedding requires_grad hooks (None: = ckpt)
-    layouts: tuple[ImageLayout, ...] = ()  # each image of one sample (the families of family_stages read them)
+    layouts: tuple[ImageLayout, ...] = ()  # each image of one sample (the families of memory.image_paths read them)
 
     @property
     def hooks(self) -> bool:
@@ -320,14 +320,14 @@ def _llm_stages(f: Flow, stages: list[Stage], image_grad: bool) -> None:
     merge = Stage("llm.embeddings", LLM, fwd_extra=2 * stream, out_grad=flow)
     # the token lookup runs before the vision tower (transformers embeds input_ids first), so its
     # backward, which makes the embedding's gradient, comes last
-    lookup = Stage("llm.embed_tokens", LLM, grad_params=[embed], out_grad=f.hooks or f.mask[embed])
-    if index.params[embed].aliases:  # tied: the embedding's gradient, and its sum with lm_head's
+    lookup = Stage("llm.embed_tokens", LLM, grad_params=[embed], out_grad=f.mask[embed])  # its weight's gradient
+    if index.params[embed].aliases and f.mask[embed]:  # tied: the embedding's gradient, and its sum with lm_head's
         lookup.bwd_extra = 2 * rounded(vocab * hidden * f.num.param)
     stages.insert(0, lookup)
     stages.append(merge)
     cache: dict[tuple[Any, ...], Stage] = {}
     first_flow: int | None = None
-    from freezelab.memory.family_stages import decoder_recipe
+    from freezelab.memory.image_paths import decoder_recipe
 
     recipe = decoder_recipe(f) or _decoder_layer
     for i, p in enumerate(layer_params):
@@ -389,17 +389,17 @@ def _head_stages(f: Flow, stages: list[Stage], flow: bool, vocab: int, hidden: i
     stages.append(loss)
 
 
-layer_stage = _layer_stage  # the recipes of freezelab.memory.family_stages run through the same stage builder
+layer_stage = _layer_stage  # the recipes of freezelab.memory.image_paths run through the same stage builder
 
 
 def build(f: Flow) -> list[Stage]:
     """All stages in forward order, with backward flags set."""
-    from freezelab.memory import family_stages
+    from freezelab.memory import image_paths
 
     stages: list[Stage] = []
     image_grad = False
-    if f.layout is not None and f.images > 0 and f.index.model_type in family_stages.PATHS:
-        image_grad = family_stages.image_stages(f, stages)
+    if f.layout is not None and f.images > 0 and f.index.model_type in image_paths.PATHS:
+        image_grad = image_paths.image_stages(f, stages)
     elif f.layout is not None and f.images > 0:
         feature_grad, width = _vision_stages(f, stages)
         image_grad = _projector_stages(f, stages, feature_grad, width)
