@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 _TOKEN_LOW = 10        # random text ids avoid the first ids, where special tokens usually live
 _TOKEN_HIGH = 1000     # ... and stay small, as the calibration protocol's do
+TOKEN_TYPES = ("mm_token_type_ids", "token_type_ids")  # processor outputs with one entry per token
 
 
 class BatchError(FreezelabError):
@@ -214,6 +215,10 @@ def example(processor: Any, item: Example, workload: Workload, *, device: str = 
     labels = torch.cat([torch.full_like(prompt["input_ids"], -100), answer_ids], dim=1)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
     inputs.update({k: v for k, v in prompt.items() if k not in ("input_ids", "attention_mask")})
+    for key in TOKEN_TYPES:  # per-token types follow the ids: the answer is text (PaliGemma: the suffix)
+        if key in inputs:
+            fill = 1 if type(processor).__name__.startswith("PaliGemma") else 0
+            inputs[key] = torch.cat([inputs[key], torch.full_like(answer_ids, fill, dtype=inputs[key].dtype)], dim=1)
     inputs = {k: _repeat(v, workload.batch) for k, v in inputs.items()}
     per_image = int((prompt["input_ids"] == processor.image_token_id).sum())
     return Batch(_to(inputs, device, pixel_dtype), "example", workload.batch, ids.shape[1], 1, per_image,

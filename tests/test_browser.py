@@ -135,7 +135,7 @@ def test_qwen25_vl_loads_with_its_merger_as_projector_and_a_token_layout(server)
             page.wait_for_function("document.querySelector('#fl-tokens')?.innerText.includes('image tokens: 256')",
                                    timeout=WAIT_MS)
             verdict = page.inner_text("#fl-verdict")
-            assert "GiB per GPU" in verdict or "no analytic estimate" in verdict.lower()
+            assert "GiB per GPU" in verdict  # the analytic estimate follows Qwen2.5-VL
             assert page.locator("#fl-memory-plot .js-plotly-plot").count() == 1
         finally:
             browser.close()

@@ -29,6 +29,14 @@ def tiles_vision(f: Flow, stages: list[Stage]) -> tuple[bool, int, int]:
     tiles = f.batch * sum(lay.tiles for lay in f.layouts)
     rows = tiles * f.layouts[0].tile_tokens
     flow = embeddings(f, stages, rel, rows, hidden, "embeddings.")
+    if f.index.model_type in ("idefics3", "smolvlm"):  # get_image_features copies the real tiles' pixels
+        side = int((f.index.config.get("vision_config") or {}).get("image_size") or 0)
+        copy = rounded(tiles * 3 * side * side * pixel_elem(f))
+        conv = next((i for n, i in rel.items() if n.endswith("patch_embedding.weight")), None)
+        if f.trainable(conv):  # the conv saves its input for its weight's gradient
+            stages[-1].kept += copy
+        else:
+            stages[-1].fwd_extra += copy
     flow = layers(f, stages, flow, rows, hidden, ((tiles, f.layouts[0].tile_tokens),))
     flow = norm_stage(f, stages, rel, "post_layernorm", flow, rows, hidden)
     # the tower's last_hidden_state stays referenced by the model output until it is dropped
