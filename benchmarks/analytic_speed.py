@@ -31,6 +31,10 @@ CASES = (
     ("llava-1.5-7b", "last-4", Workload(batch=2, text_tokens=448, dtype="fp32", autocast="bf16")),
     ("llava-v1.6-mistral-7b", "stage1", Workload(batch=4, text_tokens=512, image_size=672)),
     ("llava-onevision-qwen2-72b", "full", Workload(batch=1, text_tokens=512, gpus=8, sharding="zero3")),
+    ("qwen2.5-vl-7b-instruct", "stage2", Workload(batch=4, text_tokens=512, image_sizes=((448, 672),))),
+    ("gemma-3-12b-it", "last-4", Workload(batch=4, text_tokens=512, image_sizes=((600, 800),))),
+    ("mistral-small-3.1-24b-instruct-2503", "full", Workload(batch=1, text_tokens=512, image_sizes=((1540, 1540),),
+                                                            gpus=8, sharding="zero3")),
 )
 
 
@@ -38,7 +42,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=50)
     args = ap.parse_args()
-    print(f"{'model':28s} {'plan':8s} {'median':>9s} {'max':>9s}")
+    print(f"{'model':36s} {'plan':8s} {'median':>9s} {'max':>9s}")
     for name, plan_name, workload in CASES:
         index = index_of(resolve_source(name))
         mask = resolve_plan(preset(plan_name), index).mask
@@ -48,7 +52,7 @@ def main() -> None:
             t0 = time.perf_counter()
             estimate(index, mask, workload)
             times.append(time.perf_counter() - t0)
-        print(f"{name:28s} {plan_name:8s} {1e3 * statistics.median(times):7.2f}ms {1e3 * max(times):7.2f}ms")
+        print(f"{name:36s} {plan_name:8s} {1e3 * statistics.median(times):7.2f}ms {1e3 * max(times):7.2f}ms")
 
 
 if __name__ == "__main__":

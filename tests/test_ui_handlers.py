@@ -532,13 +532,17 @@ def test_image_sizes_box_and_a_dropped_image_set_the_workload(app, start, tmp_pa
         handlers.set_workload(app, s, image_sizes="336 by 672")
 
 
-def test_simulated_estimate_of_a_family_the_analytic_one_does_not_follow(app, start, tmp_path):
+def test_simulated_estimate_of_what_the_analytic_one_does_not_follow(app, start, tmp_path):
+    """A video (frames) is not modelled by the analytic estimate: the memory panel says so, and Verify
+    shows the simulated estimate alone."""
     from tiny_families import config
 
     path = tmp_path / "qwen.json"
     path.write_text(json.dumps(config("qwen2_5_vl")))
     s = handlers.apply_preset(app, handlers.load_model(app, start.session, str(path)).session, "stage1").session
-    view = verify_simulate(app, s)
+    video = handlers.set_workload(app, s, frames=4, image_sizes="56x56")
+    assert video.memory.estimate is None and "does not follow videos" in video.memory.verdict
+    view = verify_simulate(app, video.session)
     assert view.analytic is None and view.simulated.peak_bytes > 0
-    assert "No analytic column: the analytic estimate does not follow Qwen2.5-VL" in view.table
+    assert "No analytic column: the analytic estimate does not follow videos" in view.table
     assert [t.name for t in view.figure.data] == ["simulate"]
