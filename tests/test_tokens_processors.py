@@ -151,3 +151,16 @@ def test_pixtral_counts_breaks_and_internvl_counts_a_thumbnail():
 
 def test_images_are_synthetic_and_sized_as_asked():
     assert np.asarray(_image(30, 50)).shape == (30, 50, 3)
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"crop_to_patches": True, "max_patches": 10**9}, "max_patches must be a whole number from 1 to 256"),
+    ({"size": {"longest_edge": 10**12}, "max_image_size": {"longest_edge": 512}}, "from 1 to 268,435,456"),
+])
+def test_processor_settings_from_a_checkpoint_are_bounded(settings, message):
+    from freezelab.tokens import TokenError
+
+    name = "internvl3-1b-hf" if "max_patches" in settings else "smolvlm-256m-instruct"
+    config = index_of(resolve(name)).config
+    with pytest.raises(TokenError, match=message):
+        image_layout(config, (8192, 8192), processor=settings)

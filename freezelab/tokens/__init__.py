@@ -59,9 +59,13 @@ def image_layout(config: dict[str, Any], image_size: Any = None, images_per_samp
                  processor: dict[str, Any] | None = None, frames: int = 0) -> ImageLayout:
     """What one image becomes (image_size: a square side, or (height, width); None: the model's native
     size), or, with frames, one video of that many frames."""
+    return _layout(config, image_size, images_per_sample, processor or {}, frames)
+
+
+def _layout(config: dict[str, Any], image_size: Any, images_per_sample: int, settings: dict[str, Any],
+            frames: int) -> ImageLayout:
     size = _size(image_size)
     model_type = str(config.get("model_type"))
-    settings = processor or {}
     if frames:
         if model_type not in VIDEO_TYPES:
             raise TokenError(f"videos (frames) are modelled for Qwen2-VL, Qwen2.5-VL and Qwen3-VL; {model_type} "

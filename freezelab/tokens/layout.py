@@ -88,15 +88,21 @@ def vision_int(config: dict[str, Any], key: str) -> int:
     return side(vision_config(config).get(key), f"vision_config.{key}")
 
 
+MAX_SETTING = 1 << 28        # processor settings are data from a checkpoint: sides, pixel counts, tile counts
+MAX_TILES_SETTING = 256       # min_patches / max_patches: the tiling search is quadratic in it
+
+
 def positive(settings: dict[str, Any], key: str, default: int) -> int:
-    """An integer processor setting (nested dicts as `size.longest_edge`), or `default` when absent."""
+    """An integer processor setting (nested dicts as `size.longest_edge`), or `default` when absent; a value
+    a real processor would not have is refused before it decides any work."""
     value: Any = settings
     for part in key.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise TokenError(f"processor setting {key} must be a positive integer, got {value!r}")
+    high = MAX_TILES_SETTING if key.endswith("_patches") else MAX_SETTING
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= high:
+        raise TokenError(f"processor setting {key} must be a whole number from 1 to {high:,}, got {value!r}"[:200])
     return value
 
 
