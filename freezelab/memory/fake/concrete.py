@@ -21,11 +21,14 @@ from typing import Any
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map
 
 aten = torch.ops.aten
 EXACT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)
 INDEX_OPS = (aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._unsafe_index_put.default)
+# Above this many elements an op whose inputs are real runs fake instead: the values a forward reads are
+# small (grids, cu_seqlens, token positions); what is large (a b x s x s attention mask) only needs a shape.
+MAX_REAL_ELEMENTS = 1 << 24
 
 
 def _real(t: torch.Tensor) -> bool:
@@ -33,17 +36,32 @@ def _real(t: torch.Tensor) -> bool:
 
 
 def runs_for_real(func: Any, args: tuple, kwargs: dict) -> bool:
-    """All tensor inputs real, or no tensor input and an integer / bool result (arange, zeros(dtype=long))."""
+    """All tensor inputs real, or no tensor input and an integer / bool result (arange, zeros(dtype=long)),
+    and a result of at most MAX_REAL_ELEMENTS elements."""
     flat, _ = tree_flatten((args, kwargs))
     tensors = [a for a in flat if isinstance(a, torch.Tensor)]
     if tensors:
-        return all(_real(t) for t in tensors)
-    dtype = kwargs.get("dtype")
-    if dtype is not None:
-        return dtype in EXACT_DTYPES
-    if func in (aten.arange.default, aten.arange.start, aten.arange.start_step):
-        return all(isinstance(a, int) for a in flat if isinstance(a, (int, float)) and not isinstance(a, bool))
-    return False
+        real = all(_real(t) for t in tensors)
+    elif kwargs.get("dtype") is not None:
+        real = kwargs["dtype"] in EXACT_DTYPES
+    elif func in (aten.arange.default, aten.arange.start, aten.arange.start_step):
+        real = all(isinstance(a, int) for a in flat if isinstance(a, (int, float)) and not isinstance(a, bool))
+    else:
+        real = False
+    return real and _small(func, args, kwargs)
+
+
+def _small(func: Any, args: tuple, kwargs: dict) -> bool:
+    """Whether the op's result stays within MAX_REAL_ELEMENTS (its shape from the meta kernel; an op whose
+    shape depends on values, such as nonzero, is at most as large as its input)."""
+    to_meta = lambda x: x.to("meta") if isinstance(x, torch.Tensor) else x  # noqa: E731
+    try:
+        with unset_fake_temporarily():
+            out = func(*tree_map(to_meta, args), **tree_map(to_meta, kwargs))
+    except Exception:  # noqa: BLE001 - data-dependent shapes (nonzero) and ops without a meta kernel
+        return True
+    outs = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
+    return all(o.numel() <= MAX_REAL_ELEMENTS for o in outs)
 
 
 def run_real(func: Any, args: tuple, kwargs: dict) -> Any:
