@@ -35,6 +35,9 @@ class Family:
     feature_read: FeatureRead
     read_source: str          # where in transformers 5.24 the projector's input is taken
     checked: bool = True      # False: an accepted class whose forward freezelab has not read
+    # the forward reads the top-level config.use_cache (so `model.config.use_cache = False` turns the text
+    # model's KV cache off); the others leave it to the text config (True by default)
+    cache_from_top: bool = False
 
 
 _LLAVA_READ = "modeling_llava.py LlavaModel.get_image_features: hidden_states[vision_feature_layer]"
@@ -62,7 +65,8 @@ FAMILIES: dict[str, Family] = {
     "paligemma": Family("PaliGemma", "PaliGemmaForConditionalGeneration", FeatureRead.LAST_HIDDEN_STATE,
                         "modeling_paligemma.py PaliGemmaModel.get_image_features: last_hidden_state"),
     "idefics3": Family("Idefics3 / SmolVLM", "Idefics3ForConditionalGeneration", FeatureRead.LAST_HIDDEN_STATE,
-                       "modeling_idefics3.py Idefics3Model.get_image_features: vision_model(...).last_hidden_state"),
+                       "modeling_idefics3.py Idefics3Model.get_image_features: vision_model(...).last_hidden_state",
+                       cache_from_top=True),  # modeling_idefics3.py:621 use_cache = ... self.config.use_cache
     "smolvlm": Family("SmolVLM2", "SmolVLMForConditionalGeneration", FeatureRead.LAST_HIDDEN_STATE,
                       "modeling_smolvlm.py SmolVLMModel.get_image_features: vision_model(...).last_hidden_state"),
     "mistral3": Family("Mistral 3 (Pixtral)", "Mistral3ForConditionalGeneration", FeatureRead.HIDDEN_STATE,

@@ -80,14 +80,14 @@ def test_bad_input_is_a_freezelab_error() -> None:
 def test_integer_bookkeeping_runs_for_real_and_large_results_stay_fake() -> None:
     import torch
 
-    from freezelab.memory.fake.concrete import MAX_REAL_ELEMENTS, known_mask_indices, runs_for_real
+    from freezelab.memory.fake.concrete import MAX_REAL_BYTES, known_mask_indices, runs_for_real
 
     aten = torch.ops.aten
     grid = torch.tensor([[1, 8, 8]])
     assert runs_for_real(aten.prod.dim_int, (grid, -1), {})                       # a Qwen grid: read by .tolist()
     assert runs_for_real(aten.arange.default, (16,), {})                           # an integer factory
     assert not runs_for_real(aten.empty.memory_format, ((4, 4),), {"dtype": torch.float32})  # float: fake
-    side = int(MAX_REAL_ELEMENTS ** 0.5) + 1                                        # a b x s x s mask: shape only
+    side = int(MAX_REAL_BYTES ** 0.5) + 1                                           # a b x s x s mask: shape only
     assert not runs_for_real(aten.ones.default, ((side, side),), {"dtype": torch.bool})
     mask = torch.tensor([True, False, True])
     args = known_mask_indices(aten.index.Tensor, (torch.zeros(3, 2), [mask]))

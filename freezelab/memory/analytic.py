@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from freezelab.components import Component
 from freezelab.errors import FreezelabError
+from freezelab.families import family
 from freezelab.index import ModelIndex
 from freezelab.memory import notes as notes_mod
 from freezelab.memory import optimizer_state
@@ -76,8 +77,6 @@ NOT_YET: dict[str, str] = {}  # model_type -> what the stages lack for it (a fam
 
 def followed(index: ModelIndex, w: Workload) -> str | None:
     """Why the stages cannot model this model or workload (with where to go instead), or None."""
-    from freezelab.families import family
-
     simulate = ("use the simulated estimate (--method simulate, or Verify in the dashboard), which runs the "
                 "real model's training step")
     if index.model_type not in FOLLOWED:
@@ -222,6 +221,8 @@ def estimate(index: ModelIndex, mask: list[bool], workload: Workload, *,
     layout, layouts = _layouts(index, w)
     seq = workload_sequence(index.config, w, index.processor)
     use_cache = bool((index.config.get("text_config") or {}).get("use_cache", True))
+    if family(index.model_type).cache_from_top:  # the protocol's model.config.use_cache = False reaches it
+        use_cache = False
     flow = Flow(index, mask, num, w.batch, seq, w.images, layout, w.grad_ckpt, use_cache,
                 _values_follow_keys(index.transformers_version), input_require_grads, layouts)
     stages = build(flow)

@@ -26,9 +26,10 @@ from torch.utils._pytree import tree_flatten, tree_map
 aten = torch.ops.aten
 EXACT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)
 INDEX_OPS = (aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._unsafe_index_put.default)
-# Above this many elements an op whose inputs are real runs fake instead: the values a forward reads are
-# small (grids, cu_seqlens, token positions); what is large (a b x s x s attention mask) only needs a shape.
-MAX_REAL_ELEMENTS = 1 << 24
+# Above this many bytes an op whose inputs are real runs fake instead: the values a forward reads are
+# small (grids, cu_seqlens, token positions, which pixels are padding); what is large (a b x s x s
+# attention mask) only needs its shape.
+MAX_REAL_BYTES = 1 << 30
 
 
 def _real(t: torch.Tensor) -> bool:
@@ -37,7 +38,7 @@ def _real(t: torch.Tensor) -> bool:
 
 def runs_for_real(func: Any, args: tuple, kwargs: dict) -> bool:
     """All tensor inputs real, or no tensor input and an integer / bool result (arange, zeros(dtype=long)),
-    and a result of at most MAX_REAL_ELEMENTS elements."""
+    and a result of at most MAX_REAL_BYTES."""
     flat, _ = tree_flatten((args, kwargs))
     tensors = [a for a in flat if isinstance(a, torch.Tensor)]
     if tensors:
@@ -52,7 +53,7 @@ def runs_for_real(func: Any, args: tuple, kwargs: dict) -> bool:
 
 
 def _small(func: Any, args: tuple, kwargs: dict) -> bool:
-    """Whether the op's result stays within MAX_REAL_ELEMENTS (its shape from the meta kernel; an op whose
+    """Whether the op's result stays within MAX_REAL_BYTES (its shape from the meta kernel; an op whose
     shape depends on values, such as nonzero, is at most as large as its input)."""
     to_meta = lambda x: x.to("meta") if isinstance(x, torch.Tensor) else x  # noqa: E731
     try:
@@ -61,7 +62,7 @@ def _small(func: Any, args: tuple, kwargs: dict) -> bool:
     except Exception:  # noqa: BLE001 - data-dependent shapes (nonzero) and ops without a meta kernel
         return True
     outs = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
-    return all(o.numel() <= MAX_REAL_ELEMENTS for o in outs)
+    return all(o.numel() * o.element_size() <= MAX_REAL_BYTES for o in outs)
 
 
 def run_real(func: Any, args: tuple, kwargs: dict) -> Any:
