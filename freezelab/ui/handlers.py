@@ -3,11 +3,13 @@
 No gradio here, so every event can be tested (and timed) without a browser or
 a server. A handler either returns a complete `View` or raises a
 FreezelabError with the message to show; it never returns a half-updated
-session, so on error the page keeps the previous state.
+session, so on error the page keeps the previous state. A refused workload
+value is the one error shown where it was typed (`WorkloadRefused`).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -20,16 +22,27 @@ from freezelab.anatomy import component_counts, count
 from freezelab.errors import FreezelabError, PlanError, SelectorError, SourceError
 from freezelab.exports import import_plan as parse_plan
 from freezelab.index import ModelIndex
+from freezelab.memory.analytic import estimate, followed
 from freezelab.model_cache import INDEX_DTYPE, Loaded, ModelCache
 from freezelab.plans import MAX_PLAN_BYTES, PRESETS, Plan, Resolution, append_rule, module_selector, preset, resolve
 from freezelab.policy import LOCAL, Policy
 from freezelab.selectors import parse, reach, select
 from freezelab.session import Session, TreeOptions
-from freezelab.ui.memory_view import MemoryView, memory_view
+from freezelab.sources import known_info
+from freezelab.ui.context_view import current_html, workload_text
+from freezelab.ui.memory_view import (
+    LABELS,
+    MemoryView,
+    field_error_html,
+    memory_view,
+    not_followed,
+    refused_fields,
+    verdict_html,
+)
 from freezelab.ui.registry import shown, shown_ids, shown_within
 from freezelab.ui.tree_view import tree_json
 from freezelab.tokens import sample_layouts
-from freezelab.workload import Workload, parse_sizes
+from freezelab.workload import Workload, WorkloadError, parse_sizes
 
 Progress = Callable[[float, str], None]
 MAX_QUERY_CHARS = 200  # the tree filter is a substring, not a pattern: long input only costs time
@@ -77,6 +90,7 @@ class View:
     params_fig: go.Figure = shown("summary.params_plot")
     map_fig: go.Figure = shown("map.plot")
     memory: MemoryView = shown_within()
+    current: str = shown("verify.now")                  # HTML: what a simulation or sanity step would run now
     trainable: int                                      # trainable parameters under the plan
 
 
@@ -91,9 +105,17 @@ def _mode(loaded: Loaded, weights: bool) -> str:
     return "weights from the checkpoint" if weights else "architecture only"
 
 
+@functools.cache
+def _titles() -> dict[str, str]:
+    """The shipped architectures' titles by name, plus the built-in tiny model's."""
+    return {"tiny": "built-in tiny LLaVA", **{r["name"]: r["title"] for r in known_info()}}
+
+
 def _header(loaded: Loaded, session: Session) -> str:
     ix = loaded.index
-    return (f"**{ix.name}** · {ix.model_class} · {len(ix.params):,} tensors, {len(ix.modules):,} modules · "
+    title = _titles().get(ix.name) if loaded.source.kind in ("tiny", "known") else None
+    named = f"**{ix.name}** ({title})" if title else f"**{ix.name}**"
+    return (f"{named} · {ix.model_class} · {len(ix.params):,} tensors, {len(ix.modules):,} modules · "
             f"{units.params(ix.total_params)} parameters · {_mode(loaded, session.weights)}")
 
 
@@ -123,6 +145,7 @@ def build_view(app: App, session: Session, status: str = "") -> View:
     loaded = app.loaded(session)
     index = loaded.index
     res = resolve(session.plan, index)
+    trainable = count(index, res.mask).trainable
     return View(
         session=session,
         header=_header(loaded, session),
@@ -132,8 +155,9 @@ def build_view(app: App, session: Session, status: str = "") -> View:
         warnings=_warnings_md(res),
         params_fig=charts.params_by_component(index, res.mask),
         map_fig=charts.model_map(index, res.mask),
-        memory=memory_view(index, res.mask, session.workload),
-        trainable=count(index, res.mask).trainable,
+        memory=memory_view(index, res.mask, session.workload, session.context),
+        current=current_html(session, trainable),
+        trainable=trainable,
         status=status,
     )
 
@@ -162,7 +186,7 @@ def load_model(app: App, session: Session, spec: str, weights: bool = False,
         progress(0.8, "indexing parameters")
     if weights:
         _check_weights(app, loaded)
-    new = replace(session, model=spec, weights=weights, tree=TreeOptions())
+    new = replace(session, model=spec, weights=weights, tree=TreeOptions(), context=None)
     status = f"Loaded {loaded.index.name} ({_mode(loaded, weights)})."
     try:
         resolve(session.plan, loaded.index)
@@ -281,7 +305,10 @@ def set_tree_options(app: App, session: Session, query: str, depth: Any) -> View
     depth_value = None if depth in (None, "", "all") else _whole(depth, "the tree depth", low=0)
     if len(str(query or "")) > MAX_QUERY_CHARS:
         raise OptionError(f"the filter is limited to {MAX_QUERY_CHARS} characters")
-    return build_view(app, replace(session, tree=TreeOptions(str(query or ""), depth_value)))
+    query = str(query or "")
+    shows = f"modules matching `{query.strip()}`" if query.strip() else "every module"
+    levels = f", down to level {depth_value}" if depth_value is not None else ""
+    return build_view(app, replace(session, tree=TreeOptions(query, depth_value)), f"The tree shows {shows}{levels}.")
 
 
 def _whole(value: Any, name: str, *, low: int, high: int = 1000) -> int:
@@ -295,10 +322,62 @@ def _whole(value: Any, name: str, *, low: int, high: int = 1000) -> int:
     return int(number)
 
 
+@dataclass(kw_only=True)
+class WorkloadRefused:
+    """A workload value the estimate cannot take: the session keeps its last valid workload, the
+    error shows at the field, and the verdict (with the charts, see style.CSS) is marked out of date."""
+
+    status: str = shown(STATUS)
+    verdict: str = shown("memory.verdict")
+    error: str = shown("memory.error")
+
+
 def set_workload(app: App, session: Session, **values: Any) -> View:
-    """New workload values from the controls; a bad value raises WorkloadError and changes nothing."""
+    """New workload values; a bad value raises WorkloadError and changes nothing."""
     workload = Workload.from_dict({**session.workload.to_dict(), **_clean(values)})
-    return build_view(app, replace(session, workload=workload))
+    view = build_view(app, replace(session, workload=workload))
+    est = view.memory.estimate
+    need = f"{units.gib(est.device_estimate_bytes)} per GPU" if est is not None else "no analytic estimate"
+    view.status = f"Workload: {workload_text(workload)}: {need}."
+    return view
+
+
+def edit_workload(app: App, session: Session, **values: Any) -> View | WorkloadRefused:
+    """The workload controls' event: set_workload, except that a refused value is shown at its
+    field, with the results that still show the last valid workload marked out of date."""
+    try:
+        return set_workload(app, session, **values)
+    except WorkloadError as err:
+        refused = _refused(session.workload, values, err)
+    index = app.loaded(session).index
+    fields = ", ".join(LABELS.get(name, name) for name in refused)
+    why = followed(index, session.workload)
+    if why is None:
+        est = estimate(index, resolve(session.plan, index).mask, session.workload)
+        verdict = verdict_html(est, session.workload, stale=f"fix {fields} first")
+    else:
+        verdict = not_followed(why, "").verdict
+    return WorkloadRefused(status=f"⚠ **{'; '.join(refused.values())}**: the estimate still "
+                           "shows the last valid workload.", verdict=verdict,
+                           error=field_error_html(refused, session.workload))
+
+
+def _refused(current: Workload, values: dict[str, Any], err: WorkloadError) -> dict[str, str]:
+    """{field: message} for a refused edit; image sizes that do not parse are refused by themselves."""
+    try:
+        cleaned = _clean(values)
+    except WorkloadError as bad:
+        return {"image_sizes": str(bad)}
+    return refused_fields(current, cleaned, err)
+
+
+def set_context(app: App, session: Session, on: Any) -> View:
+    """Whether the memory charts include the CUDA context and the allocator cache (the user's choice
+    from now on, until another model is loaded)."""
+    view = build_view(app, replace(session, context=bool(on)))
+    view.status = ("The charts include the CUDA context and allocator cache." if on else
+                   "The charts show tensors only: the CUDA context and allocator cache are left out.")
+    return view
 
 
 def _clean(values: dict[str, Any]) -> dict[str, Any]:

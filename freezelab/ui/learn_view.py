@@ -1,8 +1,14 @@
-"""The Learn tab: a guided walk from LLaVA stage 1 to stage 2 to the last N layers,
-on the tiny model and on llava-1.5-7b, explaining what changed after each step."""
+"""The Learn tab: a guided walk from LLaVA stage 1 to stage 2 to the last N layers, then gradient
+checkpointing, on llava-1.5-7b, explaining after each step what changed and why.
+
+The lessons use a 7B architecture because memory effects only show at that size (on the tiny model
+the CUDA context outweighs every tensor), and its config ships with freezelab, so estimating it
+costs nothing. Every number in a lesson's text is computed from the estimate it shows.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from freezelab import charts, units
@@ -10,12 +16,14 @@ from freezelab.errors import FreezelabError
 from freezelab.memory.result import MemoryEstimate
 from freezelab.plans import preset
 from freezelab.session import Session
+from freezelab.ui.context_view import workload_text
 from freezelab.ui.handlers import App, View, build_view, load_model
 from freezelab.workload import Workload
 
-# The calibration workload of shared measurements: one 336px image (576 tokens) + 1,024 text tokens.
-BIG_WORKLOAD = Workload(batch=4, text_tokens=1024, images=1, dtype="bf16")
-TINY_WORKLOAD = Workload()
+MODEL = "llava-1.5-7b"
+# The calibration workload of the shared measurements: one image + 1,024 text tokens per sample.
+WORKLOAD = Workload(batch=4, text_tokens=1024, images=1, dtype="bf16")
+Facts = dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -23,56 +31,82 @@ class Lesson:
     number: int
     key: str
     title: str
-    model: str
     preset: str
     workload: Workload
-    why: str
+    why: Callable[[Facts], str]   # the explanation, filled in with numbers from the estimate
 
 
-_STAGE1 = ("Only the projector trains: it learns to map image features into the LLM's embedding space. "
-           "Its gradients and optimizer state are tiny, but the activations are not: to reach the projector, "
-           "backpropagation has to run back through the whole frozen LLM, so every LLM layer keeps its "
-           "activations. Frozen does not mean free.")
-_STAGE2 = ("Now the LLM trains as well. Every LLM parameter gets a gradient, and AdamW keeps two more "
-           "values per parameter: gradients and optimizer state now dwarf everything else. The vision "
-           "tower stays frozen and, since nothing before it trains, keeps no activations.")
-_LAST_N = ("Only the top layers of the LLM train. Their gradients and optimizer state are a small "
-           "fraction of stage 2's, and backpropagation stops at the lowest trainable layer, so the layers "
-           "below it keep no activations. This is often the cheapest way to adapt the language side.")
+def _stage1(f: Facts) -> str:
+    return (f"Only the projector trains: {f['trainable']} parameters. Its AdamW state is small "
+            f"({f['optimizer_state']}), but the activations are not: {f['activations']} at the peak, "
+            f"{f['llm_activations']} of them kept by the frozen LLM, because backpropagation has to run back "
+            "through every LLM layer to reach the projector. Frozen does not mean free.")
+
+
+def _stage2(f: Facts) -> str:
+    return (f"Now the LLM trains as well: {f['trainable']} parameters. AdamW keeps two moments per trainable "
+            f"parameter ({f['optimizer_state']}), and the backward pass writes {f['gradients']} of gradients. The "
+            f"LLM now also keeps what its own weight gradients need: {f['llm_activations']} of activations. The "
+            "vision tower stays frozen and nothing before it trains, so it keeps only "
+            f"{f['vision_activations']}.")
+
+
+def _last_n(f: Facts) -> str:
+    return (f"Only the top LLM layers train: {f['trainable']} parameters, so AdamW's state is "
+            f"{f['optimizer_state']}. Backpropagation stops at the lowest trainable layer: the layers below it "
+            f"keep no activations, and the LLM keeps {f['llm_activations']} in all. This is often the cheapest "
+            "way to adapt the language side.")
+
+
+def _checkpointing(f: Facts) -> str:
+    return (f"Stage 2 again, with gradient checkpointing: each decoder layer keeps only its input and runs its "
+            f"forward a second time during backward. The LLM's activations drop to {f['llm_activations']}, and "
+            f"the peak moves to the {f['phase']} step, where gradients ({f['gradients']}) and AdamW's state "
+            f"({f['optimizer_state']}) are what is left.")
+
 
 LESSONS: dict[str, Lesson] = {lesson.key: lesson for lesson in (
-    Lesson(1, "tiny-stage1", "Stage 1 on the tiny model", "tiny", "stage1", TINY_WORKLOAD, _STAGE1),
-    Lesson(2, "tiny-stage2", "Stage 2 on the tiny model", "tiny", "stage2", TINY_WORKLOAD, _STAGE2),
-    Lesson(3, "tiny-last2", "Last 2 LLM layers on the tiny model", "tiny", "last-2", TINY_WORKLOAD, _LAST_N),
-    Lesson(4, "7b-stage1", "Stage 1 on llava-1.5-7b", "llava-1.5-7b", "stage1", BIG_WORKLOAD, _STAGE1),
-    Lesson(5, "7b-stage2", "Stage 2 on llava-1.5-7b", "llava-1.5-7b", "stage2", BIG_WORKLOAD, _STAGE2),
-    Lesson(6, "7b-last4", "Last 4 LLM layers on llava-1.5-7b", "llava-1.5-7b", "last-4", BIG_WORKLOAD, _LAST_N),
+    Lesson(1, "stage1", "Stage 1: the projector", "stage1", WORKLOAD, _stage1),
+    Lesson(2, "stage2", "Stage 2: projector + LLM", "stage2", WORKLOAD, _stage2),
+    Lesson(3, "last4", "The last 4 LLM layers", "last-4", WORKLOAD, _last_n),
+    Lesson(4, "stage2-ckpt", "Stage 2 + checkpointing", "stage2", WORKLOAD.with_(grad_ckpt=True),
+           _checkpointing),
 )}
 
-INTRO = ("Each button loads a model, applies a plan and sets a workload; the dashboard tab shows the "
-         "result. Read what changed and why below. The 7B steps use batch 4 with one 336px image and "
-         "1,024 text tokens per sample, in bf16 with AdamW.")
+INTRO = (f"Each button loads {MODEL} (its architecture only: nothing is downloaded), applies a plan and sets "
+         f"the workload to {workload_text(WORKLOAD)}; the Plan & memory tab shows the result. Read what "
+         "changed and why below.")
+
+
+def facts(view: View) -> Facts:
+    """The numbers a lesson's text quotes, from the view's own estimate (units chosen per number)."""
+    est = view.memory.estimate
+    acts = est.activations_by_component
+    return {"trainable": units.params(view.trainable), "phase": est.phase,
+            "optimizer_state": units.nbytes(est.breakdown.get("optimizer_state", 0)),
+            "activations": units.nbytes(est.breakdown.get("activations", 0)),
+            "gradients": units.nbytes(est.details.get("gradients_total_bytes", 0)),
+            "llm_activations": units.nbytes(acts.get("llm", 0)),
+            "vision_activations": units.nbytes(acts.get("vision", 0))}
 
 
 def _delta(before: int, after: int) -> str:
-    d = (after - before) / 2**30
-    return f"{'+' if d >= 0 else '−'}{abs(d):.2f} GiB"
+    sign = "+" if after >= before else "−"
+    return f"{sign}{units.nbytes(abs(after - before))}"
 
 
 def what_changed(prev: View | None, new: View) -> str:
     """Trainable parameters and memory before -> after, with the categories that moved most."""
     a: MemoryEstimate = new.memory.estimate
-    after_train = new.trainable
     if prev is None:
-        return (f"Trainable parameters: **{units.params(after_train)}**. Memory per GPU: "
-                f"**{units.gib(a.device_estimate_bytes)}**.")
+        return (f"Trainable parameters: **{units.params(new.trainable)}**. Memory per GPU: "
+                f"**{units.gib(a.device_estimate_bytes)}** ({units.gib(a.peak_bytes)} of it tensors).")
     b: MemoryEstimate = prev.memory.estimate
-    before_train = prev.trainable
     categories = set(a.breakdown) | set(b.breakdown)
     moved = sorted(((abs(a.breakdown.get(c, 0) - b.breakdown.get(c, 0)), c) for c in categories), reverse=True)
     parts = [f"{charts.CATEGORY_LABELS.get(c, c)} {_delta(b.breakdown.get(c, 0), a.breakdown.get(c, 0))}"
              for size, c in moved[:3] if size >= 2**20]
-    return (f"Trainable parameters: {units.params(before_train)} → **{units.params(after_train)}**. "
+    return (f"Trainable parameters: {units.params(prev.trainable)} → **{units.params(new.trainable)}**. "
             f"Memory per GPU: {units.gib(b.device_estimate_bytes)} → **{units.gib(a.device_estimate_bytes)}**"
             + (f" ({'; '.join(parts)})." if parts else "."))
 
@@ -82,17 +116,16 @@ def run_lesson(app: App, session: Session, key: str) -> tuple[View, str]:
         raise FreezelabError(f"unknown lesson {key!r}; lessons: {', '.join(LESSONS)}")
     lesson = LESSONS[key]
     prev: View | None = None
-    if session.model == lesson.model:
+    if session.model == MODEL:
         try:
             prev = build_view(app, session)
         except FreezelabError:  # the old plan may not resolve; the lesson replaces it anyway
             prev = None
     else:  # comparing two different models says nothing about the plan: show absolute numbers
-        session = load_model(app, session, lesson.model).session
-    session = replace(session, workload=lesson.workload).with_plan(preset(lesson.preset))
-    view = build_view(app, session, f"Lesson {lesson.number} applied ({lesson.title}): the dashboard tab "
+        session = load_model(app, session, MODEL).session
+    session = replace(session, workload=lesson.workload, context=None).with_plan(preset(lesson.preset))
+    view = build_view(app, session, f"Lesson {lesson.number} applied ({lesson.title}): the Plan & memory tab "
                       "shows the result.")
-    text = f"### {lesson.number}. {lesson.title}\n\n{lesson.why}\n\n{what_changed(prev, view)}"
-    if view.memory.estimate.notes:
-        text += "\n\nWhat the estimator says:\n" + "\n".join(f"- {n}" for n in view.memory.estimate.notes[:4])
+    text = (f"### {lesson.number}. {lesson.title}\n\n{lesson.why(facts(view))}\n\n{what_changed(prev, view)}\n\n"
+            "The estimator's own account is under *Why the memory goes where it goes* on the Plan & memory tab.")
     return view, text

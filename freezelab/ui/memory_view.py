@@ -11,11 +11,13 @@ import plotly.graph_objects as go
 from freezelab import charts, units
 from freezelab.index import ModelIndex
 from freezelab.memory.analytic import estimate, followed
+from freezelab.memory.gpu_count import GpuCount, gpu_count
 from freezelab.memory.result import MemoryEstimate
 from freezelab.tokens import sample_layouts
+from freezelab.ui.context_view import workload_text
 from freezelab.ui.gpu_lines import chart_lines, common_gpus
 from freezelab.ui.registry import elem_id, shown
-from freezelab.workload import LIMITS, Workload, sizes_text
+from freezelab.workload import LIMITS, Workload, WorkloadError, sizes_text
 
 CURVE_BATCHES = (1, 4, 16, 64)  # plus the current batch; each point costs one analytic estimate (~8 ms on 7B)
 MEMORY = "memory"  # the memory panel's ids: the workload controls by field name, and what it shows
@@ -30,10 +32,27 @@ class MemoryView:
     verdict: str = shown(elem_id(MEMORY, "verdict"))         # HTML (id fl-verdict)
     notes: str = shown(elem_id(MEMORY, "notes"))             # markdown: the estimator's own sentences
     curve: go.Figure = shown(elem_id(MEMORY, "curve"))       # memory vs batch size
+    context: bool = shown(elem_id(MEMORY, "context"))        # the charts include the CUDA context + cache
+    error: str = shown(elem_id(MEMORY, "error"), default="")  # HTML: a refused workload value, at its field
+    gpu_count: go.Figure = shown(elem_id(MEMORY, "gpu_count"))  # memory per GPU vs number of GPUs, per mode
+    min_gpus: str = shown(elem_id(MEMORY, "min_gpus"))       # markdown: smallest number of each card per mode
     tokens: str = shown(elem_id(MEMORY, "tokens"))           # markdown: what the images of a sample become
 
 
 WORKLOAD_IDS = tuple(elem_id(MEMORY, name) for name in FIELDS)
+RESULTS = "fl-results"  # the class of every column whose content a refused workload makes stale
+
+
+def control_id(name: str) -> str:
+    """The page id of a workload control (style.CSS outlines it while its value is refused)."""
+    return f"fl-w-{name}"
+
+
+LABELS = {"batch": "batch", "text_tokens": "text tokens", "images": "images", "dtype": "dtype",
+          "autocast": "autocast", "optimizer": "optimizer", "grad_ckpt": "gradient checkpointing",
+          "attn": "attention", "gpus": "GPUs", "sharding": "sharding",
+          "offload_optimizer": "offload optimizer", "image_sizes": "image sizes",
+          "frames": "video frames"}  # the controls' labels, by workload field
 
 
 def control_value(workload: Workload, name: str) -> Any:
@@ -62,7 +81,8 @@ def tokens_md(index: ModelIndex, workload: Workload) -> str:
     return "\n".join(lines)
 
 
-def verdict_html(est: MemoryEstimate, workload: Workload) -> str:
+def verdict_html(est: MemoryEstimate, workload: Workload, stale: str = "") -> str:
+    """The fits / does-not-fit verdict; with `stale` (why), marked as out of date."""
     gpus = common_gpus()
     need = est.device_estimate_bytes
     fitting = [name for name, size in gpus if est.fits(size)]
@@ -79,15 +99,40 @@ def verdict_html(est: MemoryEstimate, workload: Workload) -> str:
         head = f'<span class="fl-bad">does not fit</span> any common GPU (largest: {escape(gpus[-1][0])})'
         rest = ("to shrink it: train fewer parameters, turn on gradient checkpointing, lower the batch or "
                 "sequence length, or shard across GPUs (ZeRO-3 / FSDP)")
-    return (f'<div id="fl-verdict" class="fl-verdict">{head} · {per} '
-            f'(tensor peak {units.gib(est.peak_bytes)}, in {escape(est.phase)})<br><small>{rest}</small></div>')
+    note = f'<span class="fl-stale-badge">out of date</span> {escape(stale)}<br>' if stale else ""
+    return (f'<div id="fl-verdict" class="fl-verdict{" fl-stale" if stale else ""}">{note}{head} · {per} '
+            f'(tensor peak {units.nbytes(est.peak_bytes)}, in {escape(est.phase)})<br><small>{rest}</small></div>')
+
+
+def field_error_html(refused: dict[str, str], last_valid: Workload) -> str:
+    """A refused workload value, shown under the workload controls (the control itself is outlined,
+    see style.CSS): which field, why, and that the results below still show the last valid workload."""
+    lines = "".join(f'<li data-field="{escape(name)}"><b>{escape(LABELS.get(name, name))}</b>: '
+                    f"{escape(message.removeprefix(name + ' '))}</li>" for name, message in refused.items())
+    return (f'<div class="fl-field-error" role="alert"><ul>{lines}</ul>The verdict and charts below are out '
+            f"of date until this is fixed: they still show {escape(workload_text(last_valid))}.</div>")
+
+
+def refused_fields(current: Workload, values: dict[str, Any], err: WorkloadError) -> dict[str, str]:
+    """{field: message} for the values that make the workload invalid: each changed value tried
+    alone on the current workload; a refused combination (autocast with a 16-bit dtype) is blamed
+    on every changed value."""
+    changed = {k: v for k, v in values.items() if k in LABELS and v != getattr(current, k)}
+    refused = {}
+    for name, value in changed.items():
+        try:
+            current.with_(**{name: value})
+        except WorkloadError as one:
+            refused[name] = str(one)
+    return refused or dict.fromkeys(changed or ["workload"], str(err))
 
 
 def notes_md(est: MemoryEstimate) -> str:
     return "\n".join(f"- {n}" for n in est.notes) if est.notes else ""
 
 
-def curve(index: ModelIndex, mask: list[bool], workload: Workload, current: MemoryEstimate) -> go.Figure:
+def curve(index: ModelIndex, mask: list[bool], workload: Workload, current: MemoryEstimate,
+          context: bool) -> go.Figure:
     """Memory against batch size (`current` is the estimate at the workload's own batch), stopping
     one point past the largest common GPU and the current batch: further points only squash the
     interesting part of the chart, and each costs an estimate."""
@@ -99,7 +144,7 @@ def curve(index: ModelIndex, mask: list[bool], workload: Workload, current: Memo
         xs.append(b)
         if points[-1].device_estimate_bytes > largest and b >= workload.batch:
             break
-    return charts.memory_curve(xs, points, chart_lines(), x_label="batch size", current=workload.batch)
+    return charts.memory_curve(xs, points, chart_lines(), current=workload.batch, context=context)
 
 
 def not_followed(why: str, tokens: str) -> MemoryView:
@@ -108,15 +153,35 @@ def not_followed(why: str, tokens: str) -> MemoryView:
                f"{escape(why)}. Verify → <b>Run simulated estimate</b> gives this plan's memory.</div>")
     empty = "the analytic estimate does not follow this family yet: see Verify"
     return MemoryView(estimate=None, figure=charts.message("memory breakdown", empty),
-                      curve=charts.message("memory vs batch size", empty), verdict=verdict, notes="", tokens=tokens)
+                      curve=charts.message("memory vs batch size", empty), verdict=verdict, notes="", tokens=tokens,
+                      context=False, gpu_count=charts.message("memory per GPU vs number of GPUs", empty),
+                      min_gpus="")
 
 
-def memory_view(index: ModelIndex, mask: list[bool], workload: Workload) -> MemoryView:
+def min_gpus_md(count: GpuCount) -> str:
+    """The smallest number of each common card per sharding mode, as a markdown table."""
+    modes = list(count.smallest)
+    rows = [f"| GPU | {' | '.join(modes)} |", "|---|" + "---:|" * len(modes)]
+    for card in next(iter(count.smallest.values())):
+        cells = ["–" if count.smallest[m][card] is None else str(count.smallest[m][card]) for m in modes]
+        rows.append(f"| {escape(card)} | {' | '.join(cells)} |")
+    off = ", optimizer offloaded" if count.offload_optimizer else ""
+    return (f"**Smallest number of GPUs that fits** (per GPU: this batch{off}; – : not even {count.counts[-1]})\n\n"
+            + "\n".join(rows))
+
+
+def memory_view(index: ModelIndex, mask: list[bool], workload: Workload, context: bool | None = None) -> MemoryView:
+    """The estimate and its charts; `context` None: the CUDA context is drawn unless it outweighs the tensors."""
     tokens = tokens_md(index, workload)
     why = followed(index, workload)
     if why is not None:
         return not_followed(why, tokens)
     est = estimate(index, mask, workload)
-    return MemoryView(estimate=est, figure=charts.memory_breakdown(est, chart_lines()),
-                      curve=curve(index, mask, workload, est), verdict=verdict_html(est, workload), notes=notes_md(est),
-                      tokens=tokens)
+    shown_context = charts.context_by_default(est) if context is None else context
+    count = gpu_count(index, mask, workload, cublas_workspaces=est.cublas_workspaces)
+    return MemoryView(estimate=est, figure=charts.memory_breakdown(est, chart_lines(), context=shown_context),
+                      curve=curve(index, mask, workload, est, shown_context), verdict=verdict_html(est, workload),
+                      notes=notes_md(est), context=shown_context,
+                      gpu_count=charts.gpu_count_chart(count.counts, count.per_gpu, chart_lines(),
+                                                       current=workload.gpus),
+                      min_gpus=min_gpus_md(count), tokens=tokens)
