@@ -155,3 +155,19 @@ def test_what_the_analytic_estimate_does_not_follow_points_to_the_simulation(cap
     assert main(["estimate", str(path), "--train", "@projector"]) == 2
     assert "does not follow aya_vision yet (a family whose forward freezelab has not modelled)" in \
         capsys.readouterr().err
+
+
+def test_flops_and_step_time_are_not_printed_for_a_family_they_do_not_model(capsys) -> None:
+    """The FLOPs follow the LLaVA classes only: a newer family gets its memory and image tokens, and
+    null FLOPs / times with the reason, never an undercount."""
+    data = run_json(capsys, "qwen2.5-vl-3b-instruct", "--preset", "stage1", "--image-size", "448x448")
+    assert data["image_tokens"]["per_sample"] == 256 and data["peak_bytes"] > 0
+    assert data["flops"] is None and data["step_seconds"] is None and data["time"] is None
+    assert "not modelled for Qwen2.5-VL" in data["flops_not_modelled"]
+    assert "--method simulate" in data["flops_not_modelled"]
+    assert data["gpu_count"] is not None  # the memory walk follows it
+    llava = run_json(capsys, "llava-v1.6-mistral-7b", "--train", "@projector", "--image-size", "336x672")
+    assert llava["flops"]["counted"] > 0 and "flops_not_modelled" not in llava
+    assert main(["estimate", "qwen2.5-vl-3b-instruct", "--preset", "stage1"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "step time: not estimated (FLOPs and step time are not modelled for Qwen2.5-VL" in out

@@ -539,6 +539,7 @@ def test_sanity_step_refuses_bad_arguments(app, start):
 
 
 def test_simulated_estimate_next_to_the_analytic_one(app, start):
+    from freezelab.compute.flops import step_flops
     from freezelab.memory.simulate import simulate_step
     from freezelab.models import hf_config
 
@@ -554,6 +555,10 @@ def test_simulated_estimate_next_to_the_analytic_one(app, start):
     assert f"| **tensor peak** | {units.nbytes(view.analytic.peak_bytes)} | {units.nbytes(direct.peak_bytes)} |" \
         in view.table
     assert [t.name for t in view.figure.data] == ["analytic", "simulate"]
+    flops = step_flops(loaded.index, mask, s.workload)   # FlopCounterMode's count agrees exactly
+    assert f"| forward | {units.flops(flops.forward)} | {units.flops(flops.forward)} | +0.00% |" in view.table
+    assert f"| backward (with recompute) | {units.flops(flops.backward)} | {units.flops(flops.backward)} | +0.00% |" \
+        in view.table
     assert f'data-fl-for="{session_key(s)}"' in view.label and "Simulated for <b>tiny</b>" in view.label
     assert seen and seen[-1] == 1.0
     with pytest.raises(FreezelabError, match="cancelled"):
@@ -600,6 +605,7 @@ def test_every_family_loads_with_its_tree_charts_memory_and_tokens(app, start, n
     assert len(rows) == len(index.modules) and len(json.loads(view.tree)["rows"]) >= 2
     assert view.params_fig.data and view.map_fig.data
     assert "image tokens" in view.memory.tokens
+    assert view.compute.flops is None and "not modelled for" in view.compute.time  # FLOPs: LLaVA classes only
     why = followed(index, view.session.workload)
     if why is None:
         assert view.memory.estimate.peak_bytes == estimate(index, mask, view.session.workload).peak_bytes
@@ -627,6 +633,11 @@ def test_image_sizes_box_and_a_dropped_image_set_the_workload(app, start, tmp_pa
         handlers.set_image(app, view.session, str(tmp_path / "notes.txt"))
     with pytest.raises(WorkloadError, match="height x width"):
         handlers.set_workload(app, s, image_sizes="336 by 672")
+    # typed into the box: refused at its field, the results kept (marked out of date)
+    refused = handlers.edit_workload(app, s, image_sizes="336 by 672")
+    assert isinstance(refused, handlers.WorkloadRefused)
+    assert 'data-field="image_sizes"' in refused.error and "height x width" in refused.error
+    assert "out of date" in refused.verdict
 
 
 def test_simulated_estimate_of_what_the_analytic_one_does_not_follow(app, start, tmp_path):
@@ -643,3 +654,6 @@ def test_simulated_estimate_of_what_the_analytic_one_does_not_follow(app, start,
     assert view.analytic is None and view.simulated.peak_bytes > 0
     assert "No analytic column: the analytic estimate does not follow videos" in view.table
     assert [t.name for t in view.figure.data] == ["simulate"]
+    assert view.label.startswith('<') and "Simulated for" in view.label
+    refused = handlers.edit_workload(app, video.session, batch=0)  # no analytic verdict to mark out of date
+    assert "batch" in refused.error and "no analytic estimate" in refused.verdict

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from freezelab.batch import Batch, Example
 from freezelab.checks import Context, Observation, grad_norms, run_checks
+from freezelab.compute.flops import flops_followed, step_flops
+from freezelab.compute.timing import beside_measured
 from freezelab.index import ModelIndex
 from freezelab.models import index_of
 from freezelab.plans import Plan, Resolution, resolve
@@ -63,7 +65,16 @@ def _report(index: ModelIndex, res: Resolution, workload: Workload, batch: Batch
         trainable_params=sum(index.numels[i] for i in trainable), trainable_tensors=len(trainable),
         total_params=index.total_params, lr=lr, seed=seed, warnings=list(res.warnings),
         estimate={} if est is None else {"method": est.method, "peak_bytes": est.peak_bytes,
-                                         "device_estimate_bytes": est.device_estimate_bytes, "phase": est.phase})
+                                         "device_estimate_bytes": est.device_estimate_bytes, "phase": est.phase},
+        time_estimate=_time_estimate(index, res, workload, device))
+
+
+def _time_estimate(index: ModelIndex, res: Resolution, workload: Workload, device: str) -> dict[str, Any]:
+    """The time model's step time on this device, or why there is none (a model whose FLOPs are not modelled)."""
+    why = flops_followed(index, workload)
+    if why is not None:
+        return {"gpu": None, "seconds": None, "note": why, "assumptions": []}
+    return beside_measured(step_flops(index, res.mask, workload), workload, _device_name(device))
 
 
 def _batch_within_budget(live: Live, source: Source, index: ModelIndex, res: Resolution, workload: Workload,

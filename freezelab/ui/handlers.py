@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 
 from freezelab import charts, units
 from freezelab.anatomy import component_counts, count
+from freezelab.compute.timing import Efficiency
 from freezelab.errors import FreezelabError, PlanError, SelectorError, SourceError
 from freezelab.exports import import_plan as parse_plan
 from freezelab.index import ModelIndex
@@ -29,6 +30,7 @@ from freezelab.policy import LOCAL, Policy
 from freezelab.selectors import parse, reach, select
 from freezelab.session import Session, TreeOptions
 from freezelab.sources import known_info
+from freezelab.ui.compute_view import ComputeView, compute_view
 from freezelab.ui.context_view import current_html, workload_text
 from freezelab.ui.memory_view import (
     LABELS,
@@ -90,6 +92,7 @@ class View:
     params_fig: go.Figure = shown("summary.params_plot")
     map_fig: go.Figure = shown("map.plot")
     memory: MemoryView = shown_within()
+    compute: ComputeView = shown_within()
     current: str = shown("verify.now")                  # HTML: what a simulation or sanity step would run now
     trainable: int                                      # trainable parameters under the plan
 
@@ -156,6 +159,7 @@ def build_view(app: App, session: Session, status: str = "") -> View:
         params_fig=charts.params_by_component(index, res.mask),
         map_fig=charts.model_map(index, res.mask),
         memory=memory_view(index, res.mask, session.workload, session.context),
+        compute=compute_view(index, res.mask, session.workload, session.efficiency),
         current=current_html(session, trainable),
         trainable=trainable,
         status=status,
@@ -424,3 +428,12 @@ def set_image(app: App, session: Session, path: str | None) -> View:
                                                              app.loaded(session).index.processor))
     view.status = f"Image {h}x{w} (height x width): {tokens:,} image tokens per sample."
     return view
+
+
+def set_efficiency(app: App, session: Session, **values: Any) -> View:
+    """New fractions of peak for the time model (mfu, bandwidth); a bad value raises TimingError."""
+    known = {"mfu", "bandwidth", "network"}
+    if set(values) - known:
+        raise OptionError(f"unknown efficiency field(s): {', '.join(sorted(set(values) - known))}")
+    efficiency = replace(session.efficiency, **_clean(values))
+    return build_view(app, replace(session, efficiency=efficiency))

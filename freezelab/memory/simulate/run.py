@@ -24,7 +24,8 @@ class Run:
 
     def __init__(self, config: Any, trainable: Collection[str], workload: Workload,
                  progress: Progress | None = None, cancel: Callable[[], bool] | None = None, *,
-                 input_require_grads: bool = False, processor: dict[str, Any] | None = None) -> None:
+                 input_require_grads: bool = False, processor: dict[str, Any] | None = None,
+                 count_flops: bool = True) -> None:
         from torch._subclasses.fake_tensor import FakeTensorMode
 
         if not isinstance(workload, Workload):
@@ -40,6 +41,7 @@ class Run:
         self.w = workload
         self.input_require_grads = bool(input_require_grads)
         self.processor: dict[str, Any] = dict(processor or {})
+        self.count_flops = bool(count_flops)   # FlopCounterMode over step 2 (simulate.flops)
         self.dtype = getattr(torch, TORCH_DTYPE_NAMES[workload.dtype])
         self.autocast_dtype = None if workload.autocast == "none" else getattr(
             torch, TORCH_DTYPE_NAMES[workload.autocast])
