@@ -29,9 +29,8 @@ def _wire(sh: Shared) -> None:
 def create_compute_panel(ui: Registry, first: View) -> None:
     eff = first.session.efficiency
     gr.Markdown("### Compute and time per step")
-    gr.Markdown("Efficiencies are fractions of each card's dense matmul peak and of its memory bandwidth.")
     with gr.Row():
-        mfu = gr.Number(eff.mfu, label="matmul efficiency", min_width=120)
+        mfu = gr.Number(eff.mfu, label="matmul MFU", min_width=120)
         bandwidth = gr.Number(eff.bandwidth, label="bandwidth efficiency", min_width=120)
     plot = gr.Plot(first.compute.figure, label="compute per component", show_label=False, elem_id="fl-compute-plot")
     time = gr.Markdown(first.compute.time, label="step time", elem_id="fl-step-time")
