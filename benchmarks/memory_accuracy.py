@@ -17,6 +17,11 @@ Every row but
 the first of its file ran after other cases in the same process, so its cuBLAS
 workspaces already existed (`Case.workspaces_ready`). The simulated method takes
 seconds per row; "both" falls back to analytic alone when it is missing.
+
+    python benchmarks/memory_accuracy.py --families [--quick]
+
+--families runs benchmarks/family_accuracy.py instead: the analytic estimate against
+the simulated one for each family beyond LLaVA (no GPU measurements of those yet).
 """
 
 from __future__ import annotations
@@ -64,7 +69,8 @@ def predict(method: str, case: Case) -> MemoryEstimate:
 
     hooks = case.input_require_grads if case.input_require_grads is not None else False
     return simulate_step(hf_config(source), res.trainable_names(index), case.workload,
-                         input_require_grads=hooks, workspaces_ready=case.workspaces_ready)
+                         input_require_grads=hooks, workspaces_ready=case.workspaces_ready,
+                         processor=index.processor)
 
 
 def methods(choice: str) -> list[str]:
@@ -126,7 +132,14 @@ def main() -> int:
     ap.add_argument("--extra", action="store_true", help="also the extra measured rows")
     ap.add_argument("--all", action="store_true", help="the extra rows and the H200 validation rows too")
     ap.add_argument("--rows", type=Path, help="a JSON-lines file of measured rows instead")
+    ap.add_argument("--families", action="store_true", help="analytic vs simulated per family beyond LLaVA")
+    ap.add_argument("--quick", action="store_true", help="with --families: two cases per family")
     args = ap.parse_args()
+    if args.families:
+        import family_accuracy
+
+        sys.argv = [sys.argv[0], *(["--quick"] if args.quick else [])]
+        return family_accuracy.main()
     first = args.rows or calibration_path()
     groups = [(first.name, load(first))]
     if (args.extra or args.all) and not args.rows:

@@ -100,3 +100,16 @@ def find(params: dict[str, int], *suffixes: str) -> int | None:
 
 def shape_of(index: ModelIndex, i: int | None, dim: int, default: int) -> int:
     return index.params[i].shape[dim] if i is not None else default
+
+
+def text_hidden(index: ModelIndex) -> int:
+    embed = index.module_by_path[index.roots["embeddings"][0]]
+    return index.params[embed.own[0]].shape[1]
+
+
+def lm_head_param(index: ModelIndex) -> int | None:
+    for path in index.roots.get("lm_head", []):
+        module = index.module_by_path.get(path)
+        if module and module.own:
+            return module.own[0]
+    return None
