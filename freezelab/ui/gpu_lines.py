@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from freezelab.memory.gpus import GPUS, Gpu, fits_table
-from freezelab.memory.result import MemoryEstimate
+from freezelab.memory.gpus import GPUS
 
 
 def common_gpus() -> list[tuple[str, int]]:
@@ -11,14 +10,10 @@ def common_gpus() -> list[tuple[str, int]]:
     return sorted(((g.name, g.total_bytes) for g in GPUS), key=lambda g: g[1])
 
 
-def chart_lines(est: MemoryEstimate | None = None) -> list[tuple[str, int]]:
+def chart_lines() -> list[tuple[str, int]]:
     """One line per nominal size (24/40/48/80/141 GB), at the smallest card sold as that size,
-    so a plan under a line fits every card of that size. With an estimate, each line also says its
-    card's verdict (fits / tight / does not fit, with the estimate's measured error)."""
-    smallest: dict[int, Gpu] = {}
+    so a plan under a line fits every card of that size."""
+    smallest: dict[int, int] = {}
     for g in GPUS:
-        if g.nominal_gb not in smallest or g.total_bytes < smallest[g.nominal_gb].total_bytes:
-            smallest[g.nominal_gb] = g
-    verdicts = {r["gpu"]: r["verdict"] for r in fits_table(est)} if est is not None else {}
-    return [(f"{gb} GB" + (f" · {verdicts[g.name]}" if g.name in verdicts else ""), g.total_bytes)
-            for gb, g in sorted(smallest.items())]
+        smallest[g.nominal_gb] = min(smallest.get(g.nominal_gb, g.total_bytes), g.total_bytes)
+    return [(f"{gb} GB", size) for gb, size in sorted(smallest.items())]

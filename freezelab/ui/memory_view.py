@@ -200,7 +200,7 @@ def memory_view(index: ModelIndex, mask: list[bool], workload: Workload, context
     est = estimate(index, mask, workload)
     shown_context = charts.context_by_default(est) if context is None else context
     count = gpu_count(index, mask, workload, cublas_workspaces=est.cublas_workspaces, cache_share=cache_share_of(est))
-    return MemoryView(estimate=est, figure=charts.memory_breakdown(est, chart_lines(est), context=shown_context),
+    return MemoryView(estimate=est, figure=charts.memory_breakdown(est, chart_lines(), context=shown_context),
                       curve=curve(index, mask, workload, est, shown_context), verdict=verdict_html(est, workload),
                       notes=notes_md(est), context=shown_context,
                       gpu_count=charts.gpu_count_chart(count.counts, count.per_gpu, chart_lines(),
