@@ -10,7 +10,8 @@ import pytest
 from freezelab.choices import member
 from freezelab.cli import parser
 from freezelab.errors import PlanError
-from freezelab.plans import Action, Base, Plan, Rule, from_text
+from freezelab.plan_files import from_text
+from freezelab.plans import Action, Base, Plan, Rule
 from freezelab.selectors import SelectorKind, parse
 from freezelab.workload import (
     OPTIMIZERS,
@@ -82,11 +83,13 @@ def test_plan_actions_and_bases_are_members():
     plan = from_text("base trainable\nfreeze @vision\ntrain *.bias")
     assert plan.base is Base.TRAINABLE and [r.action for r in plan.rules] == [Action.FREEZE, Action.TRAIN]
     assert Plan(rules=(Rule("freeze", "@llm"),)).effective_base is Base.TRAINABLE
-    assert plan.to_dict() == {"schema": "freezelab.plan/1", "base": "trainable", "preset": None,
+    assert plan.to_dict() == {"schema": "freezelab.plan/2", "base": "trainable", "preset": None,
                               "rules": [{"action": "freeze", "selector": "@vision"},
-                                        {"action": "train", "selector": "*.bias"}]}
+                                        {"action": "train", "selector": "*.bias"}],
+                              "lora": {"r": 8, "alpha": 8, "dropout": 0.0, "dora": False},
+                              "quant": {"bits": "none", "type": "nf4", "double_quant": True}}
     assert plan.to_text() == "base trainable\nfreeze @vision\ntrain *.bias"
-    with pytest.raises(PlanError, match=r"^rule action must be train or freeze, got 'trian'$"):
+    with pytest.raises(PlanError, match=r"^rule action must be train, freeze or lora, got 'trian'$"):
         Rule("trian", "@llm")
     with pytest.raises(PlanError, match=r"^plan base must be frozen or trainable, got 'Frozen'$"):
         Plan("Frozen")

@@ -14,7 +14,8 @@ from typing import Any
 from freezelab.errors import PlanError
 from freezelab.exports.base import Export, counts_line
 from freezelab.index import ModelIndex
-from freezelab.plans import MAX_PLAN_BYTES, Plan, from_dict, from_text
+from freezelab.plan_files import from_dict, from_text
+from freezelab.plans import MAX_PLAN_BYTES, Plan
 
 INFO_COUNTS = ("trainable_params", "total_params")
 
