@@ -14,9 +14,11 @@ either fully or through its adapter. A `freeze` rule changes no adapter. A Linea
 rules takes the rank and alpha of the last one. Biases stay as the train / freeze rules leave them
 (PEFT's bias="none" freezes them all; a `train *.bias` rule after the adapters is PEFT's "lora_only").
 
-With `quant 4bit` or `quant 8bit`, every Linear weight the plan leaves frozen (adapted or not) is stored
-quantized, except the output head, which transformers never converts (`get_keys_to_not_convert`);
-trainable Linear layers (a projector trained in full) stay in the parameter dtype.
+With `quant 4bit` or `quant 8bit`, every Linear weight of the language model that the plan leaves frozen
+(adapted or not) is stored quantized, except the output head, which transformers leaves out by default
+(`get_keys_to_not_convert`). The vision tower and the projector stay in the parameter dtype, as ms-swift
+keeps them (`llm_int8_skip_modules`: vision tower, aligner, lm_head) and QLoRA quantizes the LLM; trainable
+Linear layers stay in the parameter dtype too (bitsandbytes weights cannot train).
 
 PEFT's naming (adapter "default"): `P.lora_A.default.weight` (r x in), `P.lora_B.default.weight`
 (out x r) and, with DoRA, `P.lora_magnitude_vector.default.weight` (out), for the Linear at path P.
@@ -226,8 +228,8 @@ def resolve_adapters(index: ModelIndex, plan: Plan, found: Sequence[frozenset[in
             if on:
                 trained_by[i] = n
     layers = tuple(placed[lin.path] for lin in lins if lin.path in placed)
-    quantized = tuple(lin.weight for lin in lins if lin.path != head and not mask[lin.weight]) \
-        if plan.quant.on else ()
+    quantized = tuple(lin.weight for lin in lins if lin.path != head and not mask[lin.weight]
+                      and index.params[lin.weight].component == "llm") if plan.quant.on else ()
     return Adapters(layers, plan.lora, plan.quant, quantized)
 
 

@@ -14,11 +14,22 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from freezelab.exports import llamafactory, llava, plan_json, python, swift
+from freezelab.adapters import Adapters
+from freezelab.exports import (
+    llamafactory,
+    llamafactory_lora,
+    llava,
+    llava_lora,
+    peft_snippet,
+    plan_json,
+    python,
+    swift,
+    swift_lora,
+)
 from freezelab.exports.base import Difference, Export, ExportError, compress
 from freezelab.exports.plan_json import import_plan
 from freezelab.index import ModelIndex
-from freezelab.plans import Plan, resolve
+from freezelab.plans import Plan, Resolution, resolve
 
 __all__ = ["TARGETS", "Difference", "Export", "ExportError", "Target", "compress", "export", "export_all",
            "import_plan", "target_names"]
@@ -31,19 +42,25 @@ class Target:
     description: str       # one line for menus
     suffix: str            # file name suffix for downloads
     render: Callable[[Plan, ModelIndex, Sequence[bool]], Export]
+    # plans with adapters or a quantized base: (plan, index, mask, adapters) -> Export
+    render_adapters: Callable[[Plan, ModelIndex, Sequence[bool], Adapters], Export] | None = None
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
-    Target("json", "freezelab plan JSON", "The plan itself (schema freezelab.plan/1); import it back with --plan.",
-           ".json", plan_json.render),
-    Target("python", "Python snippet", "Plain requires_grad_ calls on a transformers model, ending with an assert "
-           "of the trainable count; needs no freezelab.", ".py", python.render),
-    Target("llamafactory", "LLaMA-Factory YAML", "finetuning_type full/freeze and the freeze_* keys, when they "
-           "reproduce the plan exactly; otherwise the closest keys and what differs.", ".yaml", llamafactory.render),
-    Target("swift", "ms-swift flags", "swift sft --tuner_type full with --freeze_vit / --freeze_aligner / "
-           "--freeze_llm and name-prefix lists.", ".sh", swift.render),
+    Target("json", "freezelab plan JSON", "The plan itself (schema freezelab.plan/2); import it back with --plan.",
+           ".json", plan_json.render, lambda plan, index, mask, adapters: plan_json.render(plan, index, mask, adapters)),
+    Target("python", "Python snippet", "Plain requires_grad_ calls on a transformers model, or with adapters a PEFT "
+           "LoraConfig and get_peft_model, ending with an assert of the counts; needs no freezelab.", ".py",
+           python.render, peft_snippet.render),
+    Target("llamafactory", "LLaMA-Factory YAML", "finetuning_type full/freeze/lora and the freeze_* / lora_* keys, "
+           "when they reproduce the plan exactly; otherwise the closest keys and what differs.", ".yaml",
+           llamafactory.render, lambda plan, index, mask, adapters: llamafactory_lora.render(index, mask, adapters)),
+    Target("swift", "ms-swift flags", "swift sft --tuner_type full (with --freeze_vit / --freeze_aligner / "
+           "--freeze_llm and name-prefix lists) or --tuner_type lora.", ".sh", swift.render,
+           lambda plan, index, mask, adapters: swift_lora.render(index, mask, adapters)),
     Target("llava", "LLaVA train.py flags", "LLaVA's own training script flags (--tune_mm_mlp_adapter, ..., "
-           "or LLaVA-NeXT's --mm_tunable_parts) when they can express the plan.", ".sh", llava.render),
+           "LLaVA-NeXT's --mm_tunable_parts, or --lora_enable) when they can express the plan.", ".sh", llava.render,
+           lambda plan, index, mask, adapters: llava_lora.render(index, mask, adapters)),
 )}
 
 
@@ -57,13 +74,20 @@ def _target(name: str) -> Target:
     return TARGETS[name]
 
 
+def _render(target: Target, res: Resolution, index: ModelIndex) -> Export:
+    plan = res.plan
+    if (plan.has_adapters or plan.quant.on) and target.render_adapters is not None:
+        return target.render_adapters(plan, index, res.mask, res.adapters)
+    return target.render(plan, index, res.mask)
+
+
 def export(plan: Plan, index: ModelIndex, target: str) -> Export:
     """One target. Raises SelectorError when a rule matches nothing on this model."""
     chosen = _target(target)
-    return chosen.render(plan, index, resolve(plan, index).mask)
+    return _render(chosen, resolve(plan, index), index)
 
 
 def export_all(plan: Plan, index: ModelIndex) -> dict[str, Export]:
     """Every target, resolving the plan once."""
-    mask = resolve(plan, index).mask
-    return {name: t.render(plan, index, mask) for name, t in TARGETS.items()}
+    res = resolve(plan, index)
+    return {name: _render(t, res, index) for name, t in TARGETS.items()}
