@@ -43,9 +43,13 @@ def lora_config(index: ModelIndex, adapters: Adapters) -> Any:
 def wrap(model: torch.nn.Module, index: ModelIndex, adapters: Adapters, mask: list[bool]) -> Any:
     """`get_peft_model(model, config)`, then the plan's `mask` on the base parameters again. Returns the
     PeftModel (its `get_base_model()` is `model`, adapted in place)."""
+    import warnings
+
     from peft import get_peft_model
 
-    peft_model = get_peft_model(model, lora_config(index, adapters))
+    with warnings.catch_warnings():  # PEFT 0.21 reads transformers' deprecated is_gradient_checkpointing
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(model, lora_config(index, adapters))
     named = dict(peft_model.get_base_model().named_parameters())
     adapted = frozenset(a.path for a in adapters.layers)
     for p, on in zip(index.params, mask):

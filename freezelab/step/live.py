@@ -1,6 +1,7 @@
 """What a sanity step allocates, in one place so that it can all be released: its own model
-(built or loaded in the parameter dtype on the device, configured as the calibration protocol
-sets it, plan applied), the optimizer over exactly the trainable tensors, and the batch."""
+(built or loaded in the parameter dtype on the device, plan applied, adapters added with PEFT and
+the frozen base quantized when the plan says so, configured as the calibration protocol sets it),
+the optimizer over exactly the trainable tensors, and the batch."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from freezelab.batch import Batch, Example, example, load_processor, synthetic
 from freezelab.index import ModelIndex
 from freezelab.models import build, load_weights, torch_dtype
 from freezelab.optimizers import make_optimizer
-from freezelab.plans import Plan, apply
+from freezelab.peft_build import tensors as adapted_tensors
+from freezelab.peft_build import wrap
+from freezelab.plans import Resolution, apply
+from freezelab.quantize import quantize
 from freezelab.sources import Source
 from freezelab.step.gate import StepError
 from freezelab.step.report import StepReport, Weights
@@ -31,15 +35,17 @@ class Live:
         self.model: Any = None
         self.optimizer: Any = None
         self.batch: Batch | None = None
-        self.tensors: list[Any] = []       # the model's parameters in index order
+        self.tensors: list[Any] = []       # the model's parameters in the order of `index`
+        self.peft: Any = None              # the PeftModel around `model` when the plan has adapters
+        self.index: ModelIndex | None = None  # the model's index (the adapted one with adapters)
 
     def close(self) -> None:
         import weakref
 
         for t in self.tensors:
             t.grad = None
-        alive = [weakref.ref(x) for x in (self.model, self.optimizer) if x is not None]
-        self.model = self.optimizer = self.batch = None
+        alive = [weakref.ref(x) for x in (self.model, self.optimizer, self.peft) if x is not None]
+        self.model = self.optimizer = self.batch = self.peft = None
         self.tensors = []
         if any(ref() is not None for ref in alive):
             gc.collect()  # only when a reference cycle keeps them: a full collection costs ~0.25 s
@@ -98,14 +104,28 @@ def _hook_warning(n: int) -> str:
             "and keep activations")
 
 
-def setup(live: Live, source: Source, plan: Plan, index: ModelIndex, workload: Workload, report: StepReport,
+def setup(live: Live, source: Source, res: Resolution, index: ModelIndex, workload: Workload, report: StepReport,
           seed: int, weights: bool, lr: float, prepare: Callable[..., None] | None) -> None:
-    """Own model, configured, plan applied, optimizer over exactly the trainable parameters."""
-    live.model, report.weights = _model(source, workload, live.device, seed, weights)
+    """Own model, plan applied, adapters added (PEFT, before checkpointing is turned on, as a Trainer does),
+    configured, optimizer over exactly the trainable parameters. A quantized base is built on the CPU and
+    moved to the device layer by layer, quantized on the way."""
+    adapters = res.adapters
+    live.model, report.weights = _model(source, workload, "cpu" if adapters.quant.on else live.device, seed,
+                                        weights)
+    apply(res.plan, live.model, index)
+    if adapters.quant.on:
+        quantize(live.model, index, adapters, live.device)
+        live.model.to(live.device)
+    live.index = index
+    if adapters:
+        live.peft = wrap(live.model, index, adapters, res.mask)
+        live.index = res.adapted(index)[0]
     _configure(live.model, workload)
-    apply(plan, live.model, index)
-    named = dict(live.model.named_parameters())
-    live.tensors = [named[p.name] for p in index.params]
+    if adapters:
+        live.tensors = adapted_tensors(live.model, live.index, adapters)
+    else:
+        named = dict(live.model.named_parameters())
+        live.tensors = [named[p.name] for p in index.params]
     live.optimizer = make_optimizer(workload.optimizer, [t for t in live.tensors if t.requires_grad], lr)
     if prepare is not None:
         prepare(live.model, live.optimizer)
