@@ -84,3 +84,18 @@ def peft_name(name: str, adapted: frozenset[str] | set[str]) -> str:
     adapted Linear move under its `base_layer`."""
     module, _, leaf = name.rpartition(".")
     return f"{module}.base_layer.{leaf}" if module in adapted else name
+
+
+_ADAPTER_PART = re.compile(r"\.(lora_A|lora_B|lora_magnitude_vector|lora_dropout)\.[^.]+(?=\.)")
+
+
+def base_name(name: str) -> str:
+    """The base parameter an adapted model's parameter belongs to: `P.base_layer.weight` and
+    `P.lora_A.default.weight` are both `P.weight` (quantized layers' state tensors too)."""
+    plain = name.replace(".base_layer.", ".")
+    return _ADAPTER_PART.sub("", plain) if _ADAPTER_PART.search(plain) else plain
+
+
+def is_adapter_name(name: str) -> bool:
+    """Whether a parameter of an adapted model is one of PEFT's adapter tensors."""
+    return _ADAPTER_PART.search(name) is not None and ".lora_dropout." not in name

@@ -29,12 +29,16 @@ Assumptions, each a fact of the software stack the calibration used
 
 from __future__ import annotations
 
+from freezelab.adapters import Adapters
 from freezelab.components import Component
 from freezelab.errors import FreezelabError
 from freezelab.index import ModelIndex
 from freezelab.memory import notes as notes_mod
 from freezelab.memory import optimizer_state
 from freezelab.memory.activations import Numerics
+from freezelab.memory.adapter_memory import AdapterResident, combined_step_temp
+from freezelab.memory.adapter_memory import resident as adapter_resident
+from freezelab.memory.adapter_ops import AdapterSpec
 from freezelab.memory.cuda_facts import (
     ALLOCATOR_CACHE_FRACTION,
     CUBLASLT_WORKSPACE,
@@ -114,14 +118,17 @@ def _grad_owner(stages: list[Stage], mask: list[bool]) -> dict[int, str]:
     return owner
 
 
-def _resident(index: ModelIndex, w: Workload, owner: dict[int, str], num: Numerics) -> Resident:
+def _resident(index: ModelIndex, w: Workload, owner: dict[int, str], num: Numerics,
+              extra: AdapterResident | None = None) -> Resident:
     all_weights, layer, root = sizes(index, num.param)
-    weights = all_weights + _buffer_bytes(index)
+    extra = extra or AdapterResident()
+    weights = all_weights + _buffer_bytes(index) + extra.weights
     live = [optimizer_state.Tensor(index.params[i].shape, index.params[i].numel) for i in owner]
     grads = sum(rounded(t.numel * num.param) for t in live)
-    r = Resident(weights=weights, gradients=grads,
-                 state=optimizer_state.state_bytes(w.optimizer, live, num.param),
-                 step_temp=optimizer_state.step_temp_bytes(w.optimizer, live, num.param))
+    temp = optimizer_state.step_temp_bytes(w.optimizer, live, num.param)
+    r = Resident(weights=weights, gradients=grads + extra.gradients,
+                 state=optimizer_state.state_bytes(w.optimizer, live, num.param) + extra.state,
+                 step_temp=combined_step_temp(w.optimizer, temp, extra.step_temp))
     trainable_layer = max((rounded(index.params[i].numel * num.param) for i in owner), default=0)
     return per_gpu(r, w.sharding, w.gpus, w.offload_optimizer, layer_weights=layer,
                    layer_grads=max(trainable_layer, min(layer, grads)), root_weights=root)
@@ -161,23 +168,28 @@ def _trainable_by_component(index: ModelIndex, mask: list[bool]) -> dict[Compone
 
 
 def estimate(index: ModelIndex, mask: list[bool], workload: Workload, *,
-             input_require_grads: bool | None = None) -> MemoryEstimate:
+             input_require_grads: bool | None = None, adapters: Adapters | None = None) -> MemoryEstimate:
     """Peak GPU memory of one steady-state training step of `index` with trainable `mask`.
 
     input_require_grads: whether transformers' input-embedding hooks are installed (they make both
     towers build a graph even when frozen). None: exactly when gradient checkpointing is on, which
-    installs them; True models hooks left behind after checkpointing was turned off."""
+    installs them; True models hooks left behind after checkpointing was turned off.
+
+    adapters: the plan's LoRA / DoRA adapters and quantized base (Resolution.adapters), which add their
+    tensors, gradients, optimizer state and activations (freezelab.memory.adapter_ops)."""
     _check(index, mask)
     w, num = workload, numerics(workload)
     layout = _layout(index, w)
     seq = workload_sequence(index.config, w)
     use_cache = bool((index.config.get("text_config") or {}).get("use_cache", True))
+    spec = AdapterSpec.of(adapters)
     flow = Flow(index, mask, num, w.batch, seq, w.images, layout, w.grad_ckpt, use_cache,
-                _values_follow_keys(index.transformers_version), input_require_grads)
+                _values_follow_keys(index.transformers_version), input_require_grads, spec)
     stages = build(flow)
     owner = _grad_owner(stages, mask)
-    r = _resident(index, w, owner, num)
-    grad_of = {name: 0 for name in (s.name for s in stages)}
+    extra = adapter_resident(index, spec, stages, w.optimizer, num.param)
+    r = _resident(index, w, owner, num, extra)
+    grad_of = {name: extra.grad_of.get(name, 0) for name in (s.name for s in stages)}
     for i, name in owner.items():
         grad_of[name] += rounded(index.params[i].numel * num.param)
     backward = any(s.backward for s in stages)

@@ -35,7 +35,9 @@ import warnings
 from collections.abc import Callable, Collection
 from typing import Any
 
+from freezelab.adapters import Adapters
 from freezelab.errors import SimulationCancelled, SimulationError
+from freezelab.index import ModelIndex
 from freezelab.memory.fake.autocast import CudaAutocastDelta
 from freezelab.memory.fake.ledger import Label
 from freezelab.memory.fake.patches import cuda_emulation_installed
@@ -56,6 +58,8 @@ def simulate_step(
     cancel: Callable[[], bool] | None = None,
     *,
     input_require_grads: bool = False,
+    adapters: Adapters | None = None,
+    index: ModelIndex | None = None,
 ) -> MemoryEstimate:
     """Run two training steps of the real model on fake tensors and account their memory.
 
@@ -75,8 +79,16 @@ def simulate_step(
     the state a model is left in when checkpointing was turned off without removing
     them (see shared/notes/pitfalls.md). With `workload.grad_ckpt` they are always on,
     as `gradient_checkpointing_enable()` installs them.
+
+    `adapters` (with the `index` they were resolved on): the plan's LoRA / DoRA adapters, added by PEFT's
+    own `get_peft_model` to the fake model (real PEFT modules on fake tensors), and its quantized base,
+    whose 4- / 8-bit layers are modelled (freezelab.memory.simulate.quantized: bitsandbytes cannot run on
+    fake tensors).
     """
-    return execute(Run(config, trainable, workload, progress, cancel, input_require_grads=input_require_grads))
+    if adapters is not None and adapters.layers and index is None:
+        raise SimulationError("adapters need the model index they were resolved on")
+    return execute(Run(config, trainable, workload, progress, cancel, input_require_grads=input_require_grads,
+                       adapters=adapters, index=index))
 
 
 def execute(run: Run) -> MemoryEstimate:

@@ -1,0 +1,90 @@
+"""What adapters and a quantized base add to the resident memory of a training step: the adapter tensors
+(fp32, as get_peft_model leaves them), their gradients, optimizer state and optimizer-step temporaries,
+and the quantized weights in place of the 16-bit ones (freezelab.memory.quantized).
+
+An adapter's gradient is made by the backward of the stage its Linear belongs to; adapters behind the
+vision feature layer never get one, and so never get optimizer state either (state is created at the
+first step() for tensors with a gradient). Torch's foreach AdamW groups tensors by dtype and keeps one
+group's `exp_avg_sq_sqrt` alive while it computes the next one's, so with fp32 adapters beside 16-bit
+trainable weights the step's temporary is the sum of both groups (freezelab.memory.optimizer_state).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from freezelab.index import ModelIndex
+from freezelab.memory import optimizer_state
+from freezelab.memory.adapter_ops import ADAPTER_ELEM, AdapterSpec
+from freezelab.memory.cuda_facts import rounded
+from freezelab.memory.quantized import storage_bytes
+from freezelab.memory.stages import Stage
+
+
+@dataclass
+class AdapterResident:
+    weights: int = 0                 # adapter tensors, plus quantized minus 16-bit storage of quantized weights
+    gradients: int = 0
+    state: int = 0
+    step_temp: int = 0
+    grad_of: dict[str, int] = field(default_factory=dict)   # stage name -> adapter gradient bytes it makes
+    params_with_grad: int = 0
+    quantized_bytes: int = 0         # what the quantized weights store
+
+
+def _tensors(spec: AdapterSpec, weights: set[int]) -> list[optimizer_state.Tensor]:
+    adapters = spec.adapters
+    assert adapters is not None
+    return [optimizer_state.Tensor(t.shape, t.numel) for layer, t in adapters.tensors()
+            if layer.linear.weight in weights]
+
+
+def _bytes(tensors: list[optimizer_state.Tensor]) -> int:
+    return sum(rounded(t.numel * ADAPTER_ELEM) for t in tensors)
+
+
+def _quantized(index: ModelIndex, spec: AdapterSpec, elem: int) -> tuple[int, int]:
+    """(stored bytes of the quantized weights, what they would take in the parameter dtype)."""
+    adapters = spec.adapters
+    if adapters is None or not spec.quantized:
+        return 0, 0
+    stored = full = 0
+    for i in spec.quantized:
+        p = index.params[i]
+        stored += storage_bytes(p.numel, p.shape[0], adapters.quant)
+        full += rounded(p.numel * elem)
+    return stored, full
+
+
+def resident(index: ModelIndex, spec: AdapterSpec, stages: list[Stage], optimizer: str,
+             elem: int) -> AdapterResident:
+    """The adapters' and the quantized base's share of the resident memory (elem: the parameter dtype's size)."""
+    out = AdapterResident()
+    stored, full = _quantized(index, spec, elem)
+    out.quantized_bytes = stored
+    if spec.adapters is None or not spec.layers:
+        out.weights = stored - full
+        return out
+    out.weights = _bytes(_tensors(spec, set(spec.layers))) + stored - full
+    got: set[int] = set()
+    for s in stages:
+        if not s.backward:
+            continue
+        mine = {i for i in s.grad_params if i in spec.layers and i not in got}
+        if mine:
+            out.grad_of[s.name] = out.grad_of.get(s.name, 0) + _bytes(_tensors(spec, mine))
+            got |= mine
+    live = _tensors(spec, got)
+    out.gradients = _bytes(live)
+    out.params_with_grad = sum(t.numel for t in live)
+    out.state = optimizer_state.state_bytes(optimizer, live, ADAPTER_ELEM)
+    out.step_temp = optimizer_state.step_temp_bytes(optimizer, live, ADAPTER_ELEM)
+    return out
+
+
+def combined_step_temp(optimizer: str, base: int, adapters: int) -> int:
+    """The optimizer step's temporaries with two dtype groups: AdamW's foreach keeps the previous group's
+    temporary while making the next (their sum); Adafactor's single-tensor loop one tensor's (the larger)."""
+    if optimizer == "adafactor":
+        return max(base, adapters)
+    return base + adapters

@@ -1,0 +1,3 @@
+"""placeholder"""
+def quantize_fake(model, index, adapters):
+    raise NotImplementedError
