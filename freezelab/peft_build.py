@@ -32,15 +32,20 @@ def require_peft() -> None:
         raise PeftMissingError("adapters need the peft package (pip install 'peft>=0.21,<0.22')")
 
 
-def lora_config(index: ModelIndex, adapters: Adapters) -> Any:
-    """PEFT's LoraConfig for these adapters."""
+def lora_config(index: ModelIndex, adapters: Adapters, custom_modules: dict[type, type] | None = None) -> Any:
+    """PEFT's LoraConfig for these adapters; `custom_modules`: LoRA layers for base layer types PEFT does
+    not know (PEFT's `_register_custom_module`)."""
     require_peft()
     from peft import LoraConfig
 
-    return LoraConfig(**lora_kwargs(index, adapters))
+    config = LoraConfig(**lora_kwargs(index, adapters))
+    if custom_modules:
+        config._register_custom_module(custom_modules)
+    return config
 
 
-def wrap(model: torch.nn.Module, index: ModelIndex, adapters: Adapters, mask: list[bool]) -> Any:
+def wrap(model: torch.nn.Module, index: ModelIndex, adapters: Adapters, mask: list[bool],
+         custom_modules: dict[type, type] | None = None) -> Any:
     """`get_peft_model(model, config)`, then the plan's `mask` on the base parameters again. Returns the
     PeftModel (its `get_base_model()` is `model`, adapted in place)."""
     import warnings
@@ -49,7 +54,7 @@ def wrap(model: torch.nn.Module, index: ModelIndex, adapters: Adapters, mask: li
 
     with warnings.catch_warnings():  # PEFT 0.21 reads transformers' deprecated is_gradient_checkpointing
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        peft_model = get_peft_model(model, lora_config(index, adapters))
+        peft_model = get_peft_model(model, lora_config(index, adapters, custom_modules))
     named = dict(peft_model.get_base_model().named_parameters())
     adapted = frozenset(a.path for a in adapters.layers)
     for p, on in zip(index.params, mask):

@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from freezelab import units
-from freezelab.anatomy import count
+from freezelab.anatomy import summary
 from freezelab.cli.common import (
     console as cli_console,
     add_model_argument,
@@ -66,7 +66,7 @@ def _simulate(source: Source, index: ModelIndex, res: Resolution, workload: Work
     from freezelab.models import hf_config
 
     return simulate_step(hf_config(source), res.trainable_names(index), workload,
-                         progress=None if quiet else _progress)
+                         progress=None if quiet else _progress, adapters=res.adapters, index=index)
 
 
 def _fits(est: MemoryEstimate, gpu_bytes: int | None) -> tuple[Any, list[dict[str, Any]]]:
@@ -80,6 +80,7 @@ def _fits(est: MemoryEstimate, gpu_bytes: int | None) -> tuple[Any, list[dict[st
 def report(index: ModelIndex, res: Resolution, workload: Workload, est: MemoryEstimate,
            gpu_bytes: int | None) -> dict[str, Any]:
     fits, gpus = _fits(est, gpu_bytes)
+    counts = summary(*res.adapted(index))  # base plus adapters, as PEFT counts them
     return {
         "model": index.name,
         "method": est.method,
@@ -93,8 +94,10 @@ def report(index: ModelIndex, res: Resolution, workload: Workload, est: MemoryEs
         "notes": est.notes,
         "workload": workload.to_dict(),
         "plan": res.plan.to_dict(),
-        "trainable_params": count(index, res.mask).trainable,
-        "total_params": index.total_params,
+        "trainable_params": counts["trainable_params"],
+        "total_params": counts["total_params"],
+        "adapter_params": counts["adapter_params"],
+        "base_params": counts["base_params"],
         "warnings": res.warnings,
         "details": est.details,
     }
@@ -105,8 +108,9 @@ def _print_human(data: dict[str, Any]) -> None:
 
     console = cli_console()
     w = data["workload"]
+    adapters = f" ({data['adapter_params']:,} in adapters)" if data["adapter_params"] else ""
     console.print(f"[bold]{data['model']}[/]: {data['trainable_params']:,} of {data['total_params']:,} parameters "
-                  f"train; batch {w['batch']} x ({w['images']} image(s) + {w['text_tokens']} text tokens), "
+                  f"train{adapters}; batch {w['batch']} x ({w['images']} image(s) + {w['text_tokens']} text tokens), "
                   f"{w['dtype']}, {w['optimizer']}" + (", gradient checkpointing" if w["grad_ckpt"] else "")
                   + (f", {w['gpus']} GPUs {w['sharding']}" if w["gpus"] > 1 else ""))
     peak = data["peak_bytes"]
@@ -146,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from freezelab.memory.analytic import estimate
 
-        est = estimate(index, res.mask, workload)
+        est = estimate(index, res.mask, workload, adapters=res.adapters)
     data = report(index, res, workload, est, gpu_bytes)
     if args.json:
         print_json(data)

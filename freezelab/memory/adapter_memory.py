@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from typing import Any
+
 from freezelab.index import ModelIndex
 from freezelab.memory import optimizer_state
 from freezelab.memory.adapter_ops import ADAPTER_ELEM, AdapterSpec
 from freezelab.memory.cuda_facts import rounded
 from freezelab.memory.quantized import storage_bytes
 from freezelab.memory.stages import Stage
+from freezelab.units import gib
 
 
 @dataclass
@@ -88,3 +91,38 @@ def combined_step_temp(optimizer: str, base: int, adapters: int) -> int:
     if optimizer == "adafactor":
         return max(base, adapters)
     return base + adapters
+
+
+def adapter_details(spec: AdapterSpec, extra: AdapterResident) -> dict[str, Any]:
+    adapters = spec.adapters
+    assert adapters is not None
+    return {"layers": len(adapters.layers), "params": adapters.params, "params_with_gradient": extra.params_with_grad,
+            "weights_bytes": _bytes(_tensors(spec, set(spec.layers))) if spec.layers else 0,
+            "gradients_bytes": extra.gradients, "optimizer_state_bytes": extra.state,
+            "quantized_weights": len(spec.quantized), "quantized_bytes": extra.quantized_bytes,
+            "quantization": adapters.quant.to_dict()}
+
+
+def adapter_notes(spec: AdapterSpec, extra: AdapterResident) -> list[str]:
+    """Plain sentences: what the adapters and the quantized base cost, and why."""
+    adapters = spec.adapters
+    assert adapters is not None
+    out = []
+    if adapters.layers:
+        kind = "DoRA" if adapters.dora else "LoRA"
+        weights = _bytes(_tensors(spec, set(spec.layers)))
+        out.append(f"{kind} on {len(adapters.layers)} Linear layers: {adapters.params:,} adapter parameters, kept in "
+                   f"fp32 (PEFT upcasts 16-bit adapters): {gib(weights)} of weights, {gib(extra.gradients)} of "
+                   f"gradients and {gib(extra.state)} of optimizer state.")
+        out.append("Each adapted layer keeps its input for A's gradient (a copy in the adapter's fp32) and A's output "
+                   "for B's, even where the frozen Linear beside it keeps nothing, and every layer after the first "
+                   "adapter passes gradients back: adapters bring back activations that freezing removed.")
+    if adapters.dora and adapters.layers:
+        out.append("DoRA recomputes every layer's weight norm in each forward (an identity of in x in and W + s*BA in "
+                   "fp32, transients) and keeps the base and LoRA outputs for the magnitude's gradient.")
+    if spec.quantized:
+        out.append(f"{len(spec.quantized)} frozen Linear weights of the LLM are stored as {adapters.quant.describe()}: "
+                   f"{gib(extra.quantized_bytes)} with their block constants; each matmul dequantizes its weight "
+                   "into a transient of the layer's dtype. Modelled from bitsandbytes 0.49 (its kernels need CUDA): "
+                   "no GPU measurement of a quantized base exists here.")
+    return out

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from freezelab.adapters import AdaptedLayer, Adapters
+from freezelab.lora import QuantBits
 from freezelab.memory.cuda_facts import rounded
 from freezelab.memory.quantized import dequant_transient
 
@@ -110,14 +111,22 @@ def _scaled(t: Tape, x: str, name: str) -> str:
 
 def lora_linear(t: Tape, x: str, out: str, out_features: int, weight: int, bias: int | None,
                 spec: AdapterSpec) -> str:
+    """PEFT's lora.Linear, or its bitsandbytes LoRA layer around a quantized base (lora/bnb.py: the base
+    result cloned for 4-bit, the LoRA output cast to the result's dtype before it is added)."""
     layer = spec.layers[weight]
     y = base_linear(t, x, f"{out}.base", out_features, weight, bias, spec)
+    quantized = weight in spec.quantized
+    if quantized and spec.adapters is not None and spec.adapters.quant.bits == QuantBits.NF4:
+        y = t.new(f"{out}.clone", t.t[y].numel, t.t[y].elem, t.grad(y), out_features)
     xa = x if t.num.autocast else _cast(t, x, ADAPTER_ELEM, f"{out}.x32")
     if spec.dora:
         total = _dora(t, xa, y, out, out_features, weight, bias, layer, spec)
     else:
         d = _dropout(t, xa, out, spec)
-        total = t.add(y, _scaled(t, _lora_ab(t, d, out, out_features, layer), f"{out}.scaled"), f"{out}.sum")
+        lora = _scaled(t, _lora_ab(t, d, out, out_features, layer), f"{out}.scaled")
+        if quantized:
+            lora = _cast(t, lora, t.t[y].elem, f"{out}.lora16")
+        total = t.add(y, lora, f"{out}.sum")
     return _cast(t, total, t.t[y].elem, out)
 
 

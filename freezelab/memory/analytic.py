@@ -36,7 +36,7 @@ from freezelab.index import ModelIndex
 from freezelab.memory import notes as notes_mod
 from freezelab.memory import optimizer_state
 from freezelab.memory.activations import Numerics
-from freezelab.memory.adapter_memory import AdapterResident, combined_step_temp
+from freezelab.memory.adapter_memory import AdapterResident, adapter_details, adapter_notes, combined_step_temp
 from freezelab.memory.adapter_memory import resident as adapter_resident
 from freezelab.memory.adapter_ops import AdapterSpec
 from freezelab.memory.cuda_facts import (
@@ -159,11 +159,15 @@ def _check(index: ModelIndex, mask: list[bool]) -> None:
                             f"{len(index.params)} parameter tensors: resolve the plan against this model")
 
 
-def _trainable_by_component(index: ModelIndex, mask: list[bool]) -> dict[Component, int]:
+def _trainable_by_component(index: ModelIndex, mask: list[bool], spec: AdapterSpec) -> dict[Component, int]:
+    """Trainable parameters per component, adapters with the component of the Linear they wrap."""
     out = dict.fromkeys(Component, 0)
     for p, on in zip(index.params, mask):
         if on:
             out[Component(p.component)] += p.numel
+    dora = spec.dora
+    for weight, layer in spec.layers.items():
+        out[Component(index.params[weight].component)] += layer.numel(dora)
     return out
 
 
@@ -196,13 +200,17 @@ def estimate(index: ModelIndex, mask: list[bool], workload: Workload, *,
     divisor = w.gpus if w.gpus > 1 and w.sharding in ("zero2", "zero3", "fsdp") else 1
     tl = walk(stages, r, inputs=_input_bytes(index, w, seq, layout, num), workspace=_workspace(backward, w.grad_ckpt),
               grad_bytes=lambda s: grad_of[s.name], grad_divisor=divisor)
-    return _result(index, mask, w, num, stages, owner, r, tl, seq)
+    est = _result(index, mask, w, num, stages, owner, r, tl, seq, spec)
+    if spec.adapters is not None:
+        est.notes += adapter_notes(spec, extra)
+        est.details["adapters"] = adapter_details(spec, extra)
+    return est
 
 
 def _result(index: ModelIndex, mask: list[bool], w: Workload, num: Numerics, stages: list[Stage],
-            owner: dict[int, str], r: Resident, tl: Timeline, seq: int) -> MemoryEstimate:
+            owner: dict[int, str], r: Resident, tl: Timeline, seq: int, spec: AdapterSpec) -> MemoryEstimate:
     peak = tl.peak
-    trainable = _trainable_by_component(index, mask)
+    trainable = _trainable_by_component(index, mask, spec)
     dead = sum(p.numel for i, p in enumerate(index.params) if mask[i] and i not in owner)
     llm_layers = [s for s in stages if s.name.startswith("llm.layers.")]
     embed = index.module_by_path[index.roots["embeddings"][0]].own[0]

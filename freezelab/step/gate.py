@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from freezelab.adapters import Adapters
 from freezelab.errors import FreezelabError
 from freezelab.index import ModelIndex
 from freezelab.memory.analytic import estimate
@@ -69,9 +70,10 @@ def free_bytes(device: str) -> tuple[int, str]:
     return free + reusable, f"free memory on {device}"
 
 
-def gate(index: ModelIndex, mask: list[bool], workload: Workload, device: str) -> MemoryEstimate:
+def gate(index: ModelIndex, mask: list[bool], workload: Workload, device: str,
+         adapters: Adapters | None = None) -> MemoryEstimate:
     """The analytic estimate of the step; a WontFitError when its peak exceeds the free memory."""
-    est = estimate(index, mask, workload)
+    est = estimate(index, mask, workload, adapters=adapters)
     have, where = free_bytes(device)
     if est.peak_bytes > have:
         raise WontFitError(

@@ -75,11 +75,11 @@ def _batch_within_budget(live: Live, source: Source, index: ModelIndex, res: Res
                          seed: int, item: Example | None) -> MemoryEstimate:
     """The memory gate and the batch, in the order that allocates nothing before the gate."""
     if item is None:  # estimate first: a huge synthetic batch is itself an allocation
-        est = gate(index, res.mask, workload, live.device)
+        est = gate(index, res.mask, workload, live.device, res.adapters)
         live.batch = make_batch(source, index, workload, live.device, seed, None)
         return est
     live.batch = make_batch(source, index, workload, live.device, seed, item)  # its real length decides
-    return gate(index, res.mask, live.batch.workload(workload), live.device)
+    return gate(index, res.mask, live.batch.workload(workload), live.device, res.adapters)
 
 
 def _observe(live: Live, res: Resolution, trace: Trace) -> Observation:

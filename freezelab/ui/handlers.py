@@ -130,7 +130,7 @@ def build_view(app: App, session: Session, status: str = "") -> View:
         warnings=_warnings_md(res),
         params_fig=charts.params_by_component(index, res.mask),
         map_fig=charts.model_map(index, res.mask),
-        memory=memory_view(index, res.mask, session.workload),
+        memory=memory_view(index, res.mask, session.workload, res.adapters),
         trainable=count(index, res.mask).trainable,
         status=status,
     )

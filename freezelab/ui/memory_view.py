@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 
 from freezelab import charts, units
 from freezelab.index import ModelIndex
+from freezelab.adapters import Adapters
 from freezelab.memory.analytic import estimate
 from freezelab.memory.result import MemoryEstimate
 from freezelab.ui.gpu_lines import chart_lines, common_gpus
@@ -64,7 +65,8 @@ def notes_md(est: MemoryEstimate) -> str:
     return "\n".join(f"- {n}" for n in est.notes) if est.notes else ""
 
 
-def curve(index: ModelIndex, mask: list[bool], workload: Workload, current: MemoryEstimate) -> go.Figure:
+def curve(index: ModelIndex, mask: list[bool], workload: Workload, current: MemoryEstimate,
+          adapters: Adapters | None = None) -> go.Figure:
     """Memory against batch size (`current` is the estimate at the workload's own batch), stopping
     one point past the largest common GPU and the current batch: further points only squash the
     interesting part of the chart, and each costs an estimate."""
@@ -72,14 +74,16 @@ def curve(index: ModelIndex, mask: list[bool], workload: Workload, current: Memo
     xs: list[int] = []
     points: list[MemoryEstimate] = []
     for b in sorted({b for b in CURVE_BATCHES if b <= LIMITS["batch"]} | {workload.batch}):
-        points.append(current if b == workload.batch else estimate(index, mask, workload.with_(batch=b)))
+        points.append(current if b == workload.batch
+                      else estimate(index, mask, workload.with_(batch=b), adapters=adapters))
         xs.append(b)
         if points[-1].device_estimate_bytes > largest and b >= workload.batch:
             break
     return charts.memory_curve(xs, points, chart_lines(), x_label="batch size", current=workload.batch)
 
 
-def memory_view(index: ModelIndex, mask: list[bool], workload: Workload) -> MemoryView:
-    est = estimate(index, mask, workload)
+def memory_view(index: ModelIndex, mask: list[bool], workload: Workload, adapters: Adapters | None = None) -> MemoryView:
+    est = estimate(index, mask, workload, adapters=adapters)
     return MemoryView(estimate=est, figure=charts.memory_breakdown(est, chart_lines()),
-                      curve=curve(index, mask, workload, est), verdict=verdict_html(est, workload), notes=notes_md(est))
+                      curve=curve(index, mask, workload, est, adapters), verdict=verdict_html(est, workload),
+                      notes=notes_md(est))

@@ -94,9 +94,9 @@ def simulate(app: App, session: Session, progress: Progress | None = None,
     index = loaded.index
     app.policy.check_simulate(index.total_params, index.name)
     res = resolve(session.plan, index)
-    analytic = analytic_estimate(index, res.mask, session.workload)
+    analytic = analytic_estimate(index, res.mask, session.workload, adapters=res.adapters)
     simulated = simulate_step(hf_config(loaded.source), res.trainable_names(index), session.workload,
-                              progress=progress, cancel=cancel)
+                              progress=progress, cancel=cancel, adapters=res.adapters, index=index)
     return SimulationView(analytic, simulated, comparison_table(analytic, simulated),
                           charts.estimate_comparison([analytic, simulated]))
 

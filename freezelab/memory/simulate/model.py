@@ -101,7 +101,7 @@ def _install_placeholder_mask(run: Run) -> None:
 def _add_adapters(run: Run) -> None:
     """On the meta model, before it moves to fake tensors (a module's `.to()` cannot swap fake parameters):
     the modelled 4- / 8-bit layers of a quantized base, then PEFT's own adapters with the plan's mask."""
-    from freezelab.memory.simulate.quantized import quantize_fake
+    from freezelab.memory.simulate.quantized import CUSTOM_MODULES, quantize_fake
     from freezelab.peft_build import wrap
 
     adapters, index = run.adapters, run.index
@@ -111,7 +111,7 @@ def _add_adapters(run: Run) -> None:
     if adapters.layers:
         mask = [any(n in run.trainable for n in p.names) for p in index.params]
         with torch.device("meta"):
-            wrap(run.model, index, adapters, mask)
+            wrap(run.model, index, adapters, mask, CUSTOM_MODULES if adapters.quantized else None)
 
 
 def _trainable_names(run: Run) -> set[str]:
