@@ -45,7 +45,7 @@ def test_a_member_of_another_choice_with_the_same_value_is_read_as_this_one():
 
 @pytest.mark.parametrize("field,value,message", [
     ("optimizer", "adamw-fusd", "optimizer must be one of adamw, adamw-fused, sgd, sgd-momentum, adamw-8bit, "
-                                "adafactor; got 'adamw-fusd'"),
+                                "adafactor, paged-adamw, paged-adamw-8bit; got 'adamw-fusd'"),
     ("dtype", "bfloat16", "dtype must be one of bf16, fp16, fp32; got 'bfloat16'"),
     ("autocast", Dtype.FP32, "autocast must be one of none, bf16, fp16; got 'fp32'"),
     ("sharding", None, "sharding must be one of ddp, zero1, zero2, zero3, fsdp; got None"),
@@ -71,8 +71,9 @@ def test_help_and_choices_show_plain_values(capsys):
     with pytest.raises(SystemExit):
         parser().parse_args(["estimate", "--help"])
     help_text = capsys.readouterr().out
-    assert "{" + ",".join(OPTIMIZERS) + "}" == "{adamw,adamw-fused,sgd,sgd-momentum,adamw-8bit,adafactor}"
-    assert "{adamw,adamw-fused,sgd,sgd-momentum,adamw-8bit,adafactor}" in help_text
+    listed = "{adamw,adamw-fused,sgd,sgd-momentum,adamw-8bit,adafactor,paged-adamw,paged-adamw-8bit}"
+    assert "{" + ",".join(OPTIMIZERS) + "}" == listed
+    assert listed in help_text
     assert "{ddp,zero1,zero2,zero3,fsdp}" in help_text and "Sharding." not in help_text
     args = parser().parse_args(["estimate", "tiny", "--train", "@projector", "--freeze", "*.bias"])
     assert args.rules == [(Action.TRAIN, "@projector"), (Action.FREEZE, "*.bias")]

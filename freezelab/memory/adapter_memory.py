@@ -33,6 +33,7 @@ class AdapterResident:
     grad_of: dict[str, int] = field(default_factory=dict)   # stage name -> adapter gradient bytes it makes
     params_with_grad: int = 0
     quantized_bytes: int = 0         # what the quantized weights store
+    paged: int = 0                   # a paged optimizer's adapter state in unified memory
 
 
 def _tensors(spec: AdapterSpec, weights: set[int]) -> list[optimizer_state.Tensor]:
@@ -82,6 +83,7 @@ def resident(index: ModelIndex, spec: AdapterSpec, stages: list[Stage], optimize
     out.params_with_grad = sum(t.numel for t in live)
     out.state = optimizer_state.state_bytes(optimizer, live, ADAPTER_ELEM)
     out.step_temp = optimizer_state.step_temp_bytes(optimizer, live, ADAPTER_ELEM)
+    out.paged = optimizer_state.paged_bytes(optimizer, live)
     return out
 
 

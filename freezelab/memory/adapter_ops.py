@@ -143,8 +143,6 @@ def _dora_transients(t: Tape, layer: AdaptedLayer, out_features: int, x_elem: in
 def _dora(t: Tape, xa: str, y: str, out: str, out_features: int, weight: int, bias: int | None,
           layer: AdaptedLayer, spec: AdapterSpec) -> str:
     held = _dora_transients(t, layer, out_features, t.t[xa].elem)
-    t.dora_extra = max(t.dora_extra, held)
-    t._fwd(held + t.nbytes(y))
     rows = t.t[y].rows
     norm = t._new(f"{out}.norm", out_features, ADAPTER_ELEM, False, out_features)
     mag = t._new(f"{out}.mag", out_features, ADAPTER_ELEM, True, out_features)
@@ -160,6 +158,13 @@ def _dora(t: Tape, xa: str, y: str, out: str, out_features: int, weight: int, bi
     lora = _lora_ab(t, d, out, out_features, layer)
     m1 = t._new(f"{out}.m1", out_features, ADAPTER_ELEM, True, out_features)
     p1 = t.mul(m1, base, f"{out}.p1")
-    p3 = _scaled(t, t.mul(mag, lora, f"{out}.p2"), f"{out}.p3")
+    p2 = t.mul(mag, lora, f"{out}.p2")
+    p3 = _scaled(t, p2, f"{out}.p3")
     rd = t.add(p1, p3, f"{out}.rd")
+    # at `p2 * scaling` the weight-norm transients and all of the layer's own tensors are alive at once:
+    # on top of what the stage keeps, the ones not saved (also in a checkpoint's recompute)
+    alive = {y, xa, base, f"{out}.A", lora, p1, p2, p3}
+    transient = held + sum(t.nbytes(n) for n in alive if n not in t.saved)
+    t.dora_extra = max(t.dora_extra, transient)
+    t._fwd(transient)
     return t.add(y, rd, f"{out}.sum")

@@ -53,6 +53,7 @@ from freezelab.memory.stages import ACTIVATION_GROUPS, Flow, Stage, build
 from freezelab.memory.structure import sizes
 from freezelab.memory.timeline import Timeline, walk
 from freezelab.tokens import ImageLayout, image_layout, workload_sequence
+from freezelab.units import gib
 from freezelab.workload import DTYPE_BYTES, Workload
 
 CUBLAS_WORKSPACE = cublas_workspace(MEASURED_ARCH)
@@ -201,6 +202,12 @@ def estimate(index: ModelIndex, mask: list[bool], workload: Workload, *,
     tl = walk(stages, r, inputs=_input_bytes(index, w, seq, layout, num), workspace=_workspace(backward, w.grad_ckpt),
               grad_bytes=lambda s: grad_of[s.name], grad_divisor=divisor)
     est = _result(index, mask, w, num, stages, owner, r, tl, seq, spec)
+    paged = extra.paged + optimizer_state.paged_bytes(
+        w.optimizer, [optimizer_state.Tensor(index.params[i].shape, index.params[i].numel) for i in owner])
+    if paged:
+        est.details["paged_optimizer_state_bytes"] = paged
+        est.notes.append(f"The paged optimizer keeps {gib(paged)} of its state in CUDA unified memory, outside "
+                         "PyTorch's allocator: not in the peak; the driver moves it to CPU RAM when the GPU runs short.")
     if spec.adapters is not None:
         est.notes += adapter_notes(spec, extra)
         est.details["adapters"] = adapter_details(spec, extra)
