@@ -5,8 +5,9 @@ MODEL is one of
   * ``tiny``: the built-in tiny LLaVA (random weights, builds in a blink);
   * a known architecture name (configs shipped in assets/configs/);
   * a path to a ``config.json`` or to a checkpoint directory;
-  * a Hub id ``org/name``: only its ``config.json`` is fetched (offline from
-    the local Hugging Face cache when there is no network).
+  * a Hub id ``org/name``: the shipped config when it is a shipped architecture's,
+    else only its ``config.json`` is fetched (from the local Hugging Face cache
+    at once when there is no network or HF_HUB_OFFLINE is set; freezelab.hub).
 
 Nothing here imports torch: resolving and reading a config is instant.
 """
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from freezelab import hub
 from freezelab.config_bounds import check_sizes
 from freezelab.errors import SourceError
 from freezelab.families import check_family
@@ -170,53 +172,21 @@ def _from_path(spec: str, path: Path) -> Source:
 
 
 def _from_hub(spec: str) -> Source:
+    """A Hub id: the shipped config when it names a shipped architecture (no network), else
+    config.json from the Hub or the local cache (freezelab.hub). The id is checked by the Hub's own rules
+    first (no '--' or '..', no '-' or '.' at either end), offline."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
     try:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import (
-            EntryNotFoundError,
-            GatedRepoError,
-            HFValidationError,
-            LocalEntryNotFoundError,
-            RepositoryNotFoundError,
-        )
-        from huggingface_hub.utils import validate_repo_id
-    except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
-        raise SourceError("loading a Hub id needs the huggingface_hub package") from None
-    try:
-        validate_repo_id(spec)  # the Hub's own rules (no '--' or '..', no '-' or '.' at either end), offline
+        validate_repo_id(spec)
     except HFValidationError as err:
         raise SourceError(f"{spec}: not a valid Hub id: {str(err).splitlines()[0]}") from None
-    size = _remote_size(spec, "config.json")
-    if size is not None and size > MAX_CONFIG_BYTES:
-        raise SourceError(f"{spec}: its config.json is {size:,} bytes on the Hub; too large for a config file")
-    try:
-        path = Path(hf_hub_download(spec, "config.json"))
-    except GatedRepoError:
-        raise SourceError(f"{spec}: gated on the Hub; log in (hf auth login) and accept its terms first") from None
-    except RepositoryNotFoundError:
-        raise SourceError(f"{spec}: no such model on the Hub (or it is private)") from None
-    except LocalEntryNotFoundError:
-        raise SourceError(
-            f"{spec}: could not fetch config.json: no network and it is not in the local Hugging Face cache"
-        ) from None
-    except EntryNotFoundError:
-        raise SourceError(f"{spec}: the Hub repo has no config.json") from None
-    except OSError as err:
-        raise SourceError(f"{spec}: could not fetch config.json ({err.__class__.__name__}: {err})") from None
-    except Exception as err:  # noqa: BLE001 - a proxy refusing, TLS, a timeout, an HTTP error: all "could not fetch"
-        raise SourceError(f"{spec}: could not fetch config.json from the Hub ({err.__class__.__name__})") from None
-    return _from_config_file(spec, path, "hub", spec)
-
-
-def _remote_size(repo: str, filename: str) -> int | None:
-    """The file's size from a HEAD request, so a huge file is refused before it is downloaded; None when
-    the Hub cannot be asked (offline: the download then uses the local cache)."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-
-    try:
-        return get_hf_file_metadata(hf_hub_url(repo, filename)).size
-    except Exception:  # noqa: BLE001 - only an early check: offline, DNS or HTTP trouble is reported by the download
-        return None
+    shipped = hub.shipped(spec, KNOWN_DIR)
+    if shipped is not None:
+        name, hub_id = shipped
+        return _from_config_file(spec, KNOWN_DIR / f"{name}.json", "known", f"{name}, shipped config of {hub_id}")
+    return _from_config_file(spec, hub.fetch_config(spec, max_bytes=MAX_CONFIG_BYTES), "hub", spec)
 
 
 def _unknown(spec: str) -> SourceError:

@@ -116,9 +116,12 @@ def check_honest(index, plan, exports):
     for target in ("llamafactory", "swift", "llava"):
         ex = exports[target]
         diff = difference(want, framework_mask(index, target, ex.text))
-        assert ex.exact == (not diff), (target, ex.note)
+        usable = not (target == "llamafactory" and index.model_type in lf.NO_MM_PLUGIN)
+        assert ex.exact == (not diff and usable), (target, ex.note)
         assert ex.differs == diff.numel(index), target
-        if not ex.exact:
+        if not usable:
+            assert "NOT USABLE" in ex.text and "no chat template or multimodal plugin" in ex.note
+        elif not ex.exact:
             assert f"{ex.differs:,}" in ex.note and "NOT EXACT" in ex.text
 
 
@@ -234,6 +237,39 @@ def test_onevision_image_newline(shipped_indexes):
     assert (s1.freeze_llm, s1.freeze_vit, s1.freeze_aligner, s1.freeze_parameters) == (True, True, False, ())
     llm = swift_setting(export(preset("llm"), index, "swift").text)
     assert llm.freeze_parameters == ("model.image_newline",)
+
+
+def test_llamafactory_has_no_onevision_plugin(shipped_indexes):
+    """LLaMA-Factory @ ff6d4d1 registers no template and no multimodal plugin for LLaVA-OneVision
+    (data/template.py, data/mm_plugin.py): keys that select exactly the plan's parameters are still
+    not a usable export there, and the export says so."""
+    index = shipped_indexes["llava-onevision-qwen2-0.5b"]
+    full = export(preset("full"), index, "llamafactory")
+    assert lf_setting(full.text) == lf.Setting("full", True, True, False)  # trains everything: the right set
+    assert not full.exact and full.differs == 0
+    assert "### NOT USABLE: LLaMA-Factory has no chat template or multimodal plugin for LLaVA-OneVision" in full.text
+    assert "cannot train this model on images" in full.note
+    assert export(preset("full"), shipped_indexes["llava-1.5-7b"], "llamafactory").exact
+
+
+def test_llamafactory_closest_setting_searches_every_layer_count(shipped_indexes):
+    """With no LLM layer trained, freeze_trainable_layers still matters on an unregistered model type:
+    ".{idx}." also opens the vision layers with those indices. OneVision 0.5B vision tower + projector:
+    the layers 0-23 open 24 of SigLIP's 26 layers (and all 24 Qwen2 layers), which beats training
+    no layer at all (26 vision layers missing)."""
+    index = shipped_indexes["llava-onevision-qwen2-0.5b"]
+    t, v = index.config["text_config"], index.config["vision_config"]
+    h, inter, kv = t["hidden_size"], t["intermediate_size"], t["num_key_value_heads"] * t["hidden_size"] // \
+        t["num_attention_heads"]
+    qwen_layer = 2 * (h * h + h) - h + 2 * (h * kv + kv) + 3 * h * inter + 2 * h  # q/k/v biases, o without
+    hv, iv = v["hidden_size"], v["intermediate_size"]
+    siglip_layer = 4 * (hv * hv + hv) + 2 * hv * iv + iv + hv + 4 * hv
+    assert (t["num_hidden_layers"], v["num_hidden_layers"]) == (24, 26)
+    ex = export(preset("vision-projector"), index, "llamafactory")
+    setting = lf_setting(ex.text)
+    assert abs(setting.freeze_trainable_layers) == 24
+    assert ex.differs == 24 * qwen_layer + 2 * siglip_layer + h == 388_377_120  # + image_newline (hidden size)
+    assert ex.differs < 26 * siglip_layer + h == 396_228_000  # what freeze_trainable_layers: 0 leaves out
 
 
 # -- the mirrored framework logic, on real parameter names ----------------------------

@@ -107,7 +107,8 @@ def test_hub_id_offline_without_cache(monkeypatch, tmp_path: Path):
     import huggingface_hub.constants as c
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
-    with pytest.raises(SourceError, match="no network and it is not in the local Hugging Face cache"):
+    with pytest.raises(SourceError, match="HF_HUB_OFFLINE is set, and its config.json is not in the local Hugging Face "
+                       "cache"):
         resolve("someorg/some-llava")
 
 
@@ -138,15 +139,23 @@ def test_hub_ids_the_hub_refuses_are_refused_offline(spec, monkeypatch):
 
 @pytest.mark.parametrize("error", [httpx.ProxyError("407 Proxy Authentication Required"),
                                    httpx.ConnectTimeout("timed out"), RuntimeError("anything else")])
-def test_any_failure_to_fetch_a_hub_config_is_one_message(error, monkeypatch):
+def test_any_failure_to_fetch_a_hub_config_is_one_message(error, monkeypatch, tmp_path):
+    """Whatever the transport raises (a proxy refusing, a timeout, anything else), the Hub is taken as
+    unreachable and the answer is one message naming the cause and the cache that was asked instead."""
     import huggingface_hub
+    from huggingface_hub import constants
 
-    def download(*args, **kwargs):
+    from freezelab import hub
+
+    def metadata(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
-    with pytest.raises(SourceError, match=rf"^org/model: could not fetch config.json from the Hub "
-                                          rf"\({type(error).__name__}\)$"):
+    monkeypatch.setattr(hub, "offline", lambda: False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", metadata)
+    with pytest.raises(SourceError, match=rf"^org/model: the Hugging Face Hub cannot be reached "
+                                          rf"\({type(error).__name__}\), and its config.json is not in the local "
+                                          rf"Hugging Face cache "):
         resolve("org/model")
 
 

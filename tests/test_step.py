@@ -350,7 +350,7 @@ def test_weights_of_an_architecture_are_refused(no_build):
 
 def test_estimate_over_free_memory_is_refused(tiny_source, no_build, monkeypatch):
     huge = MemoryEstimate("analytic", 1 << 60, {}, "backward", 1 << 60)
-    monkeypatch.setattr(gate_module, "estimate", lambda index, mask, workload: huge)
+    monkeypatch.setattr(gate_module, "estimate", lambda index, mask, workload, adapters=None: huge)
     with pytest.raises(WontFitError, match="by the memory estimate"):
         run_step(tiny_source, preset("stage1"), FP32)
 

@@ -119,7 +119,13 @@ def console(stderr: bool = False) -> Any:
     """A rich console at least 120 columns wide: module paths are long, and a pipe defaults to 80."""
     from rich.console import Console
 
-    return Console(stderr=stderr, width=max(Console(stderr=stderr).width, 120))
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            """rich would exit with status 1; main() ends every command the same way on a closed pipe."""
+            self.quiet = True
+            raise BrokenPipeError
+
+    return _Console(stderr=stderr, width=max(Console(stderr=stderr).width, 120))
 
 
 def print_json(data: Any) -> None:

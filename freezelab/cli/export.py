@@ -26,6 +26,10 @@ def register(sub: Any) -> None:
     add_model_argument(p)
     add_plan_options(p)
     p.add_argument("--format", default="json", choices=list(TARGETS), help="what to write (default json)")
+    p.add_argument("--target-transformers", metavar="VERSION",
+                   help="the transformers version of the trainer that reads the export (e.g. 4.57): python, "
+                   "swift and llamafactory then use its parameter names (before 5.6 the vision tower's are "
+                   "model.vision_tower.vision_model.*); default: the installed transformers")
     p.add_argument("--out", type=Path, metavar="FILE", help="write to FILE instead of standard output")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: target, exact, note, differs, language, text")
@@ -53,7 +57,7 @@ def write_atomic(path: Path, text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     source = resolve_source(args.model)
     plan = plan_from_args(args)
-    result = export(plan, index_of(source), args.format)
+    result = export(plan, index_of(source), args.format, transformers=args.target_transformers)
     if args.out:
         write_atomic(args.out, result.text)
     if args.json:

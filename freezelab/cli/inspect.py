@@ -68,6 +68,21 @@ def _adapter_lines(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+PARTS_OF_LLM = ("embeddings", "lm_head")  # anatomy.component_counts: counted inside llm as well
+
+
+def component_rows(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, counts) per row of the component table: vision / projector / llm partition the model;
+    the LLM's embeddings and lm_head follow it as "of which" rows (one tensor when tied)."""
+    comps = data["components"]
+    tied = any(any(n.startswith("lm_head.") for n in names) for names in data["tied"])
+    rows = [(name, c) for name, c in comps.items() if name not in PARTS_OF_LLM]
+    for name in PARTS_OF_LLM:
+        if name in comps:
+            rows.append((f"  of which {name}" + (" (tied)" if tied else ""), comps[name]))
+    return rows
+
+
 def _print_human(data: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -81,9 +96,9 @@ def _print_human(data: dict[str, Any]) -> None:
     comp = Table(title="components", title_justify="left")
     for col in ("component", "total", "trainable", "state"):
         comp.add_column(col, justify="right" if col in ("total", "trainable") else "left")
-    for name, c in data["components"].items():
+    for label, c in component_rows(data):
         state = "frozen" if c["trainable"] == 0 else "trainable" if c["frozen"] == 0 else "partial"
-        comp.add_row(name, units.params(c["total"]), units.params(c["trainable"]), state)
+        comp.add_row(label, units.params(c["total"]), units.params(c["trainable"]), state)
     console.print(comp)
     tbl = Table(title="module tree", title_justify="left")
     for col in ("module", "type", "total", "trainable", "state", "dtype", "note"):

@@ -7,14 +7,19 @@ not). TARGETS lists them in display order for menus.
 
     from freezelab.exports import export, import_plan
     export(plan, index, "llamafactory").text
+    export(plan, index, "swift", transformers="4.57").text   # names as the trainer's transformers spells them
+
+A plan with adapters or a quantized base goes to each target's adapter export (finetuning_type lora,
+--tuner_type lora, --lora_enable, a PEFT LoraConfig snippet), which compares adapters, full training
+and quantized weights with the framework's own selection code (freezelab.exports.adapted).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from freezelab.adapters import Adapters
+from freezelab.adapters import Adapters, linears
 from freezelab.exports import (
     llamafactory,
     llamafactory_lora,
@@ -27,6 +32,7 @@ from freezelab.exports import (
     swift_lora,
 )
 from freezelab.exports.base import Difference, Export, ExportError, compress
+from freezelab.exports.naming import parse_version, respell
 from freezelab.exports.plan_json import import_plan
 from freezelab.index import ModelIndex
 from freezelab.plans import Plan, Resolution, resolve
@@ -42,25 +48,26 @@ class Target:
     description: str       # one line for menus
     suffix: str            # file name suffix for downloads
     render: Callable[[Plan, ModelIndex, Sequence[bool]], Export]
+    names_parameters: bool = False  # its text names parameters, so it follows a transformers spelling
     # plans with adapters or a quantized base: (plan, index, mask, adapters) -> Export
     render_adapters: Callable[[Plan, ModelIndex, Sequence[bool], Adapters], Export] | None = None
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("json", "freezelab plan JSON", "The plan itself (schema freezelab.plan/2); import it back with --plan.",
-           ".json", plan_json.render, lambda plan, index, mask, adapters: plan_json.render(plan, index, mask, adapters)),
+           ".json", plan_json.render, False, plan_json.render),
     Target("python", "Python snippet", "Plain requires_grad_ calls on a transformers model, or with adapters a PEFT "
            "LoraConfig and get_peft_model, ending with an assert of the counts; needs no freezelab.", ".py",
-           python.render, peft_snippet.render),
+           python.render, True, peft_snippet.render),
     Target("llamafactory", "LLaMA-Factory YAML", "finetuning_type full/freeze/lora and the freeze_* / lora_* keys, "
            "when they reproduce the plan exactly; otherwise the closest keys and what differs.", ".yaml",
-           llamafactory.render, lambda plan, index, mask, adapters: llamafactory_lora.render(index, mask, adapters)),
+           llamafactory.render, True, lambda plan, index, mask, adapters: llamafactory_lora.render(index, mask, adapters)),
     Target("swift", "ms-swift flags", "swift sft --tuner_type full (with --freeze_vit / --freeze_aligner / "
-           "--freeze_llm and name-prefix lists) or --tuner_type lora.", ".sh", swift.render,
+           "--freeze_llm and name-prefix lists) or --tuner_type lora.", ".sh", swift.render, True,
            lambda plan, index, mask, adapters: swift_lora.render(index, mask, adapters)),
     Target("llava", "LLaVA train.py flags", "LLaVA's own training script flags (--tune_mm_mlp_adapter, ..., "
            "LLaVA-NeXT's --mm_tunable_parts, or --lora_enable) when they can express the plan.", ".sh", llava.render,
-           lambda plan, index, mask, adapters: llava_lora.render(index, mask, adapters)),
+           False, lambda plan, index, mask, adapters: llava_lora.render(index, mask, adapters)),
 )}
 
 
@@ -74,20 +81,38 @@ def _target(name: str) -> Target:
     return TARGETS[name]
 
 
-def _render(target: Target, res: Resolution, index: ModelIndex) -> Export:
-    plan = res.plan
+def _spelled(index: ModelIndex, transformers: str | None) -> ModelIndex:
+    """The index in the spelling of the trainer's transformers (default: the installed one's)."""
+    if transformers is None:
+        return index
+    return respell(index, str(parse_version(transformers)))
+
+
+def _respelled(adapters: Adapters, named: ModelIndex) -> Adapters:
+    """The adapters with the Linear layers of the respelled index (same weight indices, other paths)."""
+    by_weight = {lin.weight: lin for lin in linears(named)}
+    layers = tuple(replace(a, linear=by_weight[a.linear.weight]) for a in adapters.layers)
+    return replace(adapters, layers=layers)
+
+
+def _render(target: Target, res: Resolution, index: ModelIndex, named: ModelIndex) -> Export:
+    plan, chosen = res.plan, named if target.names_parameters else index
     if (plan.has_adapters or plan.quant.on) and target.render_adapters is not None:
-        return target.render_adapters(plan, index, res.mask, res.adapters)
-    return target.render(plan, index, res.mask)
+        adapters = res.adapters if chosen is index else _respelled(res.adapters, chosen)
+        return target.render_adapters(plan, chosen, res.mask, adapters)
+    return target.render(plan, chosen, res.mask)
 
 
-def export(plan: Plan, index: ModelIndex, target: str) -> Export:
-    """One target. Raises SelectorError when a rule matches nothing on this model."""
+def export(plan: Plan, index: ModelIndex, target: str, transformers: str | None = None) -> Export:
+    """One target; `transformers`: the trainer's transformers version, whose parameter names a
+    name-based target uses. Raises SelectorError when a rule matches nothing on this model."""
     chosen = _target(target)
-    return _render(chosen, resolve(plan, index), index)
+    named = _spelled(index, transformers)  # checks the version even for a target that names no parameter
+    return _render(chosen, resolve(plan, index), index, named)
 
 
-def export_all(plan: Plan, index: ModelIndex) -> dict[str, Export]:
-    """Every target, resolving the plan once."""
+def export_all(plan: Plan, index: ModelIndex, transformers: str | None = None) -> dict[str, Export]:
+    """Every target, resolving the plan once (on the installed names: masks follow index order)."""
     res = resolve(plan, index)
-    return {name: _render(t, res, index) for name, t in TARGETS.items()}
+    named = _spelled(index, transformers)
+    return {name: _render(t, res, index, named) for name, t in TARGETS.items()}

@@ -7,7 +7,9 @@ never on a model, so exporting a 72B plan costs milliseconds.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from freezelab.errors import FreezelabError
@@ -44,6 +46,11 @@ def difference(want: Sequence[bool], got: Sequence[bool]) -> Difference:
     extra = tuple(i for i, (w, g) in enumerate(zip(want, got)) if g and not w)
     missing = tuple(i for i, (w, g) in enumerate(zip(want, got)) if w and not g)
     return Difference(extra, missing)
+
+
+def comment_lines(marker: str, text: str, width: int = 110) -> list[str]:
+    """`text` as comment lines of at most `width` characters, each starting with `marker`."""
+    return [marker + line for line in textwrap.wrap(printable(text), width - len(marker), break_on_hyphens=False)]
 
 
 def printable(text: str) -> str:
@@ -127,18 +134,23 @@ def counts_line(index: ModelIndex, mask: Sequence[bool]) -> str:
     return f"trains {trainable:,} of {index.total_params:,} parameters"
 
 
-def closest(index: ModelIndex, mask: Sequence[bool], scored: Iterable[tuple[object, Sequence[bool]]]
-            ) -> tuple[object, Difference]:
-    """The first candidate with the fewest differing parameters (callers order candidates by preference)."""
-    best: tuple[object, Difference] | None = None
+def closest(index: ModelIndex, mask: Sequence[bool],
+            scored: Iterable[tuple[object, Sequence[bool] | AbstractSet[int]]]) -> tuple[object, Difference]:
+    """The first candidate with the fewest differing parameters (callers order candidates by preference).
+    A candidate's trainable set is a mask, or the set of its trainable indices (cheaper to compare)."""
+    want = {i for i, on in enumerate(mask) if on}
+    numels = index.numels
+    best: tuple[object, set[int], set[int]] | None = None
     best_n = -1
     for setting, got in scored:
-        diff = difference(mask, got)
-        n = diff.numel(index)
+        on = got if isinstance(got, AbstractSet) else {i for i, g in enumerate(got) if g}
+        extra, missing = on - want, want - on
+        n = sum(map(numels.__getitem__, extra)) + sum(map(numels.__getitem__, missing))
         if best is None or n < best_n:
-            best, best_n = (setting, diff), n
-        if not diff:
+            best, best_n = (setting, extra, missing), n
+        if not extra and not missing:
             break
     if best is None:
         raise ExportError("no candidate setting to compare")  # a bug: every target has candidates
-    return best
+    setting, extra, missing = best
+    return setting, Difference(tuple(sorted(extra)), tuple(sorted(missing)))

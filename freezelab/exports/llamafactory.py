@@ -36,11 +36,17 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from freezelab.exports.base import Difference, Export, closest, counts_line, describe, printable
+from freezelab.exports.base import (Difference, Export, ExportError, closest, comment_lines, counts_line, describe,
+                                    printable)
+from freezelab.exports.naming import MODEL_LEVEL_SINCE, Spelling, spelling_of_index
 from freezelab.index import ModelIndex
 from freezelab.plans import Plan
 
 SOURCE = "hiyouga/LLaMA-Factory @ ff6d4d1"
+TRANSFORMERS = ">=4.55.0,<=5.8.0,!=4.57.0,!=5.6.0"  # src/llamafactory/extras/misc.py check_version
+# data/template.py and data/mm_plugin.py register templates and multimodal plugins for llava,
+# llava_next and llava_next_video; none for these LLaVA-family types:
+NO_MM_PLUGIN = {"llava_onevision": "LLaVA-OneVision"}
 
 
 @dataclass(frozen=True)
@@ -163,15 +169,20 @@ def _freeze_targets(index: ModelIndex, s: Setting, names: tuple[str, ...]) -> li
     return targets
 
 
-def trainable(index: ModelIndex, s: Setting, names: Names | None = None) -> list[bool]:
-    """What LLaMA-Factory's init_adapter leaves trainable (named_parameters order, tied tensors once)."""
+def trainable_set(index: ModelIndex, s: Setting, names: Names | None = None) -> set[int]:
+    """Indices of the parameters LLaMA-Factory's init_adapter leaves trainable (named_parameters order,
+    tied tensors once)."""
     names = names or Names(index)
     forbidden = names.containing(forbidden_modules(index.model_type, s))
     if s.finetuning_type == "full":
-        on = set(range(len(names.names))) - forbidden
-    else:
-        on = names.containing(_freeze_targets(index, s, names.names)) - forbidden
-    return [i in on for i in range(len(names.names))]
+        return set(range(len(names.names))) - forbidden
+    return names.containing(_freeze_targets(index, s, names.names)) - forbidden
+
+
+def trainable(index: ModelIndex, s: Setting, names: Names | None = None) -> list[bool]:
+    """trainable_set as a mask."""
+    on = trainable_set(index, s, names)
+    return [i in on for i in range(len(index.params))]
 
 
 # -- finding the setting ------------------------------------------------------------
@@ -181,31 +192,40 @@ _FLAGS = ((True, True, False), (True, False, False), (True, False, True), (True,
 
 
 def _layer_counts(index: ModelIndex, mask: Sequence[bool]) -> list[int]:
-    """freeze_trainable_layers values worth trying: the top or bottom run that covers every LLM layer
-    with a trained parameter, and the top or bottom run of fully trained layers."""
+    """Every freeze_trainable_layers value from -L to L (L: the LLM's layers), the likeliest first:
+    the top or bottom run that covers every LLM layer with a trained parameter, the top or bottom
+    run of fully trained layers, 0. The rest of the range matters too: ".{idx}." also matches
+    vision layers, so on an unregistered model a layer count can train part of the vision tower."""
     num_layers = _num_layers(index.config) or 0
     used: set[int] = set()
     partial: set[int] = set()
     for p, on in zip(index.params, mask):
         if p.component == "llm" and p.layer is not None:
             (used if on else partial).add(p.layer)
-    if not used:
-        return [0]
-    full = used - partial
-    top = next((k for k in range(num_layers) if num_layers - 1 - k not in full), num_layers)
-    bottom = next((k for k in range(num_layers) if k not in full), num_layers)
-    counts = [num_layers - min(used), -(max(used) + 1), top, -bottom]
-    return list(dict.fromkeys(n for n in counts if n))
+    likely = [0]
+    if used:
+        full = used - partial
+        top = next((k for k in range(num_layers) if num_layers - 1 - k not in full), num_layers)
+        bottom = next((k for k in range(num_layers) if k not in full), num_layers)
+        likely = [n for n in (num_layers - min(used), -(max(used) + 1), top, -bottom) if n] + [0]
+    return list(dict.fromkeys([*likely, *range(num_layers, -num_layers - 1, -1)]))
 
 
-def _module_choices(index: ModelIndex, mask: Sequence[bool], n: int) -> list[tuple[str, ...]]:
-    """'all', and the first segments under the chosen layers that hold a trained parameter."""
+def _trained_segments(index: ModelIndex, mask: Sequence[bool]) -> dict[int, dict[str, None]]:
+    """LLM layer -> the first name segments under it (self_attn, mlp, ...) that hold a trained parameter."""
     paths = index.layers["llm"]
-    chosen = {paths[i] for i in layer_ids(len(paths), n)}
-    segs: dict[str, None] = {}
+    out: dict[int, dict[str, None]] = {}
     for p, on in zip(index.params, mask):
-        if on and p.component == "llm" and p.layer is not None and paths[p.layer] in chosen:
-            segs[p.name[len(paths[p.layer]) + 1:].split(".")[0]] = None
+        if on and p.component == "llm" and p.layer is not None:
+            out.setdefault(p.layer, {})[p.name[len(paths[p.layer]) + 1:].split(".")[0]] = None
+    return out
+
+
+def _module_choices(segments: dict[int, dict[str, None]], num_layers: int, n: int) -> list[tuple[str, ...]]:
+    """'all', and the first segments under the chosen layers that hold a trained parameter."""
+    segs: dict[str, None] = {}
+    for i in layer_ids(num_layers, n):
+        segs.update(segments.get(i, {}))
     return [("all",)] + ([tuple(segs)] if segs else [])
 
 
@@ -226,18 +246,20 @@ def candidates(index: ModelIndex, mask: Sequence[bool]) -> Iterator[Setting]:
     flags = _FLAGS if index.model_type in COMPOSITE_MODELS else _FLAGS[:1]
     for fvt, fmmp, flm in flags:
         yield Setting("full", fvt, fmmp, flm)
+    extra_choices = _extra_choices(index, mask)
+    segments = _trained_segments(index, mask)
     for n in _layer_counts(index, mask):
-        for modules in _module_choices(index, mask, n):
-            for extras in _extra_choices(index, mask):
+        for modules in _module_choices(segments, len(index.layers["llm"]), n):
+            for extras in extra_choices:
                 for fvt, fmmp, flm in flags:
                     yield Setting("freeze", fvt, fmmp, flm, n, modules, extras)
 
 
-def _scored(index: ModelIndex, mask: Sequence[bool]) -> Iterator[tuple[Setting, list[bool]]]:
+def _scored(index: ModelIndex, mask: Sequence[bool]) -> Iterator[tuple[Setting, set[int]]]:
     names = Names(index)
     for s in candidates(index, mask):
         try:
-            yield s, trainable(index, s, names)
+            yield s, trainable_set(index, s, names)
         except Refused:
             continue
 
@@ -249,22 +271,36 @@ def best(index: ModelIndex, mask: Sequence[bool]) -> tuple[Setting, Difference]:
     return setting, diff
 
 
+def _usability(index: ModelIndex, note: str) -> str | None:
+    """Why LLaMA-Factory cannot train this model on images at all, or None."""
+    family = NO_MM_PLUGIN.get(index.model_type)
+    if family is None:
+        return None
+    return (f"LLaMA-Factory has no chat template or multimodal plugin for {family} (none in data/template.py "
+            f"or data/mm_plugin.py), so it cannot train this model on images; were it able to: {note}")
+
+
 def render(plan: Plan, index: ModelIndex, mask: Sequence[bool]) -> Export:
+    if spelling_of_index(index) == Spelling.LEGACY:
+        raise ExportError(f"LLaMA-Factory ({SOURCE}) needs transformers{TRANSFORMERS}; "
+                          f"{index.transformers_version} is older")
     setting, diff = best(index, mask)
-    exact = not diff
     name = printable(index.name)
-    if exact:
+    if not diff:
         note = f"LLaMA-Factory trains exactly the plan's parameters with these keys ({counts_line(index, mask)})"
     else:
         note = (f"LLaMA-Factory cannot express this plan on {name}; "
                 + describe(index, diff, "the closest setting (below)"))
-    unregistered = index.model_type not in COMPOSITE_MODELS
-    if unregistered:
+    if index.model_type not in COMPOSITE_MODELS:
         note += (f"; LLaMA-Factory does not register {index.model_type} as a composite model, so its "
                  "freeze_vision_tower / freeze_multi_modal_projector / freeze_language_model change nothing here")
+    unusable = _usability(index, note)
+    verdict = "NOT USABLE" if unusable else "NOT EXACT" if diff else "EXACT"
     head = [f"### LLaMA-Factory ({SOURCE}) keys for the freezelab plan on {name}",
-            f"### parameter names of transformers {index.transformers_version}; {counts_line(index, mask)}",
-            f"### {'EXACT' if exact else 'NOT EXACT'}: {printable(note)}"]
-    return Export("llamafactory", "\n".join(head + setting.yaml_lines()) + "\n", exact, note,
-                  diff.numel(index), "yaml")
-
+            f"### {counts_line(index, mask)}",
+            *comment_lines("### ", f"the keys match module names, which transformers releases from "
+                           f"{MODEL_LEVEL_SINCE} on spell alike (names here: transformers {index.transformers_version}). "
+                           f"LLaMA-Factory runs on transformers{TRANSFORMERS}"),
+            f"### {verdict}: {printable(unusable or note)}"]
+    return Export("llamafactory", "\n".join(head + setting.yaml_lines()) + "\n", not diff and not unusable,
+                  unusable or note, diff.numel(index), "yaml")

@@ -28,8 +28,17 @@ from dataclasses import dataclass, replace
 
 from freezelab.adapters import Adapters, linears, output_head
 from freezelab.exports.adapted import LoraOutcome, compare, counts_line, plan_outcome
-from freezelab.exports.base import Export, compress, printable
-from freezelab.exports.llamafactory import COMPOSITE_MODELS, SOURCE, Refused, Setting, forbidden_modules
+from freezelab.exports.base import Export, ExportError, comment_lines, compress, printable
+from freezelab.exports.llamafactory import (
+    COMPOSITE_MODELS,
+    SOURCE,
+    TRANSFORMERS,
+    Refused,
+    Setting,
+    _usability,
+    forbidden_modules,
+)
+from freezelab.exports.naming import MODEL_LEVEL_SINCE, Spelling, spelling_of_index
 from freezelab.index import ModelIndex
 from freezelab.lora import QuantBits, Quantization, QuantType
 
@@ -188,6 +197,9 @@ def best(index: ModelIndex, mask: Sequence[bool], adapters: Adapters) -> tuple[L
 
 
 def render(index: ModelIndex, mask: Sequence[bool], adapters: Adapters) -> Export:
+    if spelling_of_index(index) == Spelling.LEGACY:
+        raise ExportError(f"LLaMA-Factory ({SOURCE}) needs transformers{TRANSFORMERS}; "
+                          f"{index.transformers_version} is older")
     setting, phrases, n = best(index, mask, adapters)
     name = printable(index.name)
     counts = counts_line(index, mask, adapters)
@@ -195,7 +207,13 @@ def render(index: ModelIndex, mask: Sequence[bool], adapters: Adapters) -> Expor
         note = f"LLaMA-Factory gives exactly the plan's adapters and trainable parameters with these keys ({counts})"
     else:
         note = f"LLaMA-Factory cannot express this plan on {name}; the closest setting (below) " + "; ".join(phrases)
+    unusable = _usability(index, note)
+    verdict = "NOT USABLE" if unusable else "NOT EXACT" if phrases else "EXACT"
     head = [f"### LLaMA-Factory ({SOURCE}) LoRA keys for the freezelab plan on {name}",
-            f"### parameter names of transformers {index.transformers_version}; {counts}",
-            f"### {'EXACT' if not phrases else 'NOT EXACT'}: {printable(note)}"]
-    return Export("llamafactory", "\n".join(head + setting.yaml_lines()) + "\n", not phrases, note, n, "yaml")
+            f"### {counts}",
+            *comment_lines("### ", f"the keys match module names, which transformers releases from "
+                           f"{MODEL_LEVEL_SINCE} on spell alike (names here: transformers {index.transformers_version}). "
+                           f"LLaMA-Factory runs on transformers{TRANSFORMERS}"),
+            f"### {verdict}: {printable(unusable or note)}"]
+    return Export("llamafactory", "\n".join(head + setting.yaml_lines()) + "\n", not phrases and not unusable,
+                  unusable or note, n, "yaml")

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 from freezelab.adapters import Adapters, linears
 from freezelab.exports.adapted import counts_line
-from freezelab.exports.base import Export, compress, printable
+from freezelab.exports.base import Export, comment_lines, compress, printable
+from freezelab.exports.naming import names_line
 from freezelab.index import ModelIndex
 from freezelab.lora import QuantBits
 from freezelab.peft_targets import lora_kwargs
@@ -85,8 +86,8 @@ def render(plan: Plan, index: ModelIndex, mask: Sequence[bool], adapters: Adapte
     total = index.total_params + adapters.params
     head = [f"# freezelab plan for {printable(index.name)} ({index.model_class}): {counts_line(index, mask, adapters)}",
             *(f"#   {printable(line)}" for line in plan.to_text().splitlines()),
-            f"# Module names as in transformers {index.transformers_version} and PEFT 0.21; on other names the",
-            "# assert at the end fails instead of training the wrong set.",
+            *comment_lines("# ", names_line(index) + "; adapters as PEFT 0.21 names them. If the model's names "
+                           "differ, the assert at the end fails instead of training the wrong set."),
             "# `model` is the loaded transformers model (e.g. from_pretrained(...)).",
             "from peft import LoraConfig, get_peft_model", ""]
     body = [*_quant_lines(index, adapters), *_config_lines(index, adapters), "model = get_peft_model(model, config)",

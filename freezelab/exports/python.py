@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from freezelab.exports.base import Export, compress, counts_line, printable
+from freezelab.exports.base import Export, comment_lines, compress, counts_line, printable
+from freezelab.exports.naming import names_line
 from freezelab.index import ModelIndex
 from freezelab.plans import Plan
 
@@ -53,8 +54,8 @@ def _text(plan: Plan, index: ModelIndex, mask: Sequence[bool], base_trainable: b
     head = [
         f"# freezelab plan for {printable(index.name)} ({index.model_class}): {counts_line(index, mask)}",
         *(f"#   {printable(line)}" for line in (f"base {plan.effective_base}", *map(str, plan.rules))),
-        f"# Parameter names as in transformers {index.transformers_version}; if another version names a",
-        "# module differently, the assert at the end fails instead of training the wrong set.",
+        *comment_lines("# ", names_line(index) + ". If the model's names differ, the assert at the end "
+                       "fails instead of training the wrong set."),
         "# `model` is the loaded transformers model (e.g. from_pretrained(...)).",
         f"model.requires_grad_({base_trainable})",
     ]

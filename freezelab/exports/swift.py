@@ -31,13 +31,14 @@ import shlex
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from packaging.version import InvalidVersion, Version
-
-from freezelab.exports.base import Difference, Export, closest, compress, counts_line, describe, printable
+from freezelab.exports.base import (Difference, Export, closest, comment_lines, compress, counts_line, describe,
+                                    printable)
+from freezelab.exports.naming import Spelling, names_line, spelling_of_index
 from freezelab.index import ModelIndex
 from freezelab.plans import Plan
 
 SOURCE = "modelscope/ms-swift @ 3602360"
+TRANSFORMERS = ">=4.33,<5.17.0"  # requirements/framework.txt: the releases ms-swift runs on
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,7 @@ def model_keys(index: ModelIndex) -> ModelKeys | None:
     """model_arch.py's keys for this model class, as chosen by the transformers version."""
     if index.model_class not in _REGISTERED:
         return None
-    try:
-        new = Version(index.transformers_version) >= Version("4.52")
-    except InvalidVersion:
-        new = True
-    return _LLAVA_HF if new else _LLAVA_HF_LEGACY
+    return _LLAVA_HF_LEGACY if spelling_of_index(index) == Spelling.LEGACY else _LLAVA_HF
 
 
 def expanded(index: ModelIndex, s: Setting) -> tuple[list[str], list[str]]:
@@ -152,7 +149,8 @@ def render(plan: Plan, index: ModelIndex, mask: Sequence[bool]) -> Export:
         note += (f"; ms-swift registers no model for {index.model_class}: --freeze_vit / --freeze_aligner / "
                  "--freeze_llm do nothing there, the prefix lists do the work")
     head = [f"# ms-swift `swift sft` ({SOURCE}) flags for the freezelab plan on {name}",
-            f"# parameter names of transformers {index.transformers_version}; {counts_line(index, mask)}",
+            f"# {counts_line(index, mask)}",
+            *comment_lines("# ", f"{names_line(index)}. ms-swift runs on transformers{TRANSFORMERS}"),
             f"# {'EXACT' if exact else 'NOT EXACT'}: {printable(note)}"]
     flags = setting.flags()
     body = [f"{f} \\" for f in flags[:-1]] + flags[-1:]

@@ -26,8 +26,9 @@ from dataclasses import dataclass, replace
 
 from freezelab.adapters import Adapters, linears
 from freezelab.exports.adapted import LoraOutcome, compare, counts_line, plan_outcome
-from freezelab.exports.base import Export, compress, printable
-from freezelab.exports.swift import SOURCE, model_keys
+from freezelab.exports.base import Export, comment_lines, compress, printable
+from freezelab.exports.naming import names_line
+from freezelab.exports.swift import SOURCE, TRANSFORMERS, model_keys
 from freezelab.index import ModelIndex
 from freezelab.lora import QuantBits, Quantization
 from freezelab.peft_targets import module_pattern
@@ -219,7 +220,8 @@ def render(index: ModelIndex, mask: Sequence[bool], adapters: Adapters) -> Expor
         note = f"ms-swift cannot express this plan on {name}; the closest setting (below) " + "; ".join(phrases)
     head = [f"# ms-swift `swift sft` ({SOURCE}) LoRA flags for the freezelab plan on {name} "
             "(--tuner_type was --train_type before ms-swift 4)",
-            f"# parameter names of transformers {index.transformers_version}; {counts}",
+            f"# {counts}",
+            *comment_lines("# ", f"{names_line(index)}. ms-swift runs on transformers{TRANSFORMERS}"),
             f"# {'EXACT' if not phrases else 'NOT EXACT'}: {printable(note)}"]
     flags = setting.flags()
     body = [f"{f} \\" for f in flags[:-1]] + flags[-1:]
