@@ -15,7 +15,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from freezelab import charts, units
-from freezelab.anatomy import component_counts, count
+from freezelab.anatomy import component_counts, count, summary
 from freezelab.errors import FreezelabError, PlanError, SelectorError, SourceError
 from freezelab.exports import import_plan as parse_plan
 from freezelab.index import ModelIndex
@@ -56,6 +56,24 @@ class App:
         return self.cache.get(session.model, INDEX_DTYPE, policy=self.policy)
 
 
+@dataclass
+class AdapterSettings:
+    """The adapter panel's controls, as the plan has them (an imported plan or an undo changes them)."""
+
+    r: int = shown("adapter.r")
+    alpha: float = shown("adapter.alpha")
+    dropout: float = shown("adapter.dropout")
+    dora: bool = shown("adapter.dora")
+    quant: str = shown("adapter.quant")
+    quant_type: str = shown("adapter.quant_type")
+    double_quant: bool = shown("adapter.double_quant")
+
+    @classmethod
+    def of(cls, plan: Plan) -> AdapterSettings:
+        s, q = plan.lora, plan.quant
+        return cls(s.r, s.alpha, s.dropout, s.dora, q.bits.value, q.quant_type.value, q.double_quant)
+
+
 STATE = "top.state"     # the session value (a gr.State)
 STATUS = "top.status"   # what the last action did, or why it failed
 
@@ -75,6 +93,7 @@ class View:
     params_fig: go.Figure = shown("summary.params_plot")
     map_fig: go.Figure = shown("map.plot")
     memory: MemoryView = shown_within()
+    adapter_settings: AdapterSettings = shown_within()  # the plan's adapter settings, kept in the controls
     trainable: int                                      # trainable parameters under the plan
 
 
@@ -96,14 +115,17 @@ def _header(loaded: Loaded, session: Session) -> str:
 
 
 def summary_html(index: ModelIndex, mask: list[bool]) -> str:
+    """Counts on the (adapted) index: with adapters, totals are base plus adapters, as PEFT counts them."""
     total = count(index, mask)
     comps = component_counts(index, mask)
     rows = "".join(
         f"<tr><td>{label}</td><td>{units.params(comps[key].total)}</td><td>{units.params(comps[key].trainable)}</td>"
         f"<td>{comps[key].state}</td></tr>" for key, label in SUMMARY_ROWS if comps[key].total)
+    adapter = summary(index, mask)["adapter_params"]
+    extra = f" <small>({adapter:,} in adapters)</small>" if adapter else ""
     return (f'<div class="fl-summary"><div class="fl-big">trainable <b id="fl-trainable">{total.trainable:,}</b> '
             f'of {total.total:,} parameters (<span id="fl-percent">{units.percent(total.trainable, total.total)}'
-            f"</span>)</div><table><tr><th>component</th><th>total</th><th>trainable</th><th>state</th></tr>"
+            f"</span>){extra}</div><table><tr><th>component</th><th>total</th><th>trainable</th><th>state</th></tr>"
             f"{rows}</table></div>")
 
 
@@ -121,17 +143,19 @@ def build_view(app: App, session: Session, status: str = "") -> View:
     loaded = app.loaded(session)
     index = loaded.index
     res = resolve(session.plan, index)
+    adapted, mask = res.adapted(index)  # the adapters' tensors too, under the Linear layers they wrap
     return View(
         session=session,
         header=_header(loaded, session),
-        summary=summary_html(index, res.mask),
-        tree=tree_json(index, res.mask, session.tree.query, session.tree.depth),
+        summary=summary_html(adapted, mask),
+        tree=tree_json(adapted, mask, session.tree.query, session.tree.depth),
         rules=rules_text(session.plan),
         warnings=_warnings_md(res),
-        params_fig=charts.params_by_component(index, res.mask),
+        params_fig=charts.params_by_component(adapted, mask),
         map_fig=charts.model_map(index, res.mask),
         memory=memory_view(index, res.mask, session.workload, res.adapters),
-        trainable=count(index, res.mask).trainable,
+        adapter_settings=AdapterSettings.of(session.plan),
+        trainable=count(adapted, mask).trainable,
         status=status,
     )
 
