@@ -74,6 +74,7 @@ class Tape:
         self.trainable = lambda w: True if isinstance(w, tuple) else trainable(w)
         self.param_numel = lambda w: self._adapter_numel(w) if isinstance(w, tuple) else numel(w)
         self.dora_extra = 0                   # DoRA's weight-norm transients, also in a checkpoint's recompute
+        self.dora_fwd = 0                     # ... with all the layer saved before them (a forward's peak)
         self.t: dict[str, Tensor] = {}
         self.saved: set[str] = set()
         self.forward_only: set[str] = set()   # alive until the forward ends (autocast's weight cache)

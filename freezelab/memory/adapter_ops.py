@@ -166,5 +166,6 @@ def _dora(t: Tape, xa: str, y: str, out: str, out_features: int, weight: int, bi
     alive = {y, xa, base, f"{out}.A", lora, p1, p2, p3}
     transient = held + sum(t.nbytes(n) for n in alive if n not in t.saved)
     t.dora_extra = max(t.dora_extra, transient)
+    t.dora_fwd = max(t.dora_fwd, t.kept + transient)  # without checkpointing, with what the layer saved so far
     t._fwd(transient)
     return t.add(y, rd, f"{out}.sum")

@@ -187,7 +187,7 @@ def _layer_stage(f: Flow, recipe: Recipe, name: str, component: str, p: dict[str
             stage.bwd_extra = t.kept + max(t.bwd_extra, t.dora_extra)
         else:
             stage.kept, stage.bwd_extra = t.kept, t.bwd_extra
-        stage.fwd_extra = t.fwd_extra + t.nbytes(out)
+        stage.fwd_extra = max(t.fwd_extra, 0 if f.ckpt and stage.out_grad else t.dora_fwd) + t.nbytes(out)
         stage.forward_only = t.forward_cached if not (f.ckpt and stage.out_grad) else 0
         if t.kv_cache:
             stage.held = sum(t.nbytes(n) for n in cached if n not in t.saved)
