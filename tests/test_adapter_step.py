@@ -96,3 +96,16 @@ def test_quantized_base_stops_before_anything_is_built(tiny_source, monkeypatch)
     with pytest.raises(QuantizationError, match=r"^a quantized base \(4-bit NF4 with double quantization\) runs on CUDA only"):
         run_step(tiny_source, from_text("quant 4bit\n" + RECIPE), FP32)
     assert built == []
+
+
+def test_step_cli_takes_adapter_options(capsys):
+    import json
+
+    from freezelab.cli import main
+
+    code = main(["step", "tiny", "--train", "@projector", "--lora", "@llm", "--lora-r", "4", "--lora-alpha", "8",
+                 "--steps", "1", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0 and data["passed"] and data["trainable_params"] == RECIPE_TRAINABLE
+    assert data["checks"]["adapter_start"]["passed"] and data["checks"]["merge_matches"]["passed"]
+    assert data["plan"]["rules"][1] == {"action": "lora", "selector": "@llm"} and data["plan"]["lora"]["r"] == 4

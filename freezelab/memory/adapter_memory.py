@@ -11,8 +11,8 @@ trainable weights the step's temporary is the sum of both groups (freezelab.memo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-
 from typing import Any
 
 from freezelab.index import ModelIndex
@@ -37,10 +37,8 @@ class AdapterResident:
 
 
 def _tensors(spec: AdapterSpec, weights: set[int]) -> list[optimizer_state.Tensor]:
-    adapters = spec.adapters
-    assert adapters is not None
-    return [optimizer_state.Tensor(t.shape, t.numel) for layer, t in adapters.tensors()
-            if layer.linear.weight in weights]
+    """The adapter tensors of the adapted layers whose base weights are `weights`."""
+    return [optimizer_state.Tensor(shape, math.prod(shape)) for w in weights for shape in spec.shapes[w]]
 
 
 def _bytes(tensors: list[optimizer_state.Tensor]) -> int:

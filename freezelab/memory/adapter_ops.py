@@ -21,6 +21,7 @@ lora/dora.py `DoraLinearLayer.forward`, with the adapter weights in fp32 (get_pe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from freezelab.adapters import AdaptedLayer, Adapters
@@ -44,19 +45,30 @@ class AdapterSpec:
     dora: bool = False
     dropout: float = 0.0
     adapters: Adapters | None = None
+    shapes: dict[int, tuple[tuple[int, ...], ...]] = field(default_factory=dict)  # weight -> its adapter shapes
+    _keys: dict[int, tuple[Any, ...]] = field(default_factory=dict, compare=False)  # memo of key(), by dict id
 
     @classmethod
     def of(cls, adapters: Adapters | None) -> AdapterSpec:
-        if adapters is None:
-            return cls()
-        return cls(adapters.by_weight(), frozenset(adapters.quantized), adapters.dora, adapters.settings.dropout,
-                   adapters)
+        return _spec(adapters) if adapters is not None else cls()
 
     def key(self, params: dict[str, int]) -> tuple[Any, ...]:
         """What a layer's memory depends on besides its mask (each weight's rank, quantized or not), by
         relative name, for the cache of identical layers."""
-        return tuple((name, self.layers[i].r if i in self.layers else 0, i in self.quantized)
-                     for name, i in sorted(params.items()) if i in self.layers or i in self.quantized)
+        found = self._keys.get(id(params))
+        if found is None or found[0] is not params:  # held with its dict: an id is reused only after it dies
+            found = self._keys[id(params)] = (params, tuple(
+                (name, self.layers[i].r if i in self.layers else 0, i in self.quantized)
+                for name, i in sorted(params.items()) if i in self.layers or i in self.quantized))
+        return found[1]
+
+
+@lru_cache(maxsize=16)
+def _spec(adapters: Adapters) -> AdapterSpec:
+    """One spec per plan's adapters (an estimate and its memory curve share it)."""
+    shapes = {a.linear.weight: tuple(t.shape for t in a.tensors(adapters.dora)) for a in adapters.layers}
+    return AdapterSpec(adapters.by_weight(), frozenset(adapters.quantized), adapters.dora, adapters.settings.dropout,
+                       adapters, shapes)
 
 
 def adapter_weight(role: str, weight: int) -> tuple[str, int]:
