@@ -32,6 +32,7 @@ class Session:
     history: tuple[Plan, ...] = ()      # undo stack, newest last
     workload: Workload = field(default_factory=Workload)
     tree: TreeOptions = field(default_factory=TreeOptions)
+    context: bool | None = None         # memory charts include the CUDA context; None: the estimate's default
 
     def with_plan(self, plan: Plan) -> Session:
         """The session with a new plan; the old one goes on the undo stack (if it differs)."""

@@ -21,13 +21,21 @@ def gib(n: int | float, digits: int = 1) -> str:
     return f"{n / 2**30:.{digits}f} GiB"
 
 
+BYTE_UNITS = ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB"))
+
+
+def byte_unit(n: int | float) -> tuple[int, str]:
+    """The largest binary unit that keeps `n` bytes >= 1: (bytes per unit, name), e.g. (2**20, 'MiB')."""
+    for div, suffix in BYTE_UNITS:
+        if abs(n) >= div:
+            return div, suffix
+    return 1, "B"
+
+
 def nbytes(n: int | float) -> str:
     """Bytes in the largest binary unit that keeps the number >= 1."""
-    n = float(n)
-    for div, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
-        if abs(n) >= div:
-            return f"{n / div:.1f} {suffix}"
-    return f"{n:.0f} B"
+    div, suffix = byte_unit(n)
+    return f"{n / div:.1f} {suffix}" if div > 1 else f"{float(n):.0f} B"
 
 
 def percent(part: int | float, whole: int | float) -> str:

@@ -100,3 +100,78 @@ def test_preset_and_tree_toggle_change_counts_and_verdict(server, counts_7b, tmp
             assert shot.stat().st_size > 50_000
         finally:
             browser.close()
+
+
+def launch(p, width: int = 1024, height: int = 768):
+    browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+    page = browser.new_page(viewport={"width": width, "height": height})
+    return browser, page
+
+
+def test_a_refused_workload_value_shows_at_its_field_and_the_results_go_stale(server):
+    with sync_api.sync_playwright() as p:
+        browser, page = launch(p)
+        try:
+            page.goto(server)
+            page.wait_for_selector("#fl-tree-box [data-p='model.language_model']", timeout=WAIT_MS)
+            settle(page)
+            batch = page.locator("#fl-w-batch input")
+            page.eval_on_selector("#fl-w-batch", "e => e.scrollIntoView({block: 'center'})")
+            batch.fill("0")
+            page.wait_for_selector("#fl-workload-error li[data-field='batch']", timeout=WAIT_MS)
+            settle(page)
+            error = page.locator("#fl-workload-error .fl-field-error")
+            assert "batch: must be between 1 and 4,096, got 0" in error.inner_text()
+            # where the user is looking: in view, right under the controls, the control itself outlined
+            page.wait_for_timeout(300)  # the scroll to the message, if it was below the fold
+            box, field = error.bounding_box(), page.locator("#fl-w-batch").bounding_box()
+            height = page.viewport_size["height"]
+            # both on screen (scrollIntoView aligns to whole pixels; boxes are fractional)
+            assert field["y"] >= 0 and box["y"] + box["height"] <= height + 1
+            assert 0 < box["y"] - (field["y"] + field["height"]) < 400
+            assert "rgb(179, 38, 30)" in page.eval_on_selector("#fl-w-batch", "e => getComputedStyle(e).boxShadow")
+            # the verdict and every chart computed from the workload are marked out of date
+            assert "out of date" in page.inner_text("#fl-verdict").lower()
+            for chart in ("#fl-memory-plot", "#fl-curve-plot"):
+                assert float(page.eval_on_selector(chart, "e => getComputedStyle(e).opacity")) < 0.5, chart
+            assert "the estimate still shows the last valid workload" in page.inner_text("#fl-status")
+            batch.fill("2")
+            page.wait_for_function("!document.querySelector('#fl-workload-error .fl-field-error')", timeout=WAIT_MS)
+            settle(page)
+            assert "out of date" not in page.inner_text("#fl-verdict").lower()
+            assert float(page.eval_on_selector("#fl-memory-plot", "e => getComputedStyle(e).opacity")) == 1.0
+            # after a workload change the status line says what changed: it never goes blank
+            assert page.inner_text("#fl-status").startswith("Workload: batch 2")
+        finally:
+            browser.close()
+
+
+def test_verify_results_say_what_they_ran_for_and_go_stale_after_a_change(server):
+    with sync_api.sync_playwright() as p:
+        browser, page = launch(p)
+        try:
+            page.goto(server)
+            page.wait_for_selector("#fl-tree-box [data-p='model.language_model']", timeout=WAIT_MS)
+            page.get_by_role("tab", name="Verify").click()
+            page.get_by_role("button", name="Simulate the training step").click()
+            page.wait_for_selector("#fl-sim-table table", timeout=WAIT_MS)
+            settle(page)
+            label = page.locator("#fl-sim-for .fl-for")
+            assert label.inner_text().startswith("Simulated for tiny · plan: preset stage1; train @projector")
+            assert "batch 1 × (64 text tokens + 1 image)" in label.inner_text()
+            assert "fl-stale" not in label.get_attribute("class")
+            page.get_by_role("tab", name="Plan & memory").click()
+            page.locator("#fl-w-batch input").fill("3")
+            page.wait_for_function("document.querySelector('#fl-status')?.innerText.startsWith('Workload: batch 3')",
+                                   timeout=WAIT_MS)
+            settle(page)
+            page.get_by_role("tab", name="Verify").click()
+            page.wait_for_selector("#fl-sim-for .fl-for.fl-stale", timeout=WAIT_MS)
+            assert "Out of date" in label.inner_text()
+            assert "batch 3 ×" in page.inner_text("#fl-verify-now")
+            assert float(page.eval_on_selector("#fl-sim-table", "e => getComputedStyle(e).opacity")) < 0.5
+            page.get_by_role("button", name="Simulate the training step").click()  # run again: current again
+            page.wait_for_selector("#fl-sim-for .fl-for:not(.fl-stale)", timeout=WAIT_MS)
+            assert "batch 3 ×" in label.inner_text()
+        finally:
+            browser.close()

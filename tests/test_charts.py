@@ -82,7 +82,7 @@ def test_memory_breakdown_stacks_every_category_and_the_overhead():
     est = _estimate("analytic", {"weights": 13 * GiB, "gradients": 2 * GiB, "activations": 5 * GiB}, overhead=GiB)
     fig = charts.memory_breakdown(est, GPUS)
     shown = {t.name: t.x[0] for t in fig.data}
-    assert shown == {"weights": 13.0, "gradients": 2.0, "activations": 5.0, "CUDA context + allocator cache": 1.0}
+    assert shown == {"weights": 13.0, "gradients": 2.0, "activations": 5.0, "CUDA context + cache": 1.0}
     assert sum(shown.values()) == pytest.approx(est.device_estimate_bytes / GiB)
     axis_max = fig.layout.xaxis.range[1]
     assert axis_max >= est.device_estimate_bytes / GiB
@@ -108,6 +108,87 @@ def test_memory_curve_plots_device_and_tensor_peaks_in_order():
     assert any(s.x0 == 2 and s.x1 == 2 for s in fig.layout.shapes)  # the current batch is marked
 
 
+def test_memory_curve_ticks_only_the_whole_batch_sizes_it_computed():
+    ests = [_estimate("analytic", {"activations": b * GiB}, overhead=GiB) for b in (1, 4, 6, 16)]
+    fig = charts.memory_curve([1, 4, 6, 16], ests, GPUS, current=6)
+    assert fig.layout.xaxis.type == "log" and fig.layout.xaxis.tickmode == "array"
+    assert list(fig.layout.xaxis.tickvals) == [1, 4, 6, 16]
+    assert list(fig.layout.xaxis.ticktext) == ["1", "4", "6", "16"]
+    lo, hi = fig.layout.xaxis.range
+    assert 10**lo < 1 and 10**hi > 16  # room around the first and last point, nothing else ticked
+    assert not fig.layout.annotations or all("even batch" not in a.text for a in fig.layout.annotations)
+
+
+def test_memory_curve_says_so_when_even_batch_1_does_not_fit():
+    """A 72B full fine-tune: one point, at batch 1, ticked as 1 (not 0.125 ... 8 around it)."""
+    huge = _estimate("analytic", {"weights": 700 * GiB}, overhead=GiB)
+    fig = charts.memory_curve([1], [huge], GPUS, current=1)
+    assert list(fig.layout.xaxis.tickvals) == [1]
+    says = [a.text for a in fig.layout.annotations if "even batch" in a.text]
+    assert says == ["even batch 1 needs 701.0 GiB:<br>more than the largest common GPU"]
+
+
+def test_small_estimates_are_drawn_in_small_units_without_the_cuda_context():
+    """The tiny model: 66.7 MiB of tensors under 0.75 GiB of CUDA context. Drawn in MiB, context left out
+    by default (it would hide every tensor), included on request as its own hatched segment."""
+    est = _estimate("analytic", {"weights": 539 * 2**10, "activations": 587 * 2**10, "workspace": 65 * 2**20},
+                    overhead=768 * 2**20)
+    assert charts.context_by_default(est) is False
+    fig = charts.memory_breakdown(est, GPUS, context=False)
+    shown = {t.name: t.x[0] for t in fig.data}
+    assert shown == {"weights": pytest.approx(539 / 1024), "activations": pytest.approx(587 / 1024), "workspace": 65}
+    assert fig.layout.xaxis.ticksuffix == " MiB" and not fig.layout.shapes  # no 24 GB line on a 70 MiB axis
+    with_context = charts.memory_breakdown(est, GPUS, context=True)
+    context = [t for t in with_context.data if t.name == "CUDA context + cache"]
+    assert len(context) == 1 and context[0].x[0] == 768 and context[0].marker.pattern.shape == "/"
+    curve = charts.memory_curve([1], [est], GPUS, context=False)
+    assert [t.name for t in curve.data] == ["tensors"] and curve.layout.yaxis.ticksuffix == " MiB"
+    big = _estimate("analytic", {"weights": 13 * GiB, "activations": 25 * GiB}, overhead=3 * GiB)
+    assert charts.context_by_default(big) is True
+
+
+def test_gpu_line_labels_never_overlap_and_merge_when_too_close():
+    """Lines 24/40/48 GB on a 700 GiB axis are a few pixels apart: one label for them, and no two
+    labels closer than their own width (x) or height (y) at the smallest plot the page draws."""
+    scale = charts.Scale.for_bytes(700 * GiB)
+    chart_gpus = [("24 GB", 24 * 10**9), ("40 GB", 40 * 10**9), ("48 GB", 46 * 10**9), ("80 GB", 80 * 10**9),
+                  ("141 GB", 141 * 10**9)]
+    for axis in ("x", "y"):
+        shapes, notes = charts.gpu_lines(chart_gpus, 800 * GiB, scale, axis)
+        assert len(shapes) == 5  # every line is drawn
+        assert sorted(n for note in notes for n in note["text"].removesuffix(" GB").split("/")) == \
+            sorted(["24", "40", "48", "80", "141"])  # every size is named once
+        px = charts.MIN_PLOT_PX[axis] / scale(800 * GiB)
+        where = sorted(note[axis] for note in notes)
+        if axis == "y":
+            assert all((b - a) * px >= charts.LABEL_PX for a, b in zip(where, where[1:], strict=False))
+        else:
+            widths = {note[axis]: len(note["text"]) * charts.LABEL_CHAR_PX for note in notes}
+            assert all((b - a) * px >= (widths[a] + widths[b]) / 2 for a, b in zip(where, where[1:], strict=False))
+    _, apart = charts.gpu_lines(chart_gpus, 150 * GiB, charts.Scale.for_bytes(150 * GiB), "y")
+    assert [n["text"] for n in apart] == ["24/40/48 GB", "80 GB", "141 GB"]
+
+
+def test_log_axes_tick_a_few_round_values_only():
+    one = charts.log_axis([3.7])
+    assert one["tickvals"] == [3.0, 5.0] and one["ticktext"] == ["3", "5"]
+    decade = charts.log_axis([0.2, 1.5])
+    assert decade["tickvals"] == pytest.approx([0.2, 0.5, 1.0, 2.0])
+    wide = charts.log_axis([0.001, 0.5, 30])
+    assert wide["tickvals"] == pytest.approx([0.001, 0.01, 0.1, 1.0, 10.0])
+    assert all(10**wide["range"][0] <= t <= 10**wide["range"][1] for t in wide["tickvals"])
+
+
+def test_layer_bars_put_layers_on_a_number_axis_with_whole_ticks():
+    fig = charts.layer_bars({"vision": {0: 0.1, 1: 0.2}, "llm": {30: 0.5, 31: 0.25}}, title="g", y_label="norm",
+                            log=True)
+    assert [t.name for t in fig.data] == ["vision tower", "language model"]
+    assert list(fig.data[1].x) == [30, 31] and list(fig.data[1].y) == [0.5, 0.25]
+    assert fig.layout.xaxis.dtick == 5 and fig.layout.yaxis.type == "log"
+    few = charts.layer_bars({"llm": {2: 0.5, 3: 0.6}}, title="g", y_label="norm")
+    assert few.layout.xaxis.dtick == 1 and few.layout.showlegend is False
+
+
 def test_estimate_comparison_has_one_bar_group_per_method():
     a = _estimate("analytic", {"weights": 4 * GiB, "activations": 2 * GiB})
     s = _estimate("simulate", {"weights": 4 * GiB, "activations": 3 * GiB, "workspace": GiB // 2})
@@ -121,9 +202,9 @@ def test_estimate_comparison_has_one_bar_group_per_method():
 def test_step_charts_number_steps_from_one():
     fig = charts.line_chart([2.5, 2.25, 2.0], title="loss", y_label="loss")
     assert list(fig.data[0].x) == [1, 2, 3] and list(fig.data[0].y) == [2.5, 2.25, 2.0]
-    bars = charts.grouped_bars({"llm layer 30": 0.5, "llm layer 31": 0.25}, title="g", y_label="norm", log=True)
-    assert list(bars.data[0].x) == ["llm layer 30", "llm layer 31"]
-    assert bars.layout.yaxis.type == "log"
+    bars = charts.grouped_bars({"projector": 0.5, "llm": 0.25}, title="g", y_label="norm", log=True)
+    assert list(bars.data[0].x) == ["projector", "llm"]
+    assert bars.layout.yaxis.type == "log" and list(bars.layout.yaxis.ticktext) == ["0.15", "0.2", "0.3", "0.5", "0.7"]
 
 
 def test_figures_carry_no_heavy_template(tiny_index):

@@ -41,7 +41,8 @@ def test_readme_dashboard_walkthrough_numbers():
     """The walkthrough's figures are what the estimator computes for the default workload."""
     from freezelab.memory.analytic import estimate
     from freezelab.models import index_of
-    from freezelab.plans import preset, resolve as resolve_plan
+    from freezelab.plans import preset
+    from freezelab.plans import resolve as resolve_plan
     from freezelab.sources import resolve
     from freezelab.units import params
     from freezelab.workload import Workload
@@ -59,7 +60,8 @@ def test_readme_projector_activation_example():
     """"16 GiB on top of 13 GiB of weights" for stage 1 at batch 4 x 1024 tokens."""
     from freezelab.memory.analytic import estimate
     from freezelab.models import index_of
-    from freezelab.plans import preset, resolve as resolve_plan
+    from freezelab.plans import preset
+    from freezelab.plans import resolve as resolve_plan
     from freezelab.sources import resolve
     from freezelab.tokens import image_tokens
     from freezelab.workload import Workload
@@ -70,3 +72,24 @@ def test_readme_projector_activation_example():
     assert round(est.breakdown["weights"] / 2**30) == 13
     assert round(est.activations_by_component["llm"] / 2**30) == 16
     assert "16 GiB on top of 13 GiB" in README.replace("\n", " ")
+
+
+def test_readme_small_model_and_lesson_figures():
+    """The tiny model's tensors under its CUDA context (stage 1, default workload), and the lessons' workload."""
+    from freezelab.memory.analytic import estimate
+    from freezelab.models import index_of
+    from freezelab.plans import preset
+    from freezelab.plans import resolve as resolve_plan
+    from freezelab.sources import resolve
+    from freezelab.ui.learn_view import MODEL, WORKLOAD
+    from freezelab.units import gib, nbytes
+    from freezelab.workload import Workload
+
+    index = index_of(resolve("tiny"))
+    est = estimate(index, resolve_plan(preset("stage1"), index).mask, Workload())
+    flat = " ".join(README.split())
+    tensors, device = nbytes(est.peak_bytes), gib(est.device_estimate_bytes)
+    assert f"the tiny model: {tensors} of tensors under {device} on the GPU" in flat
+    assert f"four steps on {MODEL}" in flat
+    assert f"batch {WORKLOAD.batch} × {WORKLOAD.text_tokens:,} text tokens and an image" in flat
+    assert WORKLOAD.images == 1

@@ -74,9 +74,9 @@ def test_settings_change_the_plan_and_follow_it(app, start):
 
 
 def test_adapter_lessons_compute_their_numbers(app, start):
-    view, text = run_lesson(app, start.session, "7b-lora")
+    view, text = run_lesson(app, start.session, "lora")
     assert "Trainable parameters: 6.76B → **340.80M**" in text
     assert view.trainable == 340_795_392
-    view, text = run_lesson(app, view.session, "7b-qlora")
+    view, text = run_lesson(app, view.session, "qlora")
     assert "On an RTX 4090 24 GB card: **it fits**" in text
     assert view.session.plan.quant.bits == "4bit" and view.session.workload.optimizer == "paged-adamw-8bit"

@@ -4,6 +4,7 @@ computations, errors change nothing, sessions never see each other's changes."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -19,9 +20,11 @@ from freezelab.plans import Plan, append_rule, module_selector, plan_mask, prese
 from freezelab.policy import PolicyError, public_policy
 from freezelab.session import Session
 from freezelab.ui import handlers
+from freezelab.ui.context_view import result_html, session_key
 from freezelab.ui.export_view import export_view
 from freezelab.ui.gpu_lines import common_gpus
 from freezelab.ui.learn_view import LESSONS, run_lesson
+from freezelab.ui.registry import shown_values
 from freezelab.ui.tree_view import tree_data
 from freezelab.ui.verify_view import Cancels, run_step
 from freezelab.ui.verify_view import simulate as verify_simulate
@@ -350,6 +353,71 @@ def test_verdict_names_exactly_the_cards_that_fit(app, start):
     assert "does not fit</span> any common GPU" in huge.memory.verdict
 
 
+def test_a_refused_workload_value_shows_at_its_field_and_marks_the_results_stale(app, start):
+    s = handlers.set_workload(app, handlers.apply_preset(app, start.session, "stage1").session, batch=4).session
+    last = handlers.build_view(app, s)
+    values = {**s.workload.to_dict(), "batch": 0}
+    refused = handlers.edit_workload(app, s, **values)
+    assert isinstance(refused, handlers.WorkloadRefused)
+    # at the field: the error names it (style.CSS outlines the control with that data-field)
+    assert '<li data-field="batch"><b>batch</b>: must be between 1 and 4,096, got 0</li>' in refused.error
+    assert "they still show batch 4 × (64 text tokens + 1 image)" in refused.error
+    # the verdict keeps the last valid numbers, marked out of date
+    assert 'class="fl-verdict fl-stale"' in refused.verdict and "out of date" in refused.verdict
+    assert units.gib(last.memory.estimate.device_estimate_bytes) in refused.verdict
+    assert "batch must be between 1 and 4,096, got 0" in refused.status
+    # only the status, the verdict and the error change on the page: the session keeps batch 4
+    assert set(shown_values(refused)) == {"top.status", "memory.verdict", "memory.error"}
+    two = handlers.edit_workload(app, s, **{**values, "gpus": 0})
+    assert 'data-field="batch"' in two.error and 'data-field="gpus"' in two.error
+    mixed = handlers.edit_workload(app, s, **{**s.workload.to_dict(), "autocast": "fp16"})
+    assert mixed.error.count("data-field=") == 1 and 'data-field="autocast"' in mixed.error
+    fixed = handlers.edit_workload(app, s, **{**values, "batch": 8})
+    assert isinstance(fixed, handlers.View) and fixed.session.workload.batch == 8
+    assert fixed.memory.error == "" and "fl-stale" not in fixed.memory.verdict
+
+
+def test_the_status_line_always_says_something(app, start):
+    s = handlers.apply_preset(app, start.session, "stage1").session
+    views = {"workload": handlers.set_workload(app, s, batch=2),
+             "filter": handlers.set_tree_options(app, s, "q_proj", None),
+             "depth": handlers.set_tree_options(app, s, "", 2), "context": handlers.set_context(app, s, True)}
+    for name, view in views.items():
+        assert view.status.strip(), name
+    need = units.gib(views["workload"].memory.estimate.device_estimate_bytes)
+    assert views["workload"].status == f"Workload: batch 2 × (64 text tokens + 1 image), bf16, adamw: {need} per GPU."
+    assert views["filter"].status == "The tree shows modules matching `q_proj`."
+
+
+def test_small_models_draw_tensors_in_small_units_and_the_context_on_request(app, start):
+    tiny = handlers.apply_preset(app, start.session, "stage1")
+    assert tiny.memory.context is False
+    assert "CUDA context + cache" not in [t.name for t in tiny.memory.figure.data]
+    assert tiny.memory.figure.layout.xaxis.ticksuffix == " MiB"
+    shown = handlers.set_context(app, tiny.session, True)
+    assert shown.memory.context is True and shown.session.context is True
+    assert "CUDA context + cache" in [t.name for t in shown.memory.figure.data]
+    big = handlers.load_model(app, shown.session, "llava-1.5-7b")
+    assert big.session.context is None and big.memory.context is True  # a 7B step: tensors outweigh the context
+    assert big.memory.figure.layout.xaxis.ticksuffix == " GiB"
+
+
+def test_verify_results_say_what_they_ran_for_and_go_stale_when_it_changes(app, start):
+    s = handlers.apply_preset(app, start.session, "stage1").session
+    now = handlers.build_view(app, s)
+    key = session_key(s)
+    assert f'data-fl-now="{key}"' in now.current
+    label = result_html("Simulated", s, now.trainable)
+    assert f'data-fl-for="{key}"' in label and "plan: <code>preset stage1; train @projector</code>" in label
+    assert "(6.27K trainable) · batch 1 × (64 text tokens + 1 image), bf16, adamw" in label
+    changed = [handlers.set_workload(app, s, batch=2), handlers.apply_preset(app, s, "stage2"),
+               handlers.load_model(app, s, "llava-1.5-7b")]
+    for view in changed:  # the page compares the keys (context_view.PAGE_JS): each of these marks it stale
+        assert f'data-fl-now="{key}"' not in view.current and 'data-fl-now="' in view.current
+    back = handlers.undo(app, handlers.apply_preset(app, s, "stage2").session)
+    assert f'data-fl-now="{key}"' in back.current  # the same plan again: the result is current again
+
+
 # -- export / import --------------------------------------------------------------------------
 
 def test_export_and_import_round_trip(app, start):
@@ -399,10 +467,10 @@ def test_model_cache_is_bounded_and_shared():
 # -- learn, sanity step -------------------------------------------------------------------------
 
 def test_lessons_walk_from_stage1_to_last_n(app, start):
-    view, text = run_lesson(app, start.session, "7b-stage1")
+    view, text = run_lesson(app, start.session, "stage1")
     assert view.session.model == "llava-1.5-7b" and view.trainable == LLAVA_7B_PROJECTOR
-    assert view.session.workload == LESSONS["7b-stage1"].workload
-    view2, text2 = run_lesson(app, view.session, "7b-stage2")
+    assert view.session.workload == LESSONS["stage1"].workload
+    view2, text2 = run_lesson(app, view.session, "stage2")
     index = app.cache.get("llava-1.5-7b").index
     vision = count(index, [True] * len(index.params), index.component_params("vision")).total
     assert view2.trainable == LLAVA_7B_TOTAL - vision
@@ -410,6 +478,36 @@ def test_lessons_walk_from_stage1_to_last_n(app, start):
     assert "gradients" in text2
     with pytest.raises(FreezelabError, match="unknown lesson"):
         run_lesson(app, start.session, "nope")
+
+
+def test_every_number_in_a_lesson_is_computed_and_the_effect_shows(app, start):
+    """The lessons quote the estimate they show (recomputed here with the analytic estimator), no number
+    comes from anywhere else, and each step moves the memory by gigabytes, not by rounding noise."""
+    session, before, seen = start.session, None, {}
+    for key, lesson in LESSONS.items():
+        view, text = run_lesson(app, session, key)
+        index = app.cache.get(lesson_model := view.session.model).index
+        assert index.total_params > 10**9, lesson_model  # a model whose memory shows the effect
+        res = resolve(lesson.make_plan(), index)
+        est = estimate(index, res.mask, lesson.workload, adapters=res.adapters)
+        quoted = {units.params(view.trainable), units.nbytes(est.breakdown["optimizer_state"]),
+                  units.nbytes(est.breakdown["activations"]), units.nbytes(est.details["gradients_total_bytes"]),
+                  units.nbytes(est.activations_by_component["llm"]),
+                  units.nbytes(est.activations_by_component["vision"])}
+        if "adapters" in est.details:  # the adapter lessons: their settings and what the adapters cost
+            a, s = est.details["adapters"], res.plan.lora
+            quoted |= {units.params(a["params"]), units.nbytes(a["quantized_bytes"]),
+                       units.nbytes(a["quantized_dense_bytes"]), str(s.r), f"{s.alpha:g}"}
+        why = re.sub(r"[Ss]tage \d", "", text.split("\n\n")[1])  # preset names are not quantities
+        numbers = re.findall(r"\d[\d,]*(?:\.\d+)?(?: ?[KMGT]iB|[KMBT]\b)?", why)
+        assert numbers and set(numbers) <= quoted, (key, numbers, quoted)
+        assert units.nbytes(est.activations_by_component["llm"]) in why
+        before = seen[lesson.compare] if lesson.compare else before  # the LoRA lesson is set against stage 2
+        if before is not None:
+            moved = abs(est.device_estimate_bytes - before.device_estimate_bytes)
+            assert moved > 2**30, (key, moved)  # more than a GiB: visible on the chart and in the text
+            assert f"{units.gib(before.device_estimate_bytes)} → **{units.gib(est.device_estimate_bytes)}**" in text
+        session, before, seen[key] = view.session, est, est
 
 
 def test_sanity_step_on_tiny_streams_and_passes(app, start, tiny_model):
@@ -423,6 +521,10 @@ def test_sanity_step_on_tiny_streams_and_passes(app, start, tiny_model):
     assert {row[0] for row in final.checks} == set(final.report.checks)
     assert all(row[1] in ("passed", "warning") for row in final.checks)
     assert "CUDA" in final.memory
+    # every update says what it runs for; the verdict is a CSS badge, not an emoji without a font
+    assert {v.label for v in views} == {result_html("Sanity step", s, final.report.trainable_params)}
+    assert final.status.startswith('<span class="fl-badge fl-ok">passed</span> the plan trains exactly')
+    assert views[0].status.startswith('<span class="fl-badge fl-run">running</span>')
 
 
 def test_sanity_step_cancelled_before_it_starts(app, start):
@@ -458,6 +560,7 @@ def test_simulated_estimate_next_to_the_analytic_one(app, start):
     assert f"| **tensor peak** | {units.nbytes(view.analytic.peak_bytes)} | {units.nbytes(direct.peak_bytes)} |" \
         in view.table
     assert [t.name for t in view.figure.data] == ["analytic", "simulate"]
+    assert f'data-fl-for="{session_key(s)}"' in view.label and "Simulated for <b>tiny</b>" in view.label
     assert seen and seen[-1] == 1.0
     with pytest.raises(FreezelabError, match="cancelled"):
         verify_simulate(app, s, None, lambda: True)

@@ -33,6 +33,7 @@ class AdapterResident:
     grad_of: dict[str, int] = field(default_factory=dict)   # stage name -> adapter gradient bytes it makes
     params_with_grad: int = 0
     quantized_bytes: int = 0         # what the quantized weights store
+    quantized_dense: int = 0         # what they would take in the parameter dtype
     paged: int = 0                   # a paged optimizer's adapter state in unified memory
 
 
@@ -63,7 +64,7 @@ def resident(index: ModelIndex, spec: AdapterSpec, stages: list[Stage], optimize
     """The adapters' and the quantized base's share of the resident memory (elem: the parameter dtype's size)."""
     out = AdapterResident()
     stored, full = _quantized(index, spec, elem)
-    out.quantized_bytes = stored
+    out.quantized_bytes, out.quantized_dense = stored, full
     if spec.adapters is None or not spec.layers:
         out.weights = stored - full
         return out
@@ -100,6 +101,7 @@ def adapter_details(spec: AdapterSpec, extra: AdapterResident) -> dict[str, Any]
             "weights_bytes": _bytes(_tensors(spec, set(spec.layers))) if spec.layers else 0,
             "gradients_bytes": extra.gradients, "optimizer_state_bytes": extra.state,
             "quantized_weights": len(spec.quantized), "quantized_bytes": extra.quantized_bytes,
+            "quantized_dense_bytes": extra.quantized_dense,
             "quantization": adapters.quant.to_dict()}
 
 

@@ -21,7 +21,7 @@ from freezelab.ui.shared import Shared
 from freezelab.ui.style import CSS, theme
 from freezelab.ui.summary_panel import create_map_panel, create_summary_panel
 from freezelab.ui.tree_panel import create_tree_panel
-from freezelab.ui.verify_panel import create_simulate_panel, create_step_panel, release_session
+from freezelab.ui.verify_panel import create_simulate_panel, create_step_panel, create_verify_header, release_session
 
 TITLE = "freezelab"
 INTRO = ("## freezelab\nSee exactly which parameters of a LLaVA-style model (vision tower → projector → LLM) a "
@@ -63,6 +63,7 @@ def create_dashboard(app: App | None = None) -> tuple[gr.Blocks, Registry]:
                         create_memory_panel(ui, first)
                         create_map_panel(ui, first)
             with gr.Tab("Verify", id="verify"):
+                create_verify_header(ui, first)
                 create_simulate_panel(ui)
                 create_step_panel(ui)
             with gr.Tab("Export", id="export") as export_tab:

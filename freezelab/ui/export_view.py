@@ -14,6 +14,7 @@ from freezelab.exports import TARGETS, Export, export_all
 from freezelab.session import Session
 from freezelab.ui.handlers import App
 from freezelab.ui.registry import elem_id
+from freezelab.ui.style import badge
 
 EXPORT_DIR = Path(tempfile.gettempdir()) / "freezelab-exports"
 MAX_EXPORT_FILES = 256
@@ -40,7 +41,7 @@ class ExportView:
 
     def note(self, target: str) -> str:
         e = self.exports[target]
-        mark = "✅ exact" if e.exact else f"⚠️ not exact ({e.differs:,} parameters differ)"
+        mark = badge("exact", "ok") if e.exact else f"{badge('not exact', 'warn')} ({e.differs:,} parameters differ)"
         return f"{mark}: {e.note}"
 
     def shown(self) -> dict[str, Any]:

@@ -3,11 +3,13 @@
 No gradio here, so every event can be tested (and timed) without a browser or
 a server. A handler either returns a complete `View` or raises a
 FreezelabError with the message to show; it never returns a half-updated
-session, so on error the page keeps the previous state.
+session, so on error the page keeps the previous state. A refused workload
+value is the one error shown where it was typed (`WorkloadRefused`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -19,15 +21,18 @@ from freezelab.anatomy import component_counts, count, summary
 from freezelab.errors import FreezelabError, PlanError, SelectorError, SourceError
 from freezelab.exports import import_plan as parse_plan
 from freezelab.index import ModelIndex
+from freezelab.memory.analytic import estimate
 from freezelab.model_cache import INDEX_DTYPE, Loaded, ModelCache
 from freezelab.plans import MAX_PLAN_BYTES, PRESETS, Plan, Resolution, append_rule, module_selector, preset, resolve
 from freezelab.policy import LOCAL, Policy
 from freezelab.selectors import parse, reach, select
 from freezelab.session import Session, TreeOptions
-from freezelab.ui.memory_view import MemoryView, memory_view
+from freezelab.sources import known_info
+from freezelab.ui.context_view import current_html, workload_text
+from freezelab.ui.memory_view import LABELS, MemoryView, field_error_html, memory_view, refused_fields, verdict_html
 from freezelab.ui.registry import shown, shown_ids, shown_within
 from freezelab.ui.tree_view import tree_json
-from freezelab.workload import Workload
+from freezelab.workload import Workload, WorkloadError
 
 Progress = Callable[[float, str], None]
 MAX_QUERY_CHARS = 200  # the tree filter is a substring, not a pattern: long input only costs time
@@ -93,6 +98,7 @@ class View:
     params_fig: go.Figure = shown("summary.params_plot")
     map_fig: go.Figure = shown("map.plot")
     memory: MemoryView = shown_within()
+    current: str = shown("verify.now")                  # HTML: what a simulation or sanity step would run now
     adapter_settings: AdapterSettings = shown_within()  # the plan's adapter settings, kept in the controls
     trainable: int                                      # trainable parameters under the plan
 
@@ -108,9 +114,17 @@ def _mode(loaded: Loaded, weights: bool) -> str:
     return "weights from the checkpoint" if weights else "architecture only"
 
 
+@functools.cache
+def _titles() -> dict[str, str]:
+    """The shipped architectures' titles by name, plus the built-in tiny model's."""
+    return {"tiny": "built-in tiny LLaVA", **{r["name"]: r["title"] for r in known_info()}}
+
+
 def _header(loaded: Loaded, session: Session) -> str:
     ix = loaded.index
-    return (f"**{ix.name}** · {ix.model_class} · {len(ix.params):,} tensors, {len(ix.modules):,} modules · "
+    title = _titles().get(ix.name) if loaded.source.kind in ("tiny", "known") else None
+    named = f"**{ix.name}** ({title})" if title else f"**{ix.name}**"
+    return (f"{named} · {ix.model_class} · {len(ix.params):,} tensors, {len(ix.modules):,} modules · "
             f"{units.params(ix.total_params)} parameters · {_mode(loaded, session.weights)}")
 
 
@@ -144,6 +158,7 @@ def build_view(app: App, session: Session, status: str = "") -> View:
     index = loaded.index
     res = resolve(session.plan, index)
     adapted, mask = res.adapted(index)  # the adapters' tensors too, under the Linear layers they wrap
+    trainable = count(adapted, mask).trainable
     return View(
         session=session,
         header=_header(loaded, session),
@@ -153,9 +168,10 @@ def build_view(app: App, session: Session, status: str = "") -> View:
         warnings=_warnings_md(res),
         params_fig=charts.params_by_component(adapted, mask),
         map_fig=charts.model_map(index, res.mask),
-        memory=memory_view(index, res.mask, session.workload, res.adapters),
+        memory=memory_view(index, res.mask, session.workload, session.context, res.adapters),
+        current=current_html(session, trainable),
         adapter_settings=AdapterSettings.of(session.plan),
-        trainable=count(adapted, mask).trainable,
+        trainable=trainable,
         status=status,
     )
 
@@ -184,7 +200,7 @@ def load_model(app: App, session: Session, spec: str, weights: bool = False,
         progress(0.8, "indexing parameters")
     if weights:
         _check_weights(app, loaded)
-    new = replace(session, model=spec, weights=weights, tree=TreeOptions())
+    new = replace(session, model=spec, weights=weights, tree=TreeOptions(), context=None)
     status = f"Loaded {loaded.index.name} ({_mode(loaded, weights)})."
     try:
         resolve(session.plan, loaded.index)
@@ -303,7 +319,10 @@ def set_tree_options(app: App, session: Session, query: str, depth: Any) -> View
     depth_value = None if depth in (None, "", "all") else _whole(depth, "the tree depth", low=0)
     if len(str(query or "")) > MAX_QUERY_CHARS:
         raise OptionError(f"the filter is limited to {MAX_QUERY_CHARS} characters")
-    return build_view(app, replace(session, tree=TreeOptions(str(query or ""), depth_value)))
+    query = str(query or "")
+    shows = f"modules matching `{query.strip()}`" if query.strip() else "every module"
+    levels = f", down to level {depth_value}" if depth_value is not None else ""
+    return build_view(app, replace(session, tree=TreeOptions(query, depth_value)), f"The tree shows {shows}{levels}.")
 
 
 def _whole(value: Any, name: str, *, low: int, high: int = 1000) -> int:
@@ -317,10 +336,48 @@ def _whole(value: Any, name: str, *, low: int, high: int = 1000) -> int:
     return int(number)
 
 
+@dataclass(kw_only=True)
+class WorkloadRefused:
+    """A workload value the estimate cannot take: the session keeps its last valid workload, the
+    error shows at the field, and the verdict (with the charts, see style.CSS) is marked out of date."""
+
+    status: str = shown(STATUS)
+    verdict: str = shown("memory.verdict")
+    error: str = shown("memory.error")
+
+
 def set_workload(app: App, session: Session, **values: Any) -> View:
-    """New workload values from the controls; a bad value raises WorkloadError and changes nothing."""
+    """New workload values; a bad value raises WorkloadError and changes nothing."""
     workload = Workload.from_dict({**session.workload.to_dict(), **_clean(values)})
-    return build_view(app, replace(session, workload=workload))
+    view = build_view(app, replace(session, workload=workload))
+    need = units.gib(view.memory.estimate.device_estimate_bytes)
+    view.status = f"Workload: {workload_text(workload)}: {need} per GPU."
+    return view
+
+
+def edit_workload(app: App, session: Session, **values: Any) -> View | WorkloadRefused:
+    """The workload controls' event: set_workload, except that a refused value is shown at its
+    field, with the results that still show the last valid workload marked out of date."""
+    try:
+        return set_workload(app, session, **values)
+    except WorkloadError as err:
+        refused = refused_fields(session.workload, _clean(values), err)
+    index = app.loaded(session).index
+    est = estimate(index, resolve(session.plan, index).mask, session.workload)
+    fields = ", ".join(LABELS.get(name, name) for name in refused)
+    return WorkloadRefused(status=f"⚠ **{'; '.join(refused.values())}**: the estimate still "
+                           "shows the last valid workload.",
+                           verdict=verdict_html(est, session.workload, stale=f"fix {fields} first"),
+                           error=field_error_html(refused, session.workload))
+
+
+def set_context(app: App, session: Session, on: Any) -> View:
+    """Whether the memory charts include the CUDA context and the allocator cache (the user's choice
+    from now on, until another model is loaded)."""
+    view = build_view(app, replace(session, context=bool(on)))
+    view.status = ("The charts include the CUDA context and allocator cache." if on else
+                   "The charts show tensors only: the CUDA context and allocator cache are left out.")
+    return view
 
 
 def _clean(values: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""Learn tab: guided steps for workshops (stage 1 -> stage 2 -> last N layers, tiny then 7B; then LoRA
-against stage 2 and QLoRA on a 24 GB card)."""
+"""Learn tab: guided steps for workshops (stage 1 -> stage 2 -> last N layers -> checkpointing -> LoRA
+against stage 2 -> QLoRA on a 24 GB card, on 7B)."""
 
 from __future__ import annotations
 
@@ -30,15 +30,10 @@ def _wire(sh: Shared) -> None:
 
 
 def create_learn_panel(ui: Registry) -> None:
-    gr.Markdown(f"### From stage 1 to stage 2 to the last N layers, then adapters\n{INTRO}")
+    gr.Markdown(f"### From stage 1 to stage 2 to the last N layers, then checkpointing and adapters\n{INTRO}")
     buttons: dict[str, gr.Button] = {}
-    with gr.Row():
+    with gr.Row(elem_id="fl-learn-buttons"):
         for key, lesson in LESSONS.items():
-            if lesson.model == "tiny":
-                buttons[key] = gr.Button(f"{lesson.number}. {lesson.title}", size="sm")
-    with gr.Row():
-        for key, lesson in LESSONS.items():
-            if lesson.model != "tiny":
-                buttons[key] = gr.Button(f"{lesson.number}. {lesson.title}", size="sm")
+            buttons[key] = gr.Button(f"{lesson.number}. {lesson.title}", size="sm", elem_id=f"fl-lesson-{key}")
     text = gr.Markdown("Press a button to start.", elem_id="fl-learn-text")
     ui.add("learn", {**buttons, "text": text}, wire=_wire)

@@ -1,4 +1,9 @@
-"""Workload controls and the live memory estimate: verdict, breakdown, why, memory vs batch size."""
+"""Workload controls and the live memory estimate: verdict, breakdown, why, memory vs batch size.
+
+Everything computed from the workload sits in a column with the class `fl-results`: while a
+workload value is refused, the page marks every such column out of date (style.CSS), so a panel
+added later (a compute bar beside the memory stack, GPU-count charts) only has to sit in one.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,14 @@ import gradio as gr
 from freezelab.session import Session
 from freezelab.ui import handlers
 from freezelab.ui.handlers import View
-from freezelab.ui.memory_view import FIELDS, MEMORY, WORKLOAD_IDS
+from freezelab.ui.memory_view import FIELDS, LABELS, MEMORY, RESULTS, WORKLOAD_IDS, control_id
 from freezelab.ui.registry import Registry
 from freezelab.ui.shared import Shared
 from freezelab.workload import ATTENTION, AUTOCAST, DTYPES, OPTIMIZERS, SHARDING
+
+# A refused value's message sits under the controls; when that is below the fold, the page scrolls
+# just enough to show it (the control being typed in stays in view: the grid is shorter than a screen).
+SHOW_ERROR_JS = "watch('value', () => element.querySelector('.fl-field-error')?.scrollIntoView({block: 'nearest'}));"
 
 
 def _wire(sh: Shared) -> None:
@@ -20,38 +29,58 @@ def _wire(sh: Shared) -> None:
     inputs = [sh.state, *controls]
 
     def on_change(session: Session, *values: Any) -> dict[Any, Any]:
-        return sh.show(lambda: handlers.set_workload(sh.app, session, **dict(zip(FIELDS, values))))
+        return sh.show(lambda: handlers.edit_workload(sh.app, session, **dict(zip(FIELDS, values))))
 
     for name, control in zip(FIELDS, controls):
         control.input(on_change, inputs, sh.outputs(), show_progress="hidden",
                       api_name="set_workload" if name == "batch" else None,
                       api_visibility="public" if name == "batch" else "private")
 
+    def on_context(session: Session, on: bool) -> dict[Any, Any]:
+        return sh.show(lambda: handlers.set_context(sh.app, session, on))
+
+    sh.ui["memory.context"].input(on_context, [sh.state, sh.ui["memory.context"]], sh.outputs(),
+                                  show_progress="hidden", api_visibility="private")
+
+
+def _controls(first: View) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The workload controls, in the order they are laid out: a grid (as many per row as fit), then
+    the two ticks side by side."""
+    w = first.session.workload
+
+    def number(name: str) -> gr.Number:
+        return gr.Number(getattr(w, name), label=LABELS[name], precision=0, elem_id=control_id(name))
+
+    def menu(name: str, choices: tuple[str, ...]) -> gr.Dropdown:
+        return gr.Dropdown(list(choices), value=getattr(w, name), label=LABELS[name], elem_id=control_id(name))
+
+    def tick(name: str, label: str) -> gr.Checkbox:
+        return gr.Checkbox(getattr(w, name), label=label, elem_id=control_id(name))
+
+    # Numbers carry no minimum/maximum: out-of-range values reach Workload, whose message says why.
+    with gr.Row(elem_classes="fl-workload-grid"):
+        grid = {"batch": number("batch"), "text_tokens": number("text_tokens"), "images": number("images"),
+                "dtype": menu("dtype", DTYPES), "autocast": menu("autocast", AUTOCAST),
+                "optimizer": menu("optimizer", OPTIMIZERS), "attn": menu("attn", ATTENTION), "gpus": number("gpus"),
+                "sharding": menu("sharding", SHARDING)}
+    with gr.Row(elem_classes="fl-workload-ticks"):
+        ticks = {"grad_ckpt": tick("grad_ckpt", "gradient checkpointing"),
+                 "offload_optimizer": tick("offload_optimizer", "offload optimizer to CPU")}
+    return grid, ticks
+
 
 def create_memory_panel(ui: Registry, first: View) -> None:
-    # Numbers carry no minimum/maximum: out-of-range values reach Workload, whose message says why.
-    w = first.session.workload
     gr.Markdown("### Training step and GPU memory")
-    with gr.Accordion("Workload (per GPU)", open=True):
-        with gr.Row():
-            c: dict[str, Any] = {
-                "batch": gr.Number(w.batch, label="batch", precision=0, min_width=80),
-                "text_tokens": gr.Number(w.text_tokens, label="text tokens / sample", precision=0, min_width=110),
-                "images": gr.Number(w.images, label="images / sample", precision=0, min_width=90),
-                "dtype": gr.Dropdown(list(DTYPES), value=w.dtype, label="weights dtype", min_width=90),
-                "autocast": gr.Dropdown(list(AUTOCAST), value=w.autocast, label="autocast", min_width=90),
-                "optimizer": gr.Dropdown(list(OPTIMIZERS), value=w.optimizer, label="optimizer", min_width=120),
-            }
-        with gr.Row():
-            c["grad_ckpt"] = gr.Checkbox(w.grad_ckpt, label="gradient checkpointing", min_width=100)
-            c["attn"] = gr.Dropdown(list(ATTENTION), value=w.attn, label="attention", min_width=90)
-            c["gpus"] = gr.Number(w.gpus, label="GPUs", precision=0, min_width=80)
-            c["sharding"] = gr.Dropdown(list(SHARDING), value=w.sharding, label="sharding", min_width=90)
-            c["offload_optimizer"] = gr.Checkbox(w.offload_optimizer, label="offload optimizer to CPU",
-                                                 min_width=100)
-    verdict = gr.HTML(first.memory.verdict, label="verdict", elem_id="fl-verdict-box", js_on_load=None)
-    plot = gr.Plot(first.memory.figure, label="memory breakdown", show_label=False, elem_id="fl-memory-plot")
-    gr.Markdown("**Why the memory goes where it goes**")
-    notes = gr.Markdown(first.memory.notes, label="why", elem_id="fl-notes")
-    curve = gr.Plot(first.memory.curve, label="memory vs batch size", show_label=False, elem_id="fl-curve-plot")
-    ui.add(MEMORY, {**c, "verdict": verdict, "plot": plot, "notes": notes, "curve": curve}, wire=_wire)
+    with gr.Accordion("Workload per GPU (tokens and images per sample)", open=True, elem_id="fl-workload"):
+        grid, ticks = _controls(first)
+        error = gr.HTML(first.memory.error, elem_id="fl-workload-error", js_on_load=SHOW_ERROR_JS)
+    with gr.Column(elem_classes=RESULTS, elem_id="fl-memory-results"):
+        verdict = gr.HTML(first.memory.verdict, label="verdict", elem_id="fl-verdict-box", js_on_load=None)
+        context = gr.Checkbox(first.memory.context, label="CUDA context and allocator cache in the charts",
+                              elem_id="fl-context")
+        plot = gr.Plot(first.memory.figure, label="memory breakdown", show_label=False, elem_id="fl-memory-plot")
+        gr.Markdown("**Why the memory goes where it goes**")
+        notes = gr.Markdown(first.memory.notes, label="why", elem_id="fl-notes")
+        curve = gr.Plot(first.memory.curve, label="memory vs batch size", show_label=False, elem_id="fl-curve-plot")
+    ui.add(MEMORY, {**grid, **ticks, "verdict": verdict, "plot": plot, "notes": notes, "curve": curve,
+                    "context": context, "error": error}, wire=_wire)

@@ -9,13 +9,14 @@ from typing import Any
 import plotly.graph_objects as go
 
 from freezelab import charts, units
-from freezelab.index import ModelIndex
 from freezelab.adapters import Adapters
+from freezelab.index import ModelIndex
 from freezelab.memory.analytic import estimate
 from freezelab.memory.result import MemoryEstimate
+from freezelab.ui.context_view import workload_text
 from freezelab.ui.gpu_lines import chart_lines, common_gpus
 from freezelab.ui.registry import elem_id, shown
-from freezelab.workload import LIMITS, Workload
+from freezelab.workload import LIMITS, Workload, WorkloadError
 
 CURVE_BATCHES = (1, 4, 16, 64)  # plus the current batch; each point costs one analytic estimate (~8 ms on 7B)
 MEMORY = "memory"  # the memory panel's ids: the workload controls by field name, and what it shows
@@ -30,9 +31,23 @@ class MemoryView:
     verdict: str = shown(elem_id(MEMORY, "verdict"))         # HTML (id fl-verdict)
     notes: str = shown(elem_id(MEMORY, "notes"))             # markdown: the estimator's own sentences
     curve: go.Figure = shown(elem_id(MEMORY, "curve"))       # memory vs batch size
+    context: bool = shown(elem_id(MEMORY, "context"))        # the charts include the CUDA context + cache
+    error: str = shown(elem_id(MEMORY, "error"), default="")  # HTML: a refused workload value, at its field
 
 
 WORKLOAD_IDS = tuple(elem_id(MEMORY, name) for name in FIELDS)
+RESULTS = "fl-results"  # the class of every column whose content a refused workload makes stale
+
+
+def control_id(name: str) -> str:
+    """The page id of a workload control (style.CSS outlines it while its value is refused)."""
+    return f"fl-w-{name}"
+
+
+LABELS = {"batch": "batch", "text_tokens": "text tokens", "images": "images", "dtype": "dtype",
+          "autocast": "autocast", "optimizer": "optimizer", "grad_ckpt": "gradient checkpointing",
+          "attn": "attention", "gpus": "GPUs", "sharding": "sharding",
+          "offload_optimizer": "offload optimizer"}  # the controls' labels, by workload field
 
 
 def workload_shown(workload: Workload) -> dict[str, Any]:
@@ -40,7 +55,8 @@ def workload_shown(workload: Workload) -> dict[str, Any]:
     return {control: getattr(workload, name) for control, name in zip(WORKLOAD_IDS, FIELDS)}
 
 
-def verdict_html(est: MemoryEstimate, workload: Workload) -> str:
+def verdict_html(est: MemoryEstimate, workload: Workload, stale: str = "") -> str:
+    """The fits / does-not-fit verdict; with `stale` (why), marked as out of date."""
     gpus = common_gpus()
     need = est.device_estimate_bytes
     fitting = [name for name, size in gpus if est.fits(size)]
@@ -57,8 +73,32 @@ def verdict_html(est: MemoryEstimate, workload: Workload) -> str:
         head = f'<span class="fl-bad">does not fit</span> any common GPU (largest: {escape(gpus[-1][0])})'
         rest = ("to shrink it: train fewer parameters, turn on gradient checkpointing, lower the batch or "
                 "sequence length, or shard across GPUs (ZeRO-3 / FSDP)")
-    return (f'<div id="fl-verdict" class="fl-verdict">{head} · {per} '
-            f'(tensor peak {units.gib(est.peak_bytes)}, in {escape(est.phase)})<br><small>{rest}</small></div>')
+    note = f'<span class="fl-stale-badge">out of date</span> {escape(stale)}<br>' if stale else ""
+    return (f'<div id="fl-verdict" class="fl-verdict{" fl-stale" if stale else ""}">{note}{head} · {per} '
+            f'(tensor peak {units.nbytes(est.peak_bytes)}, in {escape(est.phase)})<br><small>{rest}</small></div>')
+
+
+def field_error_html(refused: dict[str, str], last_valid: Workload) -> str:
+    """A refused workload value, shown under the workload controls (the control itself is outlined,
+    see style.CSS): which field, why, and that the results below still show the last valid workload."""
+    lines = "".join(f'<li data-field="{escape(name)}"><b>{escape(LABELS.get(name, name))}</b>: '
+                    f"{escape(message.removeprefix(name + ' '))}</li>" for name, message in refused.items())
+    return (f'<div class="fl-field-error" role="alert"><ul>{lines}</ul>The verdict and charts below are out '
+            f"of date until this is fixed: they still show {escape(workload_text(last_valid))}.</div>")
+
+
+def refused_fields(current: Workload, values: dict[str, Any], err: WorkloadError) -> dict[str, str]:
+    """{field: message} for the values that make the workload invalid: each changed value tried
+    alone on the current workload; a refused combination (autocast with a 16-bit dtype) is blamed
+    on every changed value."""
+    changed = {k: v for k, v in values.items() if k in LABELS and v != getattr(current, k)}
+    refused = {}
+    for name, value in changed.items():
+        try:
+            current.with_(**{name: value})
+        except WorkloadError as one:
+            refused[name] = str(one)
+    return refused or dict.fromkeys(changed or ["workload"], str(err))
 
 
 def notes_md(est: MemoryEstimate) -> str:
@@ -66,7 +106,7 @@ def notes_md(est: MemoryEstimate) -> str:
 
 
 def curve(index: ModelIndex, mask: list[bool], workload: Workload, current: MemoryEstimate,
-          adapters: Adapters | None = None) -> go.Figure:
+          context: bool, adapters: Adapters | None = None) -> go.Figure:
     """Memory against batch size (`current` is the estimate at the workload's own batch), stopping
     one point past the largest common GPU and the current batch: further points only squash the
     interesting part of the chart, and each costs an estimate."""
@@ -79,11 +119,15 @@ def curve(index: ModelIndex, mask: list[bool], workload: Workload, current: Memo
         xs.append(b)
         if points[-1].device_estimate_bytes > largest and b >= workload.batch:
             break
-    return charts.memory_curve(xs, points, chart_lines(), x_label="batch size", current=workload.batch)
+    return charts.memory_curve(xs, points, chart_lines(), current=workload.batch, context=context)
 
 
-def memory_view(index: ModelIndex, mask: list[bool], workload: Workload, adapters: Adapters | None = None) -> MemoryView:
+def memory_view(index: ModelIndex, mask: list[bool], workload: Workload, context: bool | None = None,
+                adapters: Adapters | None = None) -> MemoryView:
+    """The estimate and its charts; `context` None: the CUDA context is drawn unless it outweighs the tensors;
+    `adapters`: the plan's adapters and quantized base."""
     est = estimate(index, mask, workload, adapters=adapters)
-    return MemoryView(estimate=est, figure=charts.memory_breakdown(est, chart_lines()),
-                      curve=curve(index, mask, workload, est, adapters), verdict=verdict_html(est, workload),
-                      notes=notes_md(est))
+    shown_context = charts.context_by_default(est) if context is None else context
+    return MemoryView(estimate=est, figure=charts.memory_breakdown(est, chart_lines(), context=shown_context),
+                      curve=curve(index, mask, workload, est, shown_context, adapters),
+                      verdict=verdict_html(est, workload), notes=notes_md(est), context=shown_context)

@@ -16,8 +16,8 @@ MODES = ("architecture only", "load weights")
 
 
 def model_choices() -> list[tuple[str, str]]:
-    return [("tiny: built-in tiny LLaVA (random weights)", "tiny"),
-            *((f"{r['name']}: {r['title']}", r["name"]) for r in known_info())]
+    """Names only: they must fit the menu at a laptop's width (the header line gives the full title)."""
+    return [("tiny (built-in)", "tiny"), *((r["name"], r["name"]) for r in known_info())]
 
 
 def _wire(sh: Shared) -> None:
@@ -55,7 +55,7 @@ def create_model_panel(ui: Registry) -> None:
         known = gr.Dropdown(model_choices(), value="tiny", label="Model", scale=4,
                             info="the built-in tiny model, or a known architecture (config only, no download)")
         custom = gr.Textbox(label="…or a local path or Hub id", scale=4,
-                            placeholder="/path/to/checkpoint, path/to/config.json or org/name",
+                            placeholder="path/to/model or org/name",
                             elem_id="fl-custom-model",
                             info="a checkpoint directory, a config.json, or a Hub id (only its config is read)")
         mode = gr.Radio(list(MODES), value=MODES[0], label="Weights", scale=2,

@@ -89,7 +89,7 @@ def create_plan_panel(ui: Registry, first: View) -> None:
         reset = gr.Button("Reset", size="sm")
     with gr.Accordion("Selector syntax", open=False):
         gr.Markdown(SELECTOR_HELP)
-    rules = gr.Code(first.rules, label="Plan rules (applied in order, last match wins)", language=None,
+    rules = gr.Code(first.rules, label="Plan rules (last match wins)", language=None,
                     interactive=False, lines=4, max_lines=14, elem_id="fl-rules")
     warnings = gr.Markdown(first.warnings, label="warnings", elem_id="fl-warnings")
     ui.add("plan", {"selector": selector, "preview": preview, "train": train, "freeze": freeze, "undo": undo,

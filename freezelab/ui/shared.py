@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 
 from freezelab.errors import FreezelabError
-from freezelab.ui.handlers import STATE, STATUS, VIEW_IDS, App, View
+from freezelab.ui.handlers import STATE, STATUS, VIEW_IDS, App
 from freezelab.ui.registry import Registry, shown_values
 
 GPU_CONCURRENCY = "device"   # simulate and the sanity step share one slot: one at a time
@@ -41,12 +41,13 @@ class Shared:
         """The components a View fills, then those of `extra` ids: an event's outputs."""
         return self.ui.components((*VIEW_IDS, *extra))
 
-    def show(self, make: Callable[[], View | Mapping[str, Any]]) -> dict[Any, Any]:
-        """Run a handler returning a View, or {id: value} (a View's values and more); on a
-        FreezelabError keep every component as it is and show the message."""
+    def show(self, make: Callable[[], Any]) -> dict[Any, Any]:
+        """Run a handler returning a view (a dataclass with shown fields: a View, a WorkloadRefused),
+        or {id: value} (a View's values and more); on a FreezelabError keep every component as it
+        is and show the message."""
         try:
             result = make()
         except FreezelabError as err:
             warn(err)
             return self.ui.values({STATUS: error_text(err)})
-        return self.ui.values(shown_values(result) if isinstance(result, View) else result)
+        return self.ui.values(result if isinstance(result, Mapping) else shown_values(result))

@@ -107,7 +107,9 @@ def tree_data(index: ModelIndex, mask: list[bool], query: str = "", depth: int |
         trainable = sum(on[i] for i in m.params)
         flags = ("T" if st.ties[pos] else "") + ("D" if st.dead[pos] else "") + ("H" if m.path in hits else "") \
             + ("O" if m.path in opened else "") + st.adapter[pos]
-        counts = f"{units.params(trainable)} / {st.total_text[pos]}" if total else "no parameters"
+        # most modules are wholly frozen or wholly trainable: their text is already known (~800 rows on 7B)
+        part = st.total_text[pos] if trainable == total else "0" if trainable == 0 else units.params(trainable)
+        counts = f"{part} / {st.total_text[pos]}" if total else "no parameters"
         # an adapter's own rows show counts but no checkbox: the lora rule decides them
         row = [*st.head[pos], counts, "e" if st.adapter[pos] == "X" else _state(trainable, total), flags]
         if st.ties[pos]:
@@ -137,9 +139,9 @@ const inner = (r) => {
   if (flags.includes('D')) {
     badges += '<span class="fl-b fl-dead" title="no gradient ever reaches these parameters">no grad</span>';
   }
-  const pick = s === 'e' || flags.includes('X') ? '' : '<button class="fl-pick" title="use this module as the selector">&#8599;</button>';
-  return `${box}<span class="fl-n">${esc(name)}</span><span class="fl-t">${esc(type)}</span>` +
-         `<span class="fl-c">${esc(counts)}</span>${badges}${pick}`;
+  const pick = s === 'e' ? '' : '<button class="fl-pick" title="use this module as the selector">&#8599;</button>';
+  return `${box}<span class="fl-n">${esc(name)}</span><span class="fl-c">${esc(counts)}</span>${badges}${pick}` +
+         `<span class="fl-t">${esc(type)}</span>`;
 };
 const render = () => {
   const host = element.querySelector('.fl-tree');
@@ -188,13 +190,15 @@ render();
 TREE_TEMPLATE = '<div class="fl-tree"></div>'
 
 TREE_CSS = """
-.fl-tree { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 12.5px; line-height: 1.6; }
+.fl-tree { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 12.5px; line-height: 1.6;
+           overflow-x: auto; }
+.fl-tree summary, .fl-tree .fl-leaf { white-space: nowrap; }
 .fl-tree details > :not(summary), .fl-tree details > .fl-leaf { margin-left: 1.15em; }
 .fl-tree summary { cursor: pointer; }
 .fl-tree .fl-leaf { padding-left: 1em; }
 .fl-tree input[type=checkbox] { appearance: auto; -webkit-appearance: checkbox; accent-color: #2e9e5b;
                                 width: 14px; height: 14px; margin: 0 .35em 0 0; vertical-align: -2px; cursor: pointer; }
-.fl-tree .fl-t { color: #8a94a0; margin-left: .45em; }
+.fl-tree .fl-t { color: #8a94a0; margin-left: .3em; }
 .fl-tree .fl-c { color: #3d4852; margin-left: .55em; }
 .fl-tree .fl-b { font-size: 10.5px; border-radius: 3px; padding: 0 .3em; margin-left: .4em; }
 .fl-tree .fl-tie { background: #e8e1f5; color: #5a3e99; }

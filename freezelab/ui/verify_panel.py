@@ -10,6 +10,8 @@ import gradio as gr
 from freezelab.errors import FreezelabError
 from freezelab.session import Session
 from freezelab.ui import verify_view
+from freezelab.ui.context_view import PAGE_JS
+from freezelab.ui.handlers import View
 from freezelab.ui.registry import Registry, shown_ids, shown_values
 from freezelab.ui.shared import GPU_CONCURRENCY, Shared, error_text, warn
 from freezelab.ui.verify_view import CHECK_HEADERS, Cancels, SimulationView, StepView
@@ -42,7 +44,8 @@ def _wire_simulate(sh: Shared) -> None:
             view = verify_view.simulate(sh.app, session, lambda f, m: progress(f, desc=m), flag.is_set)
         except FreezelabError as err:
             warn(err)
-            return ui.values({"simulate.table": error_text(err)})
+            # what an earlier run left would read as this run's result: cleared
+            return ui.values({"simulate.table": error_text(err), "simulate.plot": None, "simulate.for": ""})
         finally:
             CANCELS.finish(key, flag)
         return ui.values(shown_values(view))
@@ -55,6 +58,17 @@ def _wire_simulate(sh: Shared) -> None:
     ui["simulate.cancel"].click(on_cancel, None, None, api_visibility="private", queue=False)
 
 
+def result_label(elem_id: str) -> gr.HTML:
+    """What a result was computed for; marks its group (class fl-checked) stale once the plan changes."""
+    return gr.HTML("", elem_id=elem_id, js_on_load=PAGE_JS, apply_default_css=False)
+
+
+def create_verify_header(ui: Registry, first: View) -> None:
+    """The plan and workload the buttons below run on (the key results are compared with)."""
+    now = gr.HTML(first.current, elem_id="fl-verify-now", js_on_load=PAGE_JS, apply_default_css=False)
+    ui.add("verify", {"now": now})
+
+
 def create_simulate_panel(ui: Registry) -> None:
     gr.Markdown("### Simulated estimate\nRuns the real Hugging Face training step (two steps, AdamW) on fake "
                 "tensors: no GPU and no weights needed, and it catches what a formula can miss. Takes a few "
@@ -62,9 +76,12 @@ def create_simulate_panel(ui: Registry) -> None:
     with gr.Row():
         run = gr.Button("Simulate the training step", variant="primary")
         cancel = gr.Button("Cancel")
-    table = gr.Markdown(elem_id="fl-sim-table")
-    plot = gr.Plot(show_label=False)
-    ui.add("simulate", {"run": run, "cancel": cancel, "table": table, "plot": plot}, wire=_wire_simulate)
+    with gr.Column(elem_classes="fl-checked"):
+        label = result_label("fl-sim-for")
+        table = gr.Markdown(elem_id="fl-sim-table", elem_classes="fl-result")
+        plot = gr.Plot(show_label=False, elem_classes="fl-result", elem_id="fl-sim-plot")
+    ui.add("simulate", {"run": run, "cancel": cancel, "table": table, "plot": plot, "for": label},
+           wire=_wire_simulate)
 
 
 def _wire_step(sh: Shared) -> None:
@@ -82,11 +99,12 @@ def _wire_step(sh: Shared) -> None:
         flag = CANCELS.start(key)
         try:
             for fraction, view in verify_view.run_step(sh.app, session, device, steps, lr, flag):
-                progress(fraction, desc=view.status.lstrip("⏳ "))
+                progress(fraction, desc=view.message)
                 yield ui.values(shown_values(view))
         except FreezelabError as err:
             warn(err)
-            yield ui.values({"step.status": error_text(err)})
+            yield ui.values({"step.status": error_text(err), "step.loss": None, "step.grads": None,
+                             "step.checks": None, "step.memory": "", "step.for": ""})
         finally:
             CANCELS.finish(key, flag)
 
@@ -112,12 +130,15 @@ def create_step_panel(ui: Registry) -> None:
     with gr.Row():
         run = gr.Button("Run the sanity step", variant="primary")
         cancel = gr.Button("Cancel")
-    status = gr.Markdown(elem_id="fl-step-status")
-    with gr.Row():
-        loss = gr.Plot(show_label=False)
-        grads = gr.Plot(show_label=False)
-    checks = gr.Dataframe(headers=CHECK_HEADERS, column_count=len(CHECK_HEADERS), interactive=False, wrap=True,
-                          label="checks", elem_id="fl-step-checks")
-    memory = gr.Markdown(elem_id="fl-step-memory")
+    with gr.Column(elem_classes="fl-checked"):
+        label = result_label("fl-step-for")
+        status = gr.Markdown(elem_id="fl-step-status", elem_classes="fl-result")
+        with gr.Row(elem_classes="fl-result"):
+            loss = gr.Plot(show_label=False, elem_id="fl-step-loss")
+            grads = gr.Plot(show_label=False, elem_id="fl-step-grads")
+        checks = gr.Dataframe(headers=CHECK_HEADERS, column_count=len(CHECK_HEADERS), interactive=False, wrap=True,
+                              label="checks", elem_id="fl-step-checks", elem_classes="fl-result",
+                              column_widths=["17%", "9%", "44%", "30%"])
+        memory = gr.Markdown(elem_id="fl-step-memory", elem_classes="fl-result")
     ui.add("step", {"device": device, "steps": steps, "lr": lr, "run": run, "cancel": cancel, "status": status,
-                    "loss": loss, "grads": grads, "checks": checks, "memory": memory}, wire=_wire_step)
+                    "loss": loss, "grads": grads, "checks": checks, "memory": memory, "for": label}, wire=_wire_step)

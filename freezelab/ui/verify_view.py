@@ -10,14 +10,17 @@ from dataclasses import dataclass
 import plotly.graph_objects as go
 
 from freezelab import charts, units
+from freezelab.anatomy import count
 from freezelab.errors import FreezelabError
 from freezelab.memory.analytic import estimate as analytic_estimate
 from freezelab.memory.result import CATEGORIES, MemoryEstimate
 from freezelab.plans import resolve
 from freezelab.session import Session
 from freezelab.step import Event, StepReport, iter_step
+from freezelab.ui.context_view import result_html
 from freezelab.ui.handlers import App
 from freezelab.ui.registry import shown
+from freezelab.ui.style import badge
 
 Progress = Callable[[float, str], None]
 
@@ -64,6 +67,7 @@ class SimulationView:
     simulated: MemoryEstimate
     table: str = shown("simulate.table")      # markdown: category by category
     figure: go.Figure = shown("simulate.plot")
+    label: str = shown("simulate.for", default="")  # HTML: the model, plan and workload it ran for
 
 
 def comparison_table(a: MemoryEstimate, s: MemoryEstimate) -> str:
@@ -98,7 +102,8 @@ def simulate(app: App, session: Session, progress: Progress | None = None,
     simulated = simulate_step(hf_config(loaded.source), res.trainable_names(index), session.workload,
                               progress=progress, cancel=cancel, adapters=res.adapters, index=index)
     return SimulationView(analytic, simulated, comparison_table(analytic, simulated),
-                          charts.estimate_comparison([analytic, simulated]))
+                          charts.estimate_comparison([analytic, simulated]),
+                          result_html("Simulated", session, count(index, res.mask).trainable))
 
 
 # -- sanity step -------------------------------------------------------------------------
@@ -112,7 +117,9 @@ class StepView:
     grad_fig: go.Figure | None = shown("step.grads")
     checks: list[list[str]] | None = shown("step.checks", default=None)  # rows: check, result, message, names
     memory: str | None = shown("step.memory", default=None)   # markdown: measured vs estimated
+    label: str | None = shown("step.for", default=None)       # HTML: the model, plan and workload it ran for
     report: StepReport | None = None
+    message: str = ""                                         # plain text for the progress bar
 
 
 CHECK_HEADERS = ["check", "result", "what it found", "offending parameters"]
@@ -144,36 +151,41 @@ def memory_text(report: StepReport) -> str:
 
 
 def grad_figure(report: StepReport) -> go.Figure | None:
+    """Gradient norms per layer (towers side by side), or per component when no layer trains."""
     norms = report.grad_norms
     if not norms:
         return None
-    values = {f"{tower} layer {k}": v for tower, layers in norms.get("layers", {}).items()
-              for k, v in enumerate(layers) if v is not None}
-    if not values:
-        values = {c: v for c, v in norms.get("component", {}).items() if v is not None}
-    positive = all(v > 0 for v in values.values())
-    return charts.grouped_bars(values, title=f"Gradient L2 norm (step {norms.get('step')})", y_label="norm",
-                               log=positive and bool(values))
+    title = f"Gradient L2 norm (step {norms.get('step')})"
+    layers = {tower: {k: v for k, v in enumerate(values) if v is not None}
+              for tower, values in norms.get("layers", {}).items()}
+    values = [v for by_layer in layers.values() for v in by_layer.values()]
+    if values:
+        return charts.layer_bars(layers, title=title, y_label="norm", log=all(v > 0 for v in values))
+    by_component = {c: v for c, v in norms.get("component", {}).items() if v is not None}
+    positive = bool(by_component) and all(v > 0 for v in by_component.values())
+    return charts.grouped_bars(by_component, title=title, y_label="norm", log=positive)
 
 
 def _verdict(report: StepReport) -> str:
     took = f"{report.seconds:.1f} s on {report.device_name}"
     if report.status != "ok":
-        return f"⚠️ **{report.status.replace('_', ' ')}**: {report.error} ({took})"
+        return f"{badge(report.status.replace('_', ' '), 'bad')} {report.error} ({took})"
     failed = [c.name for c in report.checks.values() if not c.passed and c.level == "failure"]
-    head = "✅ **passed**: the plan trains exactly what it says" if report.passed else \
-        f"❌ **failed**: {', '.join(failed)}"
+    head = f"{badge('passed', 'ok')} the plan trains exactly what it says" if report.passed else \
+        f"{badge('failed', 'bad')} {', '.join(failed)}"
     extra = "".join(f"\n- {w}" for w in report.warnings)
     return (f"{head} ({units.params(report.trainable_params)} trainable parameters in "
             f"{report.trainable_tensors} tensors, {len(report.steps)} steps, {report.weights} weights, {took}){extra}")
 
 
-def step_view(event: Event, losses: list[float]) -> StepView:
+def step_view(event: Event, losses: list[float], label: str | None = None) -> StepView:
     loss_fig = charts.line_chart(losses, title="Loss per step", y_label="loss")
     report = event.report
     if report is None:
-        return StepView(f"⏳ {event.message}", loss_fig, None)
-    return StepView(_verdict(report), loss_fig, grad_figure(report), check_rows(report), memory_text(report), report)
+        return StepView(f"{badge('running', 'run')} {event.message}", loss_fig, None, label=label,
+                        message=event.message)
+    return StepView(_verdict(report), loss_fig, grad_figure(report), check_rows(report), memory_text(report), label,
+                    report, event.message)
 
 
 def run_step(app: App, session: Session, device: str, steps: int, lr: float,
@@ -186,12 +198,13 @@ def run_step(app: App, session: Session, device: str, steps: int, lr: float,
     app.policy.check_step(index.total_params, steps, device, index.name)
     if session.weights and loaded.source.kind == "checkpoint":  # checked at load too; files may have grown
         app.policy.check_weights(loaded.source.weight_bytes, loaded.source.name)
+    label = result_html("Sanity step", session, count(index, resolve(session.plan, index).mask).trainable)
     losses: list[float] = []
     for event in iter_step(loaded.source, session.plan, session.workload, steps=steps, lr=lr, device=device,
                            weights=session.weights, cancel=cancel):
         if event.record is not None and event.record.loss is not None:
             losses.append(event.record.loss)
-        yield event.fraction, step_view(event, losses)
+        yield event.fraction, step_view(event, losses, label)
 
 
 def _whole(value: object, name: str) -> int:
