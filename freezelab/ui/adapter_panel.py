@@ -65,9 +65,9 @@ def create_adapter_panel(ui: Registry, first: View) -> None:
             "dora": gr.Checkbox(s.dora, label="DoRA", min_width=70),
         }
     with gr.Row():
-        c["quant"] = gr.Dropdown(list(QUANT_BITS), value=q.bits.value, label="base quantization", min_width=100)
-        c["quant_type"] = gr.Dropdown(list(QUANT_TYPES), value=q.quant_type.value, label="4-bit type", min_width=80)
-        c["double_quant"] = gr.Checkbox(q.double_quant, label="double quantization", min_width=100)
+        c["quant"] = gr.Dropdown(list(QUANT_BITS), value=q.bits.value, label="quantized base", min_width=140)
+        c["quant_type"] = gr.Dropdown(list(QUANT_TYPES), value=q.quant_type.value, label="4-bit type", min_width=110)
+    c["double_quant"] = gr.Checkbox(q.double_quant, label="double quantization (4-bit)")
     with gr.Accordion("What adapters do", open=False):
         gr.Markdown(ADAPTER_HELP)
     ui.add(PANEL, {"selector": selector, "preview": preview, "add": add, **c}, wire=_wire)
