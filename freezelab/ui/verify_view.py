@@ -96,14 +96,14 @@ def simulate(app: App, session: Session, progress: Progress | None = None,
 
     loaded = app.loaded(session)
     index = loaded.index
-    app.policy.check_simulate(index.total_params, index.name)
     res = resolve(session.plan, index)
+    app.policy.check_simulate(index.total_params + res.adapters.params, index.name)  # adapters as PEFT counts
     analytic = analytic_estimate(index, res.mask, session.workload, adapters=res.adapters)
     simulated = simulate_step(hf_config(loaded.source), res.trainable_names(index), session.workload,
                               progress=progress, cancel=cancel, adapters=res.adapters, index=index)
     return SimulationView(analytic, simulated, comparison_table(analytic, simulated),
                           charts.estimate_comparison([analytic, simulated]),
-                          result_html("Simulated", session, count(index, res.mask).trainable))
+                          result_html("Simulated", session, count(*res.adapted(index)).trainable))
 
 
 # -- sanity step -------------------------------------------------------------------------
@@ -195,10 +195,11 @@ def run_step(app: App, session: Session, device: str, steps: int, lr: float,
     index = loaded.index
     steps = _whole(steps, "steps")
     lr = _number(lr, "learning rate")
-    app.policy.check_step(index.total_params, steps, device, index.name)
+    res = resolve(session.plan, index)
+    app.policy.check_step(index.total_params + res.adapters.params, steps, device, index.name)  # adapters too
     if session.weights and loaded.source.kind == "checkpoint":  # checked at load too; files may have grown
         app.policy.check_weights(loaded.source.weight_bytes, loaded.source.name)
-    label = result_html("Sanity step", session, count(index, resolve(session.plan, index).mask).trainable)
+    label = result_html("Sanity step", session, count(*res.adapted(index)).trainable)
     losses: list[float] = []
     for event in iter_step(loaded.source, session.plan, session.workload, steps=steps, lr=lr, device=device,
                            weights=session.weights, cancel=cancel):
