@@ -107,5 +107,6 @@ def test_step_cli_takes_adapter_options(capsys):
                  "--steps", "1", "--json"])
     data = json.loads(capsys.readouterr().out)
     assert code == 0 and data["passed"] and data["trainable_params"] == RECIPE_TRAINABLE
+    assert data["adapter_params"] == 4 * 4 * 1024 and data["base_params"] == data["total_params"] - 4 * 4 * 1024
     assert data["checks"]["adapter_start"]["passed"] and data["checks"]["merge_matches"]["passed"]
     assert data["plan"]["rules"][1] == {"action": "lora", "selector": "@llm"} and data["plan"]["lora"]["r"] == 4

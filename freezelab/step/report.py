@@ -89,6 +89,11 @@ class StepReport:
     status: Status = Status.OK
     error: str | None = None
     seconds: float = 0.0
+    adapter_params: int = 0            # of total_params, in adapters (PEFT's count: base plus adapters)
+
+    @property
+    def base_params(self) -> int:
+        return self.total_params - self.adapter_params
 
     @property
     def passed(self) -> bool:
@@ -96,6 +101,7 @@ class StepReport:
 
     def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if k not in ("steps", "checks", "grad_norms")}
+        data["base_params"] = self.base_params
         data["weights"], data["status"] = str(self.weights), str(self.status)
         data["steps"] = [s.to_dict() for s in self.steps]
         data["checks"] = {name: c.to_dict() for name, c in self.checks.items()}

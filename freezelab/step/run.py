@@ -67,6 +67,7 @@ def _report(base: ModelIndex, res: Resolution, workload: Workload, batch: Batch,
         weights=Weights.RANDOM, workload=workload.to_dict(), batch=batch.describe(), plan=res.plan.to_dict(),
         trainable_params=sum(index.numels[i] for i in trainable), trainable_tensors=len(trainable),
         total_params=index.total_params, lr=lr, seed=seed, warnings=list(res.warnings),
+        adapter_params=res.adapters.params,
         estimate={"method": est.method, "peak_bytes": est.peak_bytes,
                   "device_estimate_bytes": est.device_estimate_bytes, "phase": est.phase})
 
