@@ -31,6 +31,7 @@ class AdapterResident:
     state: int = 0
     step_temp: int = 0
     grad_of: dict[str, int] = field(default_factory=dict)   # stage name -> adapter gradient bytes it makes
+    first_of: dict[str, int] = field(default_factory=dict)  # stage name -> its largest adapter gradient
     params_with_grad: int = 0
     quantized_bytes: int = 0         # what the quantized weights store
     quantized_dense: int = 0         # what they would take in the parameter dtype
@@ -75,7 +76,9 @@ def resident(index: ModelIndex, spec: AdapterSpec, stages: list[Stage], optimize
             continue
         mine = {i for i in s.grad_params if i in spec.layers and i not in got}
         if mine:
-            out.grad_of[s.name] = out.grad_of.get(s.name, 0) + _bytes(_tensors(spec, mine))
+            tensors = _tensors(spec, mine)
+            out.grad_of[s.name] = out.grad_of.get(s.name, 0) + _bytes(tensors)
+            out.first_of[s.name] = max(rounded(t.numel * ADAPTER_ELEM) for t in tensors)
             got |= mine
     live = _tensors(spec, got)
     out.gradients = _bytes(live)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from freezelab.batch import Batch, Example, example, load_processor, synthetic
+from freezelab.fingerprint import fingerprints
 from freezelab.index import ModelIndex
 from freezelab.models import build, load_weights, torch_dtype
 from freezelab.optimizers import make_optimizer
@@ -28,24 +29,46 @@ if TYPE_CHECKING:
 
 
 class Live:
-    """Everything a run allocates, so one place can release it."""
+    """Everything a run allocates, so one place can release it. A sharded run (freezelab.step.shard)
+    overrides how the model is built and wrapped and how its parameters are read."""
+
+    rank = 0                               # this process's rank (its batch seed is seed + rank)
 
     def __init__(self, device: str) -> None:
         self.device = device
         self.model: Any = None
+        self.engine: Any = None            # the module a step calls when it wraps the model (DDP)
         self.optimizer: Any = None
         self.batch: Batch | None = None
         self.tensors: list[Any] = []       # the model's parameters in the order of `index`
         self.peft: Any = None              # the PeftModel around `model` when the plan has adapters
         self.index: ModelIndex | None = None  # the model's index (the adapted one with adapters)
 
+    @property
+    def call(self) -> Any:
+        """The module a training step calls."""
+        return self.engine if self.engine is not None else self.model
+
+    def build_model(self, source: Source, workload: Workload, seed: int,
+                    weights: bool) -> tuple[torch.nn.Module, Weights]:
+        return _model(source, workload, self.device, seed, weights)
+
+    def wrap(self, source: Source, workload: Workload, seed: int, weights: bool) -> None:
+        """After the plan is applied, before the optimizer is made: nothing on one device."""
+
+    def fingerprints(self) -> list[tuple[int, int]]:
+        return fingerprints(self.tensors)
+
+    def grad_norms(self) -> list[float | None]:
+        return local_grad_norms(self.tensors)
+
     def close(self) -> None:
         import weakref
 
         for t in self.tensors:
             t.grad = None
-        alive = [weakref.ref(x) for x in (self.model, self.optimizer, self.peft) if x is not None]
-        self.model = self.optimizer = self.batch = self.peft = None
+        alive = [weakref.ref(x) for x in (self.model, self.engine, self.optimizer, self.peft) if x is not None]
+        self.model = self.engine = self.optimizer = self.batch = self.peft = None
         self.tensors = []
         if any(ref() is not None for ref in alive):
             gc.collect()  # only when a reference cycle keeps them: a full collection costs ~0.25 s
@@ -53,6 +76,19 @@ class Live:
             import torch
 
             torch.cuda.empty_cache()
+
+
+def local_grad_norms(tensors: list[torch.Tensor]) -> list[float | None]:
+    """Gradient L2 norm per parameter (None: no gradient), read before zero_grad; one host sync."""
+    import torch
+
+    have = [i for i, t in enumerate(tensors) if t.grad is not None]
+    out: list[float | None] = [None] * len(tensors)
+    if have:
+        values = torch.stack([torch.linalg.vector_norm(tensors[i].grad, dtype=torch.float32) for i in have])
+        for i, v in zip(have, values.cpu().tolist()):
+            out[i] = v
+    return out
 
 
 # -- the model --------------------------------------------------------------------------
@@ -106,21 +142,28 @@ def _hook_warning(n: int) -> str:
 
 def setup(live: Live, source: Source, res: Resolution, index: ModelIndex, workload: Workload, report: StepReport,
           seed: int, weights: bool, lr: float, prepare: Callable[..., None] | None) -> None:
-    """Own model, plan applied, adapters added (PEFT, before checkpointing is turned on, as a Trainer does),
-    configured, optimizer over exactly the trainable parameters. A quantized base is built on the CPU and
-    moved to the device layer by layer, quantized on the way."""
+    """Own model, configured, plan applied, optimizer over exactly the trainable parameters. With adapters:
+    plan applied, the frozen base quantized (built on the CPU, moved to the device layer by layer, quantized
+    on the way), the adapters added with PEFT, then configured (checkpointing after the adapters, as a
+    Trainer does)."""
     adapters = res.adapters
-    live.model, report.weights = _model(source, workload, "cpu" if adapters.quant.on else live.device, seed,
-                                        weights)
-    apply(res.plan, live.model, index)
-    if adapters.quant.on:
-        quantize(live.model, index, adapters, live.device)
-        live.model.to(live.device)
     live.index = index
-    if adapters:
-        live.peft = wrap(live.model, index, adapters, res.mask)
-        live.index = res.adapted(index)[0]
-    _configure(live.model, workload)
+    if adapters or adapters.quant.on:
+        live.model, report.weights = _model(source, workload, "cpu" if adapters.quant.on else live.device, seed,
+                                            weights)
+        apply(res.plan, live.model, index)
+        if adapters.quant.on:
+            quantize(live.model, index, adapters, live.device)
+            live.model.to(live.device)
+        if adapters:
+            live.peft = wrap(live.model, index, adapters, res.mask)
+            live.index = res.adapted(index)[0]
+        _configure(live.model, workload)
+    else:
+        live.model, report.weights = live.build_model(source, workload, seed, weights)
+        _configure(live.model, workload)
+        apply(res.plan, live.model, index)
+    live.wrap(source, workload, seed, weights)
     if adapters:
         live.tensors = adapted_tensors(live.model, live.index, adapters)
     else:

@@ -31,19 +31,6 @@ class Trace:
     backward_ran: bool = False
 
 
-def _norms(tensors: list[torch.Tensor]) -> list[float | None]:
-    """Gradient L2 norm per parameter (None: no gradient), read before zero_grad; one host sync."""
-    import torch
-
-    have = [i for i, t in enumerate(tensors) if t.grad is not None]
-    out: list[float | None] = [None] * len(tensors)
-    if have:
-        values = torch.stack([torch.linalg.vector_norm(tensors[i].grad, dtype=torch.float32) for i in have])
-        for i, v in zip(have, values.cpu().tolist()):
-            out[i] = v
-    return out
-
-
 def _sync_reset(device: str) -> None:
     if device.startswith("cuda"):
         import torch
@@ -78,11 +65,11 @@ def _train_step(live: Live, workload: Workload, device: str) -> tuple[float, boo
     amp = workload.autocast != Autocast.NONE
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     with torch.autocast(device_type, dtype=torch_dtype(Dtype(workload.autocast)) if amp else None, enabled=amp):
-        loss = live.model(**live.batch.inputs, use_cache=False).loss
+        loss = live.call(**live.batch.inputs, use_cache=False).loss
     backward = loss.requires_grad  # False when nothing trainable reaches the loss
     if backward:
         loss.backward()
-    norms = _norms(live.tensors)
+    norms = live.grad_norms()
     if live.optimizer is not None:
         live.optimizer.step()
         live.optimizer.zero_grad(set_to_none=True)
