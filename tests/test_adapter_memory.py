@@ -1,5 +1,6 @@
 """Memory with adapters: the quantized storage facts by hand, the analytic estimate against the simulated one
-(PEFT's own modules on fake tensors) on a tiny grid, paged optimizer state outside the allocator."""
+(PEFT's own modules on fake tensors) on a tiny grid, with the FLOPs FlopCounterMode counts on it, paged
+optimizer state outside the allocator, the adapters' FLOPs by hand."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import statistics
 
 import pytest
 
+from freezelab.compute.flops import step_flops
 from freezelab.lora import Quantization
 from freezelab.memory.analytic import estimate
 from freezelab.memory.quantized import storage_bytes
@@ -34,7 +36,8 @@ GRID = ("adapter r=8 dropout=0.1\ntrain @projector\nlora @llm", "adapter r=8 dor
 
 def test_analytic_agrees_with_simulated_on_tiny(tiny_source, tiny_index):
     """Within 1% median, 2% max (the targets on the 7B and 0.5B configs), on what is left after the cuBLAS
-    workspaces that dominate the tiny model's peak."""
+    workspaces that dominate the tiny model's peak; the FLOPs exactly (LoRA's matmuls, DoRA's weight norm
+    and its base product recomputed under dropout, the frozen base's input gradient, the recompute)."""
     diffs = []
     for text in GRID:
         res = resolve(from_text(text), tiny_index)
@@ -45,9 +48,28 @@ def test_analytic_agrees_with_simulated_on_tiny(tiny_source, tiny_index):
                               index=tiny_index)
             assert a.breakdown["weights"] == s.breakdown["weights"], text
             assert a.breakdown["optimizer_state"] == s.breakdown["optimizer_state"], text
+            f = step_flops(tiny_index, res.mask, w, adapters=res.adapters)
+            assert (f.forward, f.backward) == (s.details["flops"]["forward"], s.details["flops"]["backward"]), text
             work = a.breakdown["workspace"]
             diffs.append(abs(a.peak_bytes - s.peak_bytes) / (s.peak_bytes - work))
     assert statistics.median(diffs) <= 0.01 and max(diffs) <= 0.02, diffs
+
+
+def test_adapter_flops_by_hand(shipped_indexes):
+    """LLaVA-1.5-7B, every LLM Linear at r=8, batch 4 x (576 image + 1,024 text tokens): each adapted Linear
+    adds 2·tokens·r·(in + out) FLOPs to the forward, as much to the weight gradients (A and B) and as much to
+    the input gradients (through B, then A); the frozen bases add no weight-gradient matmul."""
+    index = shipped_indexes["llava-1.5-7b"]
+    w = Workload(batch=4, text_tokens=1024, images=1)
+    base = resolve(from_text("train @projector"), index)
+    lora = resolve(from_text("adapter r=8\ntrain @projector\nlora @llm"), index)
+    plain, adapted = step_flops(index, base.mask, w), step_flops(index, lora.mask, w, adapters=lora.adapters)
+    per_layer = 4 * (4096 + 4096) + 2 * (4096 + 11008) + (11008 + 4096)  # q k v o, gate up, down
+    extra = 2 * 4 * (576 + 1024) * 8 * 32 * per_layer
+    assert extra == 255_852_544_000
+    assert adapted.split.forward - plain.split.forward == extra
+    assert adapted.split.backward_weight - plain.split.backward_weight == extra
+    assert adapted.split.backward_input - plain.split.backward_input == extra
 
 
 def test_paged_optimizer_state_is_outside_the_allocator(tiny_source, tiny_index):

@@ -25,6 +25,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from freezelab.adapters import AdaptedLayer, Adapters
+from freezelab.compute import cost as costs
 from freezelab.lora import QuantBits
 from freezelab.memory.cuda_facts import rounded
 from freezelab.memory.quantized import dequant_transient
@@ -155,13 +156,17 @@ def _dora_transients(t: Tape, layer: AdaptedLayer, out_features: int, x_elem: in
 def _dora(t: Tape, xa: str, y: str, out: str, out_features: int, weight: int, bias: int | None,
           layer: AdaptedLayer, spec: AdapterSpec) -> str:
     held = _dora_transients(t, layer, out_features, t.t[xa].elem)
-    rows = t.t[y].rows
+    rows, n_in = t.t[y].rows, layer.linear.in_features
+    # the weight norm's lora_B(lora_A(eye(in))): forward only (detached, so no backward)
+    t._charge(costs.matmul(n_in, n_in, layer.r, input_grad=False, weight_grad=False)
+              + costs.matmul(n_in, layer.r, out_features, input_grad=False, weight_grad=False))
     norm = t._new(f"{out}.norm", out_features, ADAPTER_ELEM, False, out_features)
     mag = t._new(f"{out}.mag", out_features, ADAPTER_ELEM, True, out_features)
     t._save(norm)  # magnitude / weight_norm saves the divisor
     if spec.dropout > 0:  # base result recomputed from the dropped input with the cast weight
         d = _dropout(t, xa, out, spec)
         base = t.new(f"{out}.base2", rows * out_features, t.t[d].elem, t.t[d].grad, out_features)
+        t._charge(costs.matmul(rows, n_in, out_features, input_grad=t.grad(d), weight_grad=False))
         if t.grad(d) and t.t[xa].elem != t.num.param:
             t._save(t._new(f"{out}.w_cast", t.param_numel(weight), t.t[xa].elem, False))
     else:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 from freezelab.adapter_checks import MERGE_TOLERANCE, QUANTIZED_MERGE_TOLERANCE, Merge
 from freezelab.batch import Batch, Example
 from freezelab.checks import Context, Observation, grad_norms, run_checks
+from freezelab.compute.flops import step_flops
+from freezelab.compute.timing import beside_measured
 from freezelab.index import ModelIndex
 from freezelab.models import index_of
 from freezelab.peft_build import merged_output_check, require_peft
@@ -68,7 +70,9 @@ def _report(base: ModelIndex, res: Resolution, workload: Workload, batch: Batch,
         total_params=index.total_params, lr=lr, seed=seed, warnings=list(res.warnings),
         adapter_params=res.adapters.params,
         estimate={"method": est.method, "peak_bytes": est.peak_bytes,
-                  "device_estimate_bytes": est.device_estimate_bytes, "phase": est.phase})
+                  "device_estimate_bytes": est.device_estimate_bytes, "phase": est.phase},
+        time_estimate=beside_measured(step_flops(base, res.mask, workload, adapters=res.adapters), workload,
+                                      _device_name(device)))
 
 
 def _batch_within_budget(live: Live, source: Source, index: ModelIndex, res: Resolution, workload: Workload,

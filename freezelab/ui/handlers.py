@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 
 from freezelab import charts, units
 from freezelab.anatomy import component_counts, count, summary
+from freezelab.compute.timing import Efficiency
 from freezelab.errors import FreezelabError, PlanError, SelectorError, SourceError
 from freezelab.exports import import_plan as parse_plan
 from freezelab.index import ModelIndex
@@ -28,6 +29,7 @@ from freezelab.policy import LOCAL, Policy
 from freezelab.selectors import parse, reach, select
 from freezelab.session import Session, TreeOptions
 from freezelab.sources import known_info
+from freezelab.ui.compute_view import ComputeView, compute_view
 from freezelab.ui.context_view import current_html, workload_text
 from freezelab.ui.memory_view import LABELS, MemoryView, field_error_html, memory_view, refused_fields, verdict_html
 from freezelab.ui.registry import shown, shown_ids, shown_within
@@ -98,6 +100,7 @@ class View:
     params_fig: go.Figure = shown("summary.params_plot")
     map_fig: go.Figure = shown("map.plot")
     memory: MemoryView = shown_within()
+    compute: ComputeView = shown_within()
     current: str = shown("verify.now")                  # HTML: what a simulation or sanity step would run now
     adapter_settings: AdapterSettings = shown_within()  # the plan's adapter settings, kept in the controls
     trainable: int                                      # trainable parameters under the plan
@@ -169,6 +172,7 @@ def build_view(app: App, session: Session, status: str = "") -> View:
         params_fig=charts.params_by_component(adapted, mask),
         map_fig=charts.model_map(index, res.mask),
         memory=memory_view(index, res.mask, session.workload, session.context, res.adapters),
+        compute=compute_view(index, res.mask, session.workload, session.efficiency, res.adapters),
         current=current_html(session, trainable),
         adapter_settings=AdapterSettings.of(session.plan),
         trainable=trainable,
@@ -389,3 +393,12 @@ def _clean(values: dict[str, Any]) -> dict[str, Any]:
             v = int(v)
         out[k] = v
     return out
+
+
+def set_efficiency(app: App, session: Session, **values: Any) -> View:
+    """New fractions of peak for the time model (mfu, bandwidth); a bad value raises TimingError."""
+    known = {"mfu", "bandwidth", "network"}
+    if set(values) - known:
+        raise OptionError(f"unknown efficiency field(s): {', '.join(sorted(set(values) - known))}")
+    efficiency = replace(session.efficiency, **_clean(values))
+    return build_view(app, replace(session, efficiency=efficiency))

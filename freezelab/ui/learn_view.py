@@ -1,6 +1,6 @@
 """The Learn tab: a guided walk from LLaVA stage 1 to stage 2 to the last N layers, then gradient
-checkpointing, LLaVA-1.5's LoRA recipe against stage 2 and QLoRA on a 24 GB card, on llava-1.5-7b,
-explaining after each step what changed and why.
+checkpointing, LLaVA-1.5's LoRA recipe against stage 2, QLoRA on a 24 GB card, and what the plans cost
+in compute and time, on llava-1.5-7b, explaining after each step what changed and why.
 
 The lessons use a 7B architecture because memory effects only show at that size (on the tiny model
 the CUDA context outweighs every tensor), and its config ships with freezelab, so estimating it
@@ -21,6 +21,7 @@ from freezelab.plans import Plan, preset
 from freezelab.session import Session
 from freezelab.ui.context_view import workload_text
 from freezelab.ui.handlers import App, View, build_view, load_model
+from freezelab.ui.learn_compute import compute_lesson
 from freezelab.workload import Workload
 
 MODEL = "llava-1.5-7b"
@@ -39,6 +40,7 @@ class Lesson:
     why: Callable[[Facts], str]   # the explanation, filled in with numbers from the estimate
     plan: str = ""                # a plan in the text format, instead of the preset
     compare: str | None = None    # a lesson whose numbers this one is set against
+    compute: bool = False         # also compare the plans' FLOPs and step times (freezelab.ui.learn_compute)
 
     def make_plan(self) -> Plan:
         return from_text(self.plan) if self.plan else preset(self.preset)
@@ -96,6 +98,15 @@ QLORA_WORKLOAD = Workload(batch=1, text_tokens=1024, images=1, dtype="bf16", gra
                           optimizer="paged-adamw-8bit")
 CARD_24GB = "RTX 4090 24 GB"  # freezelab.memory.gpus
 
+def _compute(f: Facts) -> str:
+    return (f"Back to stage 1 ({f['trainable']} trainable parameters), this time for what the plans cost in "
+            "compute. Freezing changes memory far more than compute: every plan runs the same forward, and what "
+            "differs is the backward. A frozen layer behind a trainable one still runs its backward for the input "
+            "gradient and skips only the weight-gradient matmuls (which is also why the frozen LLM keeps "
+            f"{f['llm_activations']} of activations); only layers before the first trainable parameter run no "
+            "backward at all.")
+
+
 LESSONS: dict[str, Lesson] = {lesson.key: lesson for lesson in (
     Lesson(1, "stage1", "Stage 1: the projector", "stage1", WORKLOAD, _stage1),
     Lesson(2, "stage2", "Stage 2: projector + LLM", "stage2", WORKLOAD, _stage2),
@@ -104,6 +115,7 @@ LESSONS: dict[str, Lesson] = {lesson.key: lesson for lesson in (
            _checkpointing),
     Lesson(5, "lora", "LoRA against stage 2", "", WORKLOAD, _lora, _LORA_PLAN, "stage2"),
     Lesson(6, "qlora", "QLoRA on a 24 GB card", "", QLORA_WORKLOAD, _qlora, _QLORA_PLAN),
+    Lesson(7, "compute", "Stage 1 vs stage 2 in FLOPs and time", "stage1", WORKLOAD, _compute, compute=True),
 )}
 
 INTRO = (f"Each button loads {MODEL} (its architecture only: nothing is downloaded), applies a plan and sets "
@@ -173,4 +185,6 @@ def run_lesson(app: App, session: Session, key: str) -> tuple[View, str]:
         text += (f" On an {CARD_24GB} card: **{'it fits' if row['fits'] else 'it does not fit'}** "
                  f"({units.gib(abs(row['headroom_bytes']))} {'to spare' if row['fits'] else 'short'}).")
     text += "\n\nThe estimator's own account is under *Why the memory goes where it goes* on the Plan & memory tab."
+    if lesson.compute:
+        text += "\n\n" + compute_lesson(app.loaded(session).index, lesson.workload, session.efficiency)
     return view, text

@@ -60,6 +60,7 @@ def simulate_step(
     input_require_grads: bool = False,
     adapters: Adapters | None = None,
     index: ModelIndex | None = None,
+    count_flops: bool = True,
 ) -> MemoryEstimate:
     """Run two training steps of the real model on fake tensors and account their memory.
 
@@ -84,11 +85,15 @@ def simulate_step(
     own `get_peft_model` to the fake model (real PEFT modules on fake tensors), and its quantized base,
     whose 4- / 8-bit layers are modelled (freezelab.memory.simulate.quantized: bitsandbytes cannot run on
     fake tensors).
+
+    `count_flops=True` counts step 2 with FlopCounterMode (`details["flops"]`, see
+    `simulate.flops`); the counting adds to the run's CPU time
+    (`python benchmarks/flops_agreement.py --overhead`).
     """
     if adapters is not None and adapters.layers and index is None:
         raise SimulationError("adapters need the model index they were resolved on")
     return execute(Run(config, trainable, workload, progress, cancel, input_require_grads=input_require_grads,
-                       adapters=adapters, index=index))
+                       adapters=adapters, index=index, count_flops=count_flops))
 
 
 def execute(run: Run) -> MemoryEstimate:

@@ -27,7 +27,7 @@ class Run:
     def __init__(self, config: Any, trainable: Collection[str], workload: Workload,
                  progress: Progress | None = None, cancel: Callable[[], bool] | None = None, *,
                  input_require_grads: bool = False, adapters: Adapters | None = None,
-                 index: ModelIndex | None = None) -> None:
+                 index: ModelIndex | None = None, count_flops: bool = True) -> None:
         from torch._subclasses.fake_tensor import FakeTensorMode
 
         if not isinstance(workload, Workload):
@@ -44,6 +44,7 @@ class Run:
         self.input_require_grads = bool(input_require_grads)
         self.adapters = adapters if adapters is not None and (adapters.layers or adapters.quantized) else None
         self.index = index                          # the index the adapters were resolved on
+        self.count_flops = bool(count_flops)   # FlopCounterMode over step 2 (simulate.flops)
         self.dtype = getattr(torch, TORCH_DTYPE_NAMES[workload.dtype])
         self.autocast_dtype = None if workload.autocast == "none" else getattr(
             torch, TORCH_DTYPE_NAMES[workload.autocast])
