@@ -87,6 +87,15 @@ def _layout(title: str, height: int, **extra: Any) -> dict[str, Any]:
 
 # -- parameters --------------------------------------------------------------------
 
+def message(title: str, text: str, height: int = 260) -> go.Figure:
+    """An empty chart that says why it is empty."""
+    fig = go.Figure()
+    fig.update_layout(**_layout(title, height), xaxis={"visible": False}, yaxis={"visible": False},
+                      annotations=[{"text": text, "showarrow": False, "x": 0.5, "y": 0.5, "xref": "paper",
+                                    "yref": "paper"}])
+    return fig
+
+
 def params_by_component(index: ModelIndex, mask: Sequence[bool]) -> go.Figure:
     """Trained-in-full, adapter and frozen parameters of the vision tower, projector and LLM (stacked bars);
     on the index of an adapted model (Resolution.adapted) the adapters are their own bar."""

@@ -25,8 +25,27 @@ def _path(model, target):
     return next(n for n, m in model.named_modules() if m is target)
 
 
+# the towers and projectors of each family, by their transformers attribute names; Qwen's mergers sit inside
+# its vision tower but are its projector
+LLM_NAMES = ("language_model", "text_model")
+VISION_NAMES = ("vision_tower", "visual", "vision_model")
+PROJECTOR_PARTS = ("multi_modal_projector.", "connector.", ".merger.", ".deepstack_merger_list.")
+
+
+def _towers(model):
+    inner = model.model
+    llm = next(getattr(inner, n) for n in LLM_NAMES if hasattr(inner, n))
+    vision = next(getattr(inner, n) for n in VISION_NAMES if hasattr(inner, n))
+    return llm, vision
+
+
+def _is_projector(name):
+    return any(part in name for part in PROJECTOR_PARTS) or name == "model.image_newline"
+
+
 def _linears_under(model, prefix):
-    return [n for n, m in model.named_modules() if type(m) is torch.nn.Linear and n.startswith(prefix + ".")]
+    return [n for n, m in model.named_modules() if type(m) is torch.nn.Linear and n.startswith(prefix + ".")
+            and not _is_projector(n + ".")]
 
 
 # (freezelab plan, PEFT LoraConfig kwargs from the torch model, also train the projector in full)
@@ -37,7 +56,7 @@ def _recipe(model, llm, vision):
 
 def _dora_qv(model, llm, vision):
     qv = [n for n in _linears_under(model, llm) if n.endswith(("q_proj", "v_proj"))]
-    return ("adapter r=16 alpha=32 dora=true\nlora re:language_model\\..*\\.(q|v)_proj\\.weight",
+    return (f"adapter r=16 alpha=32 dora=true\nlora re:{re.escape(llm)}\\..*\\.(q|v)_proj\\.weight",
             {"r": 16, "lora_alpha": 32, "use_dora": True, "target_modules": qv}, False)
 
 
@@ -58,7 +77,7 @@ def _peft_counts(model, kwargs, train_projector):
     base = peft_model.get_base_model()
     if train_projector:  # LLaVA-1.5's recipe: the projector trains in full beside the adapters
         for n, p in base.named_parameters():
-            if n.startswith("model.multi_modal_projector.") or n == "model.image_newline":
+            if _is_projector(n):
                 p.requires_grad_(True)
     adapters = {n: tuple(p.shape) for n, p in base.named_parameters() if ".lora_" in n}
     return peft_model.get_nb_trainable_parameters(), adapters, peft_model
@@ -68,7 +87,7 @@ def _peft_counts(model, kwargs, train_projector):
 def test_counts_equal_peft(name, shipped_indexes, tiny_index):
     index = tiny_index if name == "tiny" else shipped_indexes[name]
     model = build(resolve_source(name), device="meta")
-    llm, vision = _path(model, model.model.language_model), _path(model, model.model.vision_tower)
+    llm, vision = (_path(model, tower) for tower in _towers(model))
     for variant in VARIANTS:
         text, kwargs, train_projector = variant(model, llm, vision)
         (trainable, total), peft_adapters, peft_model = _peft_counts(model, kwargs, train_projector)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from freezelab.batch import Batch, Example, example, load_processor, synthetic
 from freezelab.fingerprint import fingerprints
 from freezelab.index import ModelIndex
-from freezelab.models import build, load_weights, torch_dtype
+from freezelab.models import build, lift_zero_projections, load_weights, torch_dtype
 from freezelab.optimizers import make_optimizer
 from freezelab.peft_build import tensors as adapted_tensors
 from freezelab.peft_build import wrap
@@ -134,6 +134,15 @@ def reentrant(model: torch.nn.Module) -> bool:
     return False
 
 
+def _lift(live: Live, index: ModelIndex, report: StepReport, seed: int) -> None:
+    """Random weights: projections transformers initialises at zero get small random values."""
+    if report.weights == Weights.RANDOM:
+        lifted = lift_zero_projections(live.model, index, seed)
+        if lifted:
+            report.warnings.append(f"random weights: {', '.join(lifted)} start at zero in transformers' init, which "
+                                   "would keep every gradient from the vision tower; they got small random values")
+
+
 def _hook_warning(n: int) -> str:
     return (f"gradient checkpointing installed {n} input-embedding requires_grad hooks (the vision tower's patch "
             "embedding included): frozen modules before the first trainable one now build an autograd graph "
@@ -151,6 +160,7 @@ def setup(live: Live, source: Source, res: Resolution, index: ModelIndex, worklo
     if adapters or adapters.quant.on:
         live.model, report.weights = _model(source, workload, "cpu" if adapters.quant.on else live.device, seed,
                                             weights)
+        _lift(live, index, report, seed)
         apply(res.plan, live.model, index)
         if adapters.quant.on:
             quantize(live.model, index, adapters, live.device)
@@ -161,6 +171,7 @@ def setup(live: Live, source: Source, res: Resolution, index: ModelIndex, worklo
         _configure(live.model, workload)
     else:
         live.model, report.weights = live.build_model(source, workload, seed, weights)
+        _lift(live, index, report, seed)
         _configure(live.model, workload)
         apply(res.plan, live.model, index)
     live.wrap(source, workload, seed, weights)
@@ -195,6 +206,7 @@ def make_batch(source: Source, index: ModelIndex, workload: Workload, device: st
                item: Example | None) -> Batch:
     """The synthetic batch the workload describes, or `item` through the checkpoint's processor."""
     if item is None:
-        return synthetic(index.config, workload, device=device, pixel_dtype=_pixel_dtype(workload), seed=seed)
+        return synthetic(index.config, workload, device=device, pixel_dtype=_pixel_dtype(workload), seed=seed,
+                         processor=index.processor)
     processor = load_processor(_processor_dir(source))
     return example(processor, item, workload, device=device, pixel_dtype=_pixel_dtype(workload))

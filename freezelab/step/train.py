@@ -82,17 +82,17 @@ def _is_cancelled(cancel: Any) -> bool:
     return bool(cancel.is_set() if hasattr(cancel, "is_set") else cancel())
 
 
-def _oom_message(step: int, est: MemoryEstimate, device: str) -> str:
+def _oom_message(step: int, est: MemoryEstimate | None, device: str) -> str:
     import torch
 
     total = torch.cuda.get_device_properties(device).total_memory if device.startswith("cuda") else None
     card = f" on a {gib(total)} device" if total else ""
-    return (f"out of memory in step {step}{card}; the estimate was {gib(est.peak_bytes)} at the peak. "
-            "Memory was released.")
+    said = f"the estimate was {gib(est.peak_bytes)} at the peak" if est else "no analytic estimate for this model"
+    return f"out of memory in step {step}{card}; {said}. Memory was released."
 
 
 def run_steps(live: Live, report: StepReport, trace: Trace, workload: Workload, steps: int,
-              est: MemoryEstimate, cancel: Any) -> Iterator[Event]:
+              est: MemoryEstimate | None, cancel: Any) -> Iterator[Event]:
     """Run the steps, appending a record per step to `report` and what they saw to `trace`; stop early
     (report.status says why) when cancelled or out of memory."""
     device, total = live.device, steps + 4
@@ -105,7 +105,7 @@ def run_steps(live: Live, report: StepReport, trace: Trace, workload: Workload, 
         t0 = time.perf_counter()
         result = _guarded_step(live, workload, device)
         if isinstance(result, str):  # out of memory, handled outside the except block (its traceback pins memory)
-            record = StepRecord(n, None, time.perf_counter() - t0, *_peaks(device), est.peak_bytes,
+            record = StepRecord(n, None, time.perf_counter() - t0, *_peaks(device), est.peak_bytes if est else 0,
                                 f"out of memory in step {n}: {result}")
             live.close()
             report.status, report.error = Status.OUT_OF_MEMORY, _oom_message(n, est, device)
@@ -113,7 +113,7 @@ def run_steps(live: Live, report: StepReport, trace: Trace, workload: Workload, 
             yield Event(EventKind.STEP, record.error or "", (2 + n) / total, record=record)
             return
         loss, backward, norms = result
-        record = StepRecord(n, loss, time.perf_counter() - t0, *_peaks(device), est.peak_bytes)
+        record = StepRecord(n, loss, time.perf_counter() - t0, *_peaks(device), est.peak_bytes if est else 0)
         report.steps.append(record)
         trace.norms.append(norms)
         trace.losses.append(loss)

@@ -10,6 +10,7 @@ value is the one error shown where it was typed (`WorkloadRefused`).
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -22,19 +23,29 @@ from freezelab.compute.timing import Efficiency
 from freezelab.errors import FreezelabError, PlanError, SelectorError, SourceError
 from freezelab.exports import import_plan as parse_plan
 from freezelab.index import ModelIndex
-from freezelab.memory.analytic import estimate
+from freezelab.memory.analytic import estimate, followed
 from freezelab.model_cache import INDEX_DTYPE, Loaded, ModelCache
 from freezelab.plans import MAX_PLAN_BYTES, PRESETS, Plan, Resolution, append_rule, module_selector, preset, resolve
 from freezelab.policy import LOCAL, Policy
 from freezelab.selectors import parse, reach, select
 from freezelab.session import Session, TreeOptions
 from freezelab.sources import known_info
+from freezelab.ui.adapter_settings import AdapterSettings
 from freezelab.ui.compute_view import ComputeView, compute_view
 from freezelab.ui.context_view import current_html, workload_text
-from freezelab.ui.memory_view import LABELS, MemoryView, field_error_html, memory_view, refused_fields, verdict_html
+from freezelab.ui.memory_view import (
+    LABELS,
+    MemoryView,
+    field_error_html,
+    memory_view,
+    not_followed,
+    refused_fields,
+    verdict_html,
+)
 from freezelab.ui.registry import shown, shown_ids, shown_within
 from freezelab.ui.tree_view import tree_json
-from freezelab.workload import Workload, WorkloadError
+from freezelab.tokens import sample_layouts
+from freezelab.workload import Workload, WorkloadError, parse_sizes
 
 Progress = Callable[[float, str], None]
 MAX_QUERY_CHARS = 200  # the tree filter is a substring, not a pattern: long input only costs time
@@ -61,24 +72,6 @@ class App:
 
     def loaded(self, session: Session) -> Loaded:
         return self.cache.get(session.model, INDEX_DTYPE, policy=self.policy)
-
-
-@dataclass
-class AdapterSettings:
-    """The adapter panel's controls, as the plan has them (an imported plan or an undo changes them)."""
-
-    r: int = shown("adapter.r")
-    alpha: float = shown("adapter.alpha")
-    dropout: float = shown("adapter.dropout")
-    dora: bool = shown("adapter.dora")
-    quant: str = shown("adapter.quant")
-    quant_type: str = shown("adapter.quant_type")
-    double_quant: bool = shown("adapter.double_quant")
-
-    @classmethod
-    def of(cls, plan: Plan) -> AdapterSettings:
-        s, q = plan.lora, plan.quant
-        return cls(s.r, s.alpha, s.dropout, s.dora, q.bits.value, q.quant_type.value, q.double_quant)
 
 
 STATE = "top.state"     # the session value (a gr.State)
@@ -354,8 +347,9 @@ def set_workload(app: App, session: Session, **values: Any) -> View:
     """New workload values; a bad value raises WorkloadError and changes nothing."""
     workload = Workload.from_dict({**session.workload.to_dict(), **_clean(values)})
     view = build_view(app, replace(session, workload=workload))
-    need = units.gib(view.memory.estimate.device_estimate_bytes)
-    view.status = f"Workload: {workload_text(workload)}: {need} per GPU."
+    est = view.memory.estimate
+    need = f"{units.gib(est.device_estimate_bytes)} per GPU" if est is not None else "no analytic estimate"
+    view.status = f"Workload: {workload_text(workload)}: {need}."
     return view
 
 
@@ -365,14 +359,27 @@ def edit_workload(app: App, session: Session, **values: Any) -> View | WorkloadR
     try:
         return set_workload(app, session, **values)
     except WorkloadError as err:
-        refused = refused_fields(session.workload, _clean(values), err)
+        refused = _refused(session.workload, values, err)
     index = app.loaded(session).index
-    est = estimate(index, resolve(session.plan, index).mask, session.workload)
     fields = ", ".join(LABELS.get(name, name) for name in refused)
+    why = followed(index, session.workload)
+    if why is None:
+        est = estimate(index, resolve(session.plan, index).mask, session.workload)
+        verdict = verdict_html(est, session.workload, stale=f"fix {fields} first")
+    else:
+        verdict = not_followed(why, "").verdict
     return WorkloadRefused(status=f"⚠ **{'; '.join(refused.values())}**: the estimate still "
-                           "shows the last valid workload.",
-                           verdict=verdict_html(est, session.workload, stale=f"fix {fields} first"),
+                           "shows the last valid workload.", verdict=verdict,
                            error=field_error_html(refused, session.workload))
+
+
+def _refused(current: Workload, values: dict[str, Any], err: WorkloadError) -> dict[str, str]:
+    """{field: message} for a refused edit; image sizes that do not parse are refused by themselves."""
+    try:
+        cleaned = _clean(values)
+    except WorkloadError as bad:
+        return {"image_sizes": str(bad)}
+    return refused_fields(current, cleaned, err)
 
 
 def set_context(app: App, session: Session, on: Any) -> View:
@@ -386,13 +393,48 @@ def set_context(app: App, session: Session, on: Any) -> View:
 
 def _clean(values: dict[str, Any]) -> dict[str, Any]:
     """Numbers from the page arrive as floats (or None when a box is cleared): whole floats become ints,
-    anything else is passed through for Workload to reject with its own message."""
+    anything else is passed through for Workload to reject with its own message. Image sizes arrive as
+    text ("336x672, 672x672"; empty: the model's native size) and replace a square image_size."""
     out = {}
     for k, v in values.items():
         if isinstance(v, float) and v.is_integer():
             v = int(v)
         out[k] = v
+    if isinstance(out.get("image_sizes"), str):
+        out["image_sizes"] = parse_sizes(out["image_sizes"])
+        out["image_size"] = None
     return out
+
+
+MAX_IMAGE_FILE_BYTES = 64 * 2**20  # an image upload is only opened to read its height and width
+
+
+def image_size_of(path: str | None) -> tuple[int, int]:
+    """(height, width) of an uploaded image, read from its header (the pixels are never decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path:
+        raise OptionError("no image was uploaded")
+    try:
+        if os.path.getsize(path) > MAX_IMAGE_FILE_BYTES:
+            raise OptionError(f"the image file is over {MAX_IMAGE_FILE_BYTES // 2**20} MiB")
+        with Image.open(path) as img:
+            width, height = img.size
+    except (OSError, UnidentifiedImageError, ValueError) as err:  # includes PIL's decompression-bomb refusal
+        raise OptionError(f"the upload is not a readable image ({type(err).__name__})") from None
+    return height, width
+
+
+def set_image(app: App, session: Session, path: str | None) -> View:
+    """A dropped image: every image of a sample takes its height x width; the tokens and memory follow."""
+    h, w = image_size_of(path)
+    images = max(session.workload.images, 1)
+    workload = session.workload.with_(images=images, image_size=None, image_sizes=((h, w),))
+    view = build_view(app, replace(session, workload=workload))
+    tokens = sum(lay.image_tokens for lay in sample_layouts(app.loaded(session).index.config, workload,
+                                                             app.loaded(session).index.processor))
+    view.status = f"Image {h}x{w} (height x width): {tokens:,} image tokens per sample."
+    return view
 
 
 def set_efficiency(app: App, session: Session, **values: Any) -> View:

@@ -11,9 +11,10 @@ import plotly.graph_objects as go
 
 from freezelab import charts, units
 from freezelab.anatomy import count
-from freezelab.compute.flops import Flops, step_flops
+from freezelab.compute.flops import Flops, flops_followed, step_flops
 from freezelab.errors import FreezelabError
 from freezelab.memory.analytic import estimate as analytic_estimate
+from freezelab.memory.analytic import followed
 from freezelab.memory.result import CATEGORIES, MemoryEstimate
 from freezelab.plans import resolve
 from freezelab.session import Session
@@ -64,11 +65,22 @@ class Cancels:
 
 @dataclass
 class SimulationView:
-    analytic: MemoryEstimate
+    analytic: MemoryEstimate | None   # None: the analytic estimate does not follow this model
     simulated: MemoryEstimate
     table: str = shown("simulate.table")      # markdown: category by category
     figure: go.Figure = shown("simulate.plot")
     label: str = shown("simulate.for", default="")  # HTML: the model, plan and workload it ran for
+
+
+def simulated_table(s: MemoryEstimate, why: str) -> str:
+    """The simulated estimate alone, for a model the analytic estimate does not follow."""
+    rows = ["| | simulated |", "|---|---:|"]
+    rows += [f"| {charts.CATEGORY_LABELS[c]} | {units.nbytes(s.breakdown[c])} |" for c in CATEGORIES
+             if s.breakdown.get(c)]
+    rows += [f"| **tensor peak** | {units.nbytes(s.peak_bytes)} |",
+             f"| **device (nvidia-smi)** | {units.nbytes(s.device_estimate_bytes)} |",
+             f"| peak happens in | {s.phase} |"]
+    return "\n".join(rows) + f"\n\nNo analytic column: {why}.\n\n" + "\n".join(f"- {n}" for n in s.notes)
 
 
 def comparison_table(a: MemoryEstimate, s: MemoryEstimate) -> str:
@@ -109,15 +121,24 @@ def simulate(app: App, session: Session, progress: Progress | None = None,
     index = loaded.index
     res = resolve(session.plan, index)
     app.policy.check_simulate(index.total_params + res.adapters.params, index.name)  # adapters as PEFT counts
-    analytic = analytic_estimate(index, res.mask, session.workload, adapters=res.adapters)
+    why = followed(index, session.workload)
+    analytic = (analytic_estimate(index, res.mask, session.workload, adapters=res.adapters) if why is None
+                else None)
     simulated = simulate_step(hf_config(loaded.source), res.trainable_names(index), session.workload,
-                              progress=progress, cancel=cancel, adapters=res.adapters, index=index)
-    table = comparison_table(analytic, simulated)
-    if "flops" in simulated.details:
+                              progress=progress, cancel=cancel, adapters=res.adapters, index=index,
+                              processor=index.processor)
+    label = result_html("Simulated", session, count(*res.adapted(index)).trainable)
+    table = comparison_table(analytic, simulated) if analytic is not None else simulated_table(simulated, str(why))
+    counted = simulated.details.get("flops")
+    no_flops = flops_followed(index, session.workload)
+    if counted and no_flops is None:
         flops = step_flops(index, res.mask, session.workload, adapters=res.adapters)
-        table += "\n\n" + flops_rows(flops, simulated.details["flops"])
-    return SimulationView(analytic, simulated, table, charts.estimate_comparison([analytic, simulated]),
-                          result_html("Simulated", session, count(*res.adapted(index)).trainable))
+        table += "\n\n" + flops_rows(flops, counted)
+    elif counted:
+        table += (f"\n\nFlopCounterMode on the simulated step: forward {units.flops(counted['forward'])}, backward "
+                  f"{units.flops(counted['backward'])}. No analytic FLOPs: {no_flops}.")
+    shown_estimates = [simulated] if analytic is None else [analytic, simulated]
+    return SimulationView(analytic, simulated, table, charts.estimate_comparison(shown_estimates), label)
 
 
 # -- sanity step -------------------------------------------------------------------------
