@@ -4,12 +4,12 @@
                                         [--text-tokens 32] [--top 10] [--seed 0]
 
 The grid (freezelab.memory.agreement): parameter dtype x autocast (the valid
-pairs) x every preset x gradient checkpointing x optimizer x attention, 1,344
+pairs) x every preset x gradient checkpointing x optimizer x attention, 1,792
 cells. `--model` is a MODEL argument (tiny, a shipped name, a config path) or
 `qwen-tied`, the tiny SigLIP + Qwen2 model with grouped-query attention and
 tied embeddings from tests/tiny_configs.py. `--cells full` runs every cell (the
 tiny models take about 10 minutes); `pairwise` a subset in which every pair of
-values of any two axes appears (56 cells, what the tests run); N a seeded
+values of any two axes appears (66 cells, what the tests run); N a seeded
 random sample of N cells (for the shipped 0.5B and 7B configs, whose simulated
 steps take seconds each). Prints each cell's error (analytic - simulated, of the
 peak without cuBLAS workspaces) and the device figures' difference, then the

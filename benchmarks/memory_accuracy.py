@@ -64,13 +64,13 @@ def predict(method: str, case: Case) -> MemoryEstimate:
         from freezelab.memory.analytic import estimate
 
         return estimate(index, res.mask, case.workload, input_require_grads=case.input_require_grads,
-                        workspaces_ready=case.workspaces_ready)
+                        workspaces_ready=case.workspaces_ready, adapters=res.adapters)
     from freezelab.memory.simulate import simulate_step
 
     hooks = case.input_require_grads if case.input_require_grads is not None else False
     return simulate_step(hf_config(source), res.trainable_names(index), case.workload,
                          input_require_grads=hooks, workspaces_ready=case.workspaces_ready,
-                         processor=index.processor)
+                         adapters=res.adapters, index=index, processor=index.processor)
 
 
 def methods(choice: str) -> list[str]:

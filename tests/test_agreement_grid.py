@@ -1,8 +1,8 @@
 """The analytic and the simulated estimate against each other over the workload grid, on two tiny models:
 the CLIP + Llama one (grouped-query attention, untied) and a SigLIP + Qwen2 one (grouped-query attention,
-q/k/v biases, tied embeddings, like the shipped 0.5B configs). The full cross product is 1,344 cells per
+q/k/v biases, tied embeddings, like the shipped 0.5B configs). The full cross product is 1,792 cells per
 model (python benchmarks/agreement_grid.py --cells full); the tests run the pairwise subset, in which every
-pair of values of any two axes appears (56 cells)."""
+pair of values of any two axes appears (66 cells)."""
 
 from __future__ import annotations
 
@@ -25,13 +25,13 @@ def test_the_grid_is_the_full_cross_product_of_valid_workloads() -> None:
                           (Dtype.FP32, Autocast.FP16)]
     assert plans(2) == ["stage1", "stage2", "full", "llm", "vision-projector", "last-2", "lm-head", "frozen"]
     cells = grid(2)
-    assert len(cells) == 7 * 8 * 2 * len(Optimizer) * len(Attention) == 1344 == len(set(cells))
+    assert len(cells) == 7 * 8 * 2 * len(Optimizer) * len(Attention) == 1792 == len(set(cells))
 
 
 def test_the_pairwise_subset_covers_every_pair_of_values() -> None:
     cells = grid(2)
     chosen = pairwise(cells)
-    assert len(chosen) == 56 and set(chosen) <= set(cells)
+    assert len(chosen) == 66 and set(chosen) <= set(cells)
 
     def values(c):
         return ((c.dtype, c.autocast), c.plan, c.grad_ckpt, c.optimizer, c.attn)

@@ -29,30 +29,15 @@ slots (`_Compiled`), which identical layers share. Pure Python, like all the ana
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from freezelab.memory.caching_allocator import Block, CachingAllocator
 from freezelab.memory.cuda_facts import SMALL_BUFFER, SMALL_SIZE
 from freezelab.memory.stages import HEAD, PROJECTOR, VISION, Stage
+from freezelab.memory.step_tensors import StepTensors
 from freezelab.memory.tape_order import PASS_THROUGH, Program
 
 GEMM_OPS = frozenset({"linear"})
-
-
-@dataclass
-class StepTensors:
-    """The per-tensor sizes of one training step, beside its stages."""
-
-    weights: list[int]                   # each parameter and buffer, in construction order
-    inputs: list[int]                    # the batch tensors
-    param_grads: dict[int, tuple[str, int]]  # parameter -> (the stage whose backward makes its gradient, bytes)
-    state: list[list[int]]               # per trainable tensor: its optimizer state tensors
-    step_temps: list[int]                # temporaries of optimizer.step()
-    step_temps_serial: bool              # one after the other (else all alive at once)
-    workspaces: tuple[int, int]          # (cuBLAS, cuBLASLt) bytes of one thread
-    logits_fp32: int                     # the logits in fp32 (the loss' copy and its gradients)
-    upcast: bool                         # the loss copies 16-bit logits to fp32
-    ckpt: bool = False                   # checkpointing: autograd's thread also needs cuBLASLt
-    workspaces_ready: bool = False       # allocated before the step by an earlier one
 
 
 @dataclass
@@ -140,7 +125,8 @@ class _Run:
 class _Compiled:
     """A program as instruction lists over numbered slots (one per tensor)."""
 
-    def __init__(self, p: Program, param_grads: dict[int, tuple[str, int]]) -> None:
+    def __init__(self, p: Program, param_grads: dict[int, tuple[str, int]],
+                 adapter_grads: dict[Any, tuple[str, tuple[int, ...]]]) -> None:
         slot = {n: i for i, n in enumerate(p.sizes)}
         self.n, self.inp, self.out = len(slot), slot[p.inp], slot[p.out]
         self.sizes = [p.sizes[n] for n in slot]
@@ -158,6 +144,8 @@ class _Compiled:
         for op in reversed(p.ops):
             runs = any(n in p.grads for n in op.makes)
             grads = tuple(param_grads[i][1] for i in op.params if i in param_grads) if runs else ()
+            if runs:
+                grads += tuple(size for i in op.params if i in adapter_grads for size in adapter_grads[i][1])
             ins = tuple((slot[n], op.kind in PASS_THROUGH) for n in op.reads if n in p.grads) if runs else ()
             self.backward.append((runs, op.kind in GEMM_OPS, op.bwd_temp, tuple(slot[n] for n in op.makes),
                                   grads, ins, tuple(slot[n] for n in op.saves)))
@@ -174,7 +162,7 @@ def figures(stages: list[Stage], tensors: StepTensors) -> AllocatorFigures:
     compiled: dict[int, _Compiled] = {}
     for s in stages:
         if s.program is not None and id(s.program) not in compiled:
-            compiled[id(s.program)] = _Compiled(s.program, tensors.param_grads)
+            compiled[id(s.program)] = _Compiled(s.program, tensors.param_grads, tensors.adapter_grads)
     for step in (1, 2):
         _step(run, stages, compiled, first=step == 1)
     return AllocatorFigures(run.reserved, run.peak)
@@ -371,6 +359,10 @@ class _Backward:
             owner, size = run.t.param_grads.get(i, ("", 0))
             if owner == s.name:
                 self.grads.append(run.new(size))
+            for role in ("A", "B"):
+                owner, sizes = run.t.adapter_grads.get((role, i), ("", ()))
+                if owner == s.name:
+                    self.grads += [run.new(size) for size in sizes]
         run.drop(run.new(s.bwd_extra))
         if s.name == "llm.embeddings" and self.fwd.image_grad:  # masked_scatter's backward
             self.grad_stream = run.new(self.fwd.image_features)

@@ -31,8 +31,9 @@ Assumptions, each a fact of the software stack the calibration used
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
+from freezelab.adapters import Adapters
 from freezelab.components import Component
 from freezelab.errors import FreezelabError
 from freezelab.families import family
@@ -40,26 +41,22 @@ from freezelab.index import ModelIndex
 from freezelab.memory import notes as notes_mod
 from freezelab.memory import optimizer_state
 from freezelab.memory.activations import Numerics
-from freezelab.memory.allocations import AllocatorFigures, StepTensors, figures
-from freezelab.memory.cuda_facts import (
-    CUBLASLT_WORKSPACE,
-    CUDA_CONTEXT,
-    MEASURED_ARCH,
-    cublas_workspace,
-    rounded,
-)
+from freezelab.memory.allocations import AllocatorFigures, figures
+from freezelab.memory.adapter_memory import AdapterResident, adapter_details, adapter_notes, combined_step_temp
+from freezelab.memory.adapter_memory import resident as adapter_resident
+from freezelab.memory.adapter_ops import AdapterSpec
+from freezelab.memory.cuda_facts import CUBLASLT_WORKSPACE, CUDA_CONTEXT, rounded
 from freezelab.memory.fsdp2 import ROOT, Fsdp2
 from freezelab.memory.result import MemoryEstimate, Method
 from freezelab.memory.sharding import ENGINE, Resident, deepspeed_extra, per_gpu, runs_fsdp2, sharded_notes
 from freezelab.memory.stages import ACTIVATION_GROUPS, Flow, Stage, build
+from freezelab.memory.step_tensors import CUBLAS_WORKSPACE, buffer_blocks, input_blocks, step_tensors
 from freezelab.memory.structure import sizes
 from freezelab.memory.timeline import Timeline, walk, walk_fsdp2
 from freezelab.tokens import LLAVA_TYPES, ImageLayout, combined, sample_layouts, workload_sequence
-from freezelab.units import GiB
+from freezelab.units import GiB, gib
 from freezelab.workload import DTYPE_BYTES, Sharding, Workload
 
-CUBLAS_WORKSPACE = cublas_workspace(MEASURED_ARCH)
-INDEX_ELEM = 8                     # input_ids, attention_mask and labels are int64
 
 
 class EstimateError(FreezelabError):
@@ -129,34 +126,6 @@ def _layouts(index: ModelIndex, w: Workload) -> tuple[ImageLayout | None, tuple[
     return (each[0] if index.model_type in PATHS else combined(list(each))), each
 
 
-def _input_blocks(index: ModelIndex, w: Workload, seq: int, layout: ImageLayout | None, num: Numerics,
-                  flow: Flow) -> list[int]:
-    """The batch on the GPU: ids, mask and labels, plus the pixels of every tile."""
-    from freezelab.memory import image_paths
-
-    blocks = [rounded(w.batch * seq * INDEX_ELEM)] * 3
-    if index.model_type in image_paths.PATHS:
-        return [*blocks, image_paths.input_bytes(flow)]
-    if layout is not None:
-        side = int((index.config.get("vision_config") or {}).get("image_size") or 0)
-        pixel_elem = 2 if num.autocast else num.param
-        blocks.append(rounded(w.batch * layout.tiles * 3 * side * side * pixel_elem))
-    return blocks
-
-
-def _buffer_blocks(index: ModelIndex) -> list[int]:
-    """Non-parameter buffers: the vision position ids and the rotary inverse frequencies (as the index
-    recorded them, when it did)."""
-    if index.buffers:
-        return [rounded(numel * elem) for _, numel, elem in index.buffers]
-    text = index.config.get("text_config") or {}
-    heads = int(text.get("num_attention_heads") or 1)
-    head_dim = int(text.get("head_dim") or int(text.get("hidden_size") or 0) // heads)
-    vision = index.config.get("vision_config") or {}
-    side = int(vision.get("image_size") or 0) // max(1, int(vision.get("patch_size") or 1))
-    return [rounded((side * side + 1) * INDEX_ELEM)] + [rounded(head_dim // 2 * 4)] * 2
-
-
 def _grad_owner(stages: list[Stage], mask: list[bool]) -> dict[int, str]:
     """Which backward stage first produces each trainable tensor's gradient (tied: once)."""
     owner: dict[int, str] = {}
@@ -168,14 +137,28 @@ def _grad_owner(stages: list[Stage], mask: list[bool]) -> dict[int, str]:
     return owner
 
 
-def _resident(index: ModelIndex, w: Workload, owner: dict[int, str], num: Numerics) -> Resident:
-    weights = sizes(index, num.param)[0] + sum(_buffer_blocks(index))
+def _resident(index: ModelIndex, w: Workload, owner: dict[int, str], num: Numerics,
+              extra: AdapterResident) -> Resident:
+    weights = sizes(index, num.param)[0] + sum(buffer_blocks(index)) + extra.weights
     live = [optimizer_state.Tensor(index.params[i].shape, index.params[i].numel) for i in owner]
     grads = sum(rounded(t.numel * num.param) for t in live)
-    r = Resident(weights=weights, gradients=grads,
-                 state=optimizer_state.state_bytes(w.optimizer, live, num.param),
-                 step_temp=optimizer_state.step_temp_bytes(w.optimizer, live, num.param))
+    temp = optimizer_state.step_temp_bytes(w.optimizer, live, num.param)
+    r = Resident(weights=weights, gradients=grads + extra.gradients,
+                 state=optimizer_state.state_bytes(w.optimizer, live, num.param) + extra.state,
+                 step_temp=combined_step_temp(w.optimizer, temp, extra.step_temp))
     return per_gpu(r, w)
+
+
+def _with_adapters(r: Resident, extra: AdapterResident, optimizer: str) -> Resident:
+    """An FSDP2 rank's resident memory with the adapters counted whole, their gradients for the whole step
+    and a quantized base's storage: an upper bound (FSDP2 would shard them too)."""
+    if not extra.weights and not extra.gradients:
+        return r
+    note = ("adapters (and a quantized base) are counted whole on every GPU, their gradients for the "
+            "whole step: an upper bound, as FSDP2 shards them too")
+    return replace(r, weights=r.weights + extra.weights + extra.gradients, state=r.state + extra.state,
+                   step_temp=combined_step_temp(optimizer, r.step_temp, extra.step_temp),
+                   assumptions=[*r.assumptions, note])
 
 
 def _sharded_resident(index: ModelIndex, w: Workload, owner: dict[int, str], num: Numerics, fs: Fsdp2) -> Resident:
@@ -189,7 +172,7 @@ def _sharded_resident(index: ModelIndex, w: Workload, owner: dict[int, str], num
     grads = sum(rounded(rows * num.param) for rows in per_unit.values())
     state = optimizer_state.state_bytes(w.optimizer, local, num.param)
     temp = optimizer_state.step_temp_bytes(w.optimizer, local, num.param)
-    r = Resident(weights=fs.shards() + sum(_buffer_blocks(index)), gradients=grads, state=state, step_temp=temp,
+    r = Resident(weights=fs.shards() + sum(buffer_blocks(index)), gradients=grads, state=state, step_temp=temp,
                  assumptions=sharded_notes(w))
     if w.offload_optimizer:
         host = state + temp + (sum(u.shards for u in fs.units.values()) + grads if fs.offload else 0)
@@ -212,7 +195,7 @@ def _walk_sharded(index: ModelIndex, mask: list[bool], w: Workload, st: _Step,
                   peak_only: bool = False) -> tuple[Resident, Timeline | int]:
     fs = Fsdp2(index, mask, st.num.param, w.gpus, reshard_after_forward=w.sharding != Sharding.ZERO2,
                offload=w.offload_optimizer and w.sharding == Sharding.FSDP)
-    r = _sharded_resident(index, w, st.owner, st.num, fs)
+    r = _with_adapters(_sharded_resident(index, w, st.owner, st.num, fs), st.extra, w.optimizer)
     by_stage = _grads_by_stage(index, st, fs.layout.unit)
     layers = {u for u in fs.units if u != ROOT}
     tl = walk_fsdp2(st.stages, r, fs, lambda s: s.name if s.name in layers else ROOT, inputs=st.inputs,
@@ -248,24 +231,6 @@ def _workspace(backward: bool, ckpt: bool) -> int:
     return total
 
 
-def _step_tensors(index: ModelIndex, w: Workload, st: _Step, workspaces_ready: bool) -> StepTensors:
-    """Every tensor of the step by size, for the allocator replay (`allocations`)."""
-    params, num, seq, owner = index.params, st.num, st.seq, st.owner
-    live = [optimizer_state.Tensor(params[i].shape, params[i].numel) for i in sorted(owner)]
-    temps, serial = optimizer_state.step_temp_blocks(w.optimizer, live, num.param)
-    offload = w.offload_optimizer
-    embed = index.module_by_path[index.roots["embeddings"][0]].own[0]
-    return StepTensors(
-        weights=[rounded(p.numel * num.param) for p in params] + _buffer_blocks(index),
-        inputs=_input_blocks(index, w, seq, st.layout, num, st.flow),
-        param_grads={i: (name, rounded(params[i].numel * num.param)) for i, name in owner.items()},
-        state=[] if offload else [optimizer_state.state_blocks(w.optimizer, t, num.param) for t in live],
-        step_temps=[] if offload else temps, step_temps_serial=serial,
-        workspaces=(CUBLAS_WORKSPACE, CUBLASLT_WORKSPACE),
-        logits_fp32=rounded(w.batch * seq * params[embed].shape[0] * 4), upcast=num.compute != 4,
-        ckpt=w.grad_ckpt, workspaces_ready=workspaces_ready)
-
-
 def allocator_cache(peak: int, replay: AllocatorFigures, w: Workload) -> int:
     """The free blocks the caching allocator keeps beside the tensors at the peak, from the replay of
     the step. The replay is of one GPU holding everything; with sharding or offload the cache keeps
@@ -281,16 +246,21 @@ def _check(index: ModelIndex, mask: list[bool]) -> None:
                             f"{len(index.params)} parameter tensors: resolve the plan against this model")
 
 
-def _trainable_by_component(index: ModelIndex, mask: list[bool]) -> dict[Component, int]:
+def _trainable_by_component(index: ModelIndex, mask: list[bool], spec: AdapterSpec) -> dict[Component, int]:
+    """Trainable parameters per component, adapters with the component of the Linear they wrap."""
     out = dict.fromkeys(Component, 0)
     for p, on in zip(index.params, mask):
         if on:
             out[Component(p.component)] += p.numel
+    for weight, layer in spec.layers.items():
+        out[Component(index.params[weight].component)] += layer.numel(spec.dora)
     return out
 
 
-def data_flow(index: ModelIndex, mask: list[bool], w: Workload, input_require_grads: bool | None = None) -> Flow:
-    """What the stages of a step are built from (checked: the mask must be this model's)."""
+def data_flow(index: ModelIndex, mask: list[bool], w: Workload, input_require_grads: bool | None = None,
+              adapters: Adapters | None = None) -> Flow:
+    """What the stages of a step are built from (checked: the mask must be this model's), with the plan's
+    adapters and quantized base."""
     _check(index, mask)
     layout, layouts = _layouts(index, w)
     use_cache = bool((index.config.get("text_config") or {}).get("use_cache", True))
@@ -298,7 +268,7 @@ def data_flow(index: ModelIndex, mask: list[bool], w: Workload, input_require_gr
         use_cache = False
     return Flow(index, mask, numerics(w), w.batch, workload_sequence(index.config, w, index.processor), w.images,
                 layout, w.grad_ckpt, use_cache, _values_follow_keys(index.transformers_version), input_require_grads,
-                layouts)
+                layouts, AdapterSpec.of(adapters))
 
 
 @dataclass
@@ -313,16 +283,20 @@ class _Step:
     workspace: int
     layout: ImageLayout | None
     flow: Flow
+    spec: AdapterSpec = field(default_factory=AdapterSpec)         # the adapters and the quantized base
+    extra: AdapterResident = field(default_factory=AdapterResident)  # what they add to the resident memory
     by_stage: dict[str, list[tuple[str, int]]] | None = None   # FSDP2 walks: gradients per stage and unit
 
 
-def _step(index: ModelIndex, mask: list[bool], w: Workload, input_require_grads: bool | None) -> _Step:
-    flow = data_flow(index, mask, w, input_require_grads)
-    num, layout, seq = flow.num, flow.layout, flow.seq
+def _step(index: ModelIndex, mask: list[bool], w: Workload, input_require_grads: bool | None,
+          adapters: Adapters | None = None) -> _Step:
+    flow = data_flow(index, mask, w, input_require_grads, adapters)
+    num, layout, seq, spec = flow.num, flow.layout, flow.seq, flow.spec
     stages = build(flow)
     backward = any(s.backward for s in stages)
-    return _Step(num, seq, stages, _grad_owner(stages, mask), sum(_input_blocks(index, w, seq, layout, num, flow)),
-                 _workspace(backward, w.grad_ckpt), layout, flow)
+    return _Step(num, seq, stages, _grad_owner(stages, mask), sum(input_blocks(index, w, seq, layout, num, flow)),
+                 _workspace(backward, w.grad_ckpt), layout, flow, spec,
+                 adapter_resident(index, spec, stages, w.optimizer, num.param))
 
 
 def _walk(index: ModelIndex, mask: list[bool], w: Workload, st: _Step,
@@ -331,9 +305,9 @@ def _walk(index: ModelIndex, mask: list[bool], w: Workload, st: _Step,
     total instead of the timeline)."""
     if runs_fsdp2(w):
         return _walk_sharded(index, mask, w, st, peak_only)
-    r = _resident(index, w, st.owner, st.num)
-    grad_of = {name: 0 for name in (s.name for s in st.stages)}
-    first_of = dict(grad_of)
+    r = _resident(index, w, st.owner, st.num, st.extra)
+    grad_of = {name: st.extra.grad_of.get(name, 0) for name in (s.name for s in st.stages)}
+    first_of = {name: st.extra.first_of.get(name, 0) for name in grad_of}
     for i, name in st.owner.items():
         size = rounded(index.params[i].numel * st.num.param)
         grad_of[name] += size
@@ -345,7 +319,7 @@ def _walk(index: ModelIndex, mask: list[bool], w: Workload, st: _Step,
 
 def estimate(index: ModelIndex, mask: list[bool], workload: Workload, *,
              input_require_grads: bool | None = None, workspaces_ready: bool = False,
-             cache_share: float | None = None) -> MemoryEstimate:
+             cache_share: float | None = None, adapters: Adapters | None = None) -> MemoryEstimate:
     """Peak GPU memory of one steady-state training step of `index` with trainable `mask`.
 
     input_require_grads: whether transformers' input-embedding hooks are installed (they make both
@@ -354,32 +328,49 @@ def estimate(index: ModelIndex, mask: list[bool], workload: Workload, *,
     workspaces_ready: the cuBLAS workspaces exist before the step (the process ran one before), as
     in measurements that run many cases in one process; a fresh training run makes them in step 1.
     cache_share: skip the allocator replay and take the allocator's cache as this share of the tensor
-    peak (a chart's neighbouring points, from the replayed estimate beside them)."""
+    peak (a chart's neighbouring points, from the replayed estimate beside them).
+
+    adapters: the plan's LoRA / DoRA adapters and quantized base (Resolution.adapters), which add their
+    tensors, gradients, optimizer state and activations (freezelab.memory.adapter_ops)."""
     check_followed(index, workload)
-    st = _step(index, mask, workload, input_require_grads)
+    st = _step(index, mask, workload, input_require_grads, adapters)
     r, tl = _walk(index, mask, workload, st)
     assert isinstance(tl, Timeline)
     _engine_notes(index, workload, st.owner, st.num, r)
     replay = None
     if cache_share is None:
-        tensors = _step_tensors(index, workload, st, workspaces_ready)
+        tensors = step_tensors(index, workload, st, workspaces_ready)
         replay = figures(st.stages, tensors)
         cache = allocator_cache(tl.peak.total, replay, workload)
     else:
         cache = int(tl.peak.total * cache_share)
-    est = _result(index, mask, workload, st.num, st.stages, st.owner, r, tl, st.seq, cache)
+    est = _result(index, mask, workload, st.num, st.stages, st.owner, r, tl, st.seq, cache, st.spec)
     est.details["allocator_replayed"] = replay is not None
     if replay is not None:  # one GPU holding everything, before any sharding
         est.details["allocator_reserved_bytes"] = replay.reserved
+    _adapter_account(est, index, workload, st)
     return est
 
 
+def _adapter_account(est: MemoryEstimate, index: ModelIndex, w: Workload, st: _Step) -> None:
+    """The adapters' notes and details, and a paged optimizer's state outside the allocator."""
+    if st.spec.adapters is not None:
+        est.notes += adapter_notes(st.spec, st.extra)
+        est.details["adapters"] = adapter_details(st.spec, st.extra)
+    paged = st.extra.paged + optimizer_state.paged_bytes(
+        w.optimizer, [optimizer_state.Tensor(index.params[i].shape, index.params[i].numel) for i in st.owner])
+    if paged:
+        est.details["paged_optimizer_state_bytes"] = paged
+        est.notes.append(f"The paged optimizer keeps {gib(paged)} of its state in CUDA unified memory, outside "
+                         "PyTorch's allocator: not in the peak; the driver moves it to CPU RAM when the GPU runs short.")
+
+
 def spread_peaks(index: ModelIndex, mask: list[bool], workload: Workload, spreads: list[Workload], *,
-                 input_require_grads: bool | None = None) -> list[int]:
+                 input_require_grads: bool | None = None, adapters: Adapters | None = None) -> list[int]:
     """The tensor peak of the same step under each of `spreads` (the workload with other gpus, sharding or
     offload), building its stages once: what `estimate(...).peak_bytes` gives for each, much faster."""
     check_followed(index, workload)
-    st = _step(index, mask, workload, input_require_grads)
+    st = _step(index, mask, workload, input_require_grads, adapters)
     return [int(_walk(index, mask, w, st, peak_only=True)[1]) for w in spreads]
 
 
@@ -395,9 +386,10 @@ def cache_share_of(est: MemoryEstimate) -> float:
 
 
 def _result(index: ModelIndex, mask: list[bool], w: Workload, num: Numerics, stages: list[Stage],
-            owner: dict[int, str], r: Resident, tl: Timeline, seq: int, cache: int) -> MemoryEstimate:
+            owner: dict[int, str], r: Resident, tl: Timeline, seq: int, cache: int,
+            spec: AdapterSpec) -> MemoryEstimate:
     peak = tl.peak
-    trainable = _trainable_by_component(index, mask)
+    trainable = _trainable_by_component(index, mask, spec)
     dead = sum(p.numel for i, p in enumerate(index.params) if mask[i] and i not in owner)
     llm_layers = [s for s in stages if s.name.startswith("llm.layers.")]
     embed = index.module_by_path[index.roots["embeddings"][0]].own[0]

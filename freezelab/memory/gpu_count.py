@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from freezelab.adapters import Adapters
 from freezelab.index import ModelIndex
 from freezelab.memory.analytic import device_estimate, spread_peaks
 from freezelab.memory.gpus import GPUS, device_bytes_for
@@ -51,7 +52,8 @@ def _same_as(w: Workload, mode: str, n: int) -> tuple[str, int]:
 
 
 def gpu_count(index: ModelIndex, mask: list[bool], workload: Workload, *, cublas_workspaces: int = 2,
-              cache_share: float = 0.0, input_require_grads: bool | None = None) -> GpuCount:
+              cache_share: float = 0.0, input_require_grads: bool | None = None,
+              adapters: Adapters | None = None) -> GpuCount:
     """Per-GPU memory of `workload`'s step for each mode and count (its own gpus and sharding ignored,
     its offload kept), and the smallest count of each common card that fits.
     `cublas_workspaces`: how many the step holds at its peak, `cache_share`: the allocator's cache as a
@@ -60,7 +62,7 @@ def gpu_count(index: ModelIndex, mask: list[bool], workload: Workload, *, cublas
     spreads = sorted(wanted)
     peaks = dict(zip(spreads, spread_peaks(index, mask, workload, [workload.with_(gpus=n, sharding=m)
                                                                     for m, n in spreads],
-                                           input_require_grads=input_require_grads)))
+                                           input_require_grads=input_require_grads, adapters=adapters)))
     per_gpu = {m: [device_estimate(peaks[_same_as(workload, m, n)], cache_share) for n in COUNTS]
                for m in SHARDING}
 

@@ -19,6 +19,12 @@ and bitsandbytes' 8-bit optimizer:
   more dimensions into a row and a column vector (vectors keep a full one);
   its default (single-tensor) step materialises one tensor's `row @ col`
   estimate at a time.
+* bitsandbytes' paged AdamW (32-bit: fp32 moments; 8-bit: as AdamW8bit) puts the
+  moments of every tensor of at least 100,000 elements in CUDA unified memory
+  (`get_paged`, cudaMallocManaged), outside PyTorch's caching allocator: they are
+  not in `max_memory_allocated`, and the driver pages them to CPU RAM when the GPU
+  runs short. Smaller tensors' moments and every absmax stay in the allocator
+  (bitsandbytes 0.49 `Optimizer8bit.get_state_buffer`).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from freezelab.memory.cuda_facts import rounded
 BNB_MIN_8BIT = 4096
 FUSED_STEP_BYTES = 4   # fused (and capturable) AdamW keeps `step` as an fp32 scalar on the device
 BNB_BLOCK = 256
+BNB_PAGED_MIN = 100_000   # get_state_buffer pages tensors with at least this many elements
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,8 @@ _STATE = {
     "sgd-momentum": lambda t, e: [rounded(t.numel * e)],
     "adamw-8bit": _adamw_8bit,
     "adafactor": _adafactor,
+    "paged-adamw": lambda t, e: _paged_blocks(t, 4),
+    "paged-adamw-8bit": lambda t, e: _paged_8bit_blocks(t),
 }
 
 
@@ -78,8 +87,38 @@ def state_blocks(optimizer: str, t: Tensor, elem: int) -> list[int]:
     return _STATE[optimizer](t, elem)
 
 
+def _paged(t: Tensor, moment_elem: int) -> tuple[int, int]:
+    """(bytes in the allocator, bytes in unified memory) of one paged optimizer's moments."""
+    moments = 2 * (t.numel * moment_elem)
+    if t.numel >= BNB_PAGED_MIN:
+        return 0, moments
+    return 2 * rounded(t.numel * moment_elem), 0
+
+
+def _paged_blocks(t: Tensor, moment_elem: int) -> list[int]:
+    """A paged optimizer's two moments in the allocator (small tensors only, see `_paged`)."""
+    return [rounded(t.numel * moment_elem)] * 2 if _paged(t, moment_elem)[0] else []
+
+
+def _paged_8bit_blocks(t: Tensor) -> list[int]:
+    if t.numel < BNB_MIN_8BIT:
+        return [rounded(t.numel * 4)] * 2
+    blocks = math.ceil(t.numel / BNB_BLOCK)
+    return [*_paged_blocks(t, 1), rounded(blocks * 4), rounded(blocks * 4)]
+
+
+def paged_bytes(optimizer: str, tensors: Iterable[Tensor]) -> int:
+    """Optimizer state a paged optimizer keeps in unified memory, outside the allocator."""
+    if optimizer == "paged-adamw":
+        return sum(_paged(t, 4)[1] for t in tensors)
+    if optimizer == "paged-adamw-8bit":
+        return sum(_paged(t, 1)[1] for t in tensors if t.numel >= BNB_MIN_8BIT)
+    return 0
+
+
 def state_bytes(optimizer: str, tensors: Iterable[Tensor], elem: int) -> int:
-    """Optimizer state (steady state: after the first step) for the tensors that get gradients."""
+    """Optimizer state (steady state: after the first step) for the tensors that get gradients, in the
+    caching allocator (a paged optimizer's unified memory: `paged_bytes`)."""
     return sum(sum(state_blocks(optimizer, t, elem)) for t in tensors)
 
 
@@ -113,4 +152,8 @@ def state_label(optimizer: str, elem: int) -> str:
         "adamw-8bit": "8-bit AdamW keeps two 1-byte moments plus a 4-byte scale per 256 values "
                       "(about 2 bytes per trainable parameter)",
         "adafactor": "Adafactor keeps only a row and a column vector per weight matrix",
+        "paged-adamw": "paged AdamW keeps fp32 moments (8 bytes per trainable parameter), those of large tensors in "
+                       "CUDA unified memory outside the allocator",
+        "paged-adamw-8bit": "paged 8-bit AdamW keeps 1-byte moments plus a 4-byte scale per 256 values, those of "
+                            "large tensors in CUDA unified memory outside the allocator",
     }[optimizer]

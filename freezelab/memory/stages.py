@@ -25,13 +25,11 @@ from freezelab.compute import cost as costs
 from freezelab.compute.cost import Cost
 from freezelab.index import ModelIndex
 from freezelab.memory.activations import Numerics, Tape
+from freezelab.memory.adapter_ops import AdapterSpec
 from freezelab.memory.cuda_facts import rounded
-from freezelab.memory.structure import find as _find
-from freezelab.memory.structure import layer_params as _layer_params
-from freezelab.memory.structure import lm_head_param as _lm_head
-from freezelab.memory.structure import relative as _relative
-from freezelab.memory.structure import shape_of as _shape
-from freezelab.memory.structure import text_hidden as _text_hidden
+from freezelab.memory.structure import find as _find, shape_of as _shape
+from freezelab.memory.structure import layer_params as _layer_params, relative as _relative
+from freezelab.memory.structure import lm_head_param as _lm_head, text_hidden as _text_hidden
 from freezelab.memory.tape_order import OrderedTape, Program
 from freezelab.tokens import ImageLayout
 
@@ -97,6 +95,7 @@ class Flow:
     cache_values_follow_keys: bool = False  # transformers < 5.24 stores cached values in the keys' dtype
     input_grads: bool | None = None  # transformers' input-embedding requires_grad hooks (None: = ckpt)
     layouts: tuple[ImageLayout, ...] = ()  # each image of one sample (the families of memory.image_paths read them)
+    spec: AdapterSpec = field(default_factory=AdapterSpec)  # adapted and quantized Linear layers
 
     @property
     def hooks(self) -> bool:
@@ -109,7 +108,7 @@ class Flow:
         return self.index.params[i].numel
 
     def tape(self) -> OrderedTape:
-        return OrderedTape(self.num, self.trainable, self.numel)
+        return OrderedTape(self.num, self.trainable, self.numel, self.spec)
 
 
 # -- layer recipes -------------------------------------------------------------------------
@@ -169,7 +168,7 @@ def _layer_stage(f: Flow, recipe: Recipe, name: str, component: str, p: dict[str
     """One transformer layer; identical layers (same flags) are computed once. `cached`: tensors the
     model output also references (the KV cache), which cost extra only where autograd did not save them."""
     flags = tuple(sorted((k, f.mask[i]) for k, i in p.items()))
-    key = (recipe, component, flow_in, flags)
+    key = (recipe, component, flow_in, flags, f.spec.key(p))
     if key not in cache:
         t = f.tape()
         t.kv_cache = bool(cached) and not f.ckpt
@@ -184,12 +183,13 @@ def _layer_stage(f: Flow, recipe: Recipe, name: str, component: str, p: dict[str
             # non-reentrant checkpoint keeps only the layer's input; backward replays the layer
             stage.replay = t.replay
             stage.kept = t.nbytes(x)
-            stage.bwd_extra = p.backward_peak(recompute=True)
+            stage.bwd_extra = max(p.backward_peak(recompute=True), t.kept + t.dora_extra)  # DoRA's norm again
         else:
             # op by op its saved tensors go as the backward passes them: the peak beyond all it kept
             stage.kept = t.kept
             stage.bwd_extra = p.backward_peak(recompute=False) - (t.kept - (t.nbytes(x) if x in t.saved else 0))
-        stage.fwd_extra = p.forward_peak(checkpointed=stage.checkpointed)
+        stage.fwd_extra = max(p.forward_peak(checkpointed=stage.checkpointed),  # DoRA: its weight norm
+                              0 if f.ckpt and stage.out_grad or not t.dora_fwd else t.dora_fwd + t.nbytes(out))
         stage.forward_only = t.forward_cached if not (f.ckpt and stage.out_grad) else 0
         if t.kv_cache:
             stage.held = sum(t.nbytes(n) for n in cached if n not in t.saved)

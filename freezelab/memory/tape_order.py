@@ -100,16 +100,46 @@ class Program:
         return peak
 
 
+class _Frame:
+    """An op running on an `OrderedTape`, and what it did since its last record."""
+
+    def __init__(self, tape: OrderedTape, kind: str, reads: tuple[str, ...], params: tuple[Any, ...]) -> None:
+        self.kind, self.reads, self.params = kind, reads, params
+        self.nested = False   # other ops ran inside it (an adapted Linear)
+        self.reset(tape)
+
+    def reset(self, tape: OrderedTape) -> None:
+        self.made: list[str] = []
+        self.fwd_n = self.bwd_n = 0
+        self.temp = 0   # transients beside tensors that other records make (DoRA's weight norm)
+        self.saved_before = set(tape.saved)
+
+    def empty(self, tape: OrderedTape) -> bool:
+        return not self.made and not self.fwd_n and not self.bwd_n and not self.temp and not (tape.saved - self.saved_before)
+
+    def record(self, tape: OrderedTape) -> OpRecord:
+        """What it did since its last record: an op of its own, or the part of a composite op between the
+        ops inside it (whose parameters those ops carry)."""
+        made = tuple(self.made)
+        reads = tuple(n for n in self.reads if n not in made)
+        made_bytes = sum(tape.t[n].nbytes for n in made)
+        grad_bytes = sum(tape.t[n].nbytes for n in (*reads, *made) if tape.t[n].grad)
+        saves = tuple(n for n in tape.t if n in tape.saved and n not in self.saved_before)
+        kind = self.kind if not self.nested else "part"
+        return OpRecord(kind, reads, made, saves, () if self.nested else self.params,
+                        max(0, self.fwd_n - made_bytes) + self.temp, max(0, self.bwd_n - grad_bytes), self.fwd_n, self.bwd_n)
+
+
 class OrderedTape(Tape):
-    """A Tape that records its ops in order (see the module docstring)."""
+    """A Tape that records its ops in order (see the module docstring). An op made of other ops (PEFT's
+    LoRA layer: the base Linear, A, B, casts and sums) records each of them, and what it did between
+    them as parts of its own."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.records: list[OpRecord] = []
         self.first_input: str | None = None
-        self._made: list[str] = []
-        self._fwd_n = 0
-        self._bwd_n = 0
+        self._frames: list[_Frame] = []
 
     def input(self, name: str, numel: int, elem: int, grad: bool, width: int) -> str:
         if self.first_input is None:
@@ -117,16 +147,25 @@ class OrderedTape(Tape):
         return super().input(name, numel, elem, grad, width)
 
     def _new(self, name: str, numel: int, elem: int, grad: bool, width: int = 1) -> str:
-        self._made.append(name)
+        if self._frames:
+            self._frames[-1].made.append(name)
         return super()._new(name, numel, elem, grad, width)
 
     def _fwd(self, nbytes: int) -> None:
-        self._fwd_n = max(self._fwd_n, nbytes)
+        if self._frames:
+            self._frames[-1].fwd_n = max(self._frames[-1].fwd_n, nbytes)
         super()._fwd(nbytes)
 
     def _bwd(self, nbytes: int) -> None:
-        self._bwd_n = max(self._bwd_n, nbytes)
+        if self._frames:
+            self._frames[-1].bwd_n = max(self._frames[-1].bwd_n, nbytes)
         super()._bwd(nbytes)
+
+    def _weight_norm(self, held: int, transient: int) -> None:
+        """The layer's other tensors are alive in the replay already: only `held` is a transient here."""
+        Tape._fwd(self, transient)
+        if self._frames:
+            self._frames[-1].temp = max(self._frames[-1].temp, held)
 
     def hold(self, *names: str) -> None:
         """The model code keeps `names` referenced until here (a Python variable that the next call
@@ -139,32 +178,40 @@ class OrderedTape(Tape):
                        frozenset(self.saved), frozenset(self.forward_only - self.saved),
                        tuple(n for n in held if n in self.t and n not in self.saved))
 
+    def _run(self, kind: str, method: Callable[..., str], bound: dict[str, Any], *args: Any, **kwargs: Any) -> str:
+        reads = tuple(dict.fromkeys(v for k, v in bound.items()
+                                    if isinstance(v, str) and k not in OUTPUT_ARGS and v in self.t))
+        params = tuple(v for k, v in bound.items() if k in PARAM_ARGS and v is not None and not isinstance(v, str))
+        if self._frames:  # an op inside another: what the outer one did so far is a part of its own
+            outer = self._frames[-1]
+            if not outer.empty(self):
+                self.records.append(outer.record(self))
+            outer.nested = True
+        frame = _Frame(self, kind, reads, params)
+        self._frames.append(frame)
+        try:
+            result = method(self, *args, **kwargs)
+        finally:
+            self._frames.pop()
+        if not frame.nested or not frame.empty(self):
+            self.records.append(frame.record(self))
+        if self._frames:
+            self._frames[-1].reset(self)
+        return result
 
-def _recorded(kind: str) -> Callable[..., str]:
-    method = getattr(Tape, kind)
+
+def _recorded(kind: str, name: str) -> Callable[..., str]:
+    method = getattr(Tape, name)
     sig = inspect.signature(method)
 
     def op(self: OrderedTape, *args: Any, **kwargs: Any) -> str:
-        bound = sig.bind(self, *args, **kwargs).arguments
-        before = set(self.t)
-        saved_before = set(self.saved)
-        self._made, self._fwd_n, self._bwd_n = [], 0, 0
-        result = method(self, *args, **kwargs)
-        made = tuple(self._made)
-        reads = tuple(dict.fromkeys(v for k, v in bound.items()
-                                    if isinstance(v, str) and k not in OUTPUT_ARGS and v in before))
-        params = tuple(v for k, v in bound.items() if k in PARAM_ARGS and isinstance(v, int))
-        made_bytes = sum(self.t[n].nbytes for n in made)
-        grad_bytes = sum(self.t[n].nbytes for n in (*reads, *made) if self.t[n].grad)
-        saves = tuple(n for n in self.t if n in self.saved and n not in saved_before)
-        self.records.append(OpRecord(kind, reads, made, saves, params, max(0, self._fwd_n - made_bytes),
-                                     max(0, self._bwd_n - grad_bytes), self._fwd_n, self._bwd_n))
-        return result
+        return self._run(kind, method, sig.bind(self, *args, **kwargs).arguments, *args, **kwargs)
 
-    op.__name__ = kind
+    op.__name__ = name
     op.__doc__ = method.__doc__
     return op
 
 
 for _kind in OPS:
-    setattr(OrderedTape, _kind, _recorded(_kind))
+    setattr(OrderedTape, _kind, _recorded(_kind, _kind))
+OrderedTape.plain_linear = _recorded("linear", "plain_linear")  # type: ignore[method-assign]

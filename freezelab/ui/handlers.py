@@ -18,7 +18,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from freezelab import charts, units
-from freezelab.anatomy import component_counts, count
+from freezelab.anatomy import component_counts, count, summary
 from freezelab.compute.timing import Efficiency
 from freezelab.errors import FreezelabError, PlanError, SelectorError, SourceError
 from freezelab.exports import import_plan as parse_plan
@@ -30,6 +30,7 @@ from freezelab.policy import LOCAL, Policy
 from freezelab.selectors import parse, reach, select
 from freezelab.session import Session, TreeOptions
 from freezelab.sources import known_info
+from freezelab.ui.adapter_settings import AdapterSettings
 from freezelab.ui.compute_view import ComputeView, compute_view
 from freezelab.ui.context_view import current_html, workload_text
 from freezelab.ui.memory_view import (
@@ -94,6 +95,7 @@ class View:
     memory: MemoryView = shown_within()
     compute: ComputeView = shown_within()
     current: str = shown("verify.now")                  # HTML: what a simulation or sanity step would run now
+    adapter_settings: AdapterSettings = shown_within()  # the plan's adapter settings, kept in the controls
     trainable: int                                      # trainable parameters under the plan
 
 
@@ -123,14 +125,17 @@ def _header(loaded: Loaded, session: Session) -> str:
 
 
 def summary_html(index: ModelIndex, mask: list[bool]) -> str:
+    """Counts on the (adapted) index: with adapters, totals are base plus adapters, as PEFT counts them."""
     total = count(index, mask)
     comps = component_counts(index, mask)
     rows = "".join(
         f"<tr><td>{label}</td><td>{units.params(comps[key].total)}</td><td>{units.params(comps[key].trainable)}</td>"
         f"<td>{comps[key].state}</td></tr>" for key, label in SUMMARY_ROWS if comps[key].total)
+    adapter = summary(index, mask)["adapter_params"]
+    extra = f" <small>({adapter:,} in adapters)</small>" if adapter else ""
     return (f'<div class="fl-summary"><div class="fl-big">trainable <b id="fl-trainable">{total.trainable:,}</b> '
             f'of {total.total:,} parameters (<span id="fl-percent">{units.percent(total.trainable, total.total)}'
-            f"</span>)</div><table><tr><th>component</th><th>total</th><th>trainable</th><th>state</th></tr>"
+            f"</span>){extra}</div><table><tr><th>component</th><th>total</th><th>trainable</th><th>state</th></tr>"
             f"{rows}</table></div>")
 
 
@@ -148,19 +153,21 @@ def build_view(app: App, session: Session, status: str = "") -> View:
     loaded = app.loaded(session)
     index = loaded.index
     res = resolve(session.plan, index)
-    trainable = count(index, res.mask).trainable
+    adapted, mask = res.adapted(index)  # the adapters' tensors too, under the Linear layers they wrap
+    trainable = count(adapted, mask).trainable
     return View(
         session=session,
         header=_header(loaded, session),
-        summary=summary_html(index, res.mask),
-        tree=tree_json(index, res.mask, session.tree.query, session.tree.depth),
+        summary=summary_html(adapted, mask),
+        tree=tree_json(adapted, mask, session.tree.query, session.tree.depth),
         rules=rules_text(session.plan),
         warnings=_warnings_md(res),
-        params_fig=charts.params_by_component(index, res.mask),
+        params_fig=charts.params_by_component(adapted, mask),
         map_fig=charts.model_map(index, res.mask),
-        memory=memory_view(index, res.mask, session.workload, session.context),
-        compute=compute_view(index, res.mask, session.workload, session.efficiency),
+        memory=memory_view(index, res.mask, session.workload, session.context, res.adapters),
+        compute=compute_view(index, res.mask, session.workload, session.efficiency, res.adapters),
         current=current_html(session, trainable),
+        adapter_settings=AdapterSettings.of(session.plan),
         trainable=trainable,
         status=status,
     )

@@ -9,6 +9,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from freezelab import charts, units
+from freezelab.adapters import Adapters
 from freezelab.index import ModelIndex
 from freezelab.memory.analytic import cache_share_of, estimate, followed
 from freezelab.memory.gpu_count import GpuCount, gpu_count
@@ -150,7 +151,7 @@ def notes_md(est: MemoryEstimate) -> str:
 
 
 def curve(index: ModelIndex, mask: list[bool], workload: Workload, current: MemoryEstimate,
-          context: bool) -> go.Figure:
+          context: bool, adapters: Adapters | None = None) -> go.Figure:
     """Memory against batch size (`current` is the estimate at the workload's own batch), stopping
     one point past the largest common GPU and the current batch: further points only squash the
     interesting part of the chart, and each costs an estimate."""
@@ -161,7 +162,7 @@ def curve(index: ModelIndex, mask: list[bool], workload: Workload, current: Memo
     for b in sorted({b for b in CURVE_BATCHES if b <= LIMITS["batch"]} | {workload.batch}):
         # the other points take the current batch's allocator cache as a share of their peak
         points.append(current if b == workload.batch else estimate(index, mask, workload.with_(batch=b),
-                                                                   cache_share=share))
+                                                                   cache_share=share, adapters=adapters))
         xs.append(b)
         if points[-1].device_estimate_bytes > largest and b >= workload.batch:
             break
@@ -191,18 +192,21 @@ def min_gpus_md(count: GpuCount) -> str:
             + "\n".join(rows))
 
 
-def memory_view(index: ModelIndex, mask: list[bool], workload: Workload, context: bool | None = None) -> MemoryView:
-    """The estimate and its charts; `context` None: the CUDA context is drawn unless it outweighs the tensors."""
+def memory_view(index: ModelIndex, mask: list[bool], workload: Workload, context: bool | None = None,
+                adapters: Adapters | None = None) -> MemoryView:
+    """The estimate and its charts; `context` None: the CUDA context is drawn unless it outweighs the tensors;
+    `adapters`: the plan's adapters and quantized base."""
     tokens = tokens_md(index, workload)
     why = followed(index, workload)
     if why is not None:
         return not_followed(why, tokens)
-    est = estimate(index, mask, workload)
+    est = estimate(index, mask, workload, adapters=adapters)
     shown_context = charts.context_by_default(est) if context is None else context
-    count = gpu_count(index, mask, workload, cublas_workspaces=est.cublas_workspaces, cache_share=cache_share_of(est))
+    count = gpu_count(index, mask, workload, cublas_workspaces=est.cublas_workspaces, cache_share=cache_share_of(est),
+                      adapters=adapters)
     return MemoryView(estimate=est, figure=charts.memory_breakdown(est, chart_lines(), context=shown_context),
-                      curve=curve(index, mask, workload, est, shown_context), verdict=verdict_html(est, workload),
-                      notes=notes_md(est), context=shown_context,
+                      curve=curve(index, mask, workload, est, shown_context, adapters),
+                      verdict=verdict_html(est, workload), notes=notes_md(est), context=shown_context,
                       gpu_count=charts.gpu_count_chart(count.counts, count.per_gpu, chart_lines(),
                                                        current=workload.gpus),
                       min_gpus=min_gpus_md(count), tokens=tokens)

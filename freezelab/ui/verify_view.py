@@ -119,18 +119,21 @@ def simulate(app: App, session: Session, progress: Progress | None = None,
 
     loaded = app.loaded(session)
     index = loaded.index
-    app.policy.check_simulate(index.total_params, index.name)
     res = resolve(session.plan, index)
+    app.policy.check_simulate(index.total_params + res.adapters.params, index.name)  # adapters as PEFT counts
     why = followed(index, session.workload)
-    analytic = analytic_estimate(index, res.mask, session.workload) if why is None else None
+    analytic = (analytic_estimate(index, res.mask, session.workload, adapters=res.adapters) if why is None
+                else None)
     simulated = simulate_step(hf_config(loaded.source), res.trainable_names(index), session.workload,
-                              progress=progress, cancel=cancel, processor=index.processor)
-    label = result_html("Simulated", session, count(index, res.mask).trainable)
+                              progress=progress, cancel=cancel, adapters=res.adapters, index=index,
+                              processor=index.processor)
+    label = result_html("Simulated", session, count(*res.adapted(index)).trainable)
     table = comparison_table(analytic, simulated) if analytic is not None else simulated_table(simulated, str(why))
     counted = simulated.details.get("flops")
     no_flops = flops_followed(index, session.workload)
     if counted and no_flops is None:
-        table += "\n\n" + flops_rows(step_flops(index, res.mask, session.workload), counted)
+        flops = step_flops(index, res.mask, session.workload, adapters=res.adapters)
+        table += "\n\n" + flops_rows(flops, counted)
     elif counted:
         table += (f"\n\nFlopCounterMode on the simulated step: forward {units.flops(counted['forward'])}, backward "
                   f"{units.flops(counted['backward'])}. No analytic FLOPs: {no_flops}.")
@@ -242,10 +245,11 @@ def run_step(app: App, session: Session, device: str, steps: int, lr: float,
     index = loaded.index
     steps = _whole(steps, "steps")
     lr = _number(lr, "learning rate")
-    app.policy.check_step(index.total_params, steps, device, index.name)
+    res = resolve(session.plan, index)
+    app.policy.check_step(index.total_params + res.adapters.params, steps, device, index.name)  # adapters too
     if session.weights and loaded.source.kind == "checkpoint":  # checked at load too; files may have grown
         app.policy.check_weights(loaded.source.weight_bytes, loaded.source.name)
-    label = result_html("Sanity step", session, count(index, resolve(session.plan, index).mask).trainable)
+    label = result_html("Sanity step", session, count(*res.adapted(index)).trainable)
     losses: list[float] = []
     for event in iter_step(loaded.source, session.plan, session.workload, steps=steps, lr=lr, device=device,
                            weights=session.weights, cancel=cancel):

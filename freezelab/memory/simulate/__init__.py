@@ -35,7 +35,9 @@ import warnings
 from collections.abc import Callable, Collection
 from typing import Any
 
+from freezelab.adapters import Adapters
 from freezelab.errors import SimulationCancelled, SimulationError
+from freezelab.index import ModelIndex
 from freezelab.memory.fake.autocast import CudaAutocastDelta
 from freezelab.memory.fake.ledger import Label
 from freezelab.memory.fake.patches import cuda_emulation_installed
@@ -57,6 +59,8 @@ def simulate_step(
     *,
     input_require_grads: bool = False,
     workspaces_ready: bool = False,
+    adapters: Adapters | None = None,
+    index: ModelIndex | None = None,
     processor: dict[str, Any] | None = None,
     count_flops: bool = True,
 ) -> MemoryEstimate:
@@ -83,12 +87,21 @@ def simulate_step(
     `workspaces_ready=True` books the cuBLAS workspaces before the first step, as in a process that
     already ran one (measurements that run many cases in one process); a fresh training run makes
     them in its first step, where they can split cached blocks.
+
+    `adapters` (with the `index` they were resolved on): the plan's LoRA / DoRA adapters, added by PEFT's
+    own `get_peft_model` to the fake model (real PEFT modules on fake tensors), and its quantized base,
+    whose 4- / 8-bit layers are modelled (freezelab.memory.simulate.quantized: bitsandbytes cannot run on
+    fake tensors).
+
     `count_flops=True` counts step 2 with FlopCounterMode (`details["flops"]`, see
     `simulate.flops`); the counting adds to the run's CPU time
     (`python benchmarks/flops_agreement.py --overhead`).
     """
+    if adapters is not None and adapters.layers and index is None:
+        raise SimulationError("adapters need the model index they were resolved on")
     return execute(Run(config, trainable, workload, progress, cancel, input_require_grads=input_require_grads,
-                       workspaces_ready=workspaces_ready, processor=processor, count_flops=count_flops))
+                       workspaces_ready=workspaces_ready, adapters=adapters, index=index, processor=processor,
+                       count_flops=count_flops))
 
 
 def execute(run: Run) -> MemoryEstimate:

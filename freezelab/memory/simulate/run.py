@@ -10,9 +10,11 @@ from typing import Any
 
 import torch
 
+from freezelab.adapters import Adapters
 from freezelab.components import ModelComponents
 from freezelab.errors import SimulationCancelled, SimulationError
 from freezelab.families import class_name
+from freezelab.index import ModelIndex
 from freezelab.memory.fake.ledger import TensorLedger
 from freezelab.workload import TORCH_DTYPE_NAMES, Workload
 
@@ -25,6 +27,7 @@ class Run:
     def __init__(self, config: Any, trainable: Collection[str], workload: Workload,
                  progress: Progress | None = None, cancel: Callable[[], bool] | None = None, *,
                  input_require_grads: bool = False, workspaces_ready: bool = False,
+                 adapters: Adapters | None = None, index: ModelIndex | None = None,
                  processor: dict[str, Any] | None = None,
                  count_flops: bool = True) -> None:
         from torch._subclasses.fake_tensor import FakeTensorMode
@@ -42,6 +45,8 @@ class Run:
         self.w = workload
         self.input_require_grads = bool(input_require_grads)
         self.workspaces_ready = bool(workspaces_ready)
+        self.adapters = adapters if adapters is not None and (adapters.layers or adapters.quantized) else None
+        self.index = index                          # the index the adapters were resolved on
         self.processor: dict[str, Any] = dict(processor or {})
         self.count_flops = bool(count_flops)   # FlopCounterMode over step 2 (simulate.flops)
         self.dtype = getattr(torch, TORCH_DTYPE_NAMES[workload.dtype])
