@@ -3,7 +3,9 @@ count and step times beside it.
 
     python benchmarks/analytic_speed.py [--runs 50]
 
-Times `freezelab.memory.analytic.estimate(index, mask, workload)` and
+Times `freezelab.memory.analytic.estimate(index, mask, workload)` for a new step (the allocator
+replay runs: its kept figures are cleared before each call), again for a step already estimated
+(the replay's figures kept, `memory.replay_memo`: what a second look at the same step costs), and
 `freezelab.compute.flops.step_flops` followed by the step time on every common GPU
 (`freezelab.compute.timing.step_times`) with the index already loaded (as the UI
 and CLI hold it) for several models, plans and workloads, and prints the median
@@ -23,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from freezelab.compute.flops import flops_followed, step_flops  # noqa: E402
 from freezelab.compute.timing import step_times  # noqa: E402
+from freezelab.memory import replay_memo  # noqa: E402
 from freezelab.memory.analytic import estimate  # noqa: E402
 from freezelab.models import index_of  # noqa: E402
 from freezelab.plans import preset  # noqa: E402
@@ -43,10 +46,12 @@ CASES = (
 )
 
 
-def _timed(call, runs: int) -> str:
+def _timed(call, runs: int, before=None) -> str:
     call()  # warm the index's cached lookups
     times = []
     for _ in range(runs):
+        if before is not None:
+            before()
         t0 = time.perf_counter()
         call()
         times.append(time.perf_counter() - t0)
@@ -57,14 +62,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=50)
     args = ap.parse_args()
-    print(f"{'model':36s} {'plan':8s} {'memory: median':>14s} {'max':>9s} {'FLOPs + step times':>19s} {'max':>9s}")
+    print(f"{'model':36s} {'plan':8s} {'memory: median':>14s} {'max':>9s} {'kept replay':>12s} {'max':>9s} "
+          f"{'FLOPs + step times':>19s} {'max':>9s}")
     for name, plan_name, workload in CASES:
         index = index_of(resolve_source(name))
         mask = resolve_plan(preset(plan_name), index).mask
-        memory = _timed(lambda: estimate(index, mask, workload), args.runs)
+        memory = _timed(lambda: estimate(index, mask, workload), args.runs, before=replay_memo.clear)
+        kept = _timed(lambda: estimate(index, mask, workload), args.runs)
         compute = (_timed(lambda: step_times(step_flops(index, mask, workload), workload), args.runs)
                    if flops_followed(index, workload) is None else "not modelled")
-        print(f"{name:36s} {plan_name:8s} {memory:>24s} {compute:>29s}")
+        print(f"{name:36s} {plan_name:8s} {memory:>24s} {kept:>22s} {compute:>29s}")
 
 
 if __name__ == "__main__":

@@ -82,3 +82,26 @@ def test_device_figure_on_every_measured_row() -> None:
     assert len(errors) == 60
     assert statistics.median(errors) <= DEVICE[Method.ANALYTIC].median
     assert max(errors) <= DEVICE_ERROR[Method.ANALYTIC] == DEVICE[Method.ANALYTIC].max
+
+
+def test_the_replay_runs_once_per_step_and_again_for_another(tiny_index, monkeypatch) -> None:
+    """A dashboard event, a refused edit and the Verify tab estimate the same step: the replay runs once for it,
+    and again for a different workload or adapters; the figures are the same either way."""
+    from freezelab.memory import analytic
+    from freezelab.plan_files import from_text
+    from freezelab.workload import Workload
+
+    calls: list[int] = []
+    real = analytic.figures
+    monkeypatch.setattr(analytic, "figures", lambda *a: calls.append(1) or real(*a))
+    lora = resolve(from_text("adapter r=8\nlora @llm"), tiny_index)
+    w = Workload(batch=3, text_tokens=200)
+    first = estimate(tiny_index, lora.mask, w, adapters=lora.adapters)
+    again = estimate(tiny_index, lora.mask, w, adapters=lora.adapters)
+    assert len(calls) == 1 and again.device_estimate_bytes == first.device_estimate_bytes
+    plain = estimate(tiny_index, lora.mask, w)
+    other = estimate(tiny_index, lora.mask, w.with_(batch=2), adapters=lora.adapters)
+    assert len(calls) == 3
+    # the adapters' tensors, gradients and state are in the replay: what it reserved covers the tensor peak
+    assert first.details["allocator_reserved_bytes"] >= first.peak_bytes > plain.peak_bytes
+    assert other.peak_bytes < first.peak_bytes

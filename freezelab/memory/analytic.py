@@ -47,6 +47,7 @@ from freezelab.memory.adapter_memory import resident as adapter_resident
 from freezelab.memory.adapter_ops import AdapterSpec
 from freezelab.memory.cuda_facts import CUBLASLT_WORKSPACE, CUDA_CONTEXT, rounded
 from freezelab.memory.fsdp2 import ROOT, Fsdp2
+from freezelab.memory.replay_memo import replayed
 from freezelab.memory.result import MemoryEstimate, Method
 from freezelab.memory.sharding import ENGINE, Resident, deepspeed_extra, per_gpu, runs_fsdp2, sharded_notes
 from freezelab.memory.stages import ACTIVATION_GROUPS, Flow, Stage, build
@@ -339,8 +340,8 @@ def estimate(index: ModelIndex, mask: list[bool], workload: Workload, *,
     _engine_notes(index, workload, st.owner, st.num, r)
     replay = None
     if cache_share is None:
-        tensors = step_tensors(index, workload, st, workspaces_ready)
-        replay = figures(st.stages, tensors)
+        key = (bytes(mask), workload, adapters, input_require_grads, workspaces_ready)
+        replay = replayed(index, key, lambda: figures(st.stages, step_tensors(index, workload, st, workspaces_ready)))
         cache = allocator_cache(tl.peak.total, replay, workload)
     else:
         cache = int(tl.peak.total * cache_share)

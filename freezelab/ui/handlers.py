@@ -364,7 +364,8 @@ def edit_workload(app: App, session: Session, **values: Any) -> View | WorkloadR
     fields = ", ".join(LABELS.get(name, name) for name in refused)
     why = followed(index, session.workload)
     if why is None:
-        est = estimate(index, resolve(session.plan, index).mask, session.workload)
+        res = resolve(session.plan, index)
+        est = estimate(index, res.mask, session.workload, adapters=res.adapters)
         verdict = verdict_html(est, session.workload, stale=f"fix {fields} first")
     else:
         verdict = not_followed(why, "").verdict
