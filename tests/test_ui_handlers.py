@@ -579,3 +579,43 @@ def test_load_weights_from_a_checkpoint_and_step_with_them(app, start, tiny_mode
     final = list(run_step(app, s, "cpu", 1, 1e-3))[-1][1]
     assert final.report.weights == "checkpoint"
     assert final.report.trainable_params == numel(tiny_model, ("model.multi_modal_projector.",))
+
+
+def test_a_workload_edit_recomputes_and_sends_only_the_memory_part(app, start):
+    """The tree, the counts and the parameter charts do not depend on the workload: a workload edit
+    leaves them to the page (a 7B model's tree alone is 34 KB per event)."""
+    view = handlers.set_workload(app, start.session, batch=3)
+    assert view.memory is not None and view.current is not None and view.session.workload.batch == 3
+    assert (view.header, view.summary, view.tree, view.rules, view.warnings, view.params_fig, view.map_fig) == \
+        (None,) * 7
+    shown = shown_values(view)
+    assert set(shown) == set(handlers.view_ids(handlers.WORKLOAD_PARTS))
+    assert "tree.tree" not in shown and "map.plot" not in shown
+
+
+def test_estimates_are_kept_and_a_batch_edit_computes_one_new_point(app, monkeypatch):
+    """The memory curve's batch sizes (1, 4, 16, 64) stay the same when only the batch changes: their
+    estimates are kept per index, and each equals a fresh one."""
+    from freezelab.ui import memory_view as mv
+
+    index = app.cache.get("llava-1.5-7b").index
+    mask = resolve(preset("stage1"), index).mask
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[2].batch)
+        return estimate(*args, **kwargs)
+
+    monkeypatch.setattr(mv, "estimate", counted)
+    monkeypatch.setattr(mv, "KEPT_ESTIMATES", 6)
+    w = Workload(batch=2, text_tokens=448)
+    first = mv.memory_view(index, mask, w)
+    assert sorted(calls) == [1, 2, 4, 16, 64]
+    calls.clear()
+    again = mv.memory_view(index, mask, w.with_(batch=3))
+    assert calls == [3]  # the curve's points were kept
+    assert again.estimate == estimate(index, mask, w.with_(batch=3))
+    assert mv.kept_estimate(index, mask, w) is first.estimate and calls == [3]
+    mv.memory_view(index, mask, w.with_(batch=5))
+    mv.memory_view(index, mask, w.with_(batch=6))
+    assert len(mv._estimates(index)._kept) == 6  # bounded: the least recently used went first

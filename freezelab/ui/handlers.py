@@ -30,7 +30,7 @@ from freezelab.session import Session, TreeOptions
 from freezelab.sources import known_info
 from freezelab.ui.context_view import current_html, workload_text
 from freezelab.ui.memory_view import LABELS, MemoryView, field_error_html, memory_view, refused_fields, verdict_html
-from freezelab.ui.registry import shown, shown_ids, shown_within
+from freezelab.ui.registry import field_ids, shown, shown_ids, shown_within
 from freezelab.ui.tree_view import tree_json
 from freezelab.workload import Workload, WorkloadError
 
@@ -68,23 +68,44 @@ STATUS = "top.status"   # what the last action did, or why it failed
 @dataclass(kw_only=True)
 class View:
     """Everything the dashboard shows for one session state. Each shown field fills the component
-    registered under its id, in field order (the order API clients receive the values in)."""
+    registered under its id, in field order (the order API clients receive the values in). A part
+    that is None is one its event does not change (see `build_view`): the event does not list its
+    components among its outputs, so nothing is computed or sent for it."""
 
     session: Session = shown(STATE)
     status: str = shown(STATUS, default="")             # markdown: what the last action did
-    header: str = shown("top.header")                   # markdown: model and mode
-    summary: str = shown("summary.counts")              # HTML: trainable count and per-component table
-    tree: str = shown("tree.tree")                      # JSON rows for the tree widget
-    rules: str = shown("plan.rules")                    # the plan as text
-    warnings: str = shown("plan.warnings")              # markdown list
-    params_fig: go.Figure = shown("summary.params_plot")
-    map_fig: go.Figure = shown("map.plot")
-    memory: MemoryView = shown_within()
-    current: str = shown("verify.now")                  # HTML: what a simulation or sanity step would run now
+    header: str | None = shown("top.header")            # markdown: model and mode
+    summary: str | None = shown("summary.counts")       # HTML: trainable count and per-component table
+    tree: str | None = shown("tree.tree")               # JSON rows for the tree widget
+    rules: str | None = shown("plan.rules")             # the plan as text
+    warnings: str | None = shown("plan.warnings")       # markdown list
+    params_fig: go.Figure | None = shown("summary.params_plot")
+    map_fig: go.Figure | None = shown("map.plot")
+    memory: MemoryView | None = shown_within()
+    current: str | None = shown("verify.now")           # HTML: what a simulation or sanity step would run now
     trainable: int                                      # trainable parameters under the plan
 
 
-VIEW_IDS = shown_ids(View)  # the outputs of every event that shows a View
+VIEW_IDS = shown_ids(View)  # the outputs of every event that shows a whole View
+
+# The parts of a View (its fields by what they are computed from), and the parts an event changes.
+PART_FIELDS: dict[str, tuple[str, ...]] = {
+    "header": ("header",),                                                 # model and weights
+    "plan": ("summary", "tree", "rules", "warnings", "params_fig", "map_fig"),  # + plan, tree options
+    "memory": ("memory",),                                                 # + plan, workload, context
+    "current": ("current",),                                               # + plan, workload
+}
+ALL_PARTS = tuple(PART_FIELDS)
+WORKLOAD_PARTS = ("memory", "current")  # a workload edit: the plan, its tree and charts stay as they are
+
+
+def view_ids(parts: tuple[str, ...] = ALL_PARTS) -> tuple[str, ...]:
+    """The components a View with these parts fills, in field order: an event's outputs. Gradio
+    rebuilds a component for every output an event leaves out of its answer (1-3 ms each), so an
+    event lists exactly what it changes rather than skipping outputs at run time."""
+    wanted = {n for p in parts for n in PART_FIELDS[p]}
+    return tuple(i for name, ids in field_ids(View).items() if name in ("session", "status") or name in wanted
+                 for i in ids)
 
 
 # -- building a view ------------------------------------------------------------------
@@ -130,23 +151,25 @@ def rules_text(plan: Plan) -> str:
     return start + plan.to_text()
 
 
-def build_view(app: App, session: Session, status: str = "") -> View:
-    """Resolve the session's plan and render everything; raises FreezelabError on a bad plan."""
+def build_view(app: App, session: Session, status: str = "", parts: tuple[str, ...] = ALL_PARTS) -> View:
+    """Resolve the session's plan and render the view's `parts` (see PART_FIELDS; the others are
+    None); raises FreezelabError on a bad plan."""
     loaded = app.loaded(session)
     index = loaded.index
     res = resolve(session.plan, index)
     trainable = count(index, res.mask).trainable
+    plan = "plan" in parts
     return View(
         session=session,
-        header=_header(loaded, session),
-        summary=summary_html(index, res.mask),
-        tree=tree_json(index, res.mask, session.tree.query, session.tree.depth),
-        rules=rules_text(session.plan),
-        warnings=_warnings_md(res),
-        params_fig=charts.params_by_component(index, res.mask),
-        map_fig=charts.model_map(index, res.mask),
-        memory=memory_view(index, res.mask, session.workload, session.context),
-        current=current_html(session, trainable),
+        header=_header(loaded, session) if "header" in parts else None,
+        summary=summary_html(index, res.mask) if plan else None,
+        tree=tree_json(index, res.mask, session.tree.query, session.tree.depth) if plan else None,
+        rules=rules_text(session.plan) if plan else None,
+        warnings=_warnings_md(res) if plan else None,
+        params_fig=charts.params_by_component(index, res.mask) if plan else None,
+        map_fig=charts.model_map(index, res.mask) if plan else None,
+        memory=memory_view(index, res.mask, session.workload, session.context) if "memory" in parts else None,
+        current=current_html(session, trainable) if "current" in parts else None,
         trainable=trainable,
         status=status,
     )
@@ -325,7 +348,8 @@ class WorkloadRefused:
 def set_workload(app: App, session: Session, **values: Any) -> View:
     """New workload values; a bad value raises WorkloadError and changes nothing."""
     workload = Workload.from_dict({**session.workload.to_dict(), **_clean(values)})
-    view = build_view(app, replace(session, workload=workload))
+    view = build_view(app, replace(session, workload=workload), parts=WORKLOAD_PARTS)
+    assert view.memory is not None
     need = units.gib(view.memory.estimate.device_estimate_bytes)
     view.status = f"Workload: {workload_text(workload)}: {need} per GPU."
     return view
@@ -350,7 +374,7 @@ def edit_workload(app: App, session: Session, **values: Any) -> View | WorkloadR
 def set_context(app: App, session: Session, on: Any) -> View:
     """Whether the memory charts include the CUDA context and the allocator cache (the user's choice
     from now on, until another model is loaded)."""
-    view = build_view(app, replace(session, context=bool(on)))
+    view = build_view(app, replace(session, context=bool(on)), parts=WORKLOAD_PARTS)
     view.status = ("The charts include the CUDA context and allocator cache." if on else
                    "The charts show tensors only: the CUDA context and allocator cache are left out.")
     return view

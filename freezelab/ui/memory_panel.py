@@ -13,7 +13,7 @@ import gradio as gr
 
 from freezelab.session import Session
 from freezelab.ui import handlers
-from freezelab.ui.handlers import View
+from freezelab.ui.handlers import WORKLOAD_PARTS, View
 from freezelab.ui.memory_view import FIELDS, LABELS, MEMORY, RESULTS, WORKLOAD_IDS, control_id
 from freezelab.ui.registry import Registry
 from freezelab.ui.shared import Shared
@@ -32,14 +32,14 @@ def _wire(sh: Shared) -> None:
         return sh.show(lambda: handlers.edit_workload(sh.app, session, **dict(zip(FIELDS, values))))
 
     for name, control in zip(FIELDS, controls):
-        control.input(on_change, inputs, sh.outputs(), show_progress="hidden",
+        control.input(on_change, inputs, sh.outputs(parts=WORKLOAD_PARTS), show_progress="hidden",
                       api_name="set_workload" if name == "batch" else None,
                       api_visibility="public" if name == "batch" else "private")
 
     def on_context(session: Session, on: bool) -> dict[Any, Any]:
         return sh.show(lambda: handlers.set_context(sh.app, session, on))
 
-    sh.ui["memory.context"].input(on_context, [sh.state, sh.ui["memory.context"]], sh.outputs(),
+    sh.ui["memory.context"].input(on_context, [sh.state, sh.ui["memory.context"]], sh.outputs(parts=WORKLOAD_PARTS),
                                   show_progress="hidden", api_visibility="private")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from html import escape
 from typing import Any
@@ -10,6 +12,7 @@ import plotly.graph_objects as go
 
 from freezelab import charts, units
 from freezelab.index import ModelIndex
+from freezelab.index_memo import per_index
 from freezelab.memory.analytic import estimate
 from freezelab.memory.result import MemoryEstimate
 from freezelab.ui.context_view import workload_text
@@ -17,7 +20,8 @@ from freezelab.ui.gpu_lines import chart_lines, common_gpus
 from freezelab.ui.registry import elem_id, shown
 from freezelab.workload import LIMITS, Workload, WorkloadError
 
-CURVE_BATCHES = (1, 4, 16, 64)  # plus the current batch; each point costs one analytic estimate (~8 ms on 7B)
+CURVE_BATCHES = (1, 4, 16, 64)  # plus the current batch; each point costs one analytic estimate (4-8 ms on 7B)
+KEPT_ESTIMATES = 256  # per model index: a class clicking the same presets and batch sizes finds them here
 MEMORY = "memory"  # the memory panel's ids: the workload controls by field name, and what it shows
 FIELDS = ("batch", "text_tokens", "images", "dtype", "autocast", "optimizer", "grad_ckpt", "attn",
           "gpus", "sharding", "offload_optimizer")  # the workload controls, in the order they are sent
@@ -100,6 +104,39 @@ def refused_fields(current: Workload, values: dict[str, Any], err: WorkloadError
     return refused or dict.fromkeys(changed or ["workload"], str(err))
 
 
+class _Estimates:
+    """The analytic estimates of one index, least recently used dropped first. An estimate is a pure
+    function of (index, mask, workload) and is never modified once made, so it can be shared."""
+
+    def __init__(self) -> None:
+        self._kept: OrderedDict[tuple[bytes, Workload], MemoryEstimate] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, index: ModelIndex, mask: list[bool], workload: Workload) -> MemoryEstimate:
+        key = (bytes(mask), workload)
+        with self._lock:
+            if key in self._kept:
+                self._kept.move_to_end(key)
+                return self._kept[key]
+        est = estimate(index, mask, workload)
+        with self._lock:
+            self._kept[key] = est
+            while len(self._kept) > KEPT_ESTIMATES:
+                self._kept.popitem(last=False)
+        return est
+
+
+@per_index
+def _estimates(index: ModelIndex) -> _Estimates:
+    return _Estimates()
+
+
+def kept_estimate(index: ModelIndex, mask: list[bool], workload: Workload) -> MemoryEstimate:
+    """`estimate(index, mask, workload)`, kept for the next event that asks for the same (the memory
+    curve's batch sizes stay the same when only the batch changes; a class clicks the same presets)."""
+    return _estimates(index).get(index, mask, workload)
+
+
 def notes_md(est: MemoryEstimate) -> str:
     return "\n".join(f"- {n}" for n in est.notes) if est.notes else ""
 
@@ -113,7 +150,7 @@ def curve(index: ModelIndex, mask: list[bool], workload: Workload, current: Memo
     xs: list[int] = []
     points: list[MemoryEstimate] = []
     for b in sorted({b for b in CURVE_BATCHES if b <= LIMITS["batch"]} | {workload.batch}):
-        points.append(current if b == workload.batch else estimate(index, mask, workload.with_(batch=b)))
+        points.append(current if b == workload.batch else kept_estimate(index, mask, workload.with_(batch=b)))
         xs.append(b)
         if points[-1].device_estimate_bytes > largest and b >= workload.batch:
             break
@@ -122,7 +159,7 @@ def curve(index: ModelIndex, mask: list[bool], workload: Workload, current: Memo
 
 def memory_view(index: ModelIndex, mask: list[bool], workload: Workload, context: bool | None = None) -> MemoryView:
     """The estimate and its charts; `context` None: the CUDA context is drawn unless it outweighs the tensors."""
-    est = estimate(index, mask, workload)
+    est = kept_estimate(index, mask, workload)
     shown_context = charts.context_by_default(est) if context is None else context
     return MemoryView(estimate=est, figure=charts.memory_breakdown(est, chart_lines(), context=shown_context),
                       curve=curve(index, mask, workload, est, shown_context), verdict=verdict_html(est, workload),

@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 
 from freezelab.errors import FreezelabError
-from freezelab.ui.handlers import STATE, STATUS, VIEW_IDS, App
+from freezelab.ui.handlers import ALL_PARTS, STATE, STATUS, App, view_ids
 from freezelab.ui.registry import Registry, shown_values
 
 GPU_CONCURRENCY = "device"   # simulate and the sanity step share one slot: one at a time
@@ -37,9 +37,9 @@ class Shared:
     def state(self) -> gr.State:
         return self.ui[STATE]
 
-    def outputs(self, *extra: str) -> list[Any]:
-        """The components a View fills, then those of `extra` ids: an event's outputs."""
-        return self.ui.components((*VIEW_IDS, *extra))
+    def outputs(self, *extra: str, parts: tuple[str, ...] = ALL_PARTS) -> list[Any]:
+        """The components a View with these `parts` fills, then those of `extra` ids: an event's outputs."""
+        return self.ui.components((*view_ids(parts), *extra))
 
     def show(self, make: Callable[[], Any]) -> dict[Any, Any]:
         """Run a handler returning a view (a dataclass with shown fields: a View, a WorkloadRefused),
