@@ -1,5 +1,10 @@
 """The two slow checks of a plan, as plain functions: the simulated memory estimate
-(fake tensors) next to the analytic one, and the real sanity step (streamed)."""
+(fake tensors) next to the analytic one, and the real sanity step (streamed).
+
+Everything that can refuse a run is checked first, by `check_simulation` / `check_step`: the
+dashboard runs them before a run waits for the one device slot (Gradio's validator, and a check
+the page shows at once), so a refused request never queues behind a running one. After a run,
+whatever it left in the process is handed back (freezelab.reclaim)."""
 
 from __future__ import annotations
 
@@ -11,12 +16,16 @@ import plotly.graph_objects as go
 
 from freezelab import charts, units
 from freezelab.anatomy import count
+from freezelab.budget import simulation_cost, step_cost
 from freezelab.errors import FreezelabError
 from freezelab.memory.analytic import estimate as analytic_estimate
 from freezelab.memory.result import CATEGORIES, MemoryEstimate
-from freezelab.plans import resolve
+from freezelab.model_cache import Loaded
+from freezelab.plans import Resolution, resolve
+from freezelab.reclaim import reclaim
 from freezelab.session import Session
 from freezelab.step import Event, StepReport, iter_step
+from freezelab.step.gate import check_args, gate
 from freezelab.ui.context_view import result_html
 from freezelab.ui.handlers import App
 from freezelab.ui.registry import shown
@@ -88,19 +97,31 @@ def comparison_table(a: MemoryEstimate, s: MemoryEstimate) -> str:
     return "\n".join(rows)
 
 
+def check_simulation(app: App, session: Session) -> tuple[Loaded, Resolution]:
+    """Everything that refuses a simulation, before it runs: the plan, the model's size and the
+    estimated CPU time (freezelab.budget) against this deployment's limits."""
+    loaded = app.loaded(session)
+    index = loaded.index
+    app.policy.check_simulate(index.total_params, index.name)
+    res = resolve(session.plan, index)
+    app.policy.check_simulate_cost(simulation_cost(index, session.workload), index.name)
+    return loaded, res
+
+
 def simulate(app: App, session: Session, progress: Progress | None = None,
              cancel: Callable[[], bool] | None = None) -> SimulationView:
     """Run the real training step on fake tensors; seconds for a 7B model, so behind a button."""
     from freezelab.memory.simulate import simulate_step
     from freezelab.models import hf_config
 
-    loaded = app.loaded(session)
+    loaded, res = check_simulation(app, session)
     index = loaded.index
-    app.policy.check_simulate(index.total_params, index.name)
-    res = resolve(session.plan, index)
     analytic = analytic_estimate(index, res.mask, session.workload)
-    simulated = simulate_step(hf_config(loaded.source), res.trainable_names(index), session.workload,
-                              progress=progress, cancel=cancel)
+    try:
+        simulated = simulate_step(hf_config(loaded.source), res.trainable_names(index), session.workload,
+                                  progress=progress, cancel=cancel)
+    finally:
+        reclaim()
     return SimulationView(analytic, simulated, comparison_table(analytic, simulated),
                           charts.estimate_comparison([analytic, simulated]),
                           result_html("Simulated", session, count(index, res.mask).trainable))
@@ -188,23 +209,40 @@ def step_view(event: Event, losses: list[float], label: str | None = None) -> St
                     report, event.message)
 
 
-def run_step(app: App, session: Session, device: str, steps: int, lr: float,
-             cancel: threading.Event | None = None) -> Iterator[tuple[float, StepView]]:
-    """Stream (fraction done, view) while the sanity step runs; the last view holds the report."""
+def check_step(app: App, session: Session, device: object, steps: object,
+               lr: object) -> tuple[Loaded, Resolution, int, float]:
+    """Everything that refuses a sanity step, before it runs: its options, the device, the model's
+    size, the weights, the memory estimate against what the device has free and the estimated CPU
+    time (freezelab.budget) against this deployment's limits. Returns the checked steps and lr."""
+    steps, lr = _whole(steps, "steps"), _number(lr, "learning rate")
+    if not isinstance(device, str):
+        raise VerifyError(f"device must be cpu or cuda, got {device!r}")
     loaded = app.loaded(session)
     index = loaded.index
-    steps = _whole(steps, "steps")
-    lr = _number(lr, "learning rate")
     app.policy.check_step(index.total_params, steps, device, index.name)
     if session.weights and loaded.source.kind == "checkpoint":  # checked at load too; files may have grown
         app.policy.check_weights(loaded.source.weight_bytes, loaded.source.name)
-    label = result_html("Sanity step", session, count(index, resolve(session.plan, index).mask).trainable)
+    check_args(loaded.source, session.workload, steps, lr, device, session.weights)
+    res = resolve(session.plan, index)
+    app.policy.check_step_cost(step_cost(index, res.mask, session.workload, steps), index.name)
+    gate(index, res.mask, session.workload, device)
+    return loaded, res, steps, lr
+
+
+def run_step(app: App, session: Session, device: str, steps: int, lr: float,
+             cancel: threading.Event | None = None) -> Iterator[tuple[float, StepView]]:
+    """Stream (fraction done, view) while the sanity step runs; the last view holds the report."""
+    loaded, res, steps, lr = check_step(app, session, device, steps, lr)
+    label = result_html("Sanity step", session, count(loaded.index, res.mask).trainable)
     losses: list[float] = []
-    for event in iter_step(loaded.source, session.plan, session.workload, steps=steps, lr=lr, device=device,
-                           weights=session.weights, cancel=cancel):
-        if event.record is not None and event.record.loss is not None:
-            losses.append(event.record.loss)
-        yield event.fraction, step_view(event, losses, label)
+    try:
+        for event in iter_step(loaded.source, session.plan, session.workload, steps=steps, lr=lr, device=device,
+                               weights=session.weights, cancel=cancel):
+            if event.record is not None and event.record.loss is not None:
+                losses.append(event.record.loss)
+            yield event.fraction, step_view(event, losses, label)
+    finally:
+        reclaim()
 
 
 def _whole(value: object, name: str) -> int:
