@@ -4,7 +4,7 @@
     python benchmarks/ui_handlers.py --startup    # `python app.py` until the page answers
 
 A handler's time includes everything the server does for the event: resolving the
-plan, the tree rows, the analytic estimate and the memory curve, and every Plotly
+plan, the tree rows, the analytic estimate, the memory curve and how many GPUs, and every Plotly
 figure serialised to JSON (what gr.Plot sends). Target (issue 5): one tree toggle on
 llava-1.5-7b (architecture only) under 150 ms; start-up under 15 s.
 """
@@ -27,8 +27,8 @@ from freezelab.ui.launch import launch, stop  # noqa: E402
 def serialised(view) -> int:
     """Serialise what the page receives, as Gradio does; returns the bytes sent."""
     m = view.memory
-    figures = (view.params_fig, view.map_fig, m.figure, m.curve)
-    return sum(len(f.to_json()) for f in figures) + len(view.tree) + len(view.summary) + len(m.verdict)
+    figures = (view.params_fig, view.map_fig, m.figure, m.curve, m.gpu_count)
+    return sum(len(f.to_json()) for f in figures) + len(view.tree) + len(view.summary) + len(m.verdict) + len(m.min_gpus)
 
 
 def median_ms(fn: Callable[[int], object], runs: int) -> tuple[float, float]:

@@ -315,6 +315,28 @@ def _batch_axis(xs: Sequence[int]) -> dict[str, Any]:
     return {"type": "log", "range": [lo - pad, hi + pad], "tickmode": "array", "tickvals": list(xs),
             "ticktext": [str(x) for x in xs], "automargin": True}
 
+
+def gpu_count_chart(counts: Sequence[int], per_gpu: dict[str, Sequence[int]], gpus: Sequence[Gpu], *,
+                    current: int | None = None) -> go.Figure:
+    """Memory per GPU (as nvidia-smi would show it) against the number of GPUs, one line per sharding mode,
+    with a dotted line per GPU size."""
+    top = max((max(v) for v in per_gpu.values() if v), default=GiB)
+    scale = Scale.for_bytes(top)
+    data = [{"type": "scatter", "mode": "lines+markers", "x": list(counts), "y": [scale(b) for b in values],
+             "name": mode, "hovertemplate": f"{mode}, %{{x}} GPUs: %{{y:.1f}} {scale.unit} per GPU<extra></extra>"}
+            for mode, values in per_gpu.items()]
+    limit = max(_axis_max(top, gpus), top * 1.06)
+    shapes, notes = gpu_lines(gpus, limit, scale, "y")
+    if current is not None:
+        shapes.append({"type": "line", "x0": current, "x1": current, "y0": 0, "y1": 1, "yref": "paper",
+                       "line": {"color": "#2e9e5b", "width": 2}})
+    axis = {**_batch_axis(counts), "title": {"text": "GPUs"}}
+    layout = _layout("Memory per GPU vs number of GPUs", 300, xaxis=axis,
+                     yaxis={"range": [0, scale(limit)], "ticksuffix": f" {scale.unit}", "automargin": True},
+                     shapes=shapes, annotations=notes, showlegend=True)
+    return go.Figure({"data": data, "layout": layout})
+
+
 def estimate_comparison(estimates: Sequence[MemoryEstimate]) -> go.Figure:
     """Side-by-side bars per category for several estimates (e.g. analytic vs simulated), in the unit
     of the largest bar; the CUDA context and cache only where the first estimate would draw it."""

@@ -476,10 +476,10 @@ def test_import_plan_size_limit():
 
 
 def test_registry_and_unknown_target(tiny_index):
-    assert list(TARGETS) == ["json", "python", "llamafactory", "swift", "llava"]
+    assert list(TARGETS) == ["json", "python", "llamafactory", "swift", "llava", "deepspeed", "fsdp"]
     assert all(t.title and t.description and t.suffix.startswith(".") for t in TARGETS.values())
-    with pytest.raises(ExportError, match="unknown export format 'deepspeed'"):
-        export(Plan(), tiny_index, "deepspeed")
+    with pytest.raises(ExportError, match="unknown export format 'megatron'"):
+        export(Plan(), tiny_index, "megatron")
     with pytest.raises(SelectorError, match="layers.9"):
         export(Plan(rules=(Rule("train", "layers.9"),)), tiny_index, "python")
 

@@ -1,4 +1,4 @@
-"""Pieces of the simulated step on hand-made inputs: sharding on the log, bad input."""
+"""Pieces of the simulated step on hand-made inputs: DDP, ZeRO-1 and offload on the log, bad input."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from freezelab.memory.simulate import sharding
 from freezelab.memory.simulate.run import Run
 from freezelab.workload import Workload
 
-W, G = Category.WEIGHTS, Category.GRADIENTS
+G = Category.GRADIENTS
 S, T = Category.OPTIMIZER_STATE, Category.OPTIMIZER_TEMP
 
 
@@ -34,26 +34,10 @@ class Tiny(torch.nn.Module):
         self.layers[1].requires_grad_(False)   # trainable: layer 0 (1024 B) and the head (3584 B)
 
 
-def test_fsdp_units() -> None:
-    # (root weights, largest layer, root gradients, largest layer's gradients)
-    assert sharding.fsdp_units(Tiny()) == (7168, 2048, 3584, 1024)
-
-
-def test_zero3_scales_everything_and_adds_the_gathered_working_set() -> None:
-    plan = sharding.plan(Tiny(), Workload(gpus=4, sharding="zero3"))
-    assert plan.scale == {S: 0.25, T: 0.25, G: 0.25, W: 0.25}
-    gathered = 7168 * 0.75 + 2 * 2048 * 0.75          # root and two layers, less the local shard
-    assert plan.extra(Phase.FORWARD) == {W: gathered}
-    assert plan.extra(Phase.BACKWARD) == {W: gathered, G: 3584 * 0.75 + 1024}
-    assert plan.extra(Phase.OPTIMIZER) == {}
-    assert plan.applies and "ZERO3 on 4 GPUs" in plan.notes[0]
-
-
 @pytest.mark.parametrize("w,scale", [
     (Workload(gpus=2, sharding="zero1"), {S: 0.5, T: 0.5}),
-    (Workload(gpus=2, sharding="zero2"), {S: 0.5, T: 0.5, G: 0.5}),
     (Workload(offload_optimizer=True), {S: 0.0, T: 0.0}),
-    (Workload(gpus=2, sharding="zero2", offload_optimizer=True), {S: 0.0, T: 0.0, G: 0.5}),
+    (Workload(gpus=2, sharding="zero1", offload_optimizer=True), {S: 0.0, T: 0.0}),
     (Workload(gpus=2, sharding="ddp"), {}),
     (Workload(gpus=1, sharding="zero3"), {}),
 ])
@@ -65,6 +49,13 @@ def test_what_each_strategy_scales(w: Workload, scale: dict) -> None:
     else:
         assert plan.extra is None
     assert plan.applies == bool(scale or plan.extra)
+
+
+@pytest.mark.parametrize("sharding_mode", ["zero2", "zero3", "fsdp"])
+def test_a_step_that_ran_through_fsdp2_only_gets_its_offload_applied(sharding_mode: str) -> None:
+    assert not sharding.plan(Tiny(), Workload(gpus=4, sharding=sharding_mode), ran_sharded=True).applies
+    off = sharding.plan(Tiny(), Workload(gpus=4, sharding=sharding_mode, offload_optimizer=True), ran_sharded=True)
+    assert off.scale == {S: 0.0, T: 0.0} and off.extra is None
 
 
 def test_bad_input_is_a_freezelab_error() -> None:

@@ -123,5 +123,5 @@ def workload_from_args(args: argparse.Namespace, *, default_dtype: Dtype = Dtype
     return Workload(batch=args.batch, text_tokens=args.text_tokens, images=args.images, image_size=args.image_size,
                     dtype=args.dtype or default_dtype, autocast=args.autocast, optimizer=args.optimizer,
                     grad_ckpt=args.grad_ckpt, attn=args.attn, gpus=getattr(args, "gpus", 1),
-                    sharding=getattr(args, "sharding", Sharding.DDP),
+                    sharding=getattr(args, "sharding", None) or Sharding.DDP,
                     offload_optimizer=getattr(args, "offload_optimizer", False))

@@ -7,8 +7,9 @@ category at the peak), phase, activations_by_component, device_estimate_bytes
 (with allocator cache and CUDA context: what nvidia-smi would show), fits (a
 bool for --gpu-memory, else {gpu name: bool} over common GPUs), gpus (each with
 memory and headroom; common GPUs also with their architecture, their own device
-figure and whether they were measured), notes, workload, plan, trainable_params,
-model and details.
+figure and whether they were measured), gpu_count (per-GPU device figure for 1
+to 64 GPUs under each sharding mode, and the smallest number of each common GPU
+that fits), notes, workload, plan, trainable_params, model and details.
 """
 
 from __future__ import annotations
@@ -79,7 +80,10 @@ def _fits(est: MemoryEstimate, gpu_bytes: int | None) -> tuple[Any, list[dict[st
 
 def report(index: ModelIndex, res: Resolution, workload: Workload, est: MemoryEstimate,
            gpu_bytes: int | None) -> dict[str, Any]:
+    from freezelab.memory.gpu_count import gpu_count
+
     fits, gpus = _fits(est, gpu_bytes)
+    needed = gpu_count(index, res.mask, workload, cublas_workspaces=est.cublas_workspaces)
     return {
         "model": index.name,
         "method": est.method,
@@ -96,8 +100,25 @@ def report(index: ModelIndex, res: Resolution, workload: Workload, est: MemoryEs
         "trainable_params": count(index, res.mask).trainable,
         "total_params": index.total_params,
         "warnings": res.warnings,
+        "gpu_count": needed.to_dict(),
         "details": est.details,
     }
+
+
+def _gpu_count_table(count: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    offload = ", optimizer offloaded" if count["offload_optimizer"] else ""
+    modes = list(count["smallest"])
+    tbl = Table(title=f"smallest number of GPUs that fits, per sharding mode (analytic, up to {count['counts'][-1]}"
+                f"{offload}; -: not even then)", title_justify="left")
+    tbl.add_column("GPU")
+    for mode in modes:
+        tbl.add_column(mode, justify="right")
+    for card in next(iter(count["smallest"].values())):
+        tbl.add_row(card, *("-" if count["smallest"][m][card] is None else str(count["smallest"][m][card])
+                            for m in modes))
+    return tbl
 
 
 def _print_human(data: dict[str, Any]) -> None:
@@ -128,6 +149,7 @@ def _print_human(data: dict[str, Any]) -> None:
         console.print(f"fits in {data['gpus'][0]['gpu']}: " + ("[green]yes[/]" if fits else "[red]no[/]"))
     else:
         console.print("fits: " + ", ".join(f"{g} [green]yes[/]" if ok else f"{g} [red]no[/]" for g, ok in fits.items()))
+    console.print(_gpu_count_table(data["gpu_count"]))
     for note in data["notes"]:
         console.print(f"- {note}")
     for warning in data["warnings"]:

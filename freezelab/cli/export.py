@@ -1,4 +1,5 @@
-"""`python -m freezelab export MODEL [plan options] --format F [--out FILE] [--json]`."""
+"""`python -m freezelab export MODEL [plan options] [workload options] --format F [--out FILE] [--json]`
+(the workload options matter to the deepspeed and fsdp formats)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from freezelab.cli.common import add_model_argument, add_plan_options, plan_from_args, print_json
+from freezelab.cli.common import (
+    add_model_argument,
+    add_plan_options,
+    add_workload_options,
+    plan_from_args,
+    print_json,
+    workload_from_args,
+)
 from freezelab.exports import TARGETS, ExportError, export
 from freezelab.models import index_of
 from freezelab.sources import resolve as resolve_source
@@ -19,12 +27,13 @@ from freezelab.sources import resolve as resolve_source
 
 def register(sub: Any) -> None:
     formats = ", ".join(f"{t.name} ({t.title})" for t in TARGETS.values())
-    p = sub.add_parser("export", help="write a plan as JSON, a Python snippet, or LLaMA-Factory / ms-swift / "
-                       "LLaVA settings", description="Export a freeze plan for MODEL. Formats: " + formats + ". "
+    p = sub.add_parser("export", help="write a plan as JSON, a Python snippet, LLaMA-Factory / ms-swift / "
+                       "LLaVA settings, a DeepSpeed config or an FSDP2 launch line", description="Export a freeze plan for MODEL. Formats: " + formats + ". "
                        "When a framework cannot express the plan exactly, the closest setting is written and "
                        "what differs is reported.")
     add_model_argument(p)
     add_plan_options(p)
+    add_workload_options(p, multi_gpu=True)  # read by the deepspeed and fsdp formats
     p.add_argument("--format", default="json", choices=list(TARGETS), help="what to write (default json)")
     p.add_argument("--target-transformers", metavar="VERSION",
                    help="the transformers version of the trainer that reads the export (e.g. 4.57): python, "
@@ -57,7 +66,8 @@ def write_atomic(path: Path, text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     source = resolve_source(args.model)
     plan = plan_from_args(args)
-    result = export(plan, index_of(source), args.format, transformers=args.target_transformers)
+    result = export(plan, index_of(source), args.format, transformers=args.target_transformers,
+                    workload=workload_from_args(args))
     if args.out:
         write_atomic(args.out, result.text)
     if args.json:

@@ -1,8 +1,10 @@
 """`python -m freezelab step MODEL [plan options] [workload options] [--steps N] [--lr LR]
-[--device cpu|cuda] [--seed S] [--weights] [--image PATH --prompt TEXT --answer TEXT] [--json]`.
+[--device cpu|cuda] [--seed S] [--weights] [--image PATH --prompt TEXT --answer TEXT] [--json]`,
+and on many GPUs `torchrun --nproc_per_node N -m freezelab step MODEL ... --sharding fsdp|ddp
+[--offload-optimizer] [--dist-timeout S]` (rank 0 prints the report).
 
-Exit status: 0 when every check passes, 1 when one fails (or the run ran out
-of memory), 2 on bad input.
+Exit status: 0 when every check passes (on every rank), 1 when one fails (or the run ran out
+of memory, or a rank failed), 2 on bad input.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from freezelab.cli.common import (
     workload_from_args,
 )
 from freezelab.sources import resolve as resolve_source
-from freezelab.workload import Dtype
+from freezelab.step.world import DEFAULT_TIMEOUT_S
+from freezelab.workload import Dtype, Sharding
+
+RUN_SHARDING = (Sharding.FSDP.value, Sharding.DDP.value)
 
 SHOWN_NAMES = 8  # offending names printed per check in the human output (--json has up to 20)
 
@@ -49,6 +54,16 @@ def register(sub: Any) -> None:
     real.add_argument("--prompt", default="", metavar="TEXT",
                       help="the question about the image (masked in the labels)")
     real.add_argument("--answer", metavar="TEXT", help="the answer to learn")
+    dist = p.add_argument_group("a sharded run, launched with torchrun (rank 0 prints the report)")
+    dist.add_argument("--sharding", choices=RUN_SHARDING, default=None,
+                      help="fsdp (FSDP2 fully_shard: each layer a unit, then the root) or ddp; without torchrun: "
+                      "a group of one")
+    dist.add_argument("--offload-optimizer", action="store_true",
+                      help="with fsdp: parameter and gradient shards and the optimizer step on the CPU "
+                      "(FSDP2's CPUOffloadPolicy)")
+    dist.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                      help=f"seconds the rendezvous and each collective may wait for the other ranks "
+                      f"(default {DEFAULT_TIMEOUT_S:g})")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_command)
 
@@ -66,6 +81,14 @@ def _example(args: argparse.Namespace) -> Example | None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from freezelab.step.world import launched_by_torchrun
+
+    if args.sharding is not None or launched_by_torchrun():
+        return _run_sharded(args)
+    if args.offload_optimizer:
+        from freezelab.step import StepError
+
+        raise StepError("--offload-optimizer needs --sharding fsdp")
     from freezelab.step import run_step
 
     source = resolve_source(args.model)
@@ -75,12 +98,43 @@ def run_command(args: argparse.Namespace) -> int:
     progress = None if args.json else _progress_printer()
     report = run_step(source, plan, workload, steps=args.steps, lr=args.lr, device=args.device, seed=args.seed,
                       weights=args.weights, item=item, progress=progress)
-    data = report.to_dict()
+    return _show(args, report.to_dict(), report.passed)
+
+
+def _show(args: argparse.Namespace, data: dict[str, Any], passed: bool) -> int:
     if args.json:
         print_json(data)
     else:
         _print_human(data)
-    return 0 if report.passed else 1
+    return 0 if passed else 1
+
+
+def _run_sharded(args: argparse.Namespace) -> int:
+    """One rank of a torchrun launch: its failure is one line naming it; rank 0 prints the report."""
+    import sys
+
+    from freezelab.step import StepError
+    from freezelab.step.sharded import RankFailed, rank_errors, run_sharded_step
+    from freezelab.step.world import plan_world
+
+    world = plan_world(args.device, args.dist_timeout)
+    try:
+        with rank_errors(world):
+            if args.sharding is None:
+                raise StepError("under torchrun give --sharding fsdp or --sharding ddp")
+            source = resolve_source(args.model)
+            plan = plan_from_args(args)
+            workload = workload_from_args(args, default_dtype=Dtype.FP32 if world.device == "cpu" else Dtype.BF16)
+            workload = workload.with_(gpus=world.size, sharding=args.sharding,
+                                      offload_optimizer=args.offload_optimizer)
+            item = _example(args)
+        progress = None if args.json or world.rank else _progress_printer()
+        report = run_sharded_step(source, plan, workload, world, steps=args.steps, lr=args.lr, seed=args.seed,
+                                  weights=args.weights, item=item, progress=progress)
+    except RankFailed as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1
+    return _show(args, report.to_dict(), report.passed) if world.rank == 0 else (0 if report.passed else 1)
 
 
 def _progress_printer() -> Any:
@@ -146,6 +200,24 @@ def _norms_table(data: dict[str, Any]) -> Any:
     return tbl
 
 
+def _ranks_table(dist: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    offload = ", optimizer offloaded" if dist["offload_optimizer"] else ""
+    tbl = Table(title=f"ranks ({dist['world_size']} x {dist['sharding']} over {dist['backend']}{offload}; peaks of "
+                "the steady steps)", title_justify="left")
+    for col in ("rank", "host", "device", "peak allocated", "peak reserved", "estimate per GPU", "error",
+                "host peak RSS", "checks"):
+        tbl.add_column(col, justify="left" if col in ("host", "device", "checks") else "right")
+    for r in dist["ranks"]:
+        rel = r["relative_error"]
+        failed = [name for name, ok in r["checks"].items() if not ok]
+        tbl.add_row(str(r["rank"]), r["host"], r["device"], _bytes(r["peak_allocated_bytes"]),
+                    _bytes(r["peak_reserved_bytes"]), _bytes(r["estimate_bytes"]), "-" if rel is None else f"{rel:+.1%}",
+                    _bytes(r["peak_rss_bytes"]), "pass" if r["passed"] else "FAIL " + ", ".join(failed))
+    return tbl
+
+
 def _print_human(data: dict[str, Any]) -> None:
 
     console = cli_console()
@@ -159,6 +231,8 @@ def _print_human(data: dict[str, Any]) -> None:
     if data["checks"]:
         console.print(_checks_table(data))
         console.print(_norms_table(data))
+    if data.get("distributed"):
+        console.print(_ranks_table(data["distributed"]))
     for w in data["warnings"]:
         console.print(f"[yellow]warning:[/] {w}")
     if data["error"]:

@@ -3,7 +3,8 @@
 Each export target is a pure function of (plan, index) returning an Export:
 the text to paste, whether it reproduces the plan's trainable set exactly on
 that model, and a one-line note (what differs, in parameters, when it does
-not). TARGETS lists them in display order for menus.
+not). The distributed targets (a DeepSpeed config, an FSDP2 launch line) also
+take the workload. TARGETS lists them in display order for menus.
 
     from freezelab.exports import export, import_plan
     export(plan, index, "llamafactory").text
@@ -15,12 +16,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from freezelab.exports import llamafactory, llava, plan_json, python, swift
+from freezelab.exports import deepspeed, fsdp_launch, llamafactory, llava, plan_json, python, swift
 from freezelab.exports.base import Difference, Export, ExportError, compress
 from freezelab.exports.naming import parse_version, respell
 from freezelab.exports.plan_json import import_plan
 from freezelab.index import ModelIndex
 from freezelab.plans import Plan, resolve
+from freezelab.workload import Workload
 
 __all__ = ["TARGETS", "Difference", "Export", "ExportError", "Target", "compress", "export", "export_all",
            "import_plan", "target_names"]
@@ -32,8 +34,14 @@ class Target:
     title: str
     description: str       # one line for menus
     suffix: str            # file name suffix for downloads
-    render: Callable[[Plan, ModelIndex, Sequence[bool]], Export]
+    render: Callable[..., Export]  # (plan, index, mask), and the workload when uses_workload
     names_parameters: bool = False  # its text names parameters, so it follows a transformers spelling
+    uses_workload: bool = False     # its text depends on the workload (GPUs, sharding, offload, dtype)
+
+    def run(self, plan: Plan, index: ModelIndex, mask: Sequence[bool], workload: Workload | None) -> Export:
+        if self.uses_workload:
+            return self.render(plan, index, mask, workload or Workload())
+        return self.render(plan, index, mask)
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
@@ -48,6 +56,12 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            "--freeze_llm and name-prefix lists.", ".sh", swift.render, True),
     Target("llava", "LLaVA train.py flags", "LLaVA's own training script flags (--tune_mm_mlp_adapter, ..., "
            "or LLaVA-NeXT's --mm_tunable_parts) when they can express the plan.", ".sh", llava.render),
+    Target("deepspeed", "DeepSpeed config", "ds_config.json for the workload: ZeRO stage of the sharding mode, "
+           "optimizer offload, bf16 / fp16, gradient clipping, micro batch.", ".json", deepspeed.render,
+           uses_workload=True),
+    Target("fsdp", "FSDP2 launch line", "torchrun line running the plan's sanity step through FSDP2 on the "
+           "workload's GPUs, with the same layout in accelerate's FSDP2 keys.", ".sh", fsdp_launch.render,
+           uses_workload=True),
 )}
 
 
@@ -68,16 +82,19 @@ def _spelled(index: ModelIndex, transformers: str | None) -> ModelIndex:
     return respell(index, str(parse_version(transformers)))
 
 
-def export(plan: Plan, index: ModelIndex, target: str, transformers: str | None = None) -> Export:
+def export(plan: Plan, index: ModelIndex, target: str, transformers: str | None = None,
+           workload: Workload | None = None) -> Export:
     """One target; `transformers`: the trainer's transformers version, whose parameter names a
-    name-based target uses. Raises SelectorError when a rule matches nothing on this model."""
+    name-based target uses; `workload`: for the distributed targets (default Workload()). Raises
+    SelectorError when a rule matches nothing on this model."""
     chosen = _target(target)
     named = _spelled(index, transformers)  # checks the version even for a target that names no parameter
-    return chosen.render(plan, named if chosen.names_parameters else index, resolve(plan, index).mask)
+    return chosen.run(plan, named if chosen.names_parameters else index, resolve(plan, index).mask, workload)
 
 
-def export_all(plan: Plan, index: ModelIndex, transformers: str | None = None) -> dict[str, Export]:
+def export_all(plan: Plan, index: ModelIndex, transformers: str | None = None,
+               workload: Workload | None = None) -> dict[str, Export]:
     """Every target, resolving the plan once (on the installed names: masks follow index order)."""
     mask = resolve(plan, index).mask
     named = _spelled(index, transformers)
-    return {name: t.render(plan, named if t.names_parameters else index, mask) for name, t in TARGETS.items()}
+    return {name: t.run(plan, named if t.names_parameters else index, mask, workload) for name, t in TARGETS.items()}

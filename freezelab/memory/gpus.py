@@ -68,8 +68,12 @@ def parse_gib(value: Any) -> int:
 def device_bytes_on(est: MemoryEstimate, arch: Arch) -> int:
     """The estimate's device figure on a card of architecture `arch`: the cuBLAS workspaces alive
     at the peak take that architecture's default size instead of the measured one."""
-    swap = cublas_workspace(MEASURED_ARCH) - cublas_workspace(arch)
-    return est.device_estimate_bytes - est.cublas_workspaces * swap
+    return device_bytes_for(est.device_estimate_bytes, est.cublas_workspaces, arch)
+
+
+def device_bytes_for(device_bytes: int, cublas_workspaces: int, arch: Arch) -> int:
+    """A device figure made for the measured architecture, on a card of architecture `arch`."""
+    return device_bytes - cublas_workspaces * (cublas_workspace(MEASURED_ARCH) - cublas_workspace(arch))
 
 
 def fits_table(est: MemoryEstimate) -> list[dict[str, Any]]:

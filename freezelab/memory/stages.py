@@ -369,7 +369,9 @@ def _head_stages(f: Flow, stages: list[Stage], flow: bool, vocab: int, hidden: i
     back = max(upcast + logits_bytes, logits_bytes + rounded(n * hidden * f.num.compute)) if grad else 0
     stages.append(Stage("lm_head", HEAD, t.kept, t.fwd_extra, back, [head] if head is not None else [],
                         held=logits_bytes, out_grad=grad, forward_only=t.forward_cached))
-    loss = Stage("loss", HEAD, fwd_extra=upcast + (0 if grad else fp32), out_grad=grad)
+    # log_softmax writes its fp32 output while the upcast copy is still referenced (both live until the loss
+    # function returns); with a backward that output is then kept
+    loss = Stage("loss", HEAD, fwd_extra=upcast + fp32, out_grad=grad)
     if grad:
         loss.kept = fp32                  # log_softmax output
         loss.bwd_extra = 2 * fp32         # nll_loss grad + log_softmax grad, alive together

@@ -16,6 +16,14 @@ abandoned generator).
   live     what a run allocates (model, optimizer, batch), built and released in one place
   train    the training steps
   run      iter_step / run_step: the whole run
+
+On many ranks (launched by torchrun, `--sharding fsdp|ddp`):
+
+  world    the process group: joined from torchrun's variables with bounded timeouts, left however the run ends
+  shard    FSDP2 (each layer a unit, then the root; meta init) or DDP, and the checks' full-parameter reads
+  slices   each rank reads only its rows of every weight from the checkpoint's safetensors
+  ranks    every rank's summary, gathered into rank 0's report, and the ranks_agree check
+  sharded  run_sharded_step: the whole run on one rank, its failure one line that names it
 """
 
 from freezelab.step.gate import MAX_LR, MAX_STEPS, StepError, WontFitError

@@ -30,14 +30,20 @@ class WontFitError(StepError):
     """The memory estimate says the step cannot fit; nothing was allocated."""
 
 
-def check_args(source: Source, workload: Workload, steps: int, lr: float, device: str, weights: bool) -> None:
+def check_args(source: Source, workload: Workload, steps: int, lr: float, device: str, weights: bool, *,
+               sharded: bool = False) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
         raise StepError(f"steps must be a whole number from 1 to {MAX_STEPS}, got {steps!r}")
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or not 0 < lr <= MAX_LR:
         raise StepError(f"the learning rate must be a number above 0 and at most {MAX_LR:g}, got {lr!r}")
-    if workload.gpus != 1 or workload.sharding != Sharding.DDP or workload.offload_optimizer:
-        raise StepError("the sanity step runs on one device: multi-GPU sharding and optimizer offload are "
-                        "estimated, not run (use gpus=1, sharding ddp, no offload)")
+    if not sharded and (workload.gpus != 1 or workload.sharding != Sharding.DDP or workload.offload_optimizer):
+        raise StepError("a sanity step in one process runs on one device: for sharding or optimizer offload "
+                        "launch it with torchrun and --sharding fsdp|ddp (use gpus=1, sharding ddp, no offload "
+                        "here)")
+    if sharded and workload.sharding not in (Sharding.FSDP, Sharding.DDP):
+        raise StepError(f"a sharded sanity step runs FSDP2 (fsdp) or DDP (ddp), not {workload.sharding}")
+    if sharded and workload.offload_optimizer and workload.sharding != Sharding.FSDP:
+        raise StepError("optimizer offload runs with --sharding fsdp (FSDP2's CPUOffloadPolicy); DDP has none")
     check_device(device)
     check_available(workload.optimizer, device)
     if weights and source.kind not in ("checkpoint", "tiny"):

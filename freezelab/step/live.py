@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from freezelab.batch import Batch, Example, example, load_processor, synthetic
+from freezelab.fingerprint import fingerprints
 from freezelab.index import ModelIndex
 from freezelab.models import build, load_weights, torch_dtype
 from freezelab.optimizers import make_optimizer
@@ -24,22 +25,44 @@ if TYPE_CHECKING:
 
 
 class Live:
-    """Everything a run allocates, so one place can release it."""
+    """Everything a run allocates, so one place can release it. A sharded run (freezelab.step.shard)
+    overrides how the model is built and wrapped and how its parameters are read."""
+
+    rank = 0                               # this process's rank (its batch seed is seed + rank)
 
     def __init__(self, device: str) -> None:
         self.device = device
         self.model: Any = None
+        self.engine: Any = None            # the module a step calls when it wraps the model (DDP)
         self.optimizer: Any = None
         self.batch: Batch | None = None
         self.tensors: list[Any] = []       # the model's parameters in index order
+
+    @property
+    def call(self) -> Any:
+        """The module a training step calls."""
+        return self.engine if self.engine is not None else self.model
+
+    def build_model(self, source: Source, workload: Workload, seed: int,
+                    weights: bool) -> tuple[torch.nn.Module, Weights]:
+        return _model(source, workload, self.device, seed, weights)
+
+    def wrap(self, source: Source, workload: Workload, seed: int, weights: bool) -> None:
+        """After the plan is applied, before the optimizer is made: nothing on one device."""
+
+    def fingerprints(self) -> list[tuple[int, int]]:
+        return fingerprints(self.tensors)
+
+    def grad_norms(self) -> list[float | None]:
+        return local_grad_norms(self.tensors)
 
     def close(self) -> None:
         import weakref
 
         for t in self.tensors:
             t.grad = None
-        alive = [weakref.ref(x) for x in (self.model, self.optimizer) if x is not None]
-        self.model = self.optimizer = self.batch = None
+        alive = [weakref.ref(x) for x in (self.model, self.engine, self.optimizer) if x is not None]
+        self.model = self.engine = self.optimizer = self.batch = None
         self.tensors = []
         if any(ref() is not None for ref in alive):
             gc.collect()  # only when a reference cycle keeps them: a full collection costs ~0.25 s
@@ -47,6 +70,19 @@ class Live:
             import torch
 
             torch.cuda.empty_cache()
+
+
+def local_grad_norms(tensors: list[torch.Tensor]) -> list[float | None]:
+    """Gradient L2 norm per parameter (None: no gradient), read before zero_grad; one host sync."""
+    import torch
+
+    have = [i for i, t in enumerate(tensors) if t.grad is not None]
+    out: list[float | None] = [None] * len(tensors)
+    if have:
+        values = torch.stack([torch.linalg.vector_norm(tensors[i].grad, dtype=torch.float32) for i in have])
+        for i, v in zip(have, values.cpu().tolist()):
+            out[i] = v
+    return out
 
 
 # -- the model --------------------------------------------------------------------------
@@ -101,9 +137,10 @@ def _hook_warning(n: int) -> str:
 def setup(live: Live, source: Source, plan: Plan, index: ModelIndex, workload: Workload, report: StepReport,
           seed: int, weights: bool, lr: float, prepare: Callable[..., None] | None) -> None:
     """Own model, configured, plan applied, optimizer over exactly the trainable parameters."""
-    live.model, report.weights = _model(source, workload, live.device, seed, weights)
+    live.model, report.weights = live.build_model(source, workload, seed, weights)
     _configure(live.model, workload)
     apply(plan, live.model, index)
+    live.wrap(source, workload, seed, weights)
     named = dict(live.model.named_parameters())
     live.tensors = [named[p.name] for p in index.params]
     live.optimizer = make_optimizer(workload.optimizer, [t for t in live.tensors if t.requires_grad], lr)

@@ -89,13 +89,16 @@ class StepReport:
     status: Status = Status.OK
     error: str | None = None
     seconds: float = 0.0
+    distributed: dict[str, Any] | None = None  # a sharded run: world size, engine, every rank's summary
 
     @property
     def passed(self) -> bool:
-        return self.status == Status.OK and bool(self.checks) and all_passed(self.checks)
+        ranks_ok = self.distributed is None or bool(self.distributed.get("all_ranks_passed"))
+        return self.status == Status.OK and bool(self.checks) and all_passed(self.checks) and ranks_ok
 
     def to_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if k not in ("steps", "checks", "grad_norms")}
+        skipped = ("steps", "checks", "grad_norms") + (("distributed",) if self.distributed is None else ())
+        data = {k: v for k, v in asdict(self).items() if k not in skipped}
         data["weights"], data["status"] = str(self.weights), str(self.status)
         data["steps"] = [s.to_dict() for s in self.steps]
         data["checks"] = {name: c.to_dict() for name, c in self.checks.items()}

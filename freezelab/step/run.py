@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 from freezelab.batch import Batch, Example
 from freezelab.cancellation import CancelFlag
 from freezelab.checks import Context, Observation, grad_norms, run_checks
-from freezelab.fingerprint import fingerprints
 from freezelab.index import ModelIndex
 from freezelab.models import index_of
 from freezelab.plans import Plan, Resolution, resolve
@@ -73,14 +72,14 @@ def _batch_within_budget(live: Live, source: Source, index: ModelIndex, res: Res
     """The memory gate and the batch, in the order that allocates nothing before the gate."""
     if item is None:  # estimate first: a huge synthetic batch is itself an allocation
         est = gate(index, res.mask, workload, live.device)
-        live.batch = make_batch(source, index, workload, live.device, seed, None)
+        live.batch = make_batch(source, index, workload, live.device, seed + live.rank, None)
         return est
-    live.batch = make_batch(source, index, workload, live.device, seed, item)  # its real length decides
+    live.batch = make_batch(source, index, workload, live.device, seed + live.rank, item)  # its real length decides
     return gate(index, res.mask, live.batch.workload(workload), live.device)
 
 
 def _observe(live: Live, res: Resolution, trace: Trace) -> Observation:
-    after = fingerprints(live.tensors)
+    after = live.fingerprints()
     position = {id(t): i for i, t in enumerate(live.tensors)}
     counts, foreign = [0] * len(live.tensors), 0
     for group in live.optimizer.param_groups if live.optimizer is not None else []:
@@ -108,7 +107,7 @@ def iter_step(source: Source, plan: Plan, workload: Workload, *, steps: int = 2,
               device: str = "cpu", seed: int = 0, weights: bool = False, item: Example | None = None,
               cancel: CancelFlag = None,
               prepare: Callable[[torch.nn.Module, torch.optim.Optimizer | None], None] | None = None,
-              ) -> Iterator[Event]:
+              live: Live | None = None) -> Iterator[Event]:
     """Run `steps` training steps of `source` under `plan` and yield progress; the last event holds the report.
 
     `item`: a real example instead of the synthetic batch (needs the checkpoint's processor).
@@ -116,12 +115,13 @@ def iter_step(source: Source, plan: Plan, workload: Workload, *, steps: int = 2,
     backward and optimizer step): a cancelled run reports status "cancelled" with everything released.
     `prepare(model, optimizer)`: called once before the weights are fingerprinted and the first step
     runs (instrumentation, fault injection in tests).
+    `live`: what the run allocates; a sharded run passes its own (freezelab.step.shard), on its device.
     Raises a FreezelabError, with nothing allocated, when the run cannot start."""
-    check_args(source, workload, steps, lr, device, weights)
+    check_args(source, workload, steps, lr, device, weights, sharded=live is not None)
     started = time.perf_counter()
     index = index_of(source, dtype=workload.dtype)
     res = resolve(plan, index)
-    live, trace = Live(device), Trace()
+    live, trace = live or Live(device), Trace()
     with _cpu_threads(index, device), contextlib.closing(live):  # closing: however the run ends
         yield Event(EventKind.STAGE, "estimating memory and building the batch", 0.5 / (steps + 4))
         est = _batch_within_budget(live, source, index, res, workload, seed, item)
@@ -129,7 +129,7 @@ def iter_step(source: Source, plan: Plan, workload: Workload, *, steps: int = 2,
                          device, lr, seed, est)
         yield Event(EventKind.STAGE, f"building {index.name} on {device}", 1 / (steps + 4))
         setup(live, source, plan, index, workload, report, seed, weights, lr, prepare)
-        trace.before = fingerprints(live.tensors)
+        trace.before = live.fingerprints()
         yield from run_steps(live, report, trace, workload, steps, est, cancel)
         if report.status == Status.OK:
             yield Event(EventKind.STAGE, "checking every parameter", (steps + 3) / (steps + 4))

@@ -6,6 +6,7 @@ between a step's forward, backward and optimizer step, and inside the forward an
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,19 +33,6 @@ class Trace:
     norms: list[list[float | None]] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     backward_ran: bool = False
-
-
-def _norms(tensors: list[torch.Tensor]) -> list[float | None]:
-    """Gradient L2 norm per parameter (None: no gradient), read before zero_grad; one host sync."""
-    import torch
-
-    have = [i for i, t in enumerate(tensors) if t.grad is not None]
-    out: list[float | None] = [None] * len(tensors)
-    if have:
-        values = torch.stack([torch.linalg.vector_norm(tensors[i].grad, dtype=torch.float32) for i in have])
-        for i, v in zip(have, values.cpu().tolist()):
-            out[i] = v
-    return out
 
 
 def _sync_reset(device: str) -> None:
@@ -109,7 +97,7 @@ def _train_step(live: Live, workload: Workload, where: Where,
     device_type = "cuda" if live.device.startswith("cuda") else "cpu"
     where.phase = "forward"
     with torch.autocast(device_type, dtype=torch_dtype(Dtype(workload.autocast)) if amp else None, enabled=amp):
-        loss = live.model(**live.batch.inputs, use_cache=False).loss
+        loss = live.call(**live.batch.inputs, use_cache=False).loss
     where.phase = "backward"
     check()
     backward = loss.requires_grad  # False when nothing trainable reaches the loss
@@ -117,7 +105,7 @@ def _train_step(live: Live, workload: Workload, where: Where,
         loss.backward()
     where.phase = "optimizer step"
     check()
-    norms = _norms(live.tensors)
+    norms = live.grad_norms()
     if live.optimizer is not None:
         live.optimizer.step()
         live.optimizer.zero_grad(set_to_none=True)
@@ -139,7 +127,8 @@ def run_steps(live: Live, report: StepReport, trace: Trace, workload: Workload, 
     (report.status says why) when cancelled or out of memory."""
     where = Where(steps=steps)
     check = checker(cancel, lambda: str(where))
-    with watch_modules(live.model, check):
+    # hooks only when a run can be cancelled (a sharded run's ranks cannot: they would leave the others waiting)
+    with watch_modules(live.model, check) if cancel is not None else contextlib.nullcontext():
         yield from _steps(live, report, trace, workload, est, cancel, where, check)
 
 

@@ -14,7 +14,8 @@ from freezelab.ui.registry import Registry, elem_id
 from freezelab.ui.shared import Shared, error_text, warn
 from freezelab.ui.uploads import accept_uploads_only
 
-LANGUAGES = {"json": "json", "python": "python", "llamafactory": "yaml", "swift": "shell", "llava": "shell"}
+LANGUAGES = {"json": "json", "python": "python", "llamafactory": "yaml", "swift": "shell", "llava": "shell",
+             "deepspeed": "json", "fsdp": "shell"}
 
 
 def _wire(sh: Shared) -> None:

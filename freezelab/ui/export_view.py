@@ -60,7 +60,7 @@ def _file_name(model: str, text: str) -> str:
 
 def export_view(app: App, session: Session) -> ExportView:
     index = app.loaded(session).index
-    exports = export_all(session.plan, index)
+    exports = export_all(session.plan, index, workload=session.workload)
     text = exports["json"].text
     EXPORT_DIR.mkdir(parents=True, exist_ok=True)
     path = EXPORT_DIR / _file_name(index.name, text)

@@ -1,4 +1,5 @@
-"""Workload controls and the live memory estimate: verdict, breakdown, why, memory vs batch size.
+"""Workload controls and the live memory estimate: verdict, breakdown, why, memory vs batch size, and how
+many GPUs of each card the step needs under each sharding mode.
 
 Everything computed from the workload sits in a column with the class `fl-results`: while a
 workload value is refused, the page marks every such column out of date (style.CSS), so a panel
@@ -82,5 +83,9 @@ def create_memory_panel(ui: Registry, first: View) -> None:
         gr.Markdown("**Why the memory goes where it goes**")
         notes = gr.Markdown(first.memory.notes, label="why", elem_id="fl-notes")
         curve = gr.Plot(first.memory.curve, label="memory vs batch size", show_label=False, elem_id="fl-curve-plot")
+        with gr.Accordion("How many GPUs", open=True, elem_id="fl-gpu-count"):
+            min_gpus = gr.Markdown(first.memory.min_gpus, elem_id="fl-min-gpus")
+            gpu_count = gr.Plot(first.memory.gpu_count, label="memory per GPU vs number of GPUs", show_label=False,
+                                elem_id="fl-gpu-count-plot")
     ui.add(MEMORY, {**grid, **ticks, "verdict": verdict, "plot": plot, "notes": notes, "curve": curve,
-                    "context": context, "error": error}, wire=_wire)
+                    "context": context, "error": error, "min_gpus": min_gpus, "gpu_count": gpu_count}, wire=_wire)

@@ -14,6 +14,7 @@ from freezelab import charts, units
 from freezelab.index import ModelIndex
 from freezelab.index_memo import per_index
 from freezelab.memory.analytic import estimate
+from freezelab.memory.gpu_count import GpuCount, gpu_count
 from freezelab.memory.result import MemoryEstimate
 from freezelab.ui.context_view import workload_text
 from freezelab.ui.gpu_lines import chart_lines, common_gpus
@@ -36,6 +37,8 @@ class MemoryView:
     curve: go.Figure = shown(elem_id(MEMORY, "curve"))       # memory vs batch size
     context: bool = shown(elem_id(MEMORY, "context"))        # the charts include the CUDA context + cache
     error: str = shown(elem_id(MEMORY, "error"), default="")  # HTML: a refused workload value, at its field
+    gpu_count: go.Figure = shown(elem_id(MEMORY, "gpu_count"))  # memory per GPU vs number of GPUs, per mode
+    min_gpus: str = shown(elem_id(MEMORY, "min_gpus"))       # markdown: smallest number of each card per mode
 
 
 WORKLOAD_IDS = tuple(elem_id(MEMORY, name) for name in FIELDS)
@@ -157,10 +160,26 @@ def curve(index: ModelIndex, mask: list[bool], workload: Workload, current: Memo
     return charts.memory_curve(xs, points, chart_lines(), current=workload.batch, context=context)
 
 
+def min_gpus_md(count: GpuCount) -> str:
+    """The smallest number of each common card per sharding mode, as a markdown table."""
+    modes = list(count.smallest)
+    rows = [f"| GPU | {' | '.join(modes)} |", "|---|" + "---:|" * len(modes)]
+    for card in next(iter(count.smallest.values())):
+        cells = ["–" if count.smallest[m][card] is None else str(count.smallest[m][card]) for m in modes]
+        rows.append(f"| {escape(card)} | {' | '.join(cells)} |")
+    off = ", optimizer offloaded" if count.offload_optimizer else ""
+    return (f"**Smallest number of GPUs that fits** (per GPU: this batch{off}; – : not even {count.counts[-1]})\n\n"
+            + "\n".join(rows))
+
+
 def memory_view(index: ModelIndex, mask: list[bool], workload: Workload, context: bool | None = None) -> MemoryView:
     """The estimate and its charts; `context` None: the CUDA context is drawn unless it outweighs the tensors."""
     est = kept_estimate(index, mask, workload)
     shown_context = charts.context_by_default(est) if context is None else context
+    count = gpu_count(index, mask, workload, cublas_workspaces=est.cublas_workspaces)
     return MemoryView(estimate=est, figure=charts.memory_breakdown(est, chart_lines(), context=shown_context),
                       curve=curve(index, mask, workload, est, shown_context), verdict=verdict_html(est, workload),
-                      notes=notes_md(est), context=shown_context)
+                      notes=notes_md(est), context=shown_context,
+                      gpu_count=charts.gpu_count_chart(count.counts, count.per_gpu, chart_lines(),
+                                                       current=workload.gpus),
+                      min_gpus=min_gpus_md(count))

@@ -61,6 +61,11 @@ class Entry:
         self.phase = phase
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The tensor whose storage holds `t`'s data on this rank: a DTensor's local shard, else `t`."""
+    return getattr(t, "_local_tensor", t)
+
+
 class TensorLedger(TorchDispatchMode):
     """Books every storage created under it, by category and label.
 
@@ -144,9 +149,10 @@ class TensorLedger(TorchDispatchMode):
             self.free_raw(e)
 
     def track(self, t: torch.Tensor, cat: str | None = None, comp: str | None = None) -> Entry | None:
-        """Book `t`'s storage if it is new; return its entry."""
+        """Book `t`'s storage if it is new; return its entry. A DTensor (a sharded run) is booked by the
+        shard it holds."""
         try:
-            st = t.untyped_storage()
+            st = _local(t).untyped_storage()
         except Exception:  # sparse / opaque tensors: nothing we can book
             return None
         key = st._cdata
@@ -162,8 +168,28 @@ class TensorLedger(TorchDispatchMode):
         self._book(e)
         return e
 
+    def resized(self, st: torch.UntypedStorage, cat: str | None = None, comp: str | None = None) -> None:
+        """A storage changed size in place (FSDP2 frees and re-allocates its unsharded parameters this
+        way, with `UntypedStorage.resize_`, which no dispatch mode sees): the old block is freed and, when
+        the new size is not zero, a new one booked. A storage resized to nothing stays known (size 0)."""
+        key = st._cdata
+        old = self.live.pop(key, None)
+        if old is None:
+            return  # not booked here: another run's storage, or one made before the ledger
+        if old.nbytes:
+            self.free_raw(old)
+        new = Entry(rounded(st.nbytes()), Category(cat) if cat else old.cat, Label(comp) if comp else old.comp,
+                    self.t, self.phase)
+        new.ref = old.ref
+        self.live[key] = new
+        if new.nbytes:
+            self.t += 1
+            new.t0 = self.t
+            self.entries.append(new)
+            self._book(new)
+
     def entry_of(self, t: torch.Tensor) -> Entry | None:
-        return self.live.get(t.untyped_storage()._cdata)
+        return self.live.get(_local(t).untyped_storage()._cdata)
 
     def classify(self, t: torch.Tensor, cat: str, comp: str | None = None) -> None:
         e = self.entry_of(t)

@@ -41,7 +41,7 @@ from freezelab.memory.fake.autocast import CudaAutocastDelta
 from freezelab.memory.fake.ledger import Label
 from freezelab.memory.fake.patches import cuda_emulation_installed
 from freezelab.memory.result import Category, MemoryEstimate
-from freezelab.memory.simulate import accounting, batch, hooks, model, phases
+from freezelab.memory.simulate import accounting, batch, fsdp, hooks, model, phases
 from freezelab.memory.simulate.optim import optimizer_for
 from freezelab.memory.simulate.run import Progress, Run
 from freezelab.workload import Workload
@@ -87,10 +87,16 @@ def execute(run: Run) -> MemoryEstimate:
     model.build(run)
     run.lap("build")
     with contextlib.ExitStack() as stack:
+        stack.enter_context(warnings.catch_warnings())
+        warnings.simplefilter("ignore")
+        if run.sharded:
+            _shard_on_meta(run, stack)
         _enter_fake_world(run, stack)
         tokens = _image_tokens(run)
         stack.enter_context(run.ledger)
         labels = hooks.param_labels(run)
+        if run.sharded:
+            _instrument_fsdp(run, stack, labels)
         _book_weights(run, labels)
         run.ledger.category, run.ledger.component = Category.ACTIVATIONS, Label.INPUTS
         inputs = batch.make_batch(run, tokens)
@@ -111,14 +117,38 @@ def execute(run: Run) -> MemoryEstimate:
     return est
 
 
+def _shard_on_meta(run: Run, stack: contextlib.ExitStack) -> None:
+    """The plan on the meta model, the fake process group of N ranks, FSDP2 on every layer and the root."""
+    run.phase(0.03, f"sharding the model over {run.w.gpus} fake ranks (FSDP2)")
+    model.apply_plan(run)
+    mesh = stack.enter_context(fsdp.fake_group(run.w.gpus))
+    fsdp.shard(run.model, run.parts, mesh, run.w.sharding)
+    run.lap("shard")
+
+
+def _instrument_fsdp(run: Run, stack: contextlib.ExitStack, labels: dict[str, Label]) -> None:
+    """FSDP2's lazy init under the ledger (its padded shards are the weights), its storage resizes and
+    its gathering and reducing booked."""
+    stack.enter_context(fsdp.resizes_booked(run.ledger))
+    run.ledger.category, run.ledger.component = Category.WEIGHTS, Label.OTHER
+    fsdp.lazy_init(run.model)
+    names = {id(t): n for n, t in run.model.named_parameters()}
+    for g in fsdp.param_groups(run.model):
+        for p in g.fsdp_params:
+            run.ledger.track(p._sharded_param_data, Category.WEIGHTS,
+                             labels.get(names.get(id(p.sharded_param), ""), Label.OTHER))
+    fsdp.charge(run.ledger, run.model, labels, offload=run.w.offload_optimizer and run.w.sharding == "fsdp")
+
+
 def _enter_fake_world(run: Run, stack: contextlib.ExitStack) -> None:
     """Fake tensors, the plan, and CUDA's SDPA / autocast behaviour, until the stack closes."""
-    stack.enter_context(warnings.catch_warnings())
-    warnings.simplefilter("ignore")
     stack.enter_context(run.fake_mode)
     run.phase(0.05, "moving the model to fake tensors")
-    model.materialize(run)
-    model.apply_plan(run)
+    if run.sharded:
+        model.materialize_sharded(run)
+    else:
+        model.materialize(run)
+        model.apply_plan(run)
     stack.enter_context(cuda_emulation_installed(run.ledger))
     if run.autocast_dtype is not None:
         stack.enter_context(CudaAutocastDelta())

@@ -20,6 +20,7 @@ from freezelab.memory.fake.allocator import AllocatorReplay, replay_caching_allo
 from freezelab.memory.fake.ledger import Label
 from freezelab.memory.result import CATEGORIES, STEP_PHASES, Category, MemoryEstimate, Method, Phase
 from freezelab.memory.simulate import notes as sim_notes
+from freezelab.memory.sharding import ENGINE
 from freezelab.memory.simulate import sharding
 from freezelab.memory.simulate.phases import StepMarks
 from freezelab.memory.simulate.run import Run
@@ -45,7 +46,7 @@ def estimate(run: Run, marks: StepMarks, params: list[torch.nn.Parameter],
     led = run.ledger
     since = marks.start_t[2]
     replay = replay_caching_allocator(led.entries, since)
-    shard = sharding.plan(run.model, run.w)
+    shard = sharding.plan(run.model, run.w, run.sharded)
     peak = _peak(run, replay, shard, since)
     device = peak.total + peak.cache + CUDA_CONTEXT
     run.details.update(_details(run, marks, replay, peak, params, labels))
@@ -110,6 +111,7 @@ def _details(run: Run, marks: StepMarks, replay: AllocatorReplay, peak: Peak,
         weights_by_component=weights_by_comp,
         sdpa_backends=dict(led.sdpa_backends),
         fake_device="cpu (FakeTensorMode)",
+        engine=ENGINE[run.w.sharding] if run.w.gpus > 1 else "one GPU",
         target_gpu="sm90 (H100/H200) defaults: 32 MiB cuBLAS workspace per thread",
     )
 

@@ -56,6 +56,22 @@ def materialize(run: Run) -> None:
     _install_placeholder_mask(run)
 
 
+def materialize_sharded(run: Run) -> None:
+    """Fake storage for each rank's shards of a model FSDP2 sharded on the meta device (inside the fake
+    mode: FSDP2's own `_apply` re-pads the shards), its buffers, and the ties kept."""
+    run.fake_mode.allow_non_fake_inputs = True  # empty_like of each meta shard, inside the fake mode
+    try:
+        run.model.to_empty(device="cpu")
+    finally:
+        run.fake_mode.allow_non_fake_inputs = False
+    text = run.cfg.get_text_config()
+    if getattr(run.cfg, "tie_word_embeddings", False) or getattr(text, "tie_word_embeddings", False):
+        emb, out = run.model.get_input_embeddings(), run.model.get_output_embeddings()
+        if out is not None and out.weight is not emb.weight:
+            raise SimulationError("the tied output head lost its tie while the sharded model was materialised")
+    _install_placeholder_mask(run)
+
+
 def _fake_like(t: torch.Tensor, memo: dict[int, torch.Tensor], *, parameter: bool) -> torch.Tensor:
     new = memo.get(id(t))
     if new is None:

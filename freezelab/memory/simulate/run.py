@@ -57,6 +57,12 @@ class Run:
         self.parts: ModelComponents | None = None   # where its components are
         self.image_tokens_total: int | None = None  # image tokens in the batch, checked by the model
 
+    @property
+    def sharded(self) -> bool:
+        """Whether the step runs through FSDP2 over a fake process group (ZeRO-2/3 and FSDP on N > 1 GPUs);
+        otherwise one unsharded rank runs and sharding is applied on its log (freezelab.memory.simulate.sharding)."""
+        return self.w.gpus > 1 and self.w.sharding in ("zero2", "zero3", "fsdp")
+
     def phase(self, fraction: float, message: str) -> None:
         """Report progress; stop here when the caller cancelled."""
         if self._cancel is not None and self._cancel():
