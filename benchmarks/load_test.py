@@ -8,8 +8,9 @@ Runs freezelab.ui.loadtest (what each student does, open-loop, and what counts a
 cross-session mismatch, is described there; tests/test_load.py runs a short version) and prints its
 figures: p50 / p95 latency per event (from when the event came due to its answer, queueing
 included; the students are raw HTTP clients in this process, on the same cores as the server),
-the server's CPU time per event (everything the server process did during the waves, divided by
-the events), the clients' own CPU per event, errors, mismatches, and the server's RSS after start,
+the server's CPU time per event (everything the server process did while the students worked,
+divided by their events) and per page load (a student's first load of the model), the clients'
+own CPU per event, errors, mismatches, and the server's RSS after start,
 after a warm-up student, at the end of each wave and after its sessions have closed. Gradio keeps
 each closed session's last page until FREEZELAB_MAX_SESSIONS newer sessions push it out; the test
 sets it to the wave size plus 5 (the app's own default is 256), so from the third wave on every new
@@ -31,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from freezelab.ui.loadtest import EVENT_GAP_S, run  # noqa: E402
 
-MEDIAN_KEYS = ("p50_ms", "p95_ms", "p99_ms", "max_ms", "server_cpu_ms_per_event", "client_cpu_ms_per_event",
-               "load_p95_ms")
+MEDIAN_KEYS = ("p50_ms", "p95_ms", "p99_ms", "max_ms", "server_cpu_ms_per_event", "server_cpu_ms_per_page_load",
+               "client_cpu_ms_per_event", "load_p95_ms")
 
 
 def print_result(result: dict, runs: list[dict]) -> None:
@@ -45,7 +46,8 @@ def print_result(result: dict, runs: list[dict]) -> None:
           f"max {result['max_ms']:.0f} ms; p95 by event: "
           + ", ".join(f"{k} {v:.0f} ms" for k, v in result["p95_ms_by_kind"].items())
           + f"; the students' first page load p95 {result['load_p95_ms']:.0f} ms")
-    print(f"server CPU {result['server_cpu_ms_per_event']:.1f} ms per event (the whole server process); "
+    print(f"server CPU {result['server_cpu_ms_per_event']:.1f} ms per event (the whole server process while the "
+          f"students work), {result['server_cpu_ms_per_page_load']:.0f} ms per student's first page load; "
           f"clients {result['client_cpu_ms_per_event']:.1f} ms per event")
     print(f"errors {result['errors']}, cross-session mismatches {result['mismatches']}")
     for line in result["first_errors"] + result["first_mismatches"]:

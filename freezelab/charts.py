@@ -334,7 +334,7 @@ def gpu_count_chart(counts: Sequence[int], per_gpu: dict[str, Sequence[int]], gp
     layout = _layout("Memory per GPU vs number of GPUs", 300, xaxis=axis,
                      yaxis={"range": [0, scale(limit)], "ticksuffix": f" {scale.unit}", "automargin": True},
                      shapes=shapes, annotations=notes, showlegend=True)
-    return go.Figure({"data": data, "layout": layout})
+    return figure({"data": data, "layout": layout})
 
 
 def estimate_comparison(estimates: Sequence[MemoryEstimate]) -> go.Figure:

@@ -619,3 +619,19 @@ def test_estimates_are_kept_and_a_batch_edit_computes_one_new_point(app, monkeyp
     mv.memory_view(index, mask, w.with_(batch=5))
     mv.memory_view(index, mask, w.with_(batch=6))
     assert len(mv._estimates(index)._kept) == 6  # bounded: the least recently used went first
+
+
+def test_the_gpu_count_is_kept_whatever_the_workloads_own_gpus(app):
+    """The GPU-count chart ignores the workload's own GPU count and sharding: one kept result serves
+    them all, and it equals a fresh count (offload and batch still change it)."""
+    from freezelab.memory.gpu_count import gpu_count
+    from freezelab.ui import memory_view as mv
+
+    index = app.cache.get("llava-1.5-7b").index
+    mask = resolve(preset("stage2"), index).mask
+    w = Workload(batch=2, text_tokens=448)
+    kept = mv.kept_gpu_count(index, mask, w, 2)
+    assert mv.kept_gpu_count(index, mask, w.with_(gpus=8, sharding="fsdp"), 2) is kept
+    assert kept == gpu_count(index, mask, w.with_(gpus=4, sharding="zero3"), cublas_workspaces=2)
+    assert mv.kept_gpu_count(index, mask, w.with_(batch=3), 2) != kept
+    assert mv.kept_gpu_count(index, mask, w.with_(offload_optimizer=True), 2) != kept

@@ -18,8 +18,9 @@ independent count: the plan's parameters by name prefix in the model's named_par
 meta device, built here with transformers alone. A difference is a cross-session mismatch.
 
 Measured: latency per event (from when it came due to its answer: queueing included), the server's
-CPU time per event (all of the server process: HTTP, queue, handlers, heartbeats), the load test's
-own CPU per event, errors (an HTTP error, a failed event, or a warning where none was due),
+CPU time per event (all of the server process while the students work: HTTP, queue, handlers,
+heartbeats, divided by their events), its CPU time per page load (each student's first load of the
+model, before the clock starts), the load test's own CPU per event, errors (an HTTP error, a failed event, or a warning where none was due),
 mismatches, and the server's RSS after start, after a warm-up session, at the end of each wave and
 after its sessions have closed (heartbeat gone, unload handlers run).
 """
@@ -321,13 +322,20 @@ def run(sessions: int = 30, seconds: float = 60.0, waves: int = 3, model: str = 
         time.sleep(cleanup_wait)
         rss["warm"] = rss_bytes(proc.pid)
         all_results: list[SessionResult] = []
-        cpu, own = cpu_seconds(proc.pid), own_cpu_seconds()
+        cpu = {"loads": 0.0, "events": 0.0, "own": 0.0}
         for w in range(waves):
-            all_results += wave(config, model, ref, sessions, seconds, seed=seed + 1000 * w, gap=gap)
+            marks = {"before": cpu_seconds(proc.pid)}
+
+            def started(marks: dict[str, float] = marks) -> None:  # every student has loaded the model
+                marks["started"], marks["own"] = cpu_seconds(proc.pid), own_cpu_seconds()
+
+            all_results += wave(config, model, ref, sessions, seconds, seed=seed + 1000 * w, gap=gap, started=started)
+            cpu["events"] += cpu_seconds(proc.pid) - marks["started"]
+            cpu["own"] += own_cpu_seconds() - marks["own"]
+            cpu["loads"] += marks["started"] - marks["before"]
             rss[f"wave{w + 1}_end"] = rss_bytes(proc.pid)
             time.sleep(cleanup_wait)
             rss[f"wave{w + 1}_cleaned"] = rss_bytes(proc.pid)
-        cpu, own = cpu_seconds(proc.pid) - cpu, own_cpu_seconds() - own
         alive = proc.poll() is None
     finally:
         stop(proc)
@@ -340,8 +348,9 @@ def run(sessions: int = 30, seconds: float = 60.0, waves: int = 3, model: str = 
     return {
         "model": model, "sessions": sessions, "seconds": seconds, "waves": waves, "max_sessions": max_sessions,
         "gap_s": gap, "public": public, **out,
-        "server_cpu_ms_per_event": 1000 * cpu / events,
-        "client_cpu_ms_per_event": 1000 * own / events,
+        "server_cpu_ms_per_event": 1000 * cpu["events"] / events,
+        "server_cpu_ms_per_page_load": 1000 * cpu["loads"] / (sessions * waves),
+        "client_cpu_ms_per_event": 1000 * cpu["own"] / events,
         "rss_mib": {k: round(v / 2**20, 1) for k, v in rss.items()},
         "rss_growth_per_session_kib": None if growth is None else round(growth / 1024, 1),
         "server_alive": alive,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from html import escape
 from typing import Any
@@ -107,37 +108,48 @@ def refused_fields(current: Workload, values: dict[str, Any], err: WorkloadError
     return refused or dict.fromkeys(changed or ["workload"], str(err))
 
 
-class _Estimates:
-    """The analytic estimates of one index, least recently used dropped first. An estimate is a pure
-    function of (index, mask, workload) and is never modified once made, so it can be shared."""
+class _Kept:
+    """Results derived from one index (its analytic estimates, or its GPU counts), least recently
+    used dropped first. Each is a pure function of (index, mask, workload) and is never modified
+    once made, so it can be shared."""
 
     def __init__(self) -> None:
-        self._kept: OrderedDict[tuple[bytes, Workload], MemoryEstimate] = OrderedDict()
+        self._kept: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, index: ModelIndex, mask: list[bool], workload: Workload) -> MemoryEstimate:
-        key = (bytes(mask), workload)
+    def get(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
         with self._lock:
             if key in self._kept:
                 self._kept.move_to_end(key)
                 return self._kept[key]
-        est = estimate(index, mask, workload)
+        value = make()
         with self._lock:
-            self._kept[key] = est
+            self._kept[key] = value
             while len(self._kept) > KEPT_ESTIMATES:
                 self._kept.popitem(last=False)
-        return est
+        return value
 
 
 @per_index
-def _estimates(index: ModelIndex) -> _Estimates:
-    return _Estimates()
+def _estimates(index: ModelIndex) -> _Kept:
+    return _Kept()
+
+
+@per_index
+def _gpu_counts(index: ModelIndex) -> _Kept:
+    return _Kept()
 
 
 def kept_estimate(index: ModelIndex, mask: list[bool], workload: Workload) -> MemoryEstimate:
     """`estimate(index, mask, workload)`, kept for the next event that asks for the same (the memory
     curve's batch sizes stay the same when only the batch changes; a class clicks the same presets)."""
-    return _estimates(index).get(index, mask, workload)
+    return _estimates(index).get((bytes(mask), workload), lambda: estimate(index, mask, workload))
+
+
+def kept_gpu_count(index: ModelIndex, mask: list[bool], workload: Workload, cublas_workspaces: int) -> GpuCount:
+    """`gpu_count(...)`, kept likewise; the workload's own GPU count and sharding do not change it."""
+    key = (bytes(mask), workload.with_(gpus=1, sharding="ddp"), cublas_workspaces)
+    return _gpu_counts(index).get(key, lambda: gpu_count(index, mask, workload, cublas_workspaces=cublas_workspaces))
 
 
 def notes_md(est: MemoryEstimate) -> str:
@@ -176,7 +188,7 @@ def memory_view(index: ModelIndex, mask: list[bool], workload: Workload, context
     """The estimate and its charts; `context` None: the CUDA context is drawn unless it outweighs the tensors."""
     est = kept_estimate(index, mask, workload)
     shown_context = charts.context_by_default(est) if context is None else context
-    count = gpu_count(index, mask, workload, cublas_workspaces=est.cublas_workspaces)
+    count = kept_gpu_count(index, mask, workload, est.cublas_workspaces)
     return MemoryView(estimate=est, figure=charts.memory_breakdown(est, chart_lines(), context=shown_context),
                       curve=curve(index, mask, workload, est, shown_context), verdict=verdict_html(est, workload),
                       notes=notes_md(est), context=shown_context,
