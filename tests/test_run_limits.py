@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from freezelab.budget import SIM_S_PER_IMAGE, simulation_cost
+from freezelab.budget import SIM_S_PER_IMAGE, simulation_cost, step_cost
 from freezelab.errors import SimulationCancelled
 from freezelab.memory.simulate import simulate_step
 from freezelab.models import hf_config
@@ -23,7 +23,7 @@ from freezelab.reclaim import fake_cache_entries
 from freezelab.session import Session
 from freezelab.step import run_step
 from freezelab.ui import handlers
-from freezelab.ui.verify_view import check_simulation, simulate
+from freezelab.ui.verify_view import check_simulation, check_step, simulate
 from freezelab.workload import Workload
 
 FP32 = Workload(dtype="fp32")
@@ -162,6 +162,58 @@ def test_simulation_cost_grows_with_images_not_with_tokens(tiny_index):
     assert a == b
     assert c.seconds - a.seconds == pytest.approx(12 * SIM_S_PER_IMAGE)  # 16 images instead of 4
     assert "16 images" in c.why and "4 images" in a.why
+
+
+# issue 17: tiny in bf16 with 262,144 text tokens is estimated at 3.55 GiB, and one step took 31 s at 8,192
+# tokens and 90 s at 16,384; a llava_next config inside config_bounds (image_size 8192, patch 32, 1,024
+# copies of an 8192 x 8192 grid pinpoint) gives 131,328 image tokens and was still in step 1 after 20 min.
+LONG_STEP = Workload(text_tokens=262_144, dtype="bf16")
+
+
+def pinpoint_config() -> dict:
+    from tiny_configs import config
+
+    c = config("next")
+    c["vision_config"].update(image_size=8192, patch_size=32)
+    c["image_grid_pinpoints"] = [[8192, 8192]] * 1024
+    return c
+
+
+def _refused_step(app, session) -> str:
+    started = time.monotonic()
+    with pytest.raises(PolicyError) as info:
+        check_step(app, session, "cpu", 2, 1e-4)
+    assert time.monotonic() - started < 1.0
+    assert f"this server allows {MAX_RUN_SECONDS:.0f} s of CPU time per run" in str(info.value)
+    return str(info.value)
+
+
+def test_a_long_sequence_step_is_refused_at_once_naming_the_limit(public_app):
+    session = replace(handlers.apply_preset(public_app, Session(), "stage1").session, workload=LONG_STEP)
+    message = _refused_step(public_app, session)
+    assert "GFLOP each" in message and "in bf16" in message and message.startswith("tiny: this sanity step")
+
+
+def test_a_pinpoint_grid_of_131328_image_tokens_is_refused_at_once(tmp_path):
+    import json
+
+    from freezelab.tokens import image_tokens
+
+    (tmp_path / "next.json").write_text(json.dumps(pinpoint_config()))
+    app = handlers.App.for_policy(public_policy((tmp_path,)))
+    session = handlers.load_model(app, Session(), str(tmp_path / "next.json")).session
+    assert image_tokens(app.loaded(session).index.config) == 131_328
+    _refused_step(app, replace(session.with_plan(preset("stage1")), workload=Workload(images=1, dtype="bf16")))
+
+
+def test_the_budget_lets_a_class_step_run(public_app):
+    """tiny's default sanity step, and 2,048 tokens in bf16, stay well inside the budget."""
+    for workload in (Workload(), Workload(text_tokens=2048, dtype="bf16", batch=2)):
+        session = replace(handlers.apply_preset(public_app, Session(), "full").session, workload=workload)
+        check_step(public_app, session, "cpu", 5, 1e-4)
+        index = public_app.loaded(session).index
+        mask = resolve(session.plan, index).mask
+        assert step_cost(index, mask, workload, 5).seconds < MAX_RUN_SECONDS / 4
 
 
 def test_local_mode_has_no_budget():

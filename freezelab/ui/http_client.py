@@ -184,6 +184,25 @@ class HttpSession:
             reply.values[comp] = value
         self.shown.update(reply.values)
 
+    def upload(self, name: str, content: bytes) -> dict[str, Any]:
+        """Upload a file as the page does before a file input's event (`POST /gradio_api/upload`,
+        multipart); returns the FileData value to send for that input."""
+        boundary = secrets.token_hex(16)
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n").encode() + content + f"\r\n--{boundary}--\r\n".encode()
+        conn = self._connect()
+        try:
+            conn.request("POST", f"{API}/upload", body=body,
+                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+            resp = conn.getresponse()
+            raw = resp.read()
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise AppError(f"upload refused: HTTP {resp.status}: {raw[:300].decode(errors='replace')}")
+        return {"path": json.loads(raw)[0], "orig_name": name, "size": len(content),
+                "meta": {"_type": "gradio.FileData"}}
+
     def value(self, elem_id: str) -> Any:
         """What the page shows now in the component with this elem_id."""
         return self.shown.get(self.config.elem_ids[elem_id])
