@@ -589,7 +589,8 @@ def test_a_workload_edit_recomputes_and_sends_only_the_memory_part(app, start):
     assert (view.header, view.summary, view.tree, view.rules, view.warnings, view.params_fig, view.map_fig) == \
         (None,) * 7
     shown = shown_values(view)
-    assert set(shown) == set(handlers.view_ids(handlers.WORKLOAD_PARTS))
+    # how many GPUs only while its section is open (test_how_many_gpus_is_computed_only_while_its_section_is_open)
+    assert set(shown) == set(handlers.view_ids(handlers.WORKLOAD_PARTS)) - {"memory.gpu_count", "memory.min_gpus"}
     assert "tree.tree" not in shown and "map.plot" not in shown
 
 
@@ -635,3 +636,23 @@ def test_the_gpu_count_is_kept_whatever_the_workloads_own_gpus(app):
     assert kept == gpu_count(index, mask, w.with_(gpus=4, sharding="zero3"), cublas_workspaces=2)
     assert mv.kept_gpu_count(index, mask, w.with_(batch=3), 2) != kept
     assert mv.kept_gpu_count(index, mask, w.with_(offload_optimizer=True), 2) != kept
+
+
+def test_how_many_gpus_is_computed_only_while_its_section_is_open(app, monkeypatch):
+    """Twenty walks of the step per change: a page with the section closed (the default) never pays
+    for them, and one that opens it gets the current figures, then on every change."""
+    from freezelab.ui import memory_view as mv
+
+    calls, kept = [], mv.kept_gpu_count
+    monkeypatch.setattr(mv, "kept_gpu_count", lambda *a: calls.append(a[2]) or kept(*a))
+    session = handlers.load_model(app, Session(), "llava-1.5-7b").session
+    view = handlers.apply_preset(app, session, "stage2")
+    assert (view.memory.gpu_count, view.memory.min_gpus) == (None, None)
+    assert "memory.gpu_count" not in shown_values(view) and calls == []
+    opened = handlers.show_gpu_count(app, view.session, True)
+    assert opened.session.gpu_count and "Smallest number of GPUs" in opened.memory.min_gpus
+    assert len(calls) == 1 and "memory.gpu_count" in shown_values(opened)
+    edited = handlers.set_workload(app, opened.session, batch=3)
+    assert calls[-1].batch == 3 and edited.memory.gpu_count is not None
+    closed = handlers.show_gpu_count(app, edited.session, False)
+    assert closed.memory.gpu_count is None and len(calls) == 2

@@ -67,7 +67,7 @@ def test_a_handler_error_changes_only_the_status(dashboard):
 
     app, demo, ui = dashboard
     sh = Shared(app, ui, demo)
-    start = handlers.build_view(app, Session())
+    start = handlers.build_view(app, Session(gpu_count=True))  # every part shown: how many GPUs too
     with pytest.warns(UserWarning, match="matches no parameter"):  # gr.Warning outside a request
         out = sh.show(lambda: handlers.add_rule(app, start.session, "train", "nonexistent_module"))
     assert list(out) == [ui["top.status"]]  # Gradio leaves every other output as it is
@@ -113,7 +113,7 @@ def test_a_new_panel_is_reached_through_its_ids_alone():
         adapters: str = shown("adapter.table")
 
     assert shown_ids(AdapterView) == (*VIEW_IDS, "adapter.table")
-    base = handlers.build_view(handlers.App(cache=ModelCache()), Session())
+    base = handlers.build_view(handlers.App(cache=ModelCache()), Session(gpu_count=True))
     view = AdapterView(**{f.name: getattr(base, f.name) for f in fields(View)}, adapters="r=8 on q_proj")
     values = shown_values(view)
     assert list(values) == [*VIEW_IDS, "adapter.table"] and ui.values(values)[table] == "r=8 on q_proj"

@@ -168,7 +168,8 @@ def build_view(app: App, session: Session, status: str = "", parts: tuple[str, .
         warnings=_warnings_md(res) if plan else None,
         params_fig=charts.params_by_component(index, res.mask) if plan else None,
         map_fig=charts.model_map(index, res.mask) if plan else None,
-        memory=memory_view(index, res.mask, session.workload, session.context) if "memory" in parts else None,
+        memory=memory_view(index, res.mask, session.workload, session.context, session.gpu_count)
+        if "memory" in parts else None,
         current=current_html(session, trainable) if "current" in parts else None,
         trainable=trainable,
         status=status,
@@ -369,6 +370,12 @@ def edit_workload(app: App, session: Session, **values: Any) -> View | WorkloadR
                            "shows the last valid workload.",
                            verdict=verdict_html(est, session.workload, stale=f"fix {fields} first"),
                            error=field_error_html(refused, session.workload))
+
+
+def show_gpu_count(app: App, session: Session, on: Any) -> View:
+    """The page opened (True) or closed the how-many-GPUs section: it is computed on every change
+    while open, and not at all while closed (the memory charts are sent again either way)."""
+    return build_view(app, replace(session, gpu_count=bool(on)), parts=WORKLOAD_PARTS)
 
 
 def set_context(app: App, session: Session, on: Any) -> View:

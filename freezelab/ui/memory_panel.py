@@ -43,6 +43,17 @@ def _wire(sh: Shared) -> None:
     sh.ui["memory.context"].input(on_context, [sh.state, sh.ui["memory.context"]], sh.outputs(parts=WORKLOAD_PARTS),
                                   show_progress="hidden", api_visibility="private")
 
+    def on_gpu_count(on: bool) -> Any:
+        def handler(session: Session) -> dict[Any, Any]:
+            return sh.show(lambda: handlers.show_gpu_count(sh.app, session, on))
+        return handler
+
+    section = sh.ui["memory.gpu_section"]
+    section.expand(on_gpu_count(True), [sh.state], sh.outputs(parts=WORKLOAD_PARTS), show_progress="hidden",
+                   api_name="show_gpu_count")
+    section.collapse(on_gpu_count(False), [sh.state], sh.outputs(parts=WORKLOAD_PARTS), show_progress="hidden",
+                     api_visibility="private")
+
 
 def _controls(first: View) -> tuple[dict[str, Any], dict[str, Any]]:
     """The workload controls, in the order they are laid out: a grid (as many per row as fit), then
@@ -83,9 +94,11 @@ def create_memory_panel(ui: Registry, first: View) -> None:
         gr.Markdown("**Why the memory goes where it goes**")
         notes = gr.Markdown(first.memory.notes, label="why", elem_id="fl-notes")
         curve = gr.Plot(first.memory.curve, label="memory vs batch size", show_label=False, elem_id="fl-curve-plot")
-        with gr.Accordion("How many GPUs", open=True, elem_id="fl-gpu-count"):
+        # closed at first: a class that never opens it never pays for it (twenty walks of the step per change)
+        with gr.Accordion("How many GPUs", open=first.session.gpu_count, elem_id="fl-gpu-count") as gpu_section:
             min_gpus = gr.Markdown(first.memory.min_gpus, elem_id="fl-min-gpus")
             gpu_count = gr.Plot(first.memory.gpu_count, label="memory per GPU vs number of GPUs", show_label=False,
                                 elem_id="fl-gpu-count-plot")
     ui.add(MEMORY, {**grid, **ticks, "verdict": verdict, "plot": plot, "notes": notes, "curve": curve,
-                    "context": context, "error": error, "min_gpus": min_gpus, "gpu_count": gpu_count}, wire=_wire)
+                    "context": context, "error": error, "min_gpus": min_gpus, "gpu_count": gpu_count,
+                    "gpu_section": gpu_section}, wire=_wire)

@@ -38,8 +38,9 @@ class MemoryView:
     curve: go.Figure = shown(elem_id(MEMORY, "curve"))       # memory vs batch size
     context: bool = shown(elem_id(MEMORY, "context"))        # the charts include the CUDA context + cache
     error: str = shown(elem_id(MEMORY, "error"), default="")  # HTML: a refused workload value, at its field
-    gpu_count: go.Figure = shown(elem_id(MEMORY, "gpu_count"))  # memory per GPU vs number of GPUs, per mode
-    min_gpus: str = shown(elem_id(MEMORY, "min_gpus"))       # markdown: smallest number of each card per mode
+    gpu_count: go.Figure | None = shown(elem_id(MEMORY, "gpu_count"))  # memory per GPU vs number of GPUs, per mode
+    min_gpus: str | None = shown(elem_id(MEMORY, "min_gpus"))  # markdown: smallest number of each card per mode
+    # (both None while the page's how-many-GPUs section is closed: not computed, the page keeps its old ones)
 
 
 WORKLOAD_IDS = tuple(elem_id(MEMORY, name) for name in FIELDS)
@@ -184,14 +185,17 @@ def min_gpus_md(count: GpuCount) -> str:
             + "\n".join(rows))
 
 
-def memory_view(index: ModelIndex, mask: list[bool], workload: Workload, context: bool | None = None) -> MemoryView:
-    """The estimate and its charts; `context` None: the CUDA context is drawn unless it outweighs the tensors."""
+def memory_view(index: ModelIndex, mask: list[bool], workload: Workload, context: bool | None = None,
+                gpu_count: bool = True) -> MemoryView:
+    """The estimate and its charts; `context` None: the CUDA context is drawn unless it outweighs the tensors.
+    `gpu_count` False: how many GPUs is left out (None: the page keeps what it shows, out of sight
+    while its section is closed); it costs twenty walks of the step, more than the rest together."""
     est = kept_estimate(index, mask, workload)
     shown_context = charts.context_by_default(est) if context is None else context
-    count = kept_gpu_count(index, mask, workload, est.cublas_workspaces)
+    count = kept_gpu_count(index, mask, workload, est.cublas_workspaces) if gpu_count else None
     return MemoryView(estimate=est, figure=charts.memory_breakdown(est, chart_lines(), context=shown_context),
                       curve=curve(index, mask, workload, est, shown_context), verdict=verdict_html(est, workload),
                       notes=notes_md(est), context=shown_context,
-                      gpu_count=charts.gpu_count_chart(count.counts, count.per_gpu, chart_lines(),
-                                                       current=workload.gpus),
-                      min_gpus=min_gpus_md(count))
+                      gpu_count=None if count is None else charts.gpu_count_chart(
+                          count.counts, count.per_gpu, chart_lines(), current=workload.gpus),
+                      min_gpus=None if count is None else min_gpus_md(count))
