@@ -15,6 +15,10 @@ from freezelab.ui.handlers import ALL_PARTS, STATE, STATUS, App, view_ids
 from freezelab.ui.registry import Registry, shown_values
 
 GPU_CONCURRENCY = "device"   # simulate and the sanity step share one slot: one at a time
+# Plan files: the costliest request that is not a run (a 1,000-rule plan takes a quarter of a second of
+# CPU to check), and a rare one for a class: one at a time, so that sessions uploading plans together
+# take one thread's share of the server, not one each.
+PLAN_FILE_CONCURRENCY = "plan_file"
 
 
 def error_text(err: Exception) -> str:
