@@ -608,7 +608,7 @@ def test_estimates_are_kept_and_a_batch_edit_computes_one_new_point(app, monkeyp
         return estimate(*args, **kwargs)
 
     monkeypatch.setattr(mv, "estimate", counted)
-    monkeypatch.setattr(mv, "KEPT_ESTIMATES", 6)
+    monkeypatch.setattr(mv._estimates(index), "size", 6)
     w = Workload(batch=2, text_tokens=448)
     first = mv.memory_view(index, mask, w)
     assert sorted(calls) == [1, 2, 4, 16, 64]
@@ -619,7 +619,7 @@ def test_estimates_are_kept_and_a_batch_edit_computes_one_new_point(app, monkeyp
     assert mv.kept_estimate(index, mask, w) is first.estimate and calls == [3]
     mv.memory_view(index, mask, w.with_(batch=5))
     mv.memory_view(index, mask, w.with_(batch=6))
-    assert len(mv._estimates(index)._kept) == 6  # bounded: the least recently used went first
+    assert len(mv._estimates(index)) == 6  # bounded: the least recently used went first
 
 
 def test_the_gpu_count_is_kept_whatever_the_workloads_own_gpus(app):
@@ -656,3 +656,18 @@ def test_how_many_gpus_is_computed_only_while_its_section_is_open(app, monkeypat
     assert calls[-1].batch == 3 and edited.memory.gpu_count is not None
     closed = handlers.show_gpu_count(app, edited.session, False)
     assert closed.memory.gpu_count is None and len(calls) == 2
+
+
+def test_a_plans_counts_charts_and_tree_are_shared_by_mask(app):
+    """A class clicks the same presets: the second session to show a mask gets the same objects, and
+    they equal fresh ones; other tree options make other rows."""
+    from freezelab.ui.tree_view import tree_json
+
+    first, second = (handlers.load_model(app, Session(), "llava-1.5-7b").session for _ in range(2))
+    a, b = handlers.apply_preset(app, first, "stage2"), handlers.apply_preset(app, second, "stage2")
+    assert b.params_fig is a.params_fig and b.map_fig is a.map_fig and b.tree is a.tree and b.summary is a.summary
+    index = app.cache.get("llava-1.5-7b").index
+    mask = resolve(preset("stage2"), index).mask
+    assert a.summary == handlers.summary_html(index, mask) and a.tree == tree_json(index, mask, "", None)
+    filtered = handlers.set_tree_options(app, a.session, "mlp", None)
+    assert filtered.tree == tree_json(index, mask, "mlp", None) != a.tree

@@ -21,6 +21,7 @@ from freezelab.anatomy import component_counts, count
 from freezelab.errors import FreezelabError, PlanError, SelectorError, SourceError
 from freezelab.exports import import_plan as parse_plan
 from freezelab.index import ModelIndex
+from freezelab.index_memo import Kept, per_index
 from freezelab.memory.analytic import estimate
 from freezelab.model_cache import INDEX_DTYPE, Loaded, ModelCache
 from freezelab.plans import MAX_PLAN_BYTES, PRESETS, Plan, Resolution, append_rule, module_selector, preset, resolve
@@ -35,6 +36,7 @@ from freezelab.ui.tree_view import tree_json
 from freezelab.workload import Workload, WorkloadError
 
 Progress = Callable[[float, str], None]
+KEPT_PLAN_PARTS = 256  # per model index: masks (counts and charts) and masks with tree options (rows)
 MAX_QUERY_CHARS = 200  # the tree filter is a substring, not a pattern: long input only costs time
 SELECTOR_PROMPT = ("Type a selector: `@llm`, `@llm.layers[-4:]`, a glob such as `*q_proj*` or "
                    "`model.language_model.layers.31`, or `re:` and a regular expression.")
@@ -151,6 +153,21 @@ def rules_text(plan: Plan) -> str:
     return start + plan.to_text()
 
 
+@per_index
+def _plan_parts(index: ModelIndex) -> Kept:
+    """A class clicks the same presets: the counts, charts and tree rows of a mask, shared."""
+    return Kept(KEPT_PLAN_PARTS)
+
+
+def _plan_charts(index: ModelIndex, mask: list[bool]) -> tuple[str, go.Figure, go.Figure]:
+    return _plan_parts(index).get(bytes(mask), lambda: (
+        summary_html(index, mask), charts.params_by_component(index, mask), charts.model_map(index, mask)))
+
+
+def _tree(index: ModelIndex, mask: list[bool], tree: TreeOptions) -> str:
+    return _plan_parts(index).get((bytes(mask), tree), lambda: tree_json(index, mask, tree.query, tree.depth))
+
+
 def build_view(app: App, session: Session, status: str = "", parts: tuple[str, ...] = ALL_PARTS) -> View:
     """Resolve the session's plan and render the view's `parts` (see PART_FIELDS; the others are
     None); raises FreezelabError on a bad plan."""
@@ -159,15 +176,16 @@ def build_view(app: App, session: Session, status: str = "", parts: tuple[str, .
     res = resolve(session.plan, index)
     trainable = count(index, res.mask).trainable
     plan = "plan" in parts
+    summary, params_fig, map_fig = _plan_charts(index, res.mask) if plan else (None, None, None)
     return View(
         session=session,
         header=_header(loaded, session) if "header" in parts else None,
-        summary=summary_html(index, res.mask) if plan else None,
-        tree=tree_json(index, res.mask, session.tree.query, session.tree.depth) if plan else None,
+        summary=summary,
+        tree=_tree(index, res.mask, session.tree) if plan else None,
         rules=rules_text(session.plan) if plan else None,
         warnings=_warnings_md(res) if plan else None,
-        params_fig=charts.params_by_component(index, res.mask) if plan else None,
-        map_fig=charts.model_map(index, res.mask) if plan else None,
+        params_fig=params_fig,
+        map_fig=map_fig,
         memory=memory_view(index, res.mask, session.workload, session.context, session.gpu_count)
         if "memory" in parts else None,
         current=current_html(session, trainable) if "current" in parts else None,

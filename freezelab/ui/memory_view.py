@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from html import escape
 from typing import Any
@@ -13,7 +10,7 @@ import plotly.graph_objects as go
 
 from freezelab import charts, units
 from freezelab.index import ModelIndex
-from freezelab.index_memo import per_index
+from freezelab.index_memo import Kept, per_index
 from freezelab.memory.analytic import estimate
 from freezelab.memory.gpu_count import GpuCount, gpu_count
 from freezelab.memory.result import MemoryEstimate
@@ -109,36 +106,14 @@ def refused_fields(current: Workload, values: dict[str, Any], err: WorkloadError
     return refused or dict.fromkeys(changed or ["workload"], str(err))
 
 
-class _Kept:
-    """Results derived from one index (its analytic estimates, or its GPU counts), least recently
-    used dropped first. Each is a pure function of (index, mask, workload) and is never modified
-    once made, so it can be shared."""
-
-    def __init__(self) -> None:
-        self._kept: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
-        with self._lock:
-            if key in self._kept:
-                self._kept.move_to_end(key)
-                return self._kept[key]
-        value = make()
-        with self._lock:
-            self._kept[key] = value
-            while len(self._kept) > KEPT_ESTIMATES:
-                self._kept.popitem(last=False)
-        return value
+@per_index
+def _estimates(index: ModelIndex) -> Kept:
+    return Kept(KEPT_ESTIMATES)
 
 
 @per_index
-def _estimates(index: ModelIndex) -> _Kept:
-    return _Kept()
-
-
-@per_index
-def _gpu_counts(index: ModelIndex) -> _Kept:
-    return _Kept()
+def _gpu_counts(index: ModelIndex) -> Kept:
+    return Kept(KEPT_ESTIMATES)
 
 
 def kept_estimate(index: ModelIndex, mask: list[bool], workload: Workload) -> MemoryEstimate:
