@@ -1,10 +1,13 @@
-"""Speed of the analytic memory estimate (target: under 20 ms for a 7B plan).
+"""Speed of the analytic memory estimate (target: under 20 ms for a 7B plan) and of the FLOPs
+count and step times beside it.
 
     python benchmarks/analytic_speed.py [--runs 50]
 
-Times `freezelab.memory.analytic.estimate(index, mask, workload)` with the
-index already loaded (as the UI and CLI hold it) for several models, plans
-and workloads, and prints the median and the slowest of `--runs` calls each.
+Times `freezelab.memory.analytic.estimate(index, mask, workload)` and
+`freezelab.compute.flops.step_flops` followed by the step time on every common GPU
+(`freezelab.compute.timing.step_times`) with the index already loaded (as the UI
+and CLI hold it) for several models, plans and workloads, and prints the median
+and the slowest of `--runs` calls each.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from freezelab.compute.flops import step_flops  # noqa: E402
+from freezelab.compute.timing import step_times  # noqa: E402
 from freezelab.memory.analytic import estimate  # noqa: E402
 from freezelab.models import index_of  # noqa: E402
 from freezelab.plans import preset  # noqa: E402
@@ -34,21 +39,27 @@ CASES = (
 )
 
 
+def _timed(call, runs: int) -> str:
+    call()  # warm the index's cached lookups
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return f"{1e3 * statistics.median(times):7.2f}ms {1e3 * max(times):7.2f}ms"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=50)
     args = ap.parse_args()
-    print(f"{'model':28s} {'plan':8s} {'median':>9s} {'max':>9s}")
+    print(f"{'model':28s} {'plan':8s} {'memory: median':>14s} {'max':>9s} {'FLOPs + step times':>19s} {'max':>9s}")
     for name, plan_name, workload in CASES:
         index = index_of(resolve_source(name))
         mask = resolve_plan(preset(plan_name), index).mask
-        estimate(index, mask, workload)  # warm the index's cached lookups
-        times = []
-        for _ in range(args.runs):
-            t0 = time.perf_counter()
-            estimate(index, mask, workload)
-            times.append(time.perf_counter() - t0)
-        print(f"{name:28s} {plan_name:8s} {1e3 * statistics.median(times):7.2f}ms {1e3 * max(times):7.2f}ms")
+        memory = _timed(lambda: estimate(index, mask, workload), args.runs)
+        compute = _timed(lambda: step_times(step_flops(index, mask, workload), workload), args.runs)
+        print(f"{name:28s} {plan_name:8s} {memory:>24s} {compute:>29s}")
 
 
 if __name__ == "__main__":

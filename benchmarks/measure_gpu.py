@@ -12,7 +12,10 @@ checkpointing, when on, is HF's non-reentrant one with its input hooks.
     python benchmarks/measure_gpu.py OUT.jsonl [--budget-s 360]
 
 Writes one JSON line per case (same field names as the calibration file, plus
-`attn`, `optimizer_name`, `image_size`, `text_use_cache`). Cases marked `trace`
+`attn`, `optimizer_name`, `image_size`, `text_use_cache`, and `device_name` and
+`step_seconds`, the wall-clock time of step 2 from forward to zero_grad, which
+benchmarks/time_accuracy.py compares with the time model; a traced case's time
+includes the tracing and is left out). Cases marked `trace`
 also record the allocator's history over step 2 and list the blocks alive at
 the peak (how the KV-cache and autocast effects were found). Only torch,
 transformers and freezelab.tokens (pure Python) are imported.
@@ -156,6 +159,7 @@ def run_case(model: torch.nn.Module, cfg: dict, name: str, case: dict, trace: bo
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
+            t0 = time.perf_counter()
             if trace and step == 1:
                 torch.cuda.memory._record_memory_history(max_entries=200000, stacks="python")
             with torch.autocast(DEV, dtype=torch.bfloat16, enabled=amp):
@@ -171,7 +175,7 @@ def run_case(model: torch.nn.Module, cfg: dict, name: str, case: dict, trace: bo
             torch.cuda.synchronize()
             peak_opt = torch.cuda.max_memory_allocated()
             free, total = torch.cuda.mem_get_info()
-            steps.append(dict(base=base, peak_fwd_bwd=peak_fb, peak_opt=peak_opt,
+            steps.append(dict(base=base, peak_fwd_bwd=peak_fb, peak_opt=peak_opt, seconds=time.perf_counter() - t0,
                               reserved_peak=torch.cuda.max_memory_reserved(), device_used=total - free))
             if trace and step == 1:
                 rec["trace"] = analyse_trace(torch.cuda.memory._snapshot())
@@ -182,7 +186,10 @@ def run_case(model: torch.nn.Module, cfg: dict, name: str, case: dict, trace: bo
                    step1_peak_allocated_bytes=max(steps[0]["peak_fwd_bwd"], steps[0]["peak_opt"]),
                    weights_plus_optimizer_state_bytes=last["base"], peak_reserved_bytes=last["reserved_peak"],
                    device_used_bytes=last["device_used"], peak_phase="optimizer" if last["peak_opt"] >
-                   last["peak_fwd_bwd"] else "forward/backward", steps=steps, ok=True)
+                   last["peak_fwd_bwd"] else "forward/backward", steps=steps, ok=True,
+                   device_name=torch.cuda.get_device_name())
+        if not trace:
+            rec["step_seconds"] = last["seconds"]
     except torch.OutOfMemoryError:
         rec.update(ok=False, error="OOM", steps=steps)
     except Exception as err:  # one broken case must not cost the rest of a short GPU lease

@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 from freezelab import units
 from freezelab.anatomy import count
 from freezelab.components import COMPONENTS
+from freezelab.compute.flops import GROUPS, Flops
 from freezelab.index import ModelIndex
 from freezelab.index_memo import per_index
 from freezelab.memory.result import CATEGORIES, MemoryEstimate
@@ -351,6 +352,29 @@ def estimate_comparison(estimates: Sequence[MemoryEstimate]) -> go.Figure:
     title = "Estimates by category" + ("" if context else " (tensors; the CUDA context is in the table)")
     layout = _layout(title, 300, barmode="group", yaxis={"ticksuffix": f" {scale.unit}", "automargin": True})
     return figure({"data": data, "layout": layout})
+
+
+# -- compute ----------------------------------------------------------------------------
+
+FLOP_PARTS = {"forward": ("forward", "#5b7db1"), "backward_input": ("backward: input gradients", "#e07b39"),
+              "backward_weight": ("backward: weight gradients", "#c44e52"),
+              "recompute": ("recomputed forward (checkpointing)", "#8fb0de")}
+GROUP_LABELS = {"vision": "vision tower", "projector": "projector", "llm": "language model", "lm_head": "lm_head"}
+
+
+def compute_breakdown(flops: Flops) -> go.Figure:
+    """FLOPs of one step per component, stacked by forward, backward-input, backward-weight and recompute."""
+    groups = [g for g in GROUPS if flops.by_component[g].total]
+    names = [GROUP_LABELS[g] for g in groups]
+    data = [{"type": "bar", "orientation": "h", "y": names, "name": label, "marker": {"color": color},
+             "x": [getattr(flops.by_component[g], part) / 1e12 for g in groups],
+             "hovertemplate": f"%{{y}}: {label} %{{x:.3g}} TFLOP<extra></extra>"}
+            for part, (label, color) in FLOP_PARTS.items() if getattr(flops.split, part)]
+    layout = _layout(f"Compute per step: {units.flops(flops.counted)} (backward "
+                     f"{flops.backward / flops.forward:.2f}× the forward)" if flops.forward else "Compute per step",
+                     230, barmode="stack", xaxis={"title": {"text": "TFLOP"}},
+                     yaxis={"autorange": "reversed"}, showlegend=True)
+    return go.Figure({"data": data, "layout": layout})
 
 
 # -- sanity step ------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from freezelab.compute.timing import Efficiency
 from freezelab.plans import Plan
 from freezelab.workload import Workload
 
@@ -32,6 +33,7 @@ class Session:
     history: tuple[Plan, ...] = ()      # undo stack, newest last
     workload: Workload = field(default_factory=Workload)
     tree: TreeOptions = field(default_factory=TreeOptions)
+    efficiency: Efficiency = field(default_factory=Efficiency)  # the time model's fractions of peak
     context: bool | None = None         # memory charts include the CUDA context; None: the estimate's default
     gpu_count: bool = False             # the page shows how many GPUs (its section is open): computed only then
 

@@ -40,3 +40,25 @@ def nbytes(n: int | float) -> str:
 
 def percent(part: int | float, whole: int | float) -> str:
     return f"{100 * part / whole:.2f}%" if whole else "0%"
+
+
+def flops(n: int | float) -> str:
+    """FLOPs in the largest decimal unit that keeps the number >= 1: '784.0 TFLOP', '3.2 GFLOP'."""
+    n = float(n)
+    for div, suffix in ((1e18, "EFLOP"), (1e15, "PFLOP"), (1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP"),
+                        (1e3, "KFLOP")):
+        if abs(n) >= div:
+            return f"{n / div:.1f} {suffix}"
+    return f"{n:.0f} FLOP"
+
+
+def duration(seconds: float) -> str:
+    """'12 µs', '35 ms', '6.23 s', '12.5 min', '3.8 h', '2.1 days'."""
+    if seconds < 0.001:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    for div, suffix, digits in ((86400, "days", 1), (3600, "h", 1), (60, "min", 1)):
+        if seconds >= 2 * div if suffix == "days" else seconds >= div:
+            return f"{seconds / div:.{digits}f} {suffix}"
+    return f"{seconds:.2f} s"

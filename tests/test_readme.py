@@ -74,6 +74,27 @@ def test_readme_projector_activation_example():
     assert "16 GiB on top of 13 GiB" in README.replace("\n", " ")
 
 
+def test_readme_compute_example():
+    """Stage 1 / stage 2 / full FLOPs on llava-1.5-7b at batch 4 x (576 image + 1,024 text tokens)."""
+    from freezelab.compute.flops import step_flops
+    from freezelab.models import index_of
+    from freezelab.plans import preset, resolve as resolve_plan
+    from freezelab.sources import resolve
+    from freezelab.workload import Workload
+
+    index = index_of(resolve("llava-1.5-7b"))
+    w = Workload(batch=4, text_tokens=1024)
+    flops = {name: step_flops(index, resolve_plan(preset(name), index).mask, w) for name in ("stage1", "stage2", "full")}
+    text = README.replace("\n", " ")
+    assert (f"stage 1 (the projector, 20.98M parameters) runs {flops['stage1'].counted / 1e12:.1f} TFLOP per step, "
+            f"stage 2 (6.76B parameters) {flops['stage2'].counted / 1e12:.1f} and a full fine-tune "
+            f"{flops['full'].counted / 1e12:.1f}") in text
+    assert f"costs {flops['stage1'].counted / flops['stage2'].counted:.0%} of its FLOPs" in text
+    trains = {name: sum(n for n, on in zip(index.numels, resolve_plan(preset(name), index).mask) if on)
+              for name in ("stage1", "stage2")}
+    assert f"{trains['stage2'] / trains['stage1']:.0f}× fewer parameters" in text
+
+
 def test_readme_small_model_and_lesson_figures():
     """The tiny model's tensors under its CUDA context (stage 1, default workload), and the lessons' workload."""
     from freezelab.memory.analytic import estimate
@@ -90,6 +111,6 @@ def test_readme_small_model_and_lesson_figures():
     flat = " ".join(README.split())
     tensors, device = nbytes(est.peak_bytes), gib(est.device_estimate_bytes)
     assert f"the tiny model: {tensors} of tensors under {device} on the GPU" in flat
-    assert f"four steps on {MODEL}" in flat
+    assert f"five steps on {MODEL}" in flat
     assert f"batch {WORKLOAD.batch} × {WORKLOAD.text_tokens:,} text tokens and an image" in flat
     assert WORKLOAD.images == 1

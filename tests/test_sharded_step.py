@@ -187,8 +187,10 @@ def test_two_ranks_each_read_their_rows_of_a_checkpoint(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     data = json.loads(run.stdout)
     assert data["weights"] == "checkpoint" and data["passed"]
-    # rank 0's batch is the single-device batch: the same weights give the same first loss
-    assert data["distributed"]["ranks"][0]["losses"][0] == pytest.approx(plain.steps[0].loss, rel=1e-6)
+    # rank 0's batch is the single-device batch: the same weights give the same first loss, up to fp32
+    # rounding (FSDP2 computes with views of its all-gather buffer, whose alignment can change the CPU
+    # kernels' summation order: 4e-6 relative seen on a CI machine)
+    assert data["distributed"]["ranks"][0]["losses"][0] == pytest.approx(plain.steps[0].loss, rel=2e-5)
 
 
 @pytest.mark.parametrize(("fault", "line"), [

@@ -476,8 +476,9 @@ def test_record_and_report_to_dict_by_hand():
         "grad_norms": {"component": {"llm": None, "vision": None}, "layers": {"llm": [1.5]}}, "estimate": {}}
     assert list(data) == ["model", "model_class", "device", "device_name", "weights", "workload", "batch", "plan",
                           "trainable_params", "trainable_tensors", "total_params", "lr", "seed", "estimate",
-                          "input_grad_hooks", "warnings", "status", "error", "seconds", "steps", "checks",
-                          "grad_norms", "passed"]
+                          "time_estimate", "input_grad_hooks", "warnings", "status", "error", "seconds",
+                          "measured_seconds", "steps", "checks", "grad_norms", "passed"]
+    assert data["measured_seconds"] == 0.25  # the last steady-state step's time, beside time_estimate
 
 
 def test_plan_with_nothing_matching_is_refused_before_building(tiny_source, no_build):

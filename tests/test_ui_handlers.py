@@ -539,6 +539,7 @@ def test_sanity_step_refuses_bad_arguments(app, start):
 
 
 def test_simulated_estimate_next_to_the_analytic_one(app, start):
+    from freezelab.compute.flops import step_flops
     from freezelab.memory.simulate import simulate_step
     from freezelab.models import hf_config
 
@@ -554,6 +555,10 @@ def test_simulated_estimate_next_to_the_analytic_one(app, start):
     assert f"| **tensor peak** | {units.nbytes(view.analytic.peak_bytes)} | {units.nbytes(direct.peak_bytes)} |" \
         in view.table
     assert [t.name for t in view.figure.data] == ["analytic", "simulate"]
+    flops = step_flops(loaded.index, mask, s.workload)   # FlopCounterMode's count agrees exactly
+    assert f"| forward | {units.flops(flops.forward)} | {units.flops(flops.forward)} | +0.00% |" in view.table
+    assert f"| backward (with recompute) | {units.flops(flops.backward)} | {units.flops(flops.backward)} | +0.00% |" \
+        in view.table
     assert f'data-fl-for="{session_key(s)}"' in view.label and "Simulated for <b>tiny</b>" in view.label
     assert seen and seen[-1] == 1.0
     with pytest.raises(FreezelabError, match="cancelled"):

@@ -9,7 +9,12 @@ bool for --gpu-memory, else {gpu name: bool} over common GPUs), gpus (each with
 memory and headroom; common GPUs also with their architecture, their own device
 figure and whether they were measured), gpu_count (per-GPU device figure for 1
 to 64 GPUs under each sharding mode, and the smallest number of each common GPU
-that fits), notes, workload, plan, trainable_params, model and details.
+that fits), notes, workload, plan, trainable_params, model and details; and what
+the step costs in time: flops (the analytic count, split by forward,
+backward-input, backward-weight, recompute and optimizer, by component and by
+stage; with --method simulate, details.flops holds FlopCounterMode's count of the
+simulated step), step_seconds ({gpu: seconds per step}) and time (each GPU's step
+by part with its assumptions, and with --samples the training time).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 
 from freezelab import units
 from freezelab.anatomy import count
+from freezelab.cli.timing import add_time_options, print_time, time_report
 from freezelab.cli.common import (
     console as cli_console,
     add_model_argument,
@@ -54,6 +60,7 @@ def register(sub: Any) -> None:
     p.add_argument("--gpu-memory", metavar="GIB", help="does it fit a GPU of this many GiB? (default: a table "
                    "of common GPUs)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_time_options(p)
     p.set_defaults(func=run)
 
 
@@ -152,6 +159,7 @@ def _print_human(data: dict[str, Any]) -> None:
     console.print(_gpu_count_table(data["gpu_count"]))
     for note in data["notes"]:
         console.print(f"- {note}")
+    print_time(console, data)
     for warning in data["warnings"]:
         console.print(f"[yellow]warning:[/] {warning}")
 
@@ -169,7 +177,10 @@ def run(args: argparse.Namespace) -> int:
         from freezelab.memory.analytic import estimate
 
         est = estimate(index, res.mask, workload)
+    from freezelab.compute.flops import step_flops
+
     data = report(index, res, workload, est, gpu_bytes)
+    data.update(time_report(step_flops(index, res.mask, workload), workload, args))
     if args.json:
         print_json(data)
     else:

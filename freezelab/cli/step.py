@@ -168,6 +168,15 @@ def _steps_table(data: dict[str, Any]) -> Any:
     return tbl
 
 
+def _time_line(data: dict[str, Any]) -> str:
+    """The measured steady-state step time beside the time model's estimate for this card."""
+    t, measured = data["time_estimate"], data["measured_seconds"]
+    shown = "-" if measured is None else f"{measured:.2f} s"
+    if t["seconds"] is None:
+        return f"step time: measured {shown}; {t['note']}"
+    return f"step time: measured {shown}, estimated {t['seconds']:.2f} s ({t['note']}: {'; '.join(t['assumptions'])})"
+
+
 def _checks_table(data: dict[str, Any]) -> Any:
     from rich.table import Table
 
@@ -228,6 +237,7 @@ def _print_human(data: dict[str, Any]) -> None:
                   f"({data['trainable_tensors']} tensors); {b['kind']} batch {b['batch']} x {b['seq_len']} tokens "
                   f"({b['images']} image(s) x {b['image_tokens']} tokens + {b['text_tokens']} text)")
     console.print(_steps_table(data))
+    console.print(_time_line(data))
     if data["checks"]:
         console.print(_checks_table(data))
         console.print(_norms_table(data))

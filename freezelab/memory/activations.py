@@ -19,7 +19,9 @@ parameters train:
 Tensors are named, so a tensor saved by several ops counts once, and the
 weights themselves never count (they are resident anyway). The tape also
 tracks the largest transient of the forward (outputs not kept) and of the
-backward (gradient buffers alive at once) of the stage.
+backward (gradient buffers alive at once) of the stage, and what each op costs
+in compute (`freezelab.compute.cost`: FLOPs split by forward, input and weight
+gradients, and the bytes bandwidth-bound ops move).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from freezelab.compute import cost as costs
+from freezelab.compute.cost import Cost
 from freezelab.memory.cuda_facts import rounded
 
 
@@ -77,6 +81,11 @@ class Tape:
         self._ops = 0
         self.kv_cache = False                 # decoder layers copy k / v into a DynamicCache
         self.kv_values_follow_keys = False    # ... with the values in the keys' dtype
+        self.cost = Cost()                    # FLOPs and bytes of the ops recorded so far
+        # What a checkpoint replay of these ops recomputes: non-reentrant checkpointing stops early,
+        # once the last tensor saved for backward is repacked, and a matmul saves its inputs before
+        # it runs, so the replay ends just before the last op that saves (a layer's last Linear).
+        self.replay = Cost()
 
     # -- bookkeeping -----------------------------------------------------------
     def input(self, name: str, numel: int, elem: int, grad: bool, width: int) -> str:
@@ -96,6 +105,17 @@ class Tape:
 
     def _bwd(self, nbytes: int) -> None:
         self.bwd_extra = max(self.bwd_extra, nbytes)
+
+    def _charge(self, cost: Cost) -> None:
+        self.cost = self.cost + cost
+
+    def _moves(self, per_element: int, numel: int, backward: bool) -> None:
+        self._charge(costs.traffic(per_element * numel, backward=backward))
+
+    def _replayed(self, saves: bool) -> None:
+        """An op that saves tensors for backward: a checkpoint replay runs up to here at least."""
+        if saves:
+            self.replay = self.cost.forward_only()
 
     def grad(self, name: str) -> bool:
         return self.t[name].grad
@@ -120,12 +140,14 @@ class Tape:
         if not self.num.autocast or self.t[x].elem == 2:
             return x
         src = self.t[x]
+        self._moves(6, src.numel, src.grad)  # read fp32, write 16-bit
         return self._new(f"{x}>16#{self._ops}", src.numel, 2, src.grad, src.width)
 
     def linear(self, x: str, out: str, out_features: int, weight: int | None, bias: int | None = None) -> str:
         src = self.t[x]
         flow, w_train, b_train = src.grad, self.trainable(weight), self.trainable(bias)
         xin = self._to16(x)
+        self._replayed(flow or w_train)  # saves its input and / or weight before it runs
         if w_train:
             self._save(xin)  # grad_weight = grad_out^T @ input
         if self.num.autocast and weight is not None and (flow or w_train):
@@ -133,11 +155,13 @@ class Tape:
             # frozen weights), kept until this backward; autocast caches a trainable weight's copy
             # until the forward ends even when no backward needs it
             w16 = self._new(f"w16:{weight}", self.param_numel(weight), 2, w_train)
+            self._moves(6, self.param_numel(weight), False)
             if flow:
                 self._save(w16)
             else:
                 self.forward_only.add(w16)
         y = self._new(out, src.rows * out_features, self.num.compute, flow or w_train or b_train, out_features)
+        self._charge(costs.matmul(src.rows, src.width, out_features, input_grad=flow, weight_grad=w_train))
         cast = self.nbytes(xin) if xin != x and xin not in self.saved else 0
         self._fwd(self.nbytes(y) + cast)
         self._bwd(self._grad_bytes(y) + (src.nbytes if flow else 0))
@@ -154,6 +178,8 @@ class Tape:
         if w_train:
             self._save(self._new(f"{out}.normed", src.numel, src.elem, flow, src.width))
         y = self._new(out, src.numel, src.elem, flow or w_train, src.width)
+        self._moves(costs.rms_norm_bytes(src.elem), src.numel, flow or w_train)
+        self._replayed(flow or w_train)
         self._fwd(2 * fp32_bytes + self.nbytes(y))
         self._bwd(self._grad_bytes(y) + (2 * fp32_bytes + src.nbytes if flow else 0))
         return y
@@ -169,6 +195,8 @@ class Tape:
                        self._new(f"{out}.rstd", src.rows, 4, False))
         elem = 4 if self.num.autocast else src.elem
         y = self._new(out, src.numel, elem, needs, src.width)
+        self._moves(src.elem + elem + (6 if xin != x else 0), src.numel, needs)
+        self._replayed(needs)
         self._fwd(self.nbytes(y) + (self.nbytes(xin) if xin != x else 0))
         self._bwd(self._grad_bytes(y) + (src.nbytes if src.grad else 0))
         return y
@@ -183,6 +211,8 @@ class Tape:
                 self._save(self._new(f"{out}.sigmoid", src.numel, src.elem, True))
         if kind == "quick_gelu":
             extra = 2 * src.nbytes  # 1.702 x and sigmoid(.) before the product
+        self._moves((7 if kind == "quick_gelu" else 2) * src.elem, src.numel, src.grad)
+        self._replayed(src.grad)
         self._fwd(self.nbytes(y) + extra)
         self._bwd(2 * self._grad_bytes(y))
         return y
@@ -194,6 +224,8 @@ class Tape:
         if ta.grad:
             self._save(b)
         y = self._new(out, max(ta.numel, tb.numel), max(ta.elem, tb.elem), ta.grad or tb.grad, ta.width)
+        self._moves(3 * self.t[y].elem, self.t[y].numel, self.t[y].grad)
+        self._replayed(ta.grad or tb.grad)
         self._fwd(self.nbytes(y))
         self._bwd(self._grad_bytes(y) + self._grad_bytes(a, b))
         return y
@@ -201,6 +233,7 @@ class Tape:
     def add(self, a: str, b: str, out: str) -> str:
         ta, tb = self.t[a], self.t[b]
         y = self._new(out, max(ta.numel, tb.numel), max(ta.elem, tb.elem), ta.grad or tb.grad, ta.width)
+        self._moves(3 * self.t[y].elem, self.t[y].numel, self.t[y].grad)
         self._fwd(self.nbytes(y))
         self._bwd(self._grad_bytes(y))
         return y
@@ -211,6 +244,7 @@ class Tape:
         src = self.t[x]
         elem = 4 if self.num.autocast else src.elem
         y = self._new(out, src.numel, elem, src.grad, src.width)
+        self._moves(costs.rotary_bytes(elem), src.numel, src.grad)
         self._fwd(3 * self.nbytes(y))
         self._bwd(3 * self._grad_bytes(y))
         return y
@@ -223,6 +257,8 @@ class Tape:
         qi, ki, vi = (self._to16(n) if self.num.compute == 2 else n for n in (q, k, v))
         y = self._new(out, batch * seq * heads * head_dim, self.num.compute, need, heads * head_dim)
         scores = batch * heads * seq * seq
+        self._charge(self._attention_flops(batch, heads, kv_heads, seq, head_dim, q, k, v))
+        self._replayed(need)  # saves its output (fused) or the probabilities (eager) after it runs
         if fused:
             # flash / memory-efficient kernels: q, k, v (kv heads only, GQA native), out and logsumexp
             if need:
@@ -238,6 +274,7 @@ class Tape:
         c = self.num.compute
         probs32 = self._new(f"{out}.probs32", scores, 4, need)
         probs = probs32 if c == 4 else self._new(f"{out}.probs", scores, c, need)
+        self._moves(costs.eager_softmax_bytes(c), scores, need)
         if need:
             self._save(qi, ki, probs32, probs, vi)
         score_bytes = rounded(scores * c)
@@ -245,16 +282,32 @@ class Tape:
         self._bwd(2 * score_bytes + rounded(scores * 4) + self.nbytes(y) + self._grad_bytes(q, k, v))
         return y
 
+    def _attention_flops(self, batch: int, heads: int, kv_heads: int, seq: int, head_dim: int,
+                         q: str, k: str, v: str) -> Cost:
+        """The kernel CUDA's SDPA picks (`freezelab.memory.fake.sdpa`): flash for 16-bit inputs (the
+        head dimension padded to a multiple of 8), the memory-efficient kernel for fp32 without
+        grouped-query heads, else the math composite, which runs as bmm like eager attention."""
+        flash = self.num.compute == 2 and head_dim <= 256
+        efficient = kv_heads == heads and head_dim % (8 if self.num.compute == 2 else 4) == 0
+        if not self.num.eager and (flash or efficient):
+            d = -(-head_dim // 8) * 8 if flash else head_dim
+            return costs.fused_attention(batch, heads, seq, d,
+                                         backward=self.grad(q) or self.grad(k) or self.grad(v))
+        return costs.eager_attention(batch, heads, seq, head_dim, q_grad=self.grad(q), k_grad=self.grad(k),
+                                     v_grad=self.grad(v))
+
     def cache_copy(self, x: str, out: str, elem: int) -> str:
         """DynamicCache.update: torch.cat onto an empty tensor, i.e. a copy the model output keeps."""
         src = self.t[x]
         y = self._new(out, src.numel, elem, src.grad, src.width)
+        self._moves(src.elem + elem, src.numel, False)
         self._fwd(self.nbytes(y))
         return y
 
     def new(self, name: str, numel: int, elem: int, grad: bool, width: int) -> str:
         """A fresh tensor made by an op that saves nothing (cat, masked_scatter, packing)."""
         y = self._new(name, numel, elem, grad, width)
+        self._moves(2 * elem, numel, grad)
         self._fwd(self.nbytes(y))
         self._bwd(2 * self._grad_bytes(y))
         return y

@@ -218,6 +218,14 @@ def _trainable_by_component(index: ModelIndex, mask: list[bool]) -> dict[Compone
     return out
 
 
+def data_flow(index: ModelIndex, mask: list[bool], w: Workload, input_require_grads: bool | None = None) -> Flow:
+    """What the stages of a step are built from (checked: the mask must be this model's)."""
+    _check(index, mask)
+    use_cache = bool((index.config.get("text_config") or {}).get("use_cache", True))
+    return Flow(index, mask, numerics(w), w.batch, workload_sequence(index.config, w), w.images, _layout(index, w),
+                w.grad_ckpt, use_cache, _values_follow_keys(index.transformers_version), input_require_grads)
+
+
 @dataclass
 class _Step:
     """What does not depend on how the step is spread over GPUs: the stages and who makes each gradient."""
@@ -232,12 +240,8 @@ class _Step:
 
 
 def _step(index: ModelIndex, mask: list[bool], w: Workload, input_require_grads: bool | None) -> _Step:
-    num = numerics(w)
-    layout = _layout(index, w)
-    seq = workload_sequence(index.config, w)
-    use_cache = bool((index.config.get("text_config") or {}).get("use_cache", True))
-    flow = Flow(index, mask, num, w.batch, seq, w.images, layout, w.grad_ckpt, use_cache,
-                _values_follow_keys(index.transformers_version), input_require_grads)
+    flow = data_flow(index, mask, w, input_require_grads)
+    num, layout, seq = flow.num, flow.layout, flow.seq
     stages = build(flow)
     backward = any(s.backward for s in stages)
     return _Step(num, seq, stages, _grad_owner(stages, mask), _input_bytes(index, w, seq, layout, num),
@@ -269,7 +273,6 @@ def estimate(index: ModelIndex, mask: list[bool], workload: Workload, *,
     input_require_grads: whether transformers' input-embedding hooks are installed (they make both
     towers build a graph even when frozen). None: exactly when gradient checkpointing is on, which
     installs them; True models hooks left behind after checkpointing was turned off."""
-    _check(index, mask)
     st = _step(index, mask, workload, input_require_grads)
     r, tl = _walk(index, mask, workload, st)
     assert isinstance(tl, Timeline)
@@ -281,7 +284,6 @@ def spread_peaks(index: ModelIndex, mask: list[bool], workload: Workload, spread
                  input_require_grads: bool | None = None) -> list[int]:
     """The tensor peak of the same step under each of `spreads` (the workload with other gpus, sharding or
     offload), building its stages once: what `estimate(...).peak_bytes` gives for each, much faster."""
-    _check(index, mask)
     st = _step(index, mask, workload, input_require_grads)
     return [int(_walk(index, mask, w, st, peak_only=True)[1]) for w in spreads]
 

@@ -12,6 +12,10 @@ gradient checkpointing installs (they make both towers' embeddings require
 grad, so even a frozen vision tower builds a graph). Layers behind the
 vision feature layer still run but never get a backward; what they save
 lives as long as the model output that references them.
+
+Each stage also carries what its ops cost in compute (`Stage.cost`, from the same
+tape: FLOPs split by forward, input and weight gradients; `freezelab.compute.flops`
+adds them up, freeze- and checkpointing-aware).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from freezelab.compute import cost as costs
+from freezelab.compute.cost import Cost
 from freezelab.index import ModelIndex
 from freezelab.memory.activations import Numerics, Tape
 from freezelab.memory.cuda_facts import rounded
@@ -57,6 +63,8 @@ class Stage:
     out_grad: bool = False      # does its output require grad
     dead: bool = False          # runs forward, but feeds nothing the loss depends on
     forward_only: int = 0       # alive from its forward until the forward pass ends (autocast weight cache)
+    cost: Cost = field(default_factory=Cost)  # FLOPs and bytes of its forward and (if it runs) backward
+    replay: Cost | None = None  # what its backward recomputes first (gradient checkpointing), if anything
 
     @property
     def keeps(self) -> int:
@@ -178,9 +186,10 @@ def _layer_stage(f: Flow, recipe: Recipe, name: str, component: str, p: dict[str
         t.kv_values_follow_keys = f.cache_values_follow_keys
         x = t.input("x", rows * hidden, f.num.stream, flow_in, hidden)
         out = recipe(t, p, x, hidden, inter, d, batch, seq)
-        stage = Stage(name, component, out_grad=t.grad(out))
+        stage = Stage(name, component, out_grad=t.grad(out), cost=t.cost)
         if f.ckpt and stage.out_grad:
             # non-reentrant checkpoint keeps only the layer's input; backward replays the layer
+            stage.replay = t.replay
             stage.kept = t.nbytes(x)
             stage.bwd_extra = t.kept + t.bwd_extra
         else:
@@ -232,7 +241,8 @@ def _vision_stages(f: Flow, stages: list[Stage]) -> tuple[bool, int]:
     # the patch conv saves only the (resident) pixels; transformers' input hook marks its output
     flow = f.hooks or any(f.mask[i] for i in emb_params)
     emb = Stage("vision.embeddings", VISION, grad_params=emb_params, out_grad=flow,
-                fwd_extra=3 * rounded(rows * hidden * f.num.stream))
+                fwd_extra=3 * rounded(rows * hidden * f.num.stream),
+                cost=_patch_cost(f, rel, tiles, hidden) + costs.traffic(5 * f.num.stream * rows * hidden, backward=flow))
     stages.append(emb)
     pre = _find(rel, "pre_layrnorm.weight")
     if pre is not None:
@@ -241,7 +251,8 @@ def _vision_stages(f: Flow, stages: list[Stage]) -> tuple[bool, int]:
         y = t.layer_norm(x, "pre", pre, _find(rel, "pre_layrnorm.bias"))
         flow = t.grad(y)
         stages.append(Stage("vision.pre_layrnorm", VISION, t.kept, t.fwd_extra, t.bwd_extra,
-                            [i for i in (pre, _find(rel, "pre_layrnorm.bias")) if i is not None], out_grad=flow))
+                            [i for i in (pre, _find(rel, "pre_layrnorm.bias")) if i is not None], out_grad=flow,
+                            cost=t.cost))
     layer_params = _layer_params(index, "vision")
     used, n_features = feature_index(config, len(layer_params))
     cache: dict[tuple[Any, ...], Stage] = {}
@@ -265,6 +276,18 @@ def _vision_stages(f: Flow, stages: list[Stage]) -> tuple[bool, int]:
         held += 2 * rounded(rows * hidden * f.num.stream)  # SigLIP normalises the whole sequence
     stages.append(Stage("vision.post", VISION, held=held, dead=True))
     return feature_grad, n_features * hidden
+
+
+def _patch_cost(f: Flow, rel: dict[str, int], tiles: int, hidden: int) -> Cost:
+    """The patch embedding: a stride-`patch` convolution, i.e. one (3·p·p x hidden) matmul per patch.
+    Pixels never require grad; the weight's gradient is made when it trains."""
+    vision = f.index.config.get("vision_config") or {}
+    patch = int(vision.get("patch_size") or 1)
+    patches = (int(vision.get("image_size") or 0) // patch) ** 2
+    weight = _find(rel, "patch_embedding.weight")
+    channels = _shape(f.index, weight, 1, int(vision.get("num_channels") or 3))
+    return costs.matmul(tiles * patches, channels * patch * patch, hidden, input_grad=False,
+                        weight_grad=f.trainable(weight))
 
 
 def _projector_stages(f: Flow, stages: list[Stage], feature_grad: bool, width: int) -> bool:
@@ -296,7 +319,7 @@ def _projector_stages(f: Flow, stages: list[Stage], feature_grad: bool, width: i
         packed = t.new("packed", tokens * text_hidden, f.num.compute, out_grad, text_hidden)
         held = t.nbytes(packed)
     stages.append(Stage("projector", PROJECTOR, t.kept, t.fwd_extra, t.bwd_extra, list(rel.values()),
-                        held=held, out_grad=out_grad, forward_only=t.forward_cached))
+                        held=held, out_grad=out_grad, forward_only=t.forward_cached, cost=t.cost))
     return out_grad
 
 
@@ -316,7 +339,9 @@ def _llm_stages(f: Flow, stages: list[Stage], image_grad: bool) -> None:
     layer_params = _layer_params(index, "llm")
     # cos/sin of the rotary embedding: computed once, saved by every layer's rotary products
     rope = 2 * rounded(n * d.head_dim * f.num.stream)
-    merge = Stage("llm.embeddings", LLM, fwd_extra=2 * stream, out_grad=flow, grad_params=[embed])
+    # the lookup (read and write a row per token) and the image features scattered into it
+    merge = Stage("llm.embeddings", LLM, fwd_extra=2 * stream, out_grad=flow, grad_params=[embed],
+                  cost=costs.traffic(5 * f.num.stream * n * hidden, backward=flow))
     if index.params[embed].aliases:  # tied: the embedding's gradient is added into lm_head's
         merge.bwd_extra = rounded(vocab * hidden * f.num.param)
     stages.append(merge)
@@ -341,7 +366,7 @@ def _llm_stages(f: Flow, stages: list[Stage], image_grad: bool) -> None:
     x = t.input("h", n * hidden, f.num.stream, flow, hidden)
     y = t.rms_norm(x, "final_norm", norm)
     stages.append(Stage("llm.norm", LLM, t.kept, t.fwd_extra, t.bwd_extra, [norm] if norm is not None else [],
-                        out_grad=t.grad(y)))
+                        out_grad=t.grad(y), cost=t.cost))
     _head_stages(f, stages, t.grad(y), vocab, hidden)
 
 
@@ -368,10 +393,11 @@ def _head_stages(f: Flow, stages: list[Stage], flow: bool, vocab: int, hidden: i
     # backward: the fp32 gradient cast back to the logits dtype, then grad_input of the matmul
     back = max(upcast + logits_bytes, logits_bytes + rounded(n * hidden * f.num.compute)) if grad else 0
     stages.append(Stage("lm_head", HEAD, t.kept, t.fwd_extra, back, [head] if head is not None else [],
-                        held=logits_bytes, out_grad=grad, forward_only=t.forward_cached))
+                        held=logits_bytes, out_grad=grad, forward_only=t.forward_cached, cost=t.cost))
     # log_softmax writes its fp32 output while the upcast copy is still referenced (both live until the loss
     # function returns); with a backward that output is then kept
-    loss = Stage("loss", HEAD, fwd_extra=upcast + fp32, out_grad=grad)
+    loss = Stage("loss", HEAD, fwd_extra=upcast + fp32, out_grad=grad,
+                 cost=costs.traffic(costs.loss_bytes(t.t[logits].elem) * n * vocab, backward=grad))
     if grad:
         loss.kept = fp32                  # log_softmax output
         loss.bwd_extra = 2 * fp32         # nll_loss grad + log_softmax grad, alive together

@@ -84,6 +84,7 @@ class StepReport:
     checks: dict[str, Check] = field(default_factory=dict)
     grad_norms: dict[str, Any] = field(default_factory=dict)
     estimate: dict[str, Any] = field(default_factory=dict)  # method, peak_bytes, device_estimate_bytes, phase
+    time_estimate: dict[str, Any] = field(default_factory=dict)  # gpu, seconds (per step), note, assumptions
     input_grad_hooks: int = 0
     warnings: list[str] = field(default_factory=list)
     status: Status = Status.OK
@@ -96,9 +97,16 @@ class StepReport:
         ranks_ok = self.distributed is None or bool(self.distributed.get("all_ranks_passed"))
         return self.status == Status.OK and bool(self.checks) and all_passed(self.checks) and ranks_ok
 
+    @property
+    def measured_seconds(self) -> float | None:
+        """The steady-state step's time (the last step from step 2 on), to compare with `time_estimate`."""
+        steady = [s.seconds for s in self.steps if s.steady and s.error is None]
+        return steady[-1] if steady else None
+
     def to_dict(self) -> dict[str, Any]:
         skipped = ("steps", "checks", "grad_norms") + (("distributed",) if self.distributed is None else ())
         data = {k: v for k, v in asdict(self).items() if k not in skipped}
+        data["measured_seconds"] = self.measured_seconds
         data["weights"], data["status"] = str(self.weights), str(self.status)
         data["steps"] = [s.to_dict() for s in self.steps]
         data["checks"] = {name: c.to_dict() for name, c in self.checks.items()}

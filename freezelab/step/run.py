@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 from freezelab.batch import Batch, Example
 from freezelab.cancellation import CancelFlag
 from freezelab.checks import Context, Observation, grad_norms, run_checks
+from freezelab.compute.flops import step_flops
+from freezelab.compute.timing import beside_measured
 from freezelab.index import ModelIndex
 from freezelab.models import index_of
 from freezelab.plans import Plan, Resolution, resolve
@@ -64,7 +66,8 @@ def _report(index: ModelIndex, res: Resolution, workload: Workload, batch: Batch
         trainable_params=sum(index.numels[i] for i in trainable), trainable_tensors=len(trainable),
         total_params=index.total_params, lr=lr, seed=seed, warnings=list(res.warnings),
         estimate={"method": est.method, "peak_bytes": est.peak_bytes,
-                  "device_estimate_bytes": est.device_estimate_bytes, "phase": est.phase})
+                  "device_estimate_bytes": est.device_estimate_bytes, "phase": est.phase},
+        time_estimate=beside_measured(step_flops(index, res.mask, workload), workload, _device_name(device)))
 
 
 def _batch_within_budget(live: Live, source: Source, index: ModelIndex, res: Resolution, workload: Workload,

@@ -9,6 +9,7 @@ import gradio as gr
 
 from freezelab.policy import from_env
 from freezelab.ui import handlers
+from freezelab.ui.compute_panel import create_compute_panel
 from freezelab.ui.export_panel import create_export_panel
 from freezelab.ui.handlers import App
 from freezelab.ui.learn_panel import create_learn_panel
@@ -59,6 +60,7 @@ def create_dashboard(app: App | None = None) -> tuple[gr.Blocks, Registry]:
                     with gr.Column(scale=6):
                         create_summary_panel(ui, first)
                         create_memory_panel(ui, first)
+                        create_compute_panel(ui, first)
                         create_map_panel(ui, first)
             with gr.Tab("Verify", id="verify"):
                 create_verify_header(ui, first)

@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 
 from freezelab import charts, units
 from freezelab.anatomy import component_counts, count
+from freezelab.compute.timing import Efficiency
 from freezelab.errors import FreezelabError, PlanError, SelectorError, SourceError
 from freezelab.exports import import_plan as parse_plan
 from freezelab.index import ModelIndex
@@ -29,6 +30,7 @@ from freezelab.policy import LOCAL, Policy
 from freezelab.selectors import parse, reach, select
 from freezelab.session import Session, TreeOptions
 from freezelab.sources import known_info
+from freezelab.ui.compute_view import ComputeView, kept_compute_view
 from freezelab.ui.context_view import current_html, workload_text
 from freezelab.ui.memory_view import LABELS, MemoryView, field_error_html, memory_view, refused_fields, verdict_html
 from freezelab.ui.registry import field_ids, shown, shown_ids, shown_within
@@ -84,6 +86,7 @@ class View:
     params_fig: go.Figure | None = shown("summary.params_plot")
     map_fig: go.Figure | None = shown("map.plot")
     memory: MemoryView | None = shown_within()
+    compute: ComputeView | None = shown_within()
     current: str | None = shown("verify.now")           # HTML: what a simulation or sanity step would run now
     trainable: int                                      # trainable parameters under the plan
 
@@ -95,10 +98,12 @@ PART_FIELDS: dict[str, tuple[str, ...]] = {
     "header": ("header",),                                                 # model and weights
     "plan": ("summary", "tree", "rules", "warnings", "params_fig", "map_fig"),  # + plan, tree options
     "memory": ("memory",),                                                 # + plan, workload, context
+    "compute": ("compute",),                                               # + plan, workload, efficiency
     "current": ("current",),                                               # + plan, workload
 }
 ALL_PARTS = tuple(PART_FIELDS)
-WORKLOAD_PARTS = ("memory", "current")  # a workload edit: the plan, its tree and charts stay as they are
+WORKLOAD_PARTS = ("memory", "compute", "current")  # a workload edit: the plan, its tree and charts stay as they are
+COMPUTE_PARTS = ("compute",)  # an efficiency edit changes the step times only
 
 
 def view_ids(parts: tuple[str, ...] = ALL_PARTS) -> tuple[str, ...]:
@@ -188,6 +193,8 @@ def build_view(app: App, session: Session, status: str = "", parts: tuple[str, .
         map_fig=map_fig,
         memory=memory_view(index, res.mask, session.workload, session.context, session.gpu_count)
         if "memory" in parts else None,
+        compute=kept_compute_view(index, res.mask, session.workload, session.efficiency)
+        if "compute" in parts else None,
         current=current_html(session, trainable) if "current" in parts else None,
         trainable=trainable,
         status=status,
@@ -414,3 +421,12 @@ def _clean(values: dict[str, Any]) -> dict[str, Any]:
             v = int(v)
         out[k] = v
     return out
+
+
+def set_efficiency(app: App, session: Session, **values: Any) -> View:
+    """New fractions of peak for the time model (mfu, bandwidth); a bad value raises TimingError."""
+    known = {"mfu", "bandwidth", "network"}
+    if set(values) - known:
+        raise OptionError(f"unknown efficiency field(s): {', '.join(sorted(set(values) - known))}")
+    efficiency = replace(session.efficiency, **_clean(values))
+    return build_view(app, replace(session, efficiency=efficiency), parts=COMPUTE_PARTS)

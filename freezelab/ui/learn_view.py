@@ -1,5 +1,6 @@
 """The Learn tab: a guided walk from LLaVA stage 1 to stage 2 to the last N layers, then gradient
-checkpointing, on llava-1.5-7b, explaining after each step what changed and why.
+checkpointing, on llava-1.5-7b, explaining after each step what changed and why, and what the plans cost
+in compute and time.
 
 The lessons use a 7B architecture because memory effects only show at that size (on the tiny model
 the CUDA context outweighs every tensor), and its config ships with freezelab, so estimating it
@@ -18,6 +19,7 @@ from freezelab.plans import preset
 from freezelab.session import Session
 from freezelab.ui.context_view import workload_text
 from freezelab.ui.handlers import App, View, build_view, load_model
+from freezelab.ui.learn_compute import compute_lesson
 from freezelab.workload import Workload
 
 MODEL = "llava-1.5-7b"
@@ -34,6 +36,7 @@ class Lesson:
     preset: str
     workload: Workload
     why: Callable[[Facts], str]   # the explanation, filled in with numbers from the estimate
+    compute: bool = False         # also compare the plans' FLOPs and step times (freezelab.ui.learn_compute)
 
 
 def _stage1(f: Facts) -> str:
@@ -65,12 +68,22 @@ def _checkpointing(f: Facts) -> str:
             f"({f['optimizer_state']}) are what is left.")
 
 
+def _compute(f: Facts) -> str:
+    return (f"Back to stage 1 ({f['trainable']} trainable parameters), this time for what the plans cost in "
+            "compute. Freezing changes memory far more than compute: every plan runs the same forward, and what "
+            "differs is the backward. A frozen layer behind a trainable one still runs its backward for the input "
+            "gradient and skips only the weight-gradient matmuls (which is also why the frozen LLM keeps "
+            f"{f['llm_activations']} of activations); only layers before the first trainable parameter run no "
+            "backward at all.")
+
+
 LESSONS: dict[str, Lesson] = {lesson.key: lesson for lesson in (
     Lesson(1, "stage1", "Stage 1: the projector", "stage1", WORKLOAD, _stage1),
     Lesson(2, "stage2", "Stage 2: projector + LLM", "stage2", WORKLOAD, _stage2),
     Lesson(3, "last4", "The last 4 LLM layers", "last-4", WORKLOAD, _last_n),
     Lesson(4, "stage2-ckpt", "Stage 2 + checkpointing", "stage2", WORKLOAD.with_(grad_ckpt=True),
            _checkpointing),
+    Lesson(5, "compute", "Stage 1 vs stage 2 in FLOPs and time", "stage1", WORKLOAD, _compute, compute=True),
 )}
 
 INTRO = (f"Each button loads {MODEL} (its architecture only: nothing is downloaded), applies a plan and sets "
@@ -128,4 +141,6 @@ def run_lesson(app: App, session: Session, key: str) -> tuple[View, str]:
                       "shows the result.")
     text = (f"### {lesson.number}. {lesson.title}\n\n{lesson.why(facts(view))}\n\n{what_changed(prev, view)}\n\n"
             "The estimator's own account is under *Why the memory goes where it goes* on the Plan & memory tab.")
+    if lesson.compute:
+        text += "\n\n" + compute_lesson(app.loaded(session).index, lesson.workload, session.efficiency)
     return view, text

@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from freezelab import charts, units
 from freezelab.anatomy import count
 from freezelab.budget import simulation_cost, step_cost
+from freezelab.compute.flops import Flops, step_flops
 from freezelab.errors import FreezelabError
 from freezelab.memory.analytic import estimate as analytic_estimate
 from freezelab.memory.result import CATEGORIES, MemoryEstimate
@@ -109,6 +110,16 @@ def check_simulation(app: App, session: Session) -> tuple[Loaded, Resolution]:
     return loaded, res
 
 
+def flops_rows(analytic: Flops, counted: dict[str, int]) -> str:
+    """The analytic FLOPs beside FlopCounterMode's count of the simulated step 2."""
+    rows = ["| FLOPs of one step | analytic | FlopCounterMode | difference |", "|---|---:|---:|---:|"]
+    for label, x, y in (("forward", analytic.forward, counted["forward"]),
+                        ("backward (with recompute)", analytic.backward, counted["backward"])):
+        diff = f"{100 * (y - x) / x:+.2f}%" if x else ("0" if x == y else "–")
+        rows.append(f"| {label} | {units.flops(x)} | {units.flops(y)} | {diff} |")
+    return "\n".join(rows)
+
+
 def simulate(app: App, session: Session, progress: Progress | None = None,
              cancel: Callable[[], bool] | None = None) -> SimulationView:
     """Run the real training step on fake tensors; seconds for a 7B model, so behind a button."""
@@ -123,8 +134,10 @@ def simulate(app: App, session: Session, progress: Progress | None = None,
                                   progress=progress, cancel=cancel)
     finally:
         reclaim()
-    return SimulationView(analytic, simulated, comparison_table(analytic, simulated),
-                          charts.estimate_comparison([analytic, simulated]),
+    table = comparison_table(analytic, simulated)
+    if "flops" in simulated.details:
+        table += "\n\n" + flops_rows(step_flops(index, res.mask, session.workload), simulated.details["flops"])
+    return SimulationView(analytic, simulated, table, charts.estimate_comparison([analytic, simulated]),
                           result_html("Simulated", session, count(index, res.mask).trainable))
 
 
@@ -157,7 +170,22 @@ def check_rows(report: StepReport) -> list[list[str]]:
     return rows
 
 
+def time_text(report: StepReport) -> str:
+    """The steady-state step time beside the time model's estimate for this card (or why there is none)."""
+    t, measured = report.time_estimate, report.measured_seconds
+    shown = "–" if measured is None else f"{measured:.2f} s"
+    if not t or t.get("seconds") is None:
+        return f"Step time: measured {shown}" + (f"; {t['note']}." if t else ".")
+    return (f"Step time: measured {shown}, estimated **{t['seconds']:.2f} s** ({t['note']}: "
+            f"{'; '.join(t['assumptions'])}).")
+
+
 def memory_text(report: StepReport) -> str:
+    """The measured peaks beside the estimate, then the step time beside its estimate."""
+    return _memory_rows(report) + "\n\n" + time_text(report)
+
+
+def _memory_rows(report: StepReport) -> str:
     est = report.estimate
     steady = [s for s in report.steps if s.steady and s.peak_allocated_bytes is not None]
     if not steady:

@@ -57,6 +57,7 @@ def simulate_step(
     cancel: Callable[[], bool] | None = None,
     *,
     input_require_grads: bool = False,
+    count_flops: bool = True,
 ) -> MemoryEstimate:
     """Run two training steps of the real model on fake tensors and account their memory.
 
@@ -78,8 +79,13 @@ def simulate_step(
     the state a model is left in when checkpointing was turned off without removing
     them (see shared/notes/pitfalls.md). With `workload.grad_ckpt` they are always on,
     as `gradient_checkpointing_enable()` installs them.
+
+    `count_flops=True` counts step 2 with FlopCounterMode (`details["flops"]`, see
+    `simulate.flops`); the counting adds to the run's CPU time
+    (`python benchmarks/flops_agreement.py --overhead`).
     """
-    return execute(Run(config, trainable, workload, progress, cancel, input_require_grads=input_require_grads))
+    return execute(Run(config, trainable, workload, progress, cancel, input_require_grads=input_require_grads,
+                       count_flops=count_flops))
 
 
 def execute(run: Run) -> MemoryEstimate:

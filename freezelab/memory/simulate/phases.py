@@ -3,7 +3,9 @@ forward with labels, backward, `optimizer.step()`, `zero_grad(set_to_none=True)`
 
 Tensors die where they die in the protocol's loop: the model output after
 backward (`del out`), the loss after the optimizer step; the ledger's clock
-marks each phase, and step 2 (optimizer state exists) is the steady state.
+marks each phase, and step 2 (optimizer state exists) is the steady state. Step 2's
+forward and backward are also counted by FlopCounterMode (`simulate.flops`): the result is
+`details["flops"]`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from freezelab.memory.fake.ledger import Label
 from freezelab.memory.result import Category, Phase
 from freezelab.memory.simulate import hooks
+from freezelab.memory.simulate.flops import StepFlops, counted
 from freezelab.memory.simulate.optim import book_state
 from freezelab.memory.simulate.run import Run
 
@@ -42,14 +45,17 @@ def run_steps(run: Run, batch: dict[str, Any], params: list[torch.nn.Parameter],
     autocast = (torch.autocast("cpu", dtype=run.autocast_dtype) if run.autocast_dtype is not None
                 else contextlib.nullcontext())
     marks = StepMarks()
+    flops = StepFlops(ledger) if run.count_flops else None
     for step in (1, 2):
         base = 0.15 + (step - 1) * 0.4
         if step == 2:
             ledger.reset_peak()
         marks.start_t[step], marks.start_total[step] = ledger.t, ledger.total
-        out = forward(run, step, base, batch, autocast)
+        with counted(flops if step == 2 else None, Phase.FORWARD):
+            out = forward(run, step, base, batch, autocast)
         loss = out.loss
-        backward(run, step, base, loss, params)
+        with counted(flops if step == 2 else None, Phase.BACKWARD):
+            backward(run, step, base, loss, params)
         del out
         if step == 1:
             run.details["trainable_without_grad"] = [
@@ -61,6 +67,8 @@ def run_steps(run: Run, batch: dict[str, Any], params: list[torch.nn.Parameter],
         if step == 1:
             marks.step1_peak = ledger.peak
         run.lap(f"step{step}_optimizer")
+    if flops is not None:
+        run.details["flops"] = flops.summary()
     return marks
 
 

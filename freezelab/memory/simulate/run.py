@@ -24,7 +24,7 @@ class Run:
 
     def __init__(self, config: Any, trainable: Collection[str], workload: Workload,
                  progress: Progress | None = None, cancel: Callable[[], bool] | None = None, *,
-                 input_require_grads: bool = False) -> None:
+                 input_require_grads: bool = False, count_flops: bool = True) -> None:
         from torch._subclasses.fake_tensor import FakeTensorMode
 
         if not isinstance(workload, Workload):
@@ -39,6 +39,7 @@ class Run:
         self.trainable = set(trainable)
         self.w = workload
         self.input_require_grads = bool(input_require_grads)
+        self.count_flops = bool(count_flops)   # FlopCounterMode over step 2 (simulate.flops)
         self.dtype = getattr(torch, TORCH_DTYPE_NAMES[workload.dtype])
         self.autocast_dtype = None if workload.autocast == "none" else getattr(
             torch, TORCH_DTYPE_NAMES[workload.autocast])
