@@ -31,8 +31,9 @@ from freezelab.tokens import ANYRES_TYPES
 from freezelab.workload import Dtype, Workload
 
 # Matmul-class FLOPs per CPU second of one thread in a sanity step's forward and backward, by the
-# parameter dtype. Measured on tiny, 2,048-8,192 text tokens: fp32 57-77 GFLOP/s, bf16 69-94
-# (AVX-512 BF16 dot products), fp16 13-16 (this CPU has no fp16 arithmetic: every op converts).
+# parameter dtype. Measured on tiny (full fine-tune), 2,048-8,192 text tokens: fp32 57-77 GFLOP/s,
+# bf16 69-99 (AVX-512 BF16 dot products), fp16 13-16 (this CPU has no fp16 arithmetic: every op
+# converts).
 CPU_FLOPS: dict[Dtype, float] = {Dtype.FP32: 55e9, Dtype.BF16: 65e9, Dtype.FP16: 12e9}
 STEP_S_PER_TENSOR = 0.25e-3    # per step and parameter tensor (tiny at 256 tokens: 13 ms for 98 tensors)
 RUN_FIXED_S = 0.5              # batch, fingerprints, checks (measured 0.04-0.2 s on tiny)
@@ -40,7 +41,8 @@ INIT_S_PER_PARAM = 10e-9       # random weights (normal_ on every parameter)
 
 # A simulation, per the modules it runs (two steps each) and per image in the batch.
 SIM_FIXED_S = 0.5              # fake mode, ledger, accounting (tiny without images: 0.2 s in all)
-SIM_S_PER_MODULE = 4e-3        # llava-1.5-7b 724 modules: 2.5 s; 13b 828: 3.3 s; OneVision 0.5B 643: 2.1 s
+SIM_S_PER_MODULE = 6e-3        # llava-1.5-7b, 724 modules: 3.5-4.2 s with FlopCounterMode counting step 2
+                               # (2.5 s without); 13b 828: 3.3 s and OneVision 0.5B 643: 2.1 s without
 SIM_S_PER_IMAGE = 1.2e-3       # llava / vipllava: 0.95-1.0 ms per image (tiny, 1,024-16,384 images)
 SIM_S_PER_ANYRES_IMAGE = 25e-3  # any-res: llava-v1.6-mistral-7b 23 ms, OneVision 0.5B 8.4 ms per image
 
