@@ -374,7 +374,7 @@ def compute_breakdown(flops: Flops) -> go.Figure:
                      f"{flops.backward / flops.forward:.2f}× the forward)" if flops.forward else "Compute per step",
                      230, barmode="stack", xaxis={"title": {"text": "TFLOP"}},
                      yaxis={"autorange": "reversed"}, showlegend=True)
-    return go.Figure({"data": data, "layout": layout})
+    return figure({"data": data, "layout": layout})
 
 
 # -- sanity step ------------------------------------------------------------------------

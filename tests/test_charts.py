@@ -5,11 +5,14 @@ from __future__ import annotations
 import pytest
 
 from freezelab import charts
+from freezelab.compute.flops import step_flops
+from freezelab.memory.gpu_count import COUNTS
 from freezelab.memory.result import CATEGORIES, MemoryEstimate
 from freezelab.models import index_of
 from freezelab.plans import preset, resolve
 from freezelab.sources import resolve as resolve_source
 from freezelab.units import GiB
+from freezelab.workload import Workload
 
 GPUS = [("24 GB", 24 * 10**9), ("40 GB", 40 * 10**9), ("80 GB", 80 * 10**9), ("141 GB", 141 * 10**9)]
 
@@ -230,6 +233,8 @@ def test_every_chart_is_valid_plotly_and_validation_would_send_the_same(index_7b
         charts.estimate_comparison([est, small]), charts.line_chart([2.5, 2.25], title="loss", y_label="loss"),
         charts.grouped_bars({"projector": 0.5, "llm": 0.25}, title="g", y_label="norm", log=True),
         charts.layer_bars({"llm": {30: 0.5, 31: 0.25}}, title="l", y_label="norm", log=True),
+        charts.gpu_count_chart(COUNTS, {"ddp": [2 * GiB] * len(COUNTS), "fsdp": [GiB] * len(COUNTS)}, GPUS, current=2),
+        charts.compute_breakdown(step_flops(index_7b, mask, Workload(grad_ckpt=True))),
     ]
     for fig in figures:
         sent = json.loads(fig.to_json())
