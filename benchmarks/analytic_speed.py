@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from freezelab.compute.flops import step_flops  # noqa: E402
+from freezelab.compute.flops import flops_followed, step_flops  # noqa: E402
 from freezelab.compute.timing import step_times  # noqa: E402
 from freezelab.memory.analytic import estimate  # noqa: E402
 from freezelab.models import index_of  # noqa: E402
@@ -36,6 +36,10 @@ CASES = (
     ("llava-1.5-7b", "last-4", Workload(batch=2, text_tokens=448, dtype="fp32", autocast="bf16")),
     ("llava-v1.6-mistral-7b", "stage1", Workload(batch=4, text_tokens=512, image_size=672)),
     ("llava-onevision-qwen2-72b", "full", Workload(batch=1, text_tokens=512, gpus=8, sharding="zero3")),
+    ("qwen2.5-vl-7b-instruct", "stage2", Workload(batch=4, text_tokens=512, image_sizes=((448, 672),))),
+    ("gemma-3-12b-it", "last-4", Workload(batch=4, text_tokens=512, image_sizes=((600, 800),))),
+    ("mistral-small-3.1-24b-instruct-2503", "full", Workload(batch=1, text_tokens=512, image_sizes=((1540, 1540),),
+                                                            gpus=8, sharding="zero3")),
 )
 
 
@@ -53,13 +57,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=50)
     args = ap.parse_args()
-    print(f"{'model':28s} {'plan':8s} {'memory: median':>14s} {'max':>9s} {'FLOPs + step times':>19s} {'max':>9s}")
+    print(f"{'model':36s} {'plan':8s} {'memory: median':>14s} {'max':>9s} {'FLOPs + step times':>19s} {'max':>9s}")
     for name, plan_name, workload in CASES:
         index = index_of(resolve_source(name))
         mask = resolve_plan(preset(plan_name), index).mask
         memory = _timed(lambda: estimate(index, mask, workload), args.runs)
-        compute = _timed(lambda: step_times(step_flops(index, mask, workload), workload), args.runs)
-        print(f"{name:28s} {plan_name:8s} {memory:>24s} {compute:>29s}")
+        compute = (_timed(lambda: step_times(step_flops(index, mask, workload), workload), args.runs)
+                   if flops_followed(index, workload) is None else "not modelled")
+        print(f"{name:36s} {plan_name:8s} {memory:>24s} {compute:>29s}")
 
 
 if __name__ == "__main__":

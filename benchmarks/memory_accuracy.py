@@ -1,6 +1,7 @@
 """How close the memory estimators come to real H100 measurements.
 
     python benchmarks/memory_accuracy.py [--method analytic|simulate|both] [--extra] [--rows PATH]
+    python benchmarks/memory_accuracy.py --families [--quick]
 
 Runs each method on every calibration row (../shared/calibration/measured-h100.jsonl,
 or its copy in tests/data/), and with --extra also on the rows measured the
@@ -11,6 +12,9 @@ the median and maximum absolute relative error per method against the
 targets (analytic: median <= 5%, max <= 12%; simulated: median <= 2%, max <= 5%).
 The simulated method needs freezelab.memory.simulate and takes tens of seconds
 per 7B row; "both" falls back to analytic alone when it is missing.
+
+--families runs benchmarks/family_accuracy.py instead: the analytic estimate against
+the simulated one for each family beyond LLaVA (no GPU measurements of those yet).
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ def predict(method: str, case: Case) -> int:
         return estimate(index, res.mask, case.workload, input_require_grads=case.input_require_grads).peak_bytes
     from freezelab.memory.simulate import simulate_step
 
-    return simulate_step(hf_config(source), res.trainable_names(index), case.workload).peak_bytes
+    return simulate_step(hf_config(source), res.trainable_names(index), case.workload,
+                         processor=index.processor).peak_bytes
 
 
 def methods(choice: str) -> list[str]:
@@ -69,7 +74,14 @@ def main() -> int:
     ap.add_argument("--method", choices=("analytic", "simulate", "both"), default="both")
     ap.add_argument("--extra", action="store_true", help="also the extra measured rows")
     ap.add_argument("--rows", type=Path, help="a JSON-lines file of measured rows instead")
+    ap.add_argument("--families", action="store_true", help="analytic vs simulated per family beyond LLaVA")
+    ap.add_argument("--quick", action="store_true", help="with --families: two cases per family")
     args = ap.parse_args()
+    if args.families:
+        import family_accuracy
+
+        sys.argv = [sys.argv[0], *(["--quick"] if args.quick else [])]
+        return family_accuracy.main()
     cases = load(args.rows) if args.rows else load(calibration_path())
     if args.extra and not args.rows:
         cases += load(EXTRA_ROWS)

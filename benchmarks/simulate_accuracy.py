@@ -89,13 +89,12 @@ _NAMES: dict[int, list[str]] = {}
 
 def param_names(config) -> list[str]:
     import torch
-    import transformers
 
-    from freezelab.families import CLASSES as MODEL_CLASSES
+    from freezelab.families import model_class
 
     key = id(config)
     if key not in _NAMES:
-        cls = getattr(transformers, MODEL_CLASSES[config.model_type])
+        cls = model_class(config.model_type)
         with torch.device("meta"):
             _NAMES[key] = [n for n, _ in cls(config).named_parameters()]
     return _NAMES[key]
@@ -112,15 +111,14 @@ def trainable_of(config, r: dict) -> set[str]:
     if "optimizer_name" not in r:
         return plan(param_names(config), r["plan"], config.text_config.num_hidden_layers)
     import torch
-    import transformers
 
     import measure_gpu
-    from freezelab.families import CLASSES as MODEL_CLASSES
+    from freezelab.families import model_class
 
     key = id(config)
     if key not in _META:
         with torch.device("meta"):
-            _META[key] = getattr(transformers, MODEL_CLASSES[config.model_type])(config)
+            _META[key] = model_class(config.model_type)(config)
     model = _META[key]
     return measure_gpu.trainable(model, r["plan"], config.text_config.num_hidden_layers)
 

@@ -2,12 +2,13 @@
 protocol builds them, and one real example (image + prompt + answer) run
 through a checkpoint's own processor.
 
-Synthetic batch, per sample: random token ids, the image placeholder tokens
-right after the first token, labels masking the first token and every image
-token, an all-ones attention mask, random pixels at the vision tower's
-resolution. Every supported class gets the pixel layout and the number of
-placeholder tokens its own forward expects (a wrong count makes the model
-raise), so a synthetic step costs what a real one of the same shape costs.
+Synthetic batch, per sample: random token ids, each image's placeholder tokens
+(and the tokens its processor writes around them) right after the first token,
+labels masking the first token and every image position, an all-ones attention
+mask, random pixels. Every family gets the pixel layout and the number of
+placeholder tokens its own forward expects (`freezelab.inputs`; a wrong count
+makes the model raise), so a synthetic step costs what a real one of the same
+shape costs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from freezelab.errors import FreezelabError
-from freezelab.tokens import ANYRES_TYPES, ImageLayout, image_layout
+from freezelab.inputs import InputError, pixel_inputs, special_ids, token_rows
+from freezelab.tokens import ImageLayout, sample_layouts
 from freezelab.workload import Workload
 
 if TYPE_CHECKING:
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 
 _TOKEN_LOW = 10        # random text ids avoid the first ids, where special tokens usually live
 _TOKEN_HIGH = 1000     # ... and stay small, as the calibration protocol's do
+TOKEN_TYPES = ("mm_token_type_ids", "token_type_ids")  # processor outputs with one entry per token
 
 
 class BatchError(FreezelabError):
@@ -38,14 +41,17 @@ class Batch:
     inputs: dict[str, torch.Tensor]
     kind: str               # "synthetic" | "example"
     batch: int              # samples
-    seq_len: int            # tokens per sample, image placeholders included
+    seq_len: int            # tokens per sample, image positions included
     images: int             # images per sample
-    image_tokens: int       # placeholder tokens per image
-    image_size: tuple[int, int] | None = None  # source image (height, width) when it matters
+    image_tokens: int       # placeholder tokens per image (the first image's)
+    image_size: tuple[int, int] | None = None  # source image (height, width) of a real example
+    image_positions: int | None = None         # positions all images take per sample (None: images * image_tokens)
+    sizes: dict[str, Any] | None = None        # the workload's image_size / image_sizes / frames it was built for
 
     @property
     def text_tokens(self) -> int:
-        return self.seq_len - self.images * self.image_tokens
+        taken = self.images * self.image_tokens if self.image_positions is None else self.image_positions
+        return self.seq_len - taken
 
     @property
     def supervised_tokens(self) -> int:
@@ -55,8 +61,9 @@ class Batch:
 
     def workload(self, base: Workload) -> Workload:
         """`base` with the shape this batch really has (an example's length is the tokenizer's)."""
-        side = max(self.image_size) if self.image_size else base.image_size
-        return base.with_(batch=self.batch, text_tokens=self.text_tokens, images=self.images, image_size=side)
+        sizes = self.sizes if self.sizes is not None else {
+            "image_size": None, "image_sizes": (self.image_size,) if self.image_size else (), "frames": 0}
+        return base.with_(batch=self.batch, text_tokens=self.text_tokens, images=self.images, **sizes)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "batch": self.batch, "seq_len": self.seq_len, "images": self.images,
@@ -66,18 +73,6 @@ class Batch:
 
 
 # -- synthetic --------------------------------------------------------------------
-
-def _token_ids(config: dict[str, Any]) -> tuple[int, set[int]]:
-    """The image placeholder id and every special id random text must avoid."""
-    image = config.get("image_token_id", config.get("image_token_index"))
-    if image is None:
-        raise BatchError(f"{config['model_type']}: the config names no image token id")
-    special = {image}
-    for key in ("video_token_id", "video_token_index"):
-        if config.get(key) is not None:
-            special.add(config[key])
-    return int(image), special
-
 
 def _random_text(shape: tuple[int, int], vocab: int, avoid: set[int], gen: torch.Generator) -> torch.Tensor:
     import torch
@@ -91,26 +86,19 @@ def _random_text(shape: tuple[int, int], vocab: int, avoid: set[int], gen: torch
     return ids
 
 
-def _pixels(config: dict[str, Any], workload: Workload, layout: ImageLayout,
-            gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """pixel_values (and image_sizes / batch_num_images where the class wants them), on the CPU."""
-    import torch
-
-    n = workload.batch * workload.images
-    res = config["vision_config"]["image_size"]
-    if config["model_type"] not in ANYRES_TYPES:
-        return {"pixel_values": torch.randn(n, 3, res, res, generator=gen)}
-    side = layout.image_size
-    out = {"pixel_values": torch.randn(n, layout.tiles, 3, res, res, generator=gen),
-           "image_sizes": torch.tensor([[side, side]] * n, dtype=torch.long)}
-    if config["model_type"] == "llava_onevision":  # multi-image samples are sent untiled
-        out["batch_num_images"] = torch.tensor([workload.images] * workload.batch, dtype=torch.long)
-    return out
+def split_layouts(config: dict[str, Any], workload: Workload,
+                  processor: dict[str, Any] | None) -> tuple[list[ImageLayout], ImageLayout | None]:
+    """The images of one sample and its video (None without frames)."""
+    layouts = sample_layouts(config, workload, processor)
+    if workload.frames:
+        return layouts[:-1], layouts[-1]
+    return layouts, None
 
 
 def synthetic(config: dict[str, Any], workload: Workload, *, device: str = "cpu",
-              pixel_dtype: torch.dtype | None = None, seed: int = 0) -> Batch:
-    """The calibration protocol's batch for any supported class (images=0: text only).
+              pixel_dtype: torch.dtype | None = None, seed: int = 0,
+              processor: dict[str, Any] | None = None) -> Batch:
+    """The calibration protocol's batch for any supported family (images=0: text only).
 
     `config` is a full config dict (ModelIndex.config); placeholder counts come from freezelab.tokens."""
     import torch
@@ -119,21 +107,21 @@ def synthetic(config: dict[str, Any], workload: Workload, *, device: str = "cpu"
         raise BatchError("text_tokens must be at least 2: the first token and the image tokens carry no "
                          "label, so at least one more token is needed for a loss")
     gen = torch.Generator().manual_seed(seed)
-    image_id, special = _token_ids(config)
-    layout = image_layout(config, workload.image_size, max(workload.images, 1))
-    per_image = layout.image_tokens if workload.images else 0
-    n_image = workload.images * per_image
-    seq = workload.text_tokens + n_image
-    ids = _random_text((workload.batch, seq), config["text_config"]["vocab_size"], special, gen)
-    ids[:, 1:1 + n_image] = image_id
-    labels = ids.clone()
-    labels[:, :1 + n_image] = -100
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
-    if workload.images:
-        inputs.update(_pixels(config, workload, layout, gen))
-    anyres = config["model_type"] in ANYRES_TYPES and workload.images > 0
-    return Batch(_to(inputs, device, pixel_dtype), "synthetic", workload.batch, seq, workload.images, per_image,
-                 (layout.image_size, layout.image_size) if anyres else None)
+    layouts, video = split_layouts(config, workload, processor)
+    vocab = config["text_config"]["vocab_size"]
+    try:
+        inputs = token_rows(config, layouts, video, workload.text_tokens, workload.batch,
+                            lambda shape: _random_text(shape, vocab, special_ids(config), gen))
+        inputs.update(pixel_inputs(config, layouts, video, workload.batch,
+                                   lambda shape: torch.randn(*shape, generator=gen)))
+    except InputError as err:
+        raise BatchError(str(err)) from None
+    seq = int(inputs["input_ids"].shape[1])
+    positions = sum(lay.sequence_tokens for lay in layouts) + (video.sequence_tokens if video else 0)
+    first = layouts[0] if layouts else None
+    return Batch(_to(inputs, device, pixel_dtype), "synthetic", workload.batch, seq, workload.images,
+                 first.image_tokens if first else 0, None, positions,
+                 {"image_size": workload.image_size, "image_sizes": workload.image_sizes, "frames": workload.frames})
 
 
 def _to(inputs: dict[str, torch.Tensor], device: str, pixel_dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
@@ -227,6 +215,10 @@ def example(processor: Any, item: Example, workload: Workload, *, device: str = 
     labels = torch.cat([torch.full_like(prompt["input_ids"], -100), answer_ids], dim=1)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
     inputs.update({k: v for k, v in prompt.items() if k not in ("input_ids", "attention_mask")})
+    for key in TOKEN_TYPES:  # per-token types follow the ids: the answer is text (PaliGemma: the suffix)
+        if key in inputs:
+            fill = 1 if type(processor).__name__.startswith("PaliGemma") else 0
+            inputs[key] = torch.cat([inputs[key], torch.full_like(answer_ids, fill, dtype=inputs[key].dtype)], dim=1)
     inputs = {k: _repeat(v, workload.batch) for k, v in inputs.items()}
     per_image = int((prompt["input_ids"] == processor.image_token_id).sum())
     return Batch(_to(inputs, device, pixel_dtype), "example", workload.batch, ids.shape[1], 1, per_image,

@@ -66,11 +66,24 @@ def seconds_text(seconds: float) -> str:
     return f"{seconds:.{0 if seconds >= 10 else 1}f} s"
 
 
+def step_flops_or_dense(index: ModelIndex, mask: list[bool], workload: Workload) -> float:
+    """The step's FLOPs (freezelab.compute.flops); for a family whose ops carry no FLOPs yet, the
+    dense rule of thumb: 6 x parameters x the sample's tokens (text and image) x batch, without the
+    attention products (which the budget's low CPU throughputs leave room for at moderate lengths)."""
+    from freezelab.compute.flops import FlopsError, step_flops  # the compute model (imports the memory stages)
+    from freezelab.tokens import sample_layouts
+
+    try:
+        return float(step_flops(index, mask, workload).total)
+    except FlopsError:
+        tokens = workload.text_tokens + sum(lay.image_tokens for lay in sample_layouts(
+            index.config, workload, index.processor))
+        return 6.0 * index.total_params * tokens * workload.batch
+
+
 def step_cost(index: ModelIndex, mask: list[bool], workload: Workload, steps: int) -> Cost:
     """CPU time of `steps` sanity steps of `index` under the trainable `mask` on one thread."""
-    from freezelab.compute.flops import step_flops  # the compute model (imports the memory stages)
-
-    flops = step_flops(index, mask, workload).total
+    flops = step_flops_or_dense(index, mask, workload)
     rate = CPU_FLOPS[Dtype(workload.dtype)]
     per_step = flops / rate + len(index.params) * STEP_S_PER_TENSOR
     seconds = steps * per_step + index.total_params * INIT_S_PER_PARAM + RUN_FIXED_S

@@ -93,6 +93,15 @@ def _layout(title: str, height: int, **extra: Any) -> dict[str, Any]:
 
 # -- parameters --------------------------------------------------------------------
 
+def message(title: str, text: str, height: int = 260) -> go.Figure:
+    """An empty chart that says why it is empty."""
+    fig = go.Figure()
+    fig.update_layout(**_layout(title, height), xaxis={"visible": False}, yaxis={"visible": False},
+                      annotations=[{"text": text, "showarrow": False, "x": 0.5, "y": 0.5, "xref": "paper",
+                                    "yref": "paper"}])
+    return fig
+
+
 def params_by_component(index: ModelIndex, mask: Sequence[bool]) -> go.Figure:
     """Trainable vs frozen parameters of the vision tower, projector and LLM (stacked bars)."""
     counts = [count(index, list(mask), index.component_params(c)) for c in COMPONENTS]

@@ -4,7 +4,7 @@ A config is data from the user (a path, an upload, a Hub repo). Building even
 a meta-device model costs time per layer, and torch or transformers turn a
 zero, negative or non-integer size into a ZeroDivisionError, a validation
 error or a hang, so absurd values are refused first with one message naming
-the field. The bounds sit far above every published LLaVA-family model (and a
+the field. The bounds sit far above every published vision-language model (and a
 hypothetical 400B one): largest seen are about 130 layers, hidden size 16384,
 vocabularies near 262k and vision grids of 64 x 64 patches.
 """
@@ -40,6 +40,17 @@ BOUNDS: dict[str, tuple[int, int]] = {
     "image_seq_length": (0, 1 << 20),
     "image_token_index": (0, 1 << 31),
     "image_token_id": (0, 1 << 31),
+    # Qwen2-VL family vision configs name their sizes differently
+    "depth": (1, MAX_LAYERS),
+    "num_heads": (1, 1024),
+    "embed_dim": (1, 131_072),
+    "out_hidden_size": (1, 131_072),
+    "spatial_merge_size": (1, 64),
+    "temporal_patch_size": (1, 64),
+    "num_position_embeddings": (1, MAX_PATCHES),
+    # Gemma 3 / Idefics3 / SmolVLM image token counts
+    "mm_tokens_per_image": (1, MAX_PATCHES),
+    "scale_factor": (1, 64),
 }
 SUB_CONFIGS = ("text_config", "vision_config")
 
@@ -57,7 +68,22 @@ def _whole(origin: str, where: str, value: Any, low: int, high: int) -> int:
     return value
 
 
+PAIRED = ("image_size", "patch_size")  # InternVL writes these as [height, width]
+
+
+def _first(origin: str, where: str, value: Any) -> Any:
+    """A [height, width] pair's first side, both sides checked equal; anything else unchanged."""
+    if isinstance(value, list) and len(value) == 2:
+        low, high = BOUNDS[where.rpartition(".")[2]]
+        first = _whole(origin, where, value[0], low, high)
+        if _whole(origin, where, value[1], low, high) != first:
+            raise SourceError(f"{origin}: {where} = {_show(value)}: only square sizes are supported")
+        return first
+    return value
+
+
 def _sizes(origin: str, prefix: str, cfg: dict[str, Any]) -> None:
+    cfg = {**cfg, **{k: _first(origin, prefix + k, cfg[k]) for k in PAIRED if cfg.get(k) is not None}}
     for key, (low, high) in BOUNDS.items():
         if cfg.get(key) is not None:
             _whole(origin, prefix + key, cfg[key], low, high)

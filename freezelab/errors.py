@@ -12,7 +12,7 @@ class SourceError(FreezelabError):
 
 
 class NotLlavaError(SourceError):
-    """The config is valid but not one of the supported LLaVA-family classes."""
+    """The config is valid but not a vision-language model transformers builds."""
 
 
 class SelectorError(FreezelabError):

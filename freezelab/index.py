@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from freezelab.components import COMPONENTS, ancestors, classify  # noqa: F401  (COMPONENTS: also read from here)
+from freezelab.families import FeatureRead, family
 
 if TYPE_CHECKING:
     import torch
 
-SCHEMA = 3
+SCHEMA = 5
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,11 @@ class ModelIndex:
     dead: dict[str, str] = field(default_factory=dict)  # param name -> why it never gets a gradient
     transformers_version: str = ""
     meta: bool = True                # built on the meta device (architecture only)
+    recognised: dict[str, str] = field(default_factory=dict)  # component -> what the classifier found, in words
+    buffers: list[tuple[str, int, int]] = field(default_factory=list)  # (name, elements, bytes per element)
+    # the image processor's settings (from the shipped config or the checkpoint's preprocessor_config.json):
+    # set per source by freezelab.models.index_of, not part of the architecture or its cache key
+    processor: dict[str, Any] = field(default_factory=dict)
 
     # -- lookups -------------------------------------------------------------
     @cached_property
@@ -117,6 +123,7 @@ class ModelIndex:
         data["params"] = [
             ParamInfo(**{**p, "shape": tuple(p["shape"]), "aliases": tuple(p["aliases"])}) for p in data["params"]
         ]
+        data["buffers"] = [tuple(b) for b in data.get("buffers", [])]
         data["modules"] = [
             ModuleInfo(**{**m, "children": tuple(m["children"]), "own": tuple(m["own"]), "params": tuple(m["params"])})
             for m in data["modules"]
@@ -136,31 +143,50 @@ def _hidden_state_index(feature_layer: Any, num_layers: int) -> int:
     return max(int(i) % (num_layers + 1) for i in layers)
 
 
-def _dead_params(params: list[ParamInfo], vision_layers: list[str], vision_root: str,
-                 config: Any) -> dict[str, str]:
-    """Vision parameters no gradient can reach: layers after the feature layer the
-    projector reads, and everything the tower registers after its layer stack
-    (post_layernorm, pooling head), which only feeds outputs LLaVA ignores."""
-    feature_layer = getattr(config, "vision_feature_layer", -1)
+def _reads_hidden_state(config: Any) -> bool:
+    """Whether the projector reads hidden_states[vision_feature_layer] (not the tower's final output)."""
+    read = family(config.model_type, config.to_dict()).feature_read
+    if read is FeatureRead.LAST_IF_MINUS_ONE:
+        return getattr(config, "vision_feature_layer", -1) != -1
+    return read is FeatureRead.HIDDEN_STATE
+
+
+def _norm_like(params: list[ParamInfo], module_of: dict[str, str], name: str) -> bool:
+    """A parameter of a module whose parameters are all 1-D (a LayerNorm / RMSNorm)."""
+    module = module_of[name]
+    return all(len(p.shape) == 1 for p in params if module_of[p.name] == module)
+
+
+def _dead_params(params: list[ParamInfo], vision_layers: list[str], config: Any) -> dict[str, str]:
+    """Vision parameters no gradient can reach. When the projector reads hidden_states[k] (LLaVA,
+    Mistral 3): the layers after k, and everything the tower registers after its layer stack
+    (post_layernorm, pooling head). When it reads the tower's output (Qwen, Gemma 3, PaliGemma,
+    Idefics3, InternVL at -1): only what follows the final norm (a pooling head)."""
     n = len(vision_layers)
     if n == 0:
         return {}
-    used = _hidden_state_index(feature_layer, n)
     vision = [p for p in params if p.component == "vision"]
     last_layer_pos = max((i for i, p in enumerate(vision) if p.layer is not None), default=-1)
-    dead = {}
-    for i, p in enumerate(vision):
-        if p.layer is not None and p.layer >= used:
-            dead[p.name] = (f"vision layer {p.layer} only feeds hidden states after the one the projector "
-                            f"reads (vision_feature_layer={feature_layer})")
-        elif p.layer is None and i > last_layer_pos:
-            dead[p.name] = ("registered after the vision layers (post-norm / pooling head): "
-                            "LLaVA reads hidden states, not the pooled output")
+    after = [p for i, p in enumerate(vision) if p.layer is None and i > last_layer_pos]
+    if not _reads_hidden_state(config):
+        module_of = {p.name: p.name.rpartition(".")[0] for p in after}
+        return {p.name: "registered after the vision tower's final norm (a pooling head): the model reads "
+                "the tower's last hidden state, not its pooled output"
+                for p in after if not _norm_like(after, module_of, p.name)}
+    feature_layer = getattr(config, "vision_feature_layer", getattr(config, "vision_feature_layers", -1))
+    used = _hidden_state_index(feature_layer, n)
+    dead = {p.name: (f"vision layer {p.layer} only feeds hidden states after the one the projector "
+                     f"reads (vision_feature_layer={feature_layer})")
+            for p in vision if p.layer is not None and p.layer >= used}
+    fam = family(config.model_type, config.to_dict())
+    who = "LLaVA" if fam.title.startswith(("LLaVA", "VipLLaVA")) else fam.title
+    dead.update({p.name: f"registered after the vision layers (post-norm / pooling head): {who} reads hidden "
+                 "states, not the pooled output" for p in after})
     return dead
 
 
 def build_index(model: torch.nn.Module, name: str, *, meta: bool) -> ModelIndex:
-    """Walk a LLaVA-family model's module objects and describe every parameter and module."""
+    """Walk a vision-language model's module objects and describe every parameter and module."""
     import transformers
 
     config = model.config
@@ -185,10 +211,12 @@ def build_index(model: torch.nn.Module, name: str, *, meta: bool) -> ModelIndex:
 
     modules = _module_infos(model, ids, params, layer_of)
     roots = {str(k): v for k, v in found.roots().items()}
-    dead = _dead_params(params, layers["vision"], found.vision, config)
+    dead = _dead_params(params, layers["vision"], config)
     return ModelIndex(name=name, model_class=type(model).__name__, model_type=config.model_type,
                       config=config.to_dict(), params=params, modules=modules, roots=roots, layers=layers,
-                      dead=dead, transformers_version=transformers.__version__, meta=meta)
+                      dead=dead, transformers_version=transformers.__version__, meta=meta,
+                      recognised={str(k): v for k, v in found.recognised().items()},
+                      buffers=[(n, b.numel(), b.element_size()) for n, b in model.named_buffers()])
 
 
 def _parent(path: str) -> str:

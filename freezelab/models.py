@@ -110,6 +110,29 @@ def build(source: Source, *, device: str = "meta", dtype: Dtype = Dtype.BF16,
         return model_class(source.model_type)(config)
 
 
+def lift_zero_projections(model: torch.nn.Module, index: ModelIndex, seed: int = 0) -> list[str]:
+    """Give small random values to projector matrices a random build leaves at exactly zero.
+
+    transformers initialises Gemma 3's `mm_input_projection_weight` to zeros (modeling_gemma3.py
+    `_init_weights`): with random weights no gradient would then reach the vision tower, a failure the
+    real checkpoint never shows. Adapter weights (LoRA's zero-initialised B) are left alone. Returns the
+    names changed."""
+    import torch
+
+    named = dict(model.named_parameters())
+    changed = []
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    for p in index.params:
+        t = named.get(p.name)
+        if (t is None or p.component != "projector" or t.dim() != 2 or "lora_" in p.name
+                or t.is_meta or torch.count_nonzero(t).item() != 0):
+            continue
+        with torch.no_grad():
+            t.copy_(torch.randn(t.shape, generator=gen) * 0.02)
+        changed.append(p.name)
+    return changed
+
+
 def available_ram() -> int:
     """Bytes of RAM the process could still use (MemAvailable), or a large number if unknown."""
     try:
@@ -202,4 +225,5 @@ def index_of(source: Source, *, dtype: Dtype = Dtype.BF16) -> ModelIndex:
         index = build_index(build(source, device="meta", dtype=Dtype.BF16), source.name, meta=True)
         store_cached(key, index)
     index.name = source.name
+    index.processor = dict(source.processor)
     return index.with_dtype(TORCH_DTYPE_NAMES[dtype])

@@ -48,6 +48,8 @@ class Source:
     model_type: str = ""
     # a sharded checkpoint's index, checked: parameter name -> shard file name
     weight_map: dict[str, str] = field(repr=False, compare=False, hash=False, default_factory=dict)
+    # the image processor's settings that change token counts (freezelab.tokens), with their "source"
+    processor: dict[str, Any] = field(repr=False, compare=False, hash=False, default_factory=dict)
 
     @property
     def has_weights(self) -> bool:
@@ -150,6 +152,35 @@ def weight_files(directory: Path) -> tuple[tuple[Path, ...], dict[str, str]]:
     return (), {}
 
 
+# image processor settings that change how many tokens an image becomes (freezelab.tokens reads them)
+PROCESSOR_KEYS = ("size", "min_pixels", "max_pixels", "patch_size", "merge_size", "temporal_patch_size",
+                  "max_image_size", "do_image_splitting", "crop_to_patches", "min_patches", "max_patches",
+                  "do_pan_and_scan")
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
+def processor_settings(directory: Path) -> dict[str, Any]:
+    """The token-relevant settings of a checkpoint's image processor files (nested `image_processor`
+    sections included), or {} when it ships none."""
+    for name in PROCESSOR_FILES:
+        path = directory / name
+        if not path.is_file():
+            continue
+        data = read_json(path)
+        data = data.get("image_processor", data) if isinstance(data.get("image_processor"), dict) else data
+        found = {k: data[k] for k in PROCESSOR_KEYS if k in data}
+        if found:
+            return {**found, "source": f"the checkpoint's {name}"}
+    return {}
+
+
+def _processor(config: dict[str, Any], kind: str, directory: Path) -> dict[str, Any]:
+    if kind == "checkpoint":
+        return processor_settings(directory)
+    shipped = (config.get("_freezelab") or {}).get("processor") if kind in ("known", "tiny") else None
+    return dict(shipped) if isinstance(shipped, dict) else {}
+
+
 def _from_config_file(spec: str, path: Path, kind: str, name: str) -> Source:
     config = read_json(path)
     origin = str(path) if kind != "known" else name
@@ -157,7 +188,7 @@ def _from_config_file(spec: str, path: Path, kind: str, name: str) -> Source:
     check_sizes(config, origin)
     weights, weight_map = weight_files(path.parent) if kind == "checkpoint" else ((), {})
     return Source(spec=spec, kind=kind, name=name, config=config, weights=weights, model_type=model_type,
-                  weight_map=weight_map)
+                  weight_map=weight_map, processor=_processor(config, kind, path.parent))
 
 
 def _from_path(spec: str, path: Path) -> Source:

@@ -76,6 +76,7 @@ LIMITS = {
     "images": 64,
     "image_size": 8192,
     "gpus": 4096,
+    "frames": 1024,
 }
 
 
@@ -88,13 +89,17 @@ class Workload:
     """One training step's shape and numerics.
 
     `text_tokens` counts the non-image tokens of one sample; image tokens are
-    derived from the model config (see `freezelab.tokens`).
+    derived from the model config (see `freezelab.tokens`). Image sizes matter
+    for any-res, tiled and dynamic-resolution models: `image_size` is a square
+    side, `image_sizes` (height, width) pairs, one for all images of a sample or
+    one per image; neither means the model's native size. `frames` adds one
+    video of that many frames to each sample (Qwen2-VL family).
     """
 
     batch: int = 1
     text_tokens: int = 64
     images: int = 1
-    image_size: int | None = None  # LLaVA-NeXT any-res: the source image side in pixels
+    image_size: int | None = None  # a square source image side in pixels
     dtype: Dtype = Dtype.BF16
     autocast: Autocast = Autocast.NONE
     optimizer: Optimizer = Optimizer.ADAMW
@@ -103,13 +108,25 @@ class Workload:
     gpus: int = 1
     sharding: Sharding = Sharding.DDP
     offload_optimizer: bool = False
+    image_sizes: tuple[tuple[int, int], ...] = ()  # (height, width) per image of a sample, or one for all
+    frames: int = 0
 
     def __post_init__(self) -> None:
         validate(self)
 
+    def sizes(self) -> list[tuple[int, int] | None]:
+        """The (height, width) of each image of one sample (None: the model's native size)."""
+        if self.image_sizes:
+            sizes = list(self.image_sizes)
+            return sizes * self.images if len(sizes) == 1 else sizes
+        side = self.image_size
+        return [(side, side) if side else None] * self.images
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data: each choice as its string value."""
-        return {k: v.value if isinstance(v, StrEnum) else v for k, v in asdict(self).items()}
+        data = {k: v.value if isinstance(v, StrEnum) else v for k, v in asdict(self).items()}
+        data["image_sizes"] = [list(s) for s in self.image_sizes]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Workload:
@@ -130,6 +147,55 @@ def _check_int(name: str, value: Any, low: int) -> None:
     if not low <= value <= high:
         shown = f"{value:,}" if abs(value) < 10**15 else f"{value:.3g}"  # 1e300 from a number box: not 300 digits
         raise WorkloadError(f"{name} must be between {low} and {high:,}, got {shown}")
+
+
+def parse_size(text: str) -> int | tuple[int, int]:
+    """`336x672` (height x width) or `336` (a square side), as the CLI and the dashboard take them."""
+    parts = str(text).strip().lower().replace("×", "x").split("x")
+    if len(parts) > 2 or not all(p.strip().isdigit() for p in parts):
+        raise WorkloadError(f"image size {str(text)[:40]!r}: give height x width in pixels (e.g. 336x672) or one side")
+    sides = [int(p) for p in parts]
+    return sides[0] if len(sides) == 1 else (sides[0], sides[1])
+
+
+def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    """`336x672, 672x672` (one per image, or one for all) as (height, width) pairs; empty: ()."""
+    out = []
+    for item in str(text or "").replace(";", ",").split(","):
+        if item.strip():
+            size = parse_size(item)
+            out.append(size if isinstance(size, tuple) else (size, size))
+    return tuple(out)
+
+
+def sizes_text(w: Workload) -> str:
+    """The image sizes of `w` as the dashboard shows them (empty: the model's native size)."""
+    if w.image_sizes:
+        return ", ".join(f"{h}x{wd}" for h, wd in w.image_sizes)
+    return f"{w.image_size}x{w.image_size}" if w.image_size else ""
+
+
+def _image_sizes(w: Workload) -> tuple[tuple[int, int], ...]:
+    """image_sizes as a tuple of (height, width) pairs, each side within bounds; one pair for all images or
+    one per image; not together with image_size."""
+    raw = w.image_sizes
+    if isinstance(raw, (str, bytes)) or not isinstance(raw, (list, tuple)):
+        raise WorkloadError(f"image_sizes must be a list of [height, width] pairs, got {raw!r}"[:200])
+    if len(raw) > LIMITS["images"]:
+        raise WorkloadError(f"image_sizes lists {len(raw)} sizes; at most {LIMITS['images']} images per sample")
+    out = []
+    for pair in raw:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise WorkloadError(f"each image size is a [height, width] pair, got {pair!r}"[:200])
+        for side in pair:
+            _check_int("image_size", side, 1)
+        out.append((pair[0], pair[1]))
+    if out and w.image_size is not None:
+        raise WorkloadError("give image_size (a square side) or image_sizes (height x width), not both")
+    if len(out) > 1 and len(out) != w.images:
+        raise WorkloadError(f"{len(out)} image sizes for {w.images} image(s) per sample: give one size for all "
+                            "images, or one per image")
+    return tuple(out)
 
 
 # The fields that hold a choice, in the order they are checked.
@@ -154,6 +220,8 @@ def validate(w: Workload) -> None:
     _check_int("gpus", w.gpus, 1)
     if w.image_size is not None:
         _check_int("image_size", w.image_size, 1)
+    _check_int("frames", w.frames, 0)
+    object.__setattr__(w, "image_sizes", _image_sizes(w))  # frozen: set once, at creation
     for name, choice in CHOICES.items():
         object.__setattr__(w, name, _choice(name, getattr(w, name), choice))  # frozen: set once, at creation
     if not isinstance(w.grad_ckpt, bool) or not isinstance(w.offload_optimizer, bool):

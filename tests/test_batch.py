@@ -203,3 +203,38 @@ def test_batch_describe_is_plain_data():
     assert isinstance(b, Batch)
     assert b.describe() == {"kind": "synthetic", "batch": 2, "seq_len": 20, "images": 1, "image_tokens": 16,
                             "text_tokens": 4, "supervised_tokens": 2 * 3, "pixel_values": [2, 3, 56, 56]}
+
+
+def test_an_example_extends_per_token_types_over_the_answer(tmp_path):
+    """Qwen's processors return mm_token_type_ids and PaliGemma's token_type_ids, one per prompt token: the
+    answer appended after the prompt gets text (0), or PaliGemma's suffix type (1)."""
+    import torch
+
+    from freezelab.batch import Example, example
+    from tiny_configs import make_image
+
+    class Tokenizer:
+        eos_token_id = 2
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [5 + i for i, _ in enumerate(text.split())]}
+
+    def processor(name: str):
+        class Processor:
+            image_token, image_token_id, tokenizer = "<image>", 9, Tokenizer()
+
+            def __call__(self, images, text, return_tensors):
+                ids = torch.tensor([[1, 9, 9, 4]])
+                types = torch.tensor([[0, 1, 1, 0]]) if name != "PaliGemmaProcessor" else torch.zeros(1, 4, dtype=torch.long)
+                key = "token_type_ids" if name == "PaliGemmaProcessor" else "mm_token_type_ids"
+                return {"input_ids": ids, "attention_mask": torch.ones_like(ids), key: types,
+                        "pixel_values": torch.zeros(1, 3, 4, 4)}
+        Processor.__name__ = name
+        return Processor()
+
+    image = make_image(tmp_path / "a.png")
+    qwen = example(processor("Qwen2VLProcessor"), Example(image, "<image> what", "a cat"), Workload(batch=2))
+    assert qwen.inputs["mm_token_type_ids"].tolist() == [[0, 1, 1, 0, 0, 0, 0]] * 2
+    assert qwen.inputs["input_ids"].shape == (2, 7) and qwen.image_tokens == 2
+    pali = example(processor("PaliGemmaProcessor"), Example(image, "<image> what", "a cat"), Workload())
+    assert pali.inputs["token_type_ids"].tolist() == [[0, 0, 0, 0, 1, 1, 1]]

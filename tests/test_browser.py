@@ -102,6 +102,45 @@ def test_preset_and_tree_toggle_change_counts_and_verdict(server, counts_7b, tmp
             browser.close()
 
 
+def test_qwen25_vl_loads_with_its_merger_as_projector_and_a_token_layout(server):
+    """Beyond LLaVA: Qwen2.5-VL's projector is visual.merger, inside the vision module; the image sizes box
+    shows the token layout and the memory panel answers for this family."""
+    model = build(resolve("qwen2.5-vl-7b-instruct"), device="meta")
+    merger = sum(p.numel() for n, p in model.named_parameters() if n.startswith("model.visual.merger."))
+    language = sum(p.numel() for n, p in model.named_parameters() if n.startswith("model.language_model."))
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            page.goto(server)
+            page.wait_for_selector("#fl-tree-box [data-p='model.language_model']", timeout=WAIT_MS)
+            page.fill("#fl-custom-model textarea, #fl-custom-model input", "qwen2.5-vl-7b-instruct")
+            page.press("#fl-custom-model textarea, #fl-custom-model input", "Enter")
+            page.wait_for_function("document.querySelector('#fl-header')?.innerText.includes('Qwen2_5_VL')",
+                                   timeout=WAIT_MS)
+            settle(page)
+            page.click("#fl-preset-stage1")
+            wait_count(page, merger)
+            settle(page)
+            page.wait_for_selector("#fl-tree-box [data-p='model.visual']", timeout=WAIT_MS)
+            box = page.locator("#fl-tree-box [data-p='model.language_model'] > summary > input[type=checkbox]")
+            box.click()
+            wait_count(page, merger + language)
+            settle(page)
+            sizes = page.locator("#fl-w-image_sizes textarea, #fl-w-image_sizes input")
+            if not sizes.is_visible():
+                page.get_by_text("Images: sizes and token layout").click()
+            sizes.fill("448x448")
+            sizes.press("Enter")
+            page.wait_for_function("document.querySelector('#fl-tokens')?.innerText.includes('image tokens: 256')",
+                                   timeout=WAIT_MS)
+            verdict = page.inner_text("#fl-verdict")
+            assert "GiB per GPU" in verdict  # the analytic estimate follows Qwen2.5-VL
+            assert page.locator("#fl-memory-plot .js-plotly-plot").count() == 1
+        finally:
+            browser.close()
+
+
 def launch(p, width: int = 1024, height: int = 768):
     browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
     page = browser.new_page(viewport={"width": width, "height": height})

@@ -31,7 +31,8 @@ def test_a_workload_holds_members_and_serialises_plain_values():
     assert type(w.optimizer) is Optimizer and type(w.to_dict()["optimizer"]) is str
     assert w.to_dict() == {"batch": 1, "text_tokens": 64, "images": 1, "image_size": None, "dtype": "fp32",
                            "autocast": "bf16", "optimizer": "adamw-fused", "grad_ckpt": False, "attn": "eager",
-                           "gpus": 2, "sharding": "zero3", "offload_optimizer": False}
+                           "gpus": 2, "sharding": "zero3", "offload_optimizer": False,
+                           "image_sizes": [], "frames": 0}
     assert json.dumps({"o": Optimizer.SGD_MOMENTUM}) == '{"o": "sgd-momentum"}'
     assert f"{Sharding.ZERO3} / {Dtype.BF16}" == "zero3 / bf16"
     assert Workload.from_dict(json.loads(json.dumps(w.to_dict()))) == w

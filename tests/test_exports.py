@@ -115,6 +115,9 @@ def check_honest(index, plan, exports):
     want = mask_of(index, plan)
     for target in ("llamafactory", "swift", "llava"):
         ex = exports[target]
+        if target == "llava" and not index.model_type.startswith(("llava", "vipllava")):
+            assert not ex.exact and "build LLaVA models only" in ex.note and ex.differs == numel(index, want)
+            continue
         diff = difference(want, framework_mask(index, target, ex.text))
         usable = not (target == "llamafactory" and index.model_type in lf.NO_MM_PLUGIN)
         assert ex.exact == (not diff and usable), (target, ex.note)
@@ -140,6 +143,44 @@ def test_every_target_every_preset(indexes, model, name):
     assert doc["model"] == model and doc["trainable_params"] == numel(index, mask_of(index, plan))
     assert doc["total_params"] == index.total_params
     assert exports["json"].exact and exports["python"].exact
+
+
+FAMILY_MODELS = ("qwen2-vl-2b-instruct", "qwen2.5-vl-3b-instruct", "qwen3-vl-2b-instruct", "internvl3-1b-hf",
+                 "gemma-3-4b-it", "paligemma2-3b-pt-224", "smolvlm-256m-instruct", "smolvlm2-2.2b-instruct",
+                 "mistral-small-3.1-24b-instruct-2503")
+
+
+@pytest.mark.parametrize("model", FAMILY_MODELS)
+@pytest.mark.parametrize("name", ["stage1", "stage2", "llm", "vision-projector", "last-4", "lm-head"])
+def test_every_family_every_target(shipped_indexes, model, name):
+    index, plan = shipped_indexes[model], preset(name)
+    check_honest(index, plan, export_all(plan, index))
+
+
+def test_family_registrations_decide_exactness(shipped_indexes):
+    """LLaMA-Factory registers Qwen2.5-VL (merger as projector) but files Qwen3-VL's DeepStack mergers under
+    the vision keys, and does not register Idefics3; ms-swift's qwen3_vl aligner includes them."""
+    stage1 = preset("stage1")
+    qwen25 = export(stage1, shipped_indexes["qwen2.5-vl-3b-instruct"], "llamafactory")
+    data = yaml.safe_load(qwen25.text)
+    assert qwen25.exact and (data["freeze_vision_tower"], data["freeze_multi_modal_projector"],
+                             data["freeze_language_model"]) == (True, False, True)
+    qwen3 = shipped_indexes["qwen3-vl-2b-instruct"]
+    deepstack = sum(p.numel for p in qwen3.params if ".deepstack_merger_list." in p.name)
+    lf3 = export(stage1, qwen3, "llamafactory")
+    assert not lf3.exact and 0 < lf3.differs <= deepstack == 75_540_480
+    projector_switch = lf.trainable(qwen3, lf.Setting("full", True, False, True))  # train the projector only
+    assert difference(mask_of(qwen3, stage1), projector_switch).numel(qwen3) == deepstack
+    sw3 = swift_setting(export(stage1, qwen3, "swift").text)
+    assert (sw3.freeze_llm, sw3.freeze_vit, sw3.freeze_aligner) == (True, True, False)
+    assert not sw3.freeze_parameters and not sw3.trainable_parameters
+    smol = export(stage1, shipped_indexes["smolvlm-256m-instruct"], "llamafactory")
+    assert "does not register idefics3" in smol.note
+    # ms-swift's idefics3 arch names model.text_model only: --freeze_llm leaves lm_head trainable
+    llm_only = swift_setting(export(preset("frozen"), shipped_indexes["smolvlm-256m-instruct"], "swift").text)
+    assert llm_only.freeze_parameters == ("lm_head.",) and llm_only.freeze_llm
+    smol2 = export(stage1, shipped_indexes["smolvlm2-2.2b-instruct"], "swift")
+    assert "registers no model for SmolVLMForConditionalGeneration" in smol2.note
 
 
 EXPECTED_LF_7B = {  # (finetuning_type, freeze_vision_tower, freeze_multi_modal_projector, freeze_language_model)

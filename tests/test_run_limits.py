@@ -265,3 +265,23 @@ def test_refused_runs_are_answered_while_another_run_holds_the_slot():
     assert cuda.seconds < 2.5 and "not in the list of choices: ['cpu']" in cuda.error
     assert huge.seconds < 2.5 and huge.error.startswith("HTTP 422")
     assert "this server allows 60 s of CPU time per run" in huge.error
+
+
+def test_a_family_without_flops_is_budgeted_by_the_dense_rule(tmp_path):
+    """The FLOPs model follows the LLaVA classes only; another family's step is budgeted at 6 x
+    parameters x tokens x batch (its sanity step still runs in public mode when that is small)."""
+    import json
+
+    from freezelab.budget import step_flops_or_dense
+    from tiny_families import config as family_config
+
+    (tmp_path / "qwen.json").write_text(json.dumps(family_config("qwen2_5_vl")))
+    app = handlers.App.for_policy(public_policy((tmp_path,)))
+    session = handlers.load_model(app, Session(), str(tmp_path / "qwen.json")).session
+    index = app.loaded(session).index
+    mask = resolve(preset("stage1"), index).mask
+    w = Workload(text_tokens=100, images=0, batch=3)
+    assert step_flops_or_dense(index, mask, w) == 6 * index.total_params * 100 * 3
+    check_step(app, replace(session.with_plan(preset("stage1")), workload=w.with_(dtype="fp32")), "cpu", 2, 1e-4)
+    with pytest.raises(PolicyError, match="this server allows 60 s"):
+        check_step(app, replace(session, workload=w.with_(text_tokens=262_144, dtype="bf16")), "cpu", 2, 1e-4)

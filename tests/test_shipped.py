@@ -27,8 +27,42 @@ EXACT = {
     "bakllava": 7_566_743_552,
     "vip-llava-7b": 7_080_214_528,
     "zero-nlp-qwen1.5-4b-clip": 4_263_056_896,
+    # beyond the LLaVA classes (assets/configs/SOURCES.md): qwen2-vl-2b is the base checkpoint's
+    # safetensors total_size / 2; internvl3 and mistral-small count the separate lm_head their
+    # checkpoints store (1.88 GB of bf16 for internvl3-1b-hf)
+    "qwen2-vl-2b-instruct": 2_208_985_600,
+    "qwen2-vl-7b-instruct": 8_291_375_616,
+    "qwen2.5-vl-3b-instruct": 3_754_622_976,
+    "qwen2.5-vl-7b-instruct": 8_292_166_656,
+    "qwen3-vl-2b-instruct": 2_127_532_032,
+    "qwen3-vl-8b-instruct": 8_767_123_696,
+    "internvl3-1b-hf": 938_193_024,
+    "internvl3-8b-hf": 7_944_373_760,
+    "gemma-3-4b-it": 4_300_079_472,
+    "gemma-3-12b-it": 12_187_325_040,
+    "smolvlm-256m-instruct": 256_484_928,
+    "smolvlm2-2.2b-instruct": 2_246_784_880,
+    "idefics3-8b-llama3": 8_462_086_384,
+    "paligemma2-3b-pt-224": 3_032_242_416,
+    "mistral-small-3.1-24b-instruct-2503": 24_011_361_280,
 }
-TIED = {"llava-onevision-qwen2-0.5b", "llava-interleave-qwen-0.5b"}
+TIED = {"llava-onevision-qwen2-0.5b", "llava-interleave-qwen-0.5b", "qwen2-vl-2b-instruct", "qwen2.5-vl-3b-instruct",
+        "qwen3-vl-2b-instruct", "gemma-3-4b-it", "gemma-3-12b-it", "paligemma2-3b-pt-224"}
+
+# Each family's anatomy in transformers 5.24's parameter names, written out here (independent of the
+# classifier, which finds the parts by object): (vision tower, projector parts, language model + head).
+_LLAVA = ("model.vision_tower.", ("model.multi_modal_projector.", "model.image_newline"),
+          ("model.language_model.", "lm_head."))
+ANATOMY = {
+    "llava": _LLAVA, "llava_next": _LLAVA, "llava_onevision": _LLAVA, "vipllava": _LLAVA,
+    "qwen2_vl": ("model.visual.", ("model.visual.merger.",), ("model.language_model.", "lm_head.")),
+    "qwen2_5_vl": ("model.visual.", ("model.visual.merger.",), ("model.language_model.", "lm_head.")),
+    "qwen3_vl": ("model.visual.", ("model.visual.merger.", "model.visual.deepstack_merger_list."),
+                 ("model.language_model.", "lm_head.")),
+    "internvl": _LLAVA, "gemma3": _LLAVA, "paligemma": _LLAVA, "mistral3": _LLAVA,
+    "idefics3": ("model.vision_model.", ("model.connector.",), ("model.text_model.", "lm_head.")),
+    "smolvlm": ("model.vision_model.", ("model.connector.",), ("model.text_model.", "lm_head.")),
+}
 PRESET_NAMES = [n if n != "last-n" else "last-4" for n in PRESETS]
 
 
@@ -62,12 +96,34 @@ def test_totals_and_published_figures(name, shipped_indexes):
 def test_components_found(name, shipped_indexes):
     index = shipped_indexes[name]
     cfg = index.config
-    assert len(index.layers["vision"]) == cfg["vision_config"]["num_hidden_layers"]
+    vision = cfg["vision_config"]
+    assert len(index.layers["vision"]) == vision.get("num_hidden_layers", vision.get("depth"))
     assert len(index.layers["llm"]) == cfg["text_config"]["num_hidden_layers"]
     comps = {p.component for p in index.params}
     assert comps == {"vision", "projector", "llm"}
     if index.model_type in ("llava_next", "llava_onevision"):
         assert any(p.name.endswith("image_newline") and p.component == "projector" for p in index.params)
+
+
+@pytest.mark.parametrize("name", sorted(EXACT))
+def test_component_counts_equal_sums_by_name(name, shipped_indexes):
+    """vision / projector / llm counts against sums over the family's own module names (tied: once)."""
+    from freezelab.anatomy import component_counts
+
+    index = shipped_indexes[name]
+    vision, projector, llm = ANATOMY[index.model_type]
+    model = build(resolve(name), device="meta")
+    sums = dict.fromkeys(("vision", "projector", "llm"), 0)
+    for pname, p in model.named_parameters():  # each tensor once, under its first name
+        part = ("projector" if pname.startswith(projector) else "vision" if pname.startswith(vision)
+                else "llm" if pname.startswith(llm) else "unplaced")
+        sums[part] = sums.get(part, 0) + p.numel()
+    counts = component_counts(index, [True] * len(index.params))
+    assert {c: counts[c].total for c in ("vision", "projector", "llm")} == sums
+    head = model.get_output_embeddings().weight
+    assert counts["lm_head"].total == head.numel()
+    tied = head is model.get_input_embeddings().weight
+    assert tied == (name in TIED)
 
 
 @pytest.mark.parametrize("name", sorted(EXACT))

@@ -61,8 +61,36 @@ def test_a_step_that_ran_through_fsdp2_only_gets_its_offload_applied(sharding_mo
 def test_bad_input_is_a_freezelab_error() -> None:
     from transformers import LlamaConfig
 
-    with pytest.raises(SimulationError, match="not a supported LLaVA family model"):
+    with pytest.raises(SimulationError, match="not a vision-language model transformers builds"):
         Run(LlamaConfig(), set(), Workload())
     with pytest.raises(SimulationError, match="must be a freezelab.workload.Workload"):
         Run(LlamaConfig(), set(), {"batch": 1})
     assert issubclass(SimulationError, FreezelabError) and issubclass(SimulationCancelled, FreezelabError)
+
+
+def test_integer_bookkeeping_runs_for_real_and_large_results_stay_fake() -> None:
+    import torch
+
+    from freezelab.memory.fake.concrete import MAX_REAL_BYTES, known_mask_indices, runs_for_real
+
+    aten = torch.ops.aten
+    grid = torch.tensor([[1, 8, 8]])
+    assert runs_for_real(aten.prod.dim_int, (grid, -1), {})                       # a Qwen grid: read by .tolist()
+    assert runs_for_real(aten.arange.default, (16,), {})                           # an integer factory
+    assert not runs_for_real(aten.empty.memory_format, ((4, 4),), {"dtype": torch.float32})  # float: fake
+    side = int(MAX_REAL_BYTES ** 0.5) + 1                                           # a b x s x s mask: shape only
+    assert not runs_for_real(aten.ones.default, ((side, side),), {"dtype": torch.bool})
+    mask = torch.tensor([True, False, True])
+    args = known_mask_indices(aten.index.Tensor, (torch.zeros(3, 2), [mask]))
+    assert args[1][0].tolist() == [0, 2]                                           # the positions it selects
+
+
+def test_a_batch_beyond_real_memory_is_refused_before_it_is_built() -> None:
+    from freezelab.families import config_from_dict
+    from freezelab.memory.simulate import simulate_step
+    from freezelab.memory.simulate.batch import MAX_REAL_TOKENS
+    from tiny_configs import config as tiny_config
+
+    w = Workload(batch=4096, text_tokens=MAX_REAL_TOKENS // 4096 + 1, images=0)
+    with pytest.raises(SimulationError, match="tokens; at most"):
+        simulate_step(config_from_dict(tiny_config("llava")), [], w)

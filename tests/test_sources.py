@@ -12,7 +12,8 @@ import pytest
 from freezelab.errors import NotLlavaError, SourceError
 from freezelab.sources import TINY_CONFIG, known_names, resolve
 
-LLAVA_TYPES = {"llava", "llava_next", "llava_next_video", "llava_onevision", "vipllava"}
+CHECKED_TYPES = {"llava", "llava_next", "llava_next_video", "llava_onevision", "vipllava", "qwen2_vl", "qwen2_5_vl",
+                 "qwen3_vl", "internvl", "gemma3", "paligemma", "idefics3", "smolvlm", "mistral3"}
 
 
 def test_tiny_and_known_names_resolve():
@@ -20,7 +21,36 @@ def test_tiny_and_known_names_resolve():
     assert resolve("TINY").name == "tiny"
     for name in known_names():
         src = resolve(name)
-        assert src.kind == "known" and src.model_type in LLAVA_TYPES
+        assert src.kind == "known" and src.model_type in CHECKED_TYPES
+    # every checked family ships at least one config; each non-LLaVA one with its processor settings
+    shipped = {resolve(name).model_type: resolve(name) for name in known_names()}
+    assert set(shipped) == CHECKED_TYPES - {"llava_next_video"}
+    for model_type, src in shipped.items():
+        if not model_type.startswith(("llava", "vip")):
+            assert src.processor["source"][:2] in ("V:", "C:", "R:"), model_type
+
+
+def test_a_checkpoint_directory_brings_its_processor_settings(tmp_path: Path):
+    config = json.loads((Path(__file__).parent.parent / "assets/configs/qwen2-vl-2b-instruct.json").read_text())
+    config.pop("_freezelab")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert resolve(str(tmp_path)).processor == {}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"image_processor_type": "Qwen2VLImageProcessor", "min_pixels": 3136, "max_pixels": 200704,
+         "image_mean": [0.5, 0.5, 0.5]}))
+    assert resolve(str(tmp_path)).processor == {"min_pixels": 3136, "max_pixels": 200704,
+                                                "source": "the checkpoint's preprocessor_config.json"}
+
+
+def test_unchecked_builtin_classes_are_accepted_and_auto_map_refused(tmp_path: Path):
+    """Any transformers image-text-to-text class is accepted (the classifier decides its shape);
+    code shipped with a checkpoint never is."""
+    from freezelab.families import check_family, family
+
+    assert check_family({"model_type": "aya_vision"}, "x") == "aya_vision"
+    assert not family("aya_vision").checked
+    with pytest.raises(SourceError, match="auto_map"):
+        check_family({"model_type": "qwen2_vl", "auto_map": {"AutoModel": "m.M"}}, "x")
 
 
 def test_required_architectures_are_shipped():
@@ -58,7 +88,7 @@ BAD_CONFIGS = [
     ("", "empty"),
     ("{broken", "broken JSON at line 1"),
     ("[1, 2]", "expected a JSON object"),
-    ('{"model_type": "bert", "architectures": ["BertModel"]}', "not a LLaVA-family model.*bert.*BertModel"),
+    ('{"model_type": "bert", "architectures": ["BertModel"]}', "not a vision-language model transformers builds.*bert.*BertModel"),
     ('{"architectures": ["X"]}', "no model_type"),
     ('{"model_type": "llava_llama"}', "original LLaVA repository"),
 ]

@@ -248,7 +248,7 @@ def test_bad_input_raises_one_clear_error_and_changes_nothing(app, start, call, 
 def test_a_non_llava_config_is_refused_and_the_previous_model_stays(app, start, tmp_path):
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
-    with pytest.raises(NotLlavaError, match="not a LLaVA-family model"):
+    with pytest.raises(NotLlavaError, match="not a vision-language model transformers builds"):
         handlers.load_model(app, start.session, str(config))
     assert handlers.build_view(app, start.session).header.startswith("**tiny**")
 
@@ -676,3 +676,76 @@ def test_a_plans_counts_charts_and_tree_are_shared_by_mask(app):
     assert a.summary == handlers.summary_html(index, mask) and a.tree == tree_json(index, mask, "", None)
     filtered = handlers.set_tree_options(app, a.session, "mlp", None)
     assert filtered.tree == tree_json(index, mask, "mlp", None) != a.tree
+
+
+# -- families beyond LLaVA, image sizes ------------------------------------------------------
+
+FAMILY_MODELS = ("qwen2-vl-2b-instruct", "qwen2.5-vl-7b-instruct", "qwen3-vl-2b-instruct", "internvl3-1b-hf",
+                 "gemma-3-4b-it", "paligemma2-3b-pt-224", "smolvlm-256m-instruct", "smolvlm2-2.2b-instruct",
+                 "idefics3-8b-llama3", "mistral-small-3.1-24b-instruct-2503")
+
+
+@pytest.mark.parametrize("name", FAMILY_MODELS)
+def test_every_family_loads_with_its_tree_charts_memory_and_tokens(app, start, name):
+    from freezelab.memory.analytic import followed
+
+    view = handlers.apply_preset(app, handlers.load_model(app, start.session, name).session, "stage1")
+    index = app.cache.get(name).index
+    mask = resolve(preset("stage1"), index).mask
+    assert trainable_shown(view) == count(index, mask).trainable
+    rows = tree_data(index, mask)["rows"]
+    assert len(rows) == len(index.modules) and len(json.loads(view.tree)["rows"]) >= 2
+    assert view.params_fig.data and view.map_fig.data
+    assert "image tokens" in view.memory.tokens
+    assert view.compute.flops is None and "not modelled for" in view.compute.time  # FLOPs: LLaVA classes only
+    why = followed(index, view.session.workload)
+    if why is None:
+        assert view.memory.estimate.peak_bytes == estimate(index, mask, view.session.workload).peak_bytes
+    else:
+        assert view.memory.estimate is None and "no analytic estimate" in view.memory.verdict
+        assert "Run simulated estimate" in view.memory.verdict
+
+
+def test_image_sizes_box_and_a_dropped_image_set_the_workload(app, start, tmp_path):
+    from PIL import Image
+
+    s = handlers.load_model(app, start.session, "llava-v1.6-mistral-7b").session
+    view = handlers.set_workload(app, s, image_sizes="336x672, 672x672", images=2)
+    assert view.session.workload.image_sizes == ((336, 672), (672, 672))
+    assert "1,752" in view.memory.tokens and "2,928" in view.memory.tokens
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (672, 336)).save(path)  # PIL: (width, height)
+    dropped = handlers.set_image(app, view.session, str(path))
+    assert dropped.session.workload.image_sizes == ((336, 672),) and dropped.session.workload.images == 2
+    assert "Image 336x672" in dropped.status and "3,504 image tokens" in dropped.status
+    cleared = handlers.set_workload(app, dropped.session, image_sizes="")
+    assert cleared.session.workload.image_sizes == () and cleared.session.workload.image_size is None
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(FreezelabError, match="not a readable image"):
+        handlers.set_image(app, view.session, str(tmp_path / "notes.txt"))
+    with pytest.raises(WorkloadError, match="height x width"):
+        handlers.set_workload(app, s, image_sizes="336 by 672")
+    # typed into the box: refused at its field, the results kept (marked out of date)
+    refused = handlers.edit_workload(app, s, image_sizes="336 by 672")
+    assert isinstance(refused, handlers.WorkloadRefused)
+    assert 'data-field="image_sizes"' in refused.error and "height x width" in refused.error
+    assert "out of date" in refused.verdict
+
+
+def test_simulated_estimate_of_what_the_analytic_one_does_not_follow(app, start, tmp_path):
+    """A video (frames) is not modelled by the analytic estimate: the memory panel says so, and Verify
+    shows the simulated estimate alone."""
+    from tiny_families import config
+
+    path = tmp_path / "qwen.json"
+    path.write_text(json.dumps(config("qwen2_5_vl")))
+    s = handlers.apply_preset(app, handlers.load_model(app, start.session, str(path)).session, "stage1").session
+    video = handlers.set_workload(app, s, frames=4, image_sizes="56x56")
+    assert video.memory.estimate is None and "does not follow videos" in video.memory.verdict
+    view = verify_simulate(app, video.session)
+    assert view.analytic is None and view.simulated.peak_bytes > 0
+    assert "No analytic column: the analytic estimate does not follow videos" in view.table
+    assert [t.name for t in view.figure.data] == ["simulate"]
+    assert view.label.startswith('<') and "Simulated for" in view.label
+    refused = handlers.edit_workload(app, video.session, batch=0)  # no analytic verdict to mark out of date
+    assert "batch" in refused.error and "no analytic estimate" in refused.verdict

@@ -23,9 +23,10 @@ gr = pytest.importorskip("gradio")
 # The order API clients index the outputs of every view event in (tests/test_app_api.py).
 API_ORDER = ("top.state", "top.status", "top.header", "summary.counts", "tree.tree", "plan.rules", "plan.warnings",
              "summary.params_plot", "map.plot", "memory.plot", "memory.verdict", "memory.notes", "memory.curve",
-             "memory.context", "memory.error", "memory.gpu_count", "memory.min_gpus", "compute.plot", "compute.time",
-             "verify.now")
-VIEW_EVENTS = ("train", "freeze", "undo", "reset", "filter_tree", "import_plan", "load_model",
+             "memory.context", "memory.error", "memory.gpu_count", "memory.min_gpus", "memory.tokens", "compute.plot",
+             "compute.time", "verify.now")
+VIEW_EVENTS = ("train", "freeze", "undo", "reset", "filter_tree", "set_image", "import_plan",
+               "load_model",
                "load_known", *(f"preset_{n.replace('-', '_')}" for n in PRESETS),
                *(f"lesson_{k.replace('-', '_')}" for k in LESSONS))
 
@@ -58,7 +59,8 @@ def test_view_events_fill_the_view_components_in_field_order(dashboard):
     # a workload edit changes the memory and compute parts and the Verify tab's key only: nothing else is sent
     assert by_api["set_workload"].outputs == ui.components(
         ("top.state", "top.status", "memory.plot", "memory.verdict", "memory.notes", "memory.curve", "memory.context",
-         "memory.error", "memory.gpu_count", "memory.min_gpus", "compute.plot", "compute.time", "verify.now"))
+         "memory.error", "memory.gpu_count", "memory.min_gpus", "memory.tokens", "compute.plot", "compute.time",
+         "verify.now"))
     assert by_api["lesson_stage1"].outputs[len(view):] == ui.components(
         ("learn.text", "model.known", *WORKLOAD_IDS))
 

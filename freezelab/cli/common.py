@@ -23,6 +23,7 @@ from freezelab.workload import (
     Optimizer,
     Sharding,
     Workload,
+    parse_size,
 )
 
 
@@ -102,9 +103,14 @@ def add_workload_options(parser: argparse.ArgumentParser, *, multi_gpu: bool = F
     group.add_argument("--batch", type=int, default=1, metavar="N", help="samples per step (default 1)")
     group.add_argument("--text-tokens", type=int, default=64, metavar="N",
                        help="non-image tokens per sample (default 64)")
-    group.add_argument("--images", type=int, default=1, metavar="N", help="images per sample (default 1; 0: text only)")
-    group.add_argument("--image-size", type=int, default=None, metavar="PX",
-                       help="source image side in pixels, for any-res models (default: the tower's resolution)")
+    group.add_argument("--images", type=int, default=None, metavar="N",
+                       help="images per sample (default: 1, or one per --image-size; 0: text only)")
+    group.add_argument("--image-size", action="append", default=None, metavar="HxW",
+                       help="source image height x width in pixels (e.g. 336x672; one number: a square); repeat it "
+                       "for several images of different sizes per sample, one --image-size per image "
+                       "(default: the model's native size)")
+    group.add_argument("--frames", type=int, default=0, metavar="N",
+                       help="add one video of N frames per sample (Qwen2-VL family; default 0)")
     group.add_argument("--dtype", choices=DTYPES, default=None, help="parameter dtype")
     group.add_argument("--autocast", choices=AUTOCAST, default=Autocast.NONE, help="autocast dtype (default none)")
     group.add_argument("--optimizer", choices=OPTIMIZERS, default=Optimizer.ADAMW, help="optimizer (default adamw)")
@@ -118,9 +124,21 @@ def add_workload_options(parser: argparse.ArgumentParser, *, multi_gpu: bool = F
         group.add_argument("--offload-optimizer", action="store_true", help="optimizer state in CPU memory")
 
 
+def image_options(sizes: list[str] | None, images: int | None) -> dict[str, Any]:
+    """images / image_size / image_sizes from --images and the --image-size values (one square side stays
+    image_size, as before; anything else becomes (height, width) pairs, one per image or one for all)."""
+    parsed = [parse_size(text) for text in sizes or []]
+    count = images if images is not None else (len(parsed) if len(parsed) > 1 else 1)
+    if len(parsed) == 1 and isinstance(parsed[0], int):
+        return {"images": count, "image_size": parsed[0]}
+    pairs = tuple(p if isinstance(p, tuple) else (p, p) for p in parsed)
+    return {"images": count, "image_sizes": pairs}
+
+
 def workload_from_args(args: argparse.Namespace, *, default_dtype: Dtype = Dtype.BF16) -> Workload:
     """The Workload the options describe (validated: a bad value raises WorkloadError)."""
-    return Workload(batch=args.batch, text_tokens=args.text_tokens, images=args.images, image_size=args.image_size,
+    return Workload(batch=args.batch, text_tokens=args.text_tokens, frames=args.frames,
+                    **image_options(args.image_size, args.images),
                     dtype=args.dtype or default_dtype, autocast=args.autocast, optimizer=args.optimizer,
                     grad_ckpt=args.grad_ckpt, attn=args.attn, gpus=getattr(args, "gpus", 1),
                     sharding=getattr(args, "sharding", None) or Sharding.DDP,

@@ -9,12 +9,16 @@ bool for --gpu-memory, else {gpu name: bool} over common GPUs), gpus (each with
 memory and headroom; common GPUs also with their architecture, their own device
 figure and whether they were measured), gpu_count (per-GPU device figure for 1
 to 64 GPUs under each sharding mode, and the smallest number of each common GPU
-that fits), notes, workload, plan, trainable_params, model and details; and what
+that fits; null where the analytic estimate does not follow the model or
+workload, as it walks the analytic stages), image_tokens, notes, workload, plan,
+trainable_params, model and details; and what
 the step costs in time: flops (the analytic count, split by forward,
 backward-input, backward-weight, recompute and optimizer, by component and by
 stage; with --method simulate, details.flops holds FlopCounterMode's count of the
 simulated step), step_seconds ({gpu: seconds per step}) and time (each GPU's step
-by part with its assumptions, and with --samples the training time).
+by part with its assumptions, and with --samples the training time); flops,
+step_seconds and time are null, and flops_not_modelled says why, for a model whose
+FLOPs are not modelled (the families beyond LLaVA).
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ def _simulate(source: Source, index: ModelIndex, res: Resolution, workload: Work
     from freezelab.models import hf_config
 
     return simulate_step(hf_config(source), res.trainable_names(index), workload,
-                         progress=None if quiet else _progress)
+                         progress=None if quiet else _progress, processor=index.processor)
 
 
 def _fits(est: MemoryEstimate, gpu_bytes: int | None) -> tuple[Any, list[dict[str, Any]]]:
@@ -87,10 +91,13 @@ def _fits(est: MemoryEstimate, gpu_bytes: int | None) -> tuple[Any, list[dict[st
 
 def report(index: ModelIndex, res: Resolution, workload: Workload, est: MemoryEstimate,
            gpu_bytes: int | None) -> dict[str, Any]:
+    from freezelab.memory.analytic import followed
     from freezelab.memory.gpu_count import gpu_count
 
     fits, gpus = _fits(est, gpu_bytes)
-    needed = gpu_count(index, res.mask, workload, cublas_workspaces=est.cublas_workspaces)
+    # the GPU-count table walks the analytic stages: not for a model or workload they do not follow
+    needed = (gpu_count(index, res.mask, workload, cublas_workspaces=est.cublas_workspaces)
+              if followed(index, workload) is None else None)
     return {
         "model": index.name,
         "method": est.method,
@@ -107,8 +114,27 @@ def report(index: ModelIndex, res: Resolution, workload: Workload, est: MemoryEs
         "trainable_params": count(index, res.mask).trainable,
         "total_params": index.total_params,
         "warnings": res.warnings,
-        "gpu_count": needed.to_dict(),
+        "image_tokens": image_tokens(index, workload),
+        "gpu_count": needed.to_dict() if needed is not None else None,
         "details": est.details,
+    }
+
+
+def image_tokens(index: ModelIndex, workload: Workload) -> dict[str, Any]:
+    """What the images of one sample become (freezelab.tokens), whichever method estimated."""
+    from freezelab.tokens import LLAVA_TYPES, sample_layouts, workload_sequence
+
+    layouts = sample_layouts(index.config, workload, index.processor)
+    return {
+        "per_sample": sum(lay.image_tokens for lay in layouts),
+        "around_images": sum(lay.special_tokens for lay in layouts),
+        "sequence_length": workload_sequence(index.config, workload, index.processor),
+        "images": [{"size": list(lay.size), "resized": list(lay.resized), "tiles": lay.tiles,
+                    "image_tokens": lay.image_tokens, "special_tokens": lay.special_tokens,
+                    "layout": lay.describe()} for lay in layouts],
+        "processor_settings": index.processor.get("source") or (
+            "none needed: the model config holds the image layout" if index.model_type in LLAVA_TYPES
+            else "the image processor classes' defaults (the source gave no processor settings)"),
     }
 
 
@@ -137,6 +163,13 @@ def _print_human(data: dict[str, Any]) -> None:
                   f"train; batch {w['batch']} x ({w['images']} image(s) + {w['text_tokens']} text tokens), "
                   f"{w['dtype']}, {w['optimizer']}" + (", gradient checkpointing" if w["grad_ckpt"] else "")
                   + (f", {w['gpus']} GPUs {w['sharding']}" if w["gpus"] > 1 else ""))
+    tokens = data["image_tokens"]
+    if tokens["images"]:
+        shapes = "; ".join(f"{'x'.join(map(str, i['size']))}: {i['image_tokens']:,}" + (
+            f" in {i['tiles']} tiles" if i["tiles"] > 1 else "") for i in tokens["images"])
+        around = f" + {tokens['around_images']:,} around them" if tokens["around_images"] else ""
+        console.print(f"image tokens per sample: {tokens['per_sample']:,}{around} ({shapes}); sequence "
+                      f"{tokens['sequence_length']:,} tokens", highlight=False)
     peak = data["peak_bytes"]
     table = Table(title=f"{data['method']} estimate: peak in the {data['phase']} phase", title_justify="left")
     for col in ("category", "at the peak", "share"):
@@ -156,7 +189,11 @@ def _print_human(data: dict[str, Any]) -> None:
         console.print(f"fits in {data['gpus'][0]['gpu']}: " + ("[green]yes[/]" if fits else "[red]no[/]"))
     else:
         console.print("fits: " + ", ".join(f"{g} [green]yes[/]" if ok else f"{g} [red]no[/]" for g, ok in fits.items()))
-    console.print(_gpu_count_table(data["gpu_count"]))
+    if data["gpu_count"] is not None:
+        console.print(_gpu_count_table(data["gpu_count"]))
+    else:
+        console.print("smallest number of GPUs: not estimated (the table walks the analytic estimate, which does "
+                      "not follow this model or workload)")
     for note in data["notes"]:
         console.print(f"- {note}")
     print_time(console, data)
@@ -177,10 +214,14 @@ def run(args: argparse.Namespace) -> int:
         from freezelab.memory.analytic import estimate
 
         est = estimate(index, res.mask, workload)
-    from freezelab.compute.flops import step_flops
+    from freezelab.compute.flops import flops_followed, step_flops
 
     data = report(index, res, workload, est, gpu_bytes)
-    data.update(time_report(step_flops(index, res.mask, workload), workload, args))
+    why = flops_followed(index, workload)
+    if why is None:
+        data.update(time_report(step_flops(index, res.mask, workload), workload, args))
+    else:
+        data.update({"flops": None, "step_seconds": None, "time": None, "flops_not_modelled": why})
     if args.json:
         print_json(data)
     else:

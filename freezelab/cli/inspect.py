@@ -37,9 +37,18 @@ def report(index: ModelIndex, res: Resolution, depth: int | None) -> dict[str, A
         "rules": [{"rule": str(r), "matched_tensors": n} for r, n in zip(res.plan.rules, res.matched)],
         "warnings": res.warnings,
         "layers": {tower: len(paths) for tower, paths in index.layers.items()},
+        "components_found": index.recognised,
+        "family": _family(index),
         "tied": [list(p.names) for p in index.tied],
         "tree": [r.to_dict() for r in tree(index, res.mask, depth)],
     }
+
+
+def _family(index: ModelIndex) -> dict[str, Any]:
+    from freezelab.families import family
+
+    fam = family(index.model_type, index.config)
+    return {"title": fam.title, "checked": fam.checked, "projector_reads": fam.feature_read.value}
 
 
 PARTS_OF_LLM = ("embeddings", "lm_head")  # anatomy.component_counts: counted inside llm as well
@@ -72,6 +81,14 @@ def _print_human(data: dict[str, Any]) -> None:
         state = "frozen" if c["trainable"] == 0 else "trainable" if c["frozen"] == 0 else "partial"
         comp.add_row(label, units.params(c["total"]), units.params(c["trainable"]), state)
     console.print(comp)
+    found = data["components_found"]
+    for name in ("vision", "projector", "llm"):
+        if name in found:
+            console.print(f"  {name}: {found[name]}", highlight=False)
+    if not data["family"]["checked"]:
+        console.print(f"[yellow]note:[/] {data['model_class']} is a transformers class freezelab has not checked: its "
+                      "parts were found by object as listed; which vision parameters get no gradient is assumed "
+                      f"from its config (the projector reads the {data['family']['projector_reads'].replace('_', ' ')})")
     tbl = Table(title="module tree", title_justify="left")
     for col in ("module", "type", "total", "trainable", "state", "dtype", "note"):
         tbl.add_column(col, justify="right" if col in ("total", "trainable") else "left")

@@ -56,6 +56,13 @@ def print_time(console: Any, data: dict[str, Any]) -> None:
     from rich.table import Table
 
     f = data["flops"]
+    if f is None:
+        counted = data.get("details", {}).get("flops")
+        if counted:
+            console.print(f"FlopCounterMode on the simulated step: forward {units.flops(counted['forward'])}, "
+                          f"backward {units.flops(counted['backward'])}")
+        console.print(f"step time: not estimated ({data['flops_not_modelled']})", highlight=False)
+        return
     console.print(f"compute per step: {units.flops(f['counted'])} (forward {units.flops(f['forward'])}, backward "
                   f"input {units.flops(f['backward_input'])}, backward weight {units.flops(f['backward_weight'])}"
                   + (f", recompute {units.flops(f['recompute'])}" if f["recompute"] else "")

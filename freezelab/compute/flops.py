@@ -28,9 +28,12 @@ from enum import StrEnum
 from typing import Any
 
 from freezelab.compute.cost import Cost
+from freezelab.errors import FreezelabError
+from freezelab.families import family
 from freezelab.index import ModelIndex
-from freezelab.memory.analytic import data_flow
+from freezelab.memory.analytic import data_flow, followed
 from freezelab.memory.stages import HEAD, Stage, build
+from freezelab.tokens import LLAVA_TYPES
 from freezelab.workload import DTYPE_BYTES, Sharding, Workload
 
 
@@ -210,10 +213,35 @@ def flops_of(stages: list[Stage], index: ModelIndex, mask: list[bool], w: Worklo
     return Flops(total, by_component, tuple(by_stage), attention, causal, optimizer, traffic, tokens)
 
 
+class FlopsError(FreezelabError):
+    """The FLOPs model does not follow this model or workload."""
+
+
+def flops_followed(index: ModelIndex, w: Workload) -> str | None:
+    """Why the analytic FLOPs (and so the step time) do not follow this model or workload, or None.
+
+    The FLOPs are checked op for op against FlopCounterMode on the LLaVA classes only. The newer
+    families' vision towers and projectors (Qwen's 3D patch convolution and windowed attention,
+    pixel shuffles, Gemma 3's pooling, Pixtral's block-diagonal sequence, ...) are modelled for
+    memory but carry no FLOPs yet: they are refused rather than undercounted."""
+    why = followed(index, w)
+    if why is not None:
+        return why
+    if index.model_type not in LLAVA_TYPES:
+        return (f"FLOPs and step time are not modelled for {family(index.model_type).title} yet (only the LLaVA "
+                "classes' ops carry FLOPs); the simulated estimate (--method simulate, or Verify in the "
+                "dashboard) counts this model's FLOPs with FlopCounterMode")
+    return None
+
+
 def step_flops(index: ModelIndex, mask: list[bool], workload: Workload, *,
                input_require_grads: bool | None = None) -> Flops:
     """FLOPs of one steady-state training step of `index` with trainable `mask` under `workload`
-    (`input_require_grads` as for `freezelab.memory.analytic.estimate`)."""
+    (`input_require_grads` as for `freezelab.memory.analytic.estimate`); a model or workload
+    `flops_followed` refuses raises FlopsError."""
+    why = flops_followed(index, workload)
+    if why is not None:
+        raise FlopsError(why)
     flow = data_flow(index, mask, workload, input_require_grads)
     return flops_of(build(flow), index, mask, workload, workload.batch * flow.seq)
 

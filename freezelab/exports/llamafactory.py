@@ -14,8 +14,14 @@ What that code does, and what the mirror keeps:
 * Every match is a plain substring test on the parameter name (`x in name`).
 * freeze_vision_tower / freeze_multi_modal_projector / freeze_language_model
   ("forbidden modules") act only on model types registered as composite
-  models: llava, llava_next, llava_next_video. llava_onevision and vipllava
-  are not registered, so these keys change nothing there.
+  models: llava, llava_next, llava_next_video, gemma3, internvl, paligemma
+  (default keys), mistral3 (projector "model.multi_modal_projector"),
+  qwen2_vl / qwen2_5_vl (projector "visual.merger", vision "visual.patch_embed",
+  "visual.blocks") and qwen3_vl (the same, with "visual.pos_embed" and
+  "visual.deepstack_merger_list" among the vision keys: the DeepStack mergers
+  freeze with the vision tower, not with the projector). llava_onevision,
+  vipllava, idefics3 and smolvlm are not registered, so these keys change
+  nothing there.
 * Freeze mode: freeze_trainable_layers > 0 trains the LAST n decoder layers,
   < 0 the FIRST -n (0: none), counted from text_config.num_hidden_layers,
   by matching ".{idx}.{module}" anywhere in a name, so a vision layer with
@@ -56,8 +62,16 @@ class Composite:
     language_model_keys: tuple[str, ...] = ("language_model", "lm_head")
 
 
-# visual.py registers these LLaVA types with the default keys; no others of the LLaVA family.
-COMPOSITE_MODELS: dict[str, Composite] = {t: Composite() for t in ("llava", "llava_next", "llava_next_video")}
+_QWEN_LM = ("language_model", "lm_head")
+# visual.py's _register_composite_model calls for the families freezelab checks (others are not registered).
+COMPOSITE_MODELS: dict[str, Composite] = {
+    **{t: Composite() for t in ("llava", "llava_next", "llava_next_video", "gemma3", "internvl", "paligemma")},
+    "mistral3": Composite(projector_keys=("model.multi_modal_projector",)),
+    "qwen2_vl": Composite(("visual.merger",), ("visual.patch_embed", "visual.blocks"), _QWEN_LM),
+    "qwen2_5_vl": Composite(("visual.merger",), ("visual.patch_embed", "visual.blocks"), _QWEN_LM),
+    "qwen3_vl": Composite(("visual.merger",), ("visual.pos_embed", "visual.patch_embed", "visual.blocks",
+                                               "visual.deepstack_merger_list"), _QWEN_LM),
+}
 
 
 class Refused(Exception):

@@ -147,7 +147,20 @@ def best(index: ModelIndex, mask: Sequence[bool]) -> tuple[LlavaFlags | TunableP
     return setting, diff
 
 
+def _not_llava(index: ModelIndex, mask: Sequence[bool]) -> Export:
+    """LLaVA's scripts build LLaVA models only: nothing to express for another family."""
+    from freezelab.families import family
+
+    name = printable(index.name)
+    note = (f"LLaVA's training scripts build LLaVA models only, and {name} is {family(index.model_type).title} "
+            f"({index.model_class}); export for LLaMA-Factory or ms-swift instead")
+    text = f"# NOT EXACT: {printable(note)}\n"
+    return Export("llava", text, False, note, sum(n for n, on in zip(index.numels, mask) if on), "shell")
+
+
 def render(plan: Plan, index: ModelIndex, mask: Sequence[bool]) -> Export:
+    if not index.model_type.startswith(("llava", "vipllava")):
+        return _not_llava(index, mask)
     setting, diff = best(index, mask)
     exact = not diff
     name = printable(index.name)

@@ -19,6 +19,16 @@ The selection logic below mirrors ms-swift at modelscope/ms-swift commit
   / 'vision_tower' before transformers 4.52); LlavaNextVideo uses
   `llava_next_video_hf` with the same keys. The aligner does not include
   LLaVA-NeXT's image_newline. ms-swift registers no VipLlava model.
+  InternVL (-hf), PaliGemma, Gemma 3 and Mistral 3 use `llava_hf` too
+  (swift/model/models/internlm.py, gemma.py, mistral.py). Qwen2-VL and
+  Qwen2.5-VL use `qwen2_vl`: language_model ['model.language_model', 'lm_head'],
+  aligner 'model.visual.merger', vision_tower 'model.visual' (the merger's
+  prefix too: --freeze_vit freezes it, --freeze_aligner false trains it back);
+  Qwen3-VL `qwen3_vl`: aligner ['model.visual.merger',
+  'model.visual.deepstack_merger_list']. Idefics3 uses `idefics3`:
+  language_model 'model.text_model' (lm_head is in no key), aligner
+  'model.connector', vision_tower 'model.vision_model' (models/mllm.py).
+  SmolVLMForConditionalGeneration is not registered.
 
 Because trainable_parameters / freeze_parameters take any name prefixes, every
 plan is expressible; the export picks the switches that need the fewest
@@ -51,8 +61,27 @@ class ModelKeys:
 
 _LLAVA_HF = ModelKeys(("model.language_model", "lm_head"), ("model.multi_modal_projector",), ("model.vision_tower",))
 _LLAVA_HF_LEGACY = ModelKeys(("language_model",), ("multi_modal_projector",), ("vision_tower",))
-_REGISTERED = ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
-               "LlavaOnevisionForConditionalGeneration", "LlavaNextVideoForConditionalGeneration")
+_QWEN2_VL = ModelKeys(("model.language_model", "lm_head"), ("model.visual.merger",), ("model.visual",))
+_QWEN3_VL = ModelKeys(("model.language_model", "lm_head"),
+                      ("model.visual.merger", "model.visual.deepstack_merger_list"), ("model.visual",))
+_IDEFICS3 = ModelKeys(("model.text_model",), ("model.connector",), ("model.vision_model",))
+_LLAVA_HF_CLASSES = ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
+                     "LlavaOnevisionForConditionalGeneration", "LlavaNextVideoForConditionalGeneration",
+                     "InternVLForConditionalGeneration", "PaliGemmaForConditionalGeneration",
+                     "Gemma3ForConditionalGeneration", "Mistral3ForConditionalGeneration")
+# model class -> model_arch keys for transformers >= 4.52 (the names freezelab reads)
+_ARCH: dict[str, ModelKeys] = {
+    **dict.fromkeys(_LLAVA_HF_CLASSES, _LLAVA_HF),
+    "Qwen2VLForConditionalGeneration": _QWEN2_VL, "Qwen2_5_VLForConditionalGeneration": _QWEN2_VL,
+    "Qwen3VLForConditionalGeneration": _QWEN3_VL,
+    "Idefics3ForConditionalGeneration": _IDEFICS3,
+}
+_REGISTERED = tuple(_ARCH)
+# model_arch.py's keys for transformers < 4.52 (transformers_ge_4_52 false)
+_LEGACY: dict[ModelKeys, ModelKeys] = {
+    _LLAVA_HF: _LLAVA_HF_LEGACY,
+    _QWEN2_VL: ModelKeys(("model", "lm_head"), ("visual.merger",), ("visual",)),
+}
 
 
 @dataclass(frozen=True)
@@ -75,9 +104,12 @@ class Setting:
 
 def model_keys(index: ModelIndex) -> ModelKeys | None:
     """model_arch.py's keys for this model class, as chosen by the transformers version."""
-    if index.model_class not in _REGISTERED:
+    keys = _ARCH.get(index.model_class)
+    if keys is None:
         return None
-    return _LLAVA_HF_LEGACY if spelling_of_index(index) == Spelling.LEGACY else _LLAVA_HF
+    if spelling_of_index(index) == Spelling.LEGACY:
+        return _LEGACY.get(keys, keys)
+    return keys
 
 
 def expanded(index: ModelIndex, s: Setting) -> tuple[list[str], list[str]]:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from freezelab.components import Component
 from freezelab.errors import FreezelabError
+from freezelab.families import family
 from freezelab.index import ModelIndex
 from freezelab.memory import notes as notes_mod
 from freezelab.memory import optimizer_state
@@ -51,7 +52,7 @@ from freezelab.memory.sharding import ENGINE, Resident, deepspeed_extra, per_gpu
 from freezelab.memory.stages import ACTIVATION_GROUPS, Flow, Stage, build
 from freezelab.memory.structure import sizes
 from freezelab.memory.timeline import Timeline, walk, walk_fsdp2
-from freezelab.tokens import ImageLayout, image_layout, workload_sequence
+from freezelab.tokens import LLAVA_TYPES, ImageLayout, combined, sample_layouts, workload_sequence
 from freezelab.units import GiB
 from freezelab.workload import DTYPE_BYTES, Sharding, Workload
 
@@ -60,7 +61,41 @@ INDEX_ELEM = 8                     # input_ids, attention_mask and labels are in
 
 
 class EstimateError(FreezelabError):
-    """The plan does not fit the model it is estimated for."""
+    """The plan does not fit the model it is estimated for, or the analytic model cannot follow it."""
+
+
+# The families whose data flow the stages model op by op (the accuracy benchmark checks each against the
+# simulation); any other model is refused with a pointer to the simulated estimate, never guessed.
+FOLLOWED: dict[str, str] = {
+    **{t: "LLaVA" for t in LLAVA_TYPES},
+    "idefics3": "SigLIP-type tiles, pixel-shuffle connector", "smolvlm": "SigLIP-type tiles, pixel-shuffle connector",
+    "qwen2_vl": "per-image attention with 2D RoPE, PatchMerger", "qwen2_5_vl": "windowed attention with 2D RoPE",
+    "internvl": "InternViT tiles with layer scale, pixel shuffle, MLP projector",
+    "mistral3": "Pixtral: one block-diagonal sequence of all patches, 2D RoPE, patch merger",
+    "qwen3_vl": "per-image attention with 2D RoPE, DeepStack mergers, q/k-normed decoder",
+    "gemma3": "pooling projector, Gemma norms, masked attention over image-bidirectional masks",
+    "paligemma": "Gemma 2's soft-capped eager attention, final logit soft-capping",
+}
+NOT_YET: dict[str, str] = {}  # model_type -> what the stages lack for it (a family being modelled)
+
+
+def followed(index: ModelIndex, w: Workload) -> str | None:
+    """Why the stages cannot model this model or workload (with where to go instead), or None."""
+    simulate = ("use the simulated estimate (--method simulate, or Verify in the dashboard), which runs the "
+                "real model's training step")
+    if index.model_type not in FOLLOWED:
+        what = NOT_YET.get(index.model_type, "a family whose forward freezelab has not modelled")
+        return f"the analytic estimate does not follow {family(index.model_type).title} yet ({what}); {simulate}"
+    if w.frames:
+        return f"the analytic estimate does not follow videos (frames) yet; {simulate}"
+    return None
+
+
+def check_followed(index: ModelIndex, w: Workload) -> None:
+    """Refuse, with where to go instead, a model or workload the stages do not model."""
+    why = followed(index, w)
+    if why is not None:
+        raise EstimateError(why)
 
 
 def numerics(w: Workload) -> Numerics:
@@ -81,24 +116,37 @@ def _values_follow_keys(version: str) -> bool:
     return (major, minor) < (5, 24)
 
 
-def _layout(index: ModelIndex, w: Workload) -> ImageLayout | None:
+def _layouts(index: ModelIndex, w: Workload) -> tuple[ImageLayout | None, tuple[ImageLayout, ...]]:
+    """All images of one sample as one layout (None: a text-only sample), and each image's. The families
+    of memory.image_paths read the images one by one (their tiles may differ in length)."""
+    from freezelab.memory.image_paths import PATHS
+
     if w.images == 0:
-        return None
-    return image_layout(index.config, w.image_size, w.images)
+        return None, ()
+    each = tuple(sample_layouts(index.config, w.with_(frames=0), index.processor))
+    return (each[0] if index.model_type in PATHS else combined(list(each))), each
 
 
-def _input_bytes(index: ModelIndex, w: Workload, seq: int, layout: ImageLayout | None, num: Numerics) -> int:
+def _input_bytes(index: ModelIndex, w: Workload, seq: int, layout: ImageLayout | None, num: Numerics,
+                 flow: Flow) -> int:
     """The batch on the GPU: ids, mask and labels, plus the pixels of every tile."""
+    from freezelab.memory import image_paths
+
     total = 3 * rounded(w.batch * seq * INDEX_ELEM)
+    if index.model_type in image_paths.PATHS:
+        return total + image_paths.input_bytes(flow)
     if layout is not None:
         side = int((index.config.get("vision_config") or {}).get("image_size") or 0)
         pixel_elem = 2 if num.autocast else num.param
-        total += rounded(w.batch * w.images * layout.tiles * 3 * side * side * pixel_elem)
+        total += rounded(w.batch * layout.tiles * 3 * side * side * pixel_elem)
     return total
 
 
 def _buffer_bytes(index: ModelIndex) -> int:
-    """Non-parameter buffers: the vision position ids and the rotary inverse frequencies."""
+    """Non-parameter buffers: the vision position ids and the rotary inverse frequencies (as the index
+    recorded them, when it did)."""
+    if index.buffers:
+        return sum(rounded(numel * elem) for _, numel, elem in index.buffers)
     text = index.config.get("text_config") or {}
     heads = int(text.get("num_attention_heads") or 1)
     head_dim = int(text.get("head_dim") or int(text.get("hidden_size") or 0) // heads)
@@ -221,9 +269,13 @@ def _trainable_by_component(index: ModelIndex, mask: list[bool]) -> dict[Compone
 def data_flow(index: ModelIndex, mask: list[bool], w: Workload, input_require_grads: bool | None = None) -> Flow:
     """What the stages of a step are built from (checked: the mask must be this model's)."""
     _check(index, mask)
+    layout, layouts = _layouts(index, w)
     use_cache = bool((index.config.get("text_config") or {}).get("use_cache", True))
-    return Flow(index, mask, numerics(w), w.batch, workload_sequence(index.config, w), w.images, _layout(index, w),
-                w.grad_ckpt, use_cache, _values_follow_keys(index.transformers_version), input_require_grads)
+    if family(index.model_type).cache_from_top:  # the protocol's model.config.use_cache = False reaches it
+        use_cache = False
+    return Flow(index, mask, numerics(w), w.batch, workload_sequence(index.config, w, index.processor), w.images,
+                layout, w.grad_ckpt, use_cache, _values_follow_keys(index.transformers_version), input_require_grads,
+                layouts)
 
 
 @dataclass
@@ -244,7 +296,7 @@ def _step(index: ModelIndex, mask: list[bool], w: Workload, input_require_grads:
     num, layout, seq = flow.num, flow.layout, flow.seq
     stages = build(flow)
     backward = any(s.backward for s in stages)
-    return _Step(num, seq, stages, _grad_owner(stages, mask), _input_bytes(index, w, seq, layout, num),
+    return _Step(num, seq, stages, _grad_owner(stages, mask), _input_bytes(index, w, seq, layout, num, flow),
                  _workspace(backward, w.grad_ckpt))
 
 
@@ -273,6 +325,7 @@ def estimate(index: ModelIndex, mask: list[bool], workload: Workload, *,
     input_require_grads: whether transformers' input-embedding hooks are installed (they make both
     towers build a graph even when frozen). None: exactly when gradient checkpointing is on, which
     installs them; True models hooks left behind after checkpointing was turned off."""
+    check_followed(index, workload)
     st = _step(index, mask, workload, input_require_grads)
     r, tl = _walk(index, mask, workload, st)
     assert isinstance(tl, Timeline)
@@ -284,6 +337,7 @@ def spread_peaks(index: ModelIndex, mask: list[bool], workload: Workload, spread
                  input_require_grads: bool | None = None) -> list[int]:
     """The tensor peak of the same step under each of `spreads` (the workload with other gpus, sharding or
     offload), building its stages once: what `estimate(...).peak_bytes` gives for each, much faster."""
+    check_followed(index, workload)
     st = _step(index, mask, workload, input_require_grads)
     return [int(_walk(index, mask, w, st, peak_only=True)[1]) for w in spreads]
 

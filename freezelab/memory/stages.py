@@ -89,11 +89,12 @@ class Flow:
     batch: int
     seq: int                    # LLM tokens per sample
     images: int                 # images per sample
-    layout: ImageLayout | None  # None: text-only batch
+    layout: ImageLayout | None  # all images of one sample (freezelab.tokens.combined); None: text only
     ckpt: bool
     use_cache: bool = True      # the text model's KV cache (text_config.use_cache; off under checkpointing)
     cache_values_follow_keys: bool = False  # transformers < 5.24 stores cached values in the keys' dtype
     input_grads: bool | None = None  # transformers' input-embedding requires_grad hooks (None: = ckpt)
+    layouts: tuple[ImageLayout, ...] = ()  # each image of one sample (the families of memory.image_paths read them)
 
     @property
     def hooks(self) -> bool:
@@ -170,7 +171,7 @@ def _decoder_layer(t: Tape, p: dict[str, int], x: str, hidden: int, inter: int, 
     return t.add(r, down, "out")
 
 
-Recipe = Callable[[Tape, dict[str, int], str, int, int, Dims, int, int], str]
+Recipe = Callable[..., str]  # (tape, params by relative name, input, hidden, inter, dims, batch, seq) -> output
 
 
 def _layer_stage(f: Flow, recipe: Recipe, name: str, component: str, p: dict[str, int], flow_in: bool,
@@ -235,7 +236,7 @@ def _vision_stages(f: Flow, stages: list[Stage]) -> tuple[bool, int]:
     rel = _relative(index, root)
     d = _vision_dims(config)
     hidden = int((config.get("vision_config") or {}).get("hidden_size") or 0)
-    tiles = f.batch * f.images * layout.tiles
+    tiles = f.batch * layout.tiles  # the layout holds all images of one sample
     rows = tiles * layout.tile_tokens
     emb_params = [i for n, i in rel.items() if n.startswith("embeddings.")]
     # the patch conv saves only the (resident) pixels; transformers' input hook marks its output
@@ -300,7 +301,7 @@ def _projector_stages(f: Flow, stages: list[Stage], feature_grad: bool, width: i
         elif root in index.by_name:
             rel[root.rsplit(".", 1)[-1]] = index.by_name[root]
     text_hidden = _shape(index, _find(rel, "linear_2.weight"), 0, 0) or _text_hidden(index)
-    tiles = f.batch * f.images * layout.tiles
+    tiles = f.batch * layout.tiles
     rows = tiles * layout.features_per_tile
     t = f.tape()
     # the CLS-dropping slice / feature concatenation hands linear_1 a fresh contiguous tensor
@@ -312,7 +313,7 @@ def _projector_stages(f: Flow, stages: list[Stage], feature_grad: bool, width: i
     h = t.act(str(config.get("projector_hidden_act", "gelu")), h, "act")
     y = t.linear(h, "linear_2", text_hidden, _find(rel, "linear_2.weight"), _find(rel, "linear_2.bias"))
     newline = _find(rel, "image_newline")
-    tokens = f.batch * f.images * layout.image_tokens
+    tokens = f.batch * layout.image_tokens
     out_grad = t.grad(y) or f.trainable(newline)
     held = t.nbytes(y)
     if newline is not None:  # any-res packing: permute, unpad, cat newlines into new tensors
@@ -339,17 +340,24 @@ def _llm_stages(f: Flow, stages: list[Stage], image_grad: bool) -> None:
     layer_params = _layer_params(index, "llm")
     # cos/sin of the rotary embedding: computed once, saved by every layer's rotary products
     rope = 2 * rounded(n * d.head_dim * f.num.stream)
-    # the lookup (read and write a row per token) and the image features scattered into it
-    merge = Stage("llm.embeddings", LLM, fwd_extra=2 * stream, out_grad=flow, grad_params=[embed],
+    # the image features scattered into the embedded text (read and write a row per token)
+    merge = Stage("llm.embeddings", LLM, fwd_extra=2 * stream, out_grad=flow,
                   cost=costs.traffic(5 * f.num.stream * n * hidden, backward=flow))
-    if index.params[embed].aliases:  # tied: the embedding's gradient is added into lm_head's
-        merge.bwd_extra = rounded(vocab * hidden * f.num.param)
+    # the token lookup runs before the vision tower (transformers embeds input_ids first), so its
+    # backward, which makes the embedding's gradient, comes last
+    lookup = Stage("llm.embed_tokens", LLM, grad_params=[embed], out_grad=f.mask[embed])  # its weight's gradient
+    if index.params[embed].aliases and f.mask[embed]:  # tied: the embedding's gradient, and its sum with lm_head's
+        lookup.bwd_extra = 2 * rounded(vocab * hidden * f.num.param)
+    stages.insert(0, lookup)
     stages.append(merge)
     cache: dict[tuple[Any, ...], Stage] = {}
     first_flow: int | None = None
+    from freezelab.memory.image_paths import decoder_recipe
+
+    recipe = decoder_recipe(f) or _decoder_layer
     for i, p in enumerate(layer_params):
         inter = _shape(index, _find(p, "gate_proj.weight", "fc1.weight"), 0, 4 * hidden)
-        st = _layer_stage(f, _decoder_layer, f"llm.layers.{i}", LLM, p, flow, n, hidden, inter, d,
+        st = _layer_stage(f, recipe, f"llm.layers.{i}", LLM, p, flow, n, hidden, inter, d,
                           f.batch, f.seq, cache, ("k_cache", "v_cache") if f.use_cache else ())
         st.grad_params = list(p.values())
         if st.out_grad and first_flow is None:
@@ -392,7 +400,12 @@ def _head_stages(f: Flow, stages: list[Stage], flow: bool, vocab: int, hidden: i
     upcast = fp32 if f.num.compute != 4 else 0  # .float() copies 16-bit logits; a no-op on fp32
     # backward: the fp32 gradient cast back to the logits dtype, then grad_input of the matmul
     back = max(upcast + logits_bytes, logits_bytes + rounded(n * hidden * f.num.compute)) if grad else 0
-    stages.append(Stage("lm_head", HEAD, t.kept, t.fwd_extra, back, [head] if head is not None else [],
+    kept, fwd_extra = t.kept, t.fwd_extra
+    if (f.index.config.get("text_config") or {}).get("final_logit_softcapping"):
+        # Gemma 2: logits / cap, tanh (its output saved), * cap: the capped logits replace the raw ones
+        kept += logits_bytes if grad else 0
+        fwd_extra = max(fwd_extra, 3 * logits_bytes)
+    stages.append(Stage("lm_head", HEAD, kept, fwd_extra, back, [head] if head is not None else [],
                         held=logits_bytes, out_grad=grad, forward_only=t.forward_cached, cost=t.cost))
     # log_softmax writes its fp32 output while the upcast copy is still referenced (both live until the loss
     # function returns); with a backward that output is then kept
@@ -404,11 +417,18 @@ def _head_stages(f: Flow, stages: list[Stage], flow: bool, vocab: int, hidden: i
     stages.append(loss)
 
 
+layer_stage = _layer_stage  # the recipes of freezelab.memory.image_paths run through the same stage builder
+
+
 def build(f: Flow) -> list[Stage]:
     """All stages in forward order, with backward flags set."""
+    from freezelab.memory import image_paths
+
     stages: list[Stage] = []
     image_grad = False
-    if f.layout is not None and f.images > 0:
+    if f.layout is not None and f.images > 0 and f.index.model_type in image_paths.PATHS:
+        image_grad = image_paths.image_stages(f, stages)
+    elif f.layout is not None and f.images > 0:
         feature_grad, width = _vision_stages(f, stages)
         image_grad = _projector_stages(f, stages, feature_grad, width)
     _llm_stages(f, stages, image_grad)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from freezelab.errors import FreezelabError
 from freezelab.index import ModelIndex
-from freezelab.memory.analytic import estimate
+from freezelab.memory.analytic import estimate, followed
 from freezelab.models import available_ram
 from freezelab.optimizers import check_available
 from freezelab.sources import Source
@@ -75,10 +75,17 @@ def free_bytes(device: str) -> tuple[int, str]:
     return free + reusable, f"free memory on {device}"
 
 
-def gate(index: ModelIndex, mask: list[bool], workload: Workload, device: str) -> MemoryEstimate:
-    """The analytic estimate of the step; a WontFitError when its peak exceeds the free memory."""
-    est = estimate(index, mask, workload)
+def gate(index: ModelIndex, mask: list[bool], workload: Workload, device: str) -> MemoryEstimate | None:
+    """The analytic estimate of the step; a WontFitError when its peak exceeds the free memory. For a model
+    the analytic estimate does not follow yet (None is returned), the weights alone must fit."""
     have, where = free_bytes(device)
+    if followed(index, workload) is not None:
+        weights = index.total_params * (4 if workload.dtype == "fp32" else 2)
+        if weights > have:
+            raise WontFitError(f"{index.name}: its weights alone need {gib(weights)} but only {gib(have)} of "
+                               f"{where} is left")
+        return None
+    est = estimate(index, mask, workload)
     if est.peak_bytes > have:
         raise WontFitError(
             f"{index.name}: this step needs about {gib(est.peak_bytes)} at its peak ({est.phase}) by the "

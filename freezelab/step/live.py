@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from freezelab.batch import Batch, Example, example, load_processor, synthetic
 from freezelab.fingerprint import fingerprints
 from freezelab.index import ModelIndex
-from freezelab.models import build, load_weights, torch_dtype
+from freezelab.models import build, lift_zero_projections, load_weights, torch_dtype
 from freezelab.optimizers import make_optimizer
 from freezelab.plans import Plan, apply
 from freezelab.sources import Source
@@ -138,6 +138,11 @@ def setup(live: Live, source: Source, plan: Plan, index: ModelIndex, workload: W
           seed: int, weights: bool, lr: float, prepare: Callable[..., None] | None) -> None:
     """Own model, configured, plan applied, optimizer over exactly the trainable parameters."""
     live.model, report.weights = live.build_model(source, workload, seed, weights)
+    if report.weights == Weights.RANDOM:
+        lifted = lift_zero_projections(live.model, index, seed)
+        if lifted:
+            report.warnings.append(f"random weights: {', '.join(lifted)} start at zero in transformers' init, which "
+                                   "would keep every gradient from the vision tower; they got small random values")
     _configure(live.model, workload)
     apply(plan, live.model, index)
     live.wrap(source, workload, seed, weights)
@@ -169,6 +174,7 @@ def make_batch(source: Source, index: ModelIndex, workload: Workload, device: st
                item: Example | None) -> Batch:
     """The synthetic batch the workload describes, or `item` through the checkpoint's processor."""
     if item is None:
-        return synthetic(index.config, workload, device=device, pixel_dtype=_pixel_dtype(workload), seed=seed)
+        return synthetic(index.config, workload, device=device, pixel_dtype=_pixel_dtype(workload), seed=seed,
+                         processor=index.processor)
     processor = load_processor(_processor_dir(source))
     return example(processor, item, workload, device=device, pixel_dtype=_pixel_dtype(workload))

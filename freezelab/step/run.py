@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from freezelab.batch import Batch, Example
 from freezelab.cancellation import CancelFlag
 from freezelab.checks import Context, Observation, grad_norms, run_checks
-from freezelab.compute.flops import step_flops
+from freezelab.compute.flops import flops_followed, step_flops
 from freezelab.compute.timing import beside_measured
 from freezelab.index import ModelIndex
 from freezelab.models import index_of
@@ -58,20 +58,28 @@ def _device_name(device: str) -> str:
 
 
 def _report(index: ModelIndex, res: Resolution, workload: Workload, batch: Batch, device: str, lr: float,
-            seed: int, est: MemoryEstimate) -> StepReport:
+            seed: int, est: MemoryEstimate | None) -> StepReport:
     trainable = [i for i, on in enumerate(res.mask) if on]
     return StepReport(
         model=index.name, model_class=index.model_class, device=device, device_name=_device_name(device),
         weights=Weights.RANDOM, workload=workload.to_dict(), batch=batch.describe(), plan=res.plan.to_dict(),
         trainable_params=sum(index.numels[i] for i in trainable), trainable_tensors=len(trainable),
         total_params=index.total_params, lr=lr, seed=seed, warnings=list(res.warnings),
-        estimate={"method": est.method, "peak_bytes": est.peak_bytes,
-                  "device_estimate_bytes": est.device_estimate_bytes, "phase": est.phase},
-        time_estimate=beside_measured(step_flops(index, res.mask, workload), workload, _device_name(device)))
+        estimate={} if est is None else {"method": est.method, "peak_bytes": est.peak_bytes,
+                                         "device_estimate_bytes": est.device_estimate_bytes, "phase": est.phase},
+        time_estimate=_time_estimate(index, res, workload, device))
+
+
+def _time_estimate(index: ModelIndex, res: Resolution, workload: Workload, device: str) -> dict[str, Any]:
+    """The time model's step time on this device, or why there is none (a model whose FLOPs are not modelled)."""
+    why = flops_followed(index, workload)
+    if why is not None:
+        return {"gpu": None, "seconds": None, "note": why, "assumptions": []}
+    return beside_measured(step_flops(index, res.mask, workload), workload, _device_name(device))
 
 
 def _batch_within_budget(live: Live, source: Source, index: ModelIndex, res: Resolution, workload: Workload,
-                         seed: int, item: Example | None) -> MemoryEstimate:
+                         seed: int, item: Example | None) -> MemoryEstimate | None:
     """The memory gate and the batch, in the order that allocates nothing before the gate."""
     if item is None:  # estimate first: a huge synthetic batch is itself an allocation
         est = gate(index, res.mask, workload, live.device)

@@ -112,17 +112,17 @@ def _train_step(live: Live, workload: Workload, where: Where,
     return float(loss.detach()), backward, norms
 
 
-def _oom_message(step: int, est: MemoryEstimate, device: str) -> str:
+def _oom_message(step: int, est: MemoryEstimate | None, device: str) -> str:
     import torch
 
     total = torch.cuda.get_device_properties(device).total_memory if device.startswith("cuda") else None
     card = f" on a {gib(total)} device" if total else ""
-    return (f"out of memory in step {step}{card}; the estimate was {gib(est.peak_bytes)} at the peak. "
-            "Memory was released.")
+    said = f"the estimate was {gib(est.peak_bytes)} at the peak" if est else "no analytic estimate for this model"
+    return f"out of memory in step {step}{card}; {said}. Memory was released."
 
 
 def run_steps(live: Live, report: StepReport, trace: Trace, workload: Workload, steps: int,
-              est: MemoryEstimate, cancel: CancelFlag) -> Iterator[Event]:
+              est: MemoryEstimate | None, cancel: CancelFlag) -> Iterator[Event]:
     """Run the steps, appending a record per step to `report` and what they saw to `trace`; stop early
     (report.status says why) when cancelled or out of memory."""
     where = Where(steps=steps)
@@ -132,7 +132,7 @@ def run_steps(live: Live, report: StepReport, trace: Trace, workload: Workload, 
         yield from _steps(live, report, trace, workload, est, cancel, where, check)
 
 
-def _steps(live: Live, report: StepReport, trace: Trace, workload: Workload, est: MemoryEstimate,
+def _steps(live: Live, report: StepReport, trace: Trace, workload: Workload, est: MemoryEstimate | None,
            cancel: CancelFlag, where: Where, check: Callable[[], None]) -> Iterator[Event]:
     device, steps = live.device, where.steps
     total = steps + 4
@@ -148,7 +148,8 @@ def _steps(live: Live, report: StepReport, trace: Trace, workload: Workload, est
         if isinstance(result, Stopped):  # handled outside the except block (its traceback pins memory)
             error = (f"out of memory in step {n}: {result.message}" if result.status == Status.OUT_OF_MEMORY
                      else result.message)
-            record = StepRecord(n, None, time.perf_counter() - t0, *_peaks(device), est.peak_bytes, error)
+            record = StepRecord(n, None, time.perf_counter() - t0, *_peaks(device), est.peak_bytes if est else 0,
+                                error)
             live.close()
             report.status = result.status
             report.error = _oom_message(n, est, device) if result.status == Status.OUT_OF_MEMORY else \
@@ -157,7 +158,7 @@ def _steps(live: Live, report: StepReport, trace: Trace, workload: Workload, est
             yield Event(EventKind.STEP, record.error or "", (2 + n) / total, record=record)
             return
         loss, backward, norms = result
-        record = StepRecord(n, loss, time.perf_counter() - t0, *_peaks(device), est.peak_bytes)
+        record = StepRecord(n, loss, time.perf_counter() - t0, *_peaks(device), est.peak_bytes if est else 0)
         report.steps.append(record)
         trace.norms.append(norms)
         trace.losses.append(loss)

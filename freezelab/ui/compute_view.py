@@ -9,7 +9,7 @@ from html import escape
 import plotly.graph_objects as go
 
 from freezelab import charts, units
-from freezelab.compute.flops import Flops, step_flops
+from freezelab.compute.flops import Flops, flops_followed, step_flops
 from freezelab.compute.notes import explain
 from freezelab.compute.timing import Efficiency, stated, step_times
 from freezelab.index import ModelIndex
@@ -24,7 +24,7 @@ EFFICIENCY_FIELDS = ("mfu", "bandwidth")  # the efficiency controls, in the orde
 
 @dataclass(kw_only=True)
 class ComputeView:
-    flops: Flops
+    flops: Flops | None                                   # None: this model's FLOPs are not modelled
     figure: go.Figure = shown(elem_id(COMPUTE, "plot"))   # FLOPs per component, stacked by part
     time: str = shown(elem_id(COMPUTE, "time"))           # markdown: step time per GPU, assumptions, why
 
@@ -45,6 +45,10 @@ def time_md(flops: Flops, workload: Workload, eff: Efficiency) -> str:
 
 
 def compute_view(index: ModelIndex, mask: list[bool], workload: Workload, eff: Efficiency) -> ComputeView:
+    why = flops_followed(index, workload)
+    if why is not None:
+        return ComputeView(flops=None, figure=charts.message("FLOPs per component", "FLOPs not modelled: see Verify"),
+                           time=f"**No step-time estimate**: {escape(why)}.")
     flops = step_flops(index, mask, workload)
     return ComputeView(flops=flops, figure=charts.compute_breakdown(flops), time=time_md(flops, workload, eff))
 

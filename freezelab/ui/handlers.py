@@ -10,40 +10,45 @@ value is the one error shown where it was typed (`WorkloadRefused`).
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import plotly.graph_objects as go
 
-from freezelab import charts, units
-from freezelab.anatomy import component_counts, count
-from freezelab.compute.timing import Efficiency
+from freezelab import units
+from freezelab.anatomy import count
 from freezelab.errors import FreezelabError, PlanError, SelectorError, SourceError
 from freezelab.exports import import_plan as parse_plan
-from freezelab.index import ModelIndex
-from freezelab.index_memo import Kept, per_index
-from freezelab.memory.analytic import estimate
+from freezelab.memory.analytic import estimate, followed
 from freezelab.model_cache import INDEX_DTYPE, Loaded, ModelCache
-from freezelab.plans import MAX_PLAN_BYTES, PRESETS, Plan, Resolution, append_rule, module_selector, preset, resolve
+from freezelab.plans import MAX_PLAN_BYTES, PRESETS, Plan, append_rule, module_selector, preset, resolve
 from freezelab.policy import LOCAL, Policy
 from freezelab.selectors import parse, reach, select
 from freezelab.session import Session, TreeOptions
 from freezelab.sources import known_info
 from freezelab.ui.compute_view import ComputeView, kept_compute_view
 from freezelab.ui.context_view import current_html, workload_text
-from freezelab.ui.memory_view import LABELS, MemoryView, field_error_html, memory_view, refused_fields, verdict_html
+from freezelab.ui.memory_view import (
+    LABELS,
+    MemoryView,
+    field_error_html,
+    memory_view,
+    not_followed,
+    refused_fields,
+    verdict_html,
+)
 from freezelab.ui.registry import field_ids, shown, shown_ids, shown_within
-from freezelab.ui.tree_view import tree_json
-from freezelab.workload import Workload, WorkloadError
+from freezelab.ui.plan_view import plan_charts, rules_text, summary_html, tree_rows, warnings_md  # noqa: F401
+from freezelab.tokens import sample_layouts
+from freezelab.workload import Workload, WorkloadError, parse_sizes
 
 Progress = Callable[[float, str], None]
-KEPT_PLAN_PARTS = 256  # per model index: masks (counts and charts) and masks with tree options (rows)
 MAX_QUERY_CHARS = 200  # the tree filter is a substring, not a pattern: long input only costs time
 SELECTOR_PROMPT = ("Type a selector: `@llm`, `@llm.layers[-4:]`, a glob such as `*q_proj*` or "
                    "`model.language_model.layers.31`, or `re:` and a regular expression.")
-SUMMARY_ROWS = (("vision", "vision tower"), ("projector", "projector"), ("llm", "language model"),
-                ("embeddings", "of which embeddings"), ("lm_head", "of which lm_head"))
+
 
 
 class OptionError(FreezelabError):
@@ -137,42 +142,6 @@ def _header(loaded: Loaded, session: Session) -> str:
             f"{units.params(ix.total_params)} parameters · {_mode(loaded, session.weights)}")
 
 
-def summary_html(index: ModelIndex, mask: list[bool]) -> str:
-    total = count(index, mask)
-    comps = component_counts(index, mask)
-    rows = "".join(
-        f"<tr><td>{label}</td><td>{units.params(comps[key].total)}</td><td>{units.params(comps[key].trainable)}</td>"
-        f"<td>{comps[key].state}</td></tr>" for key, label in SUMMARY_ROWS if comps[key].total)
-    return (f'<div class="fl-summary"><div class="fl-big">trainable <b id="fl-trainable">{total.trainable:,}</b> '
-            f'of {total.total:,} parameters (<span id="fl-percent">{units.percent(total.trainable, total.total)}'
-            f"</span>)</div><table><tr><th>component</th><th>total</th><th>trainable</th><th>state</th></tr>"
-            f"{rows}</table></div>")
-
-
-def _warnings_md(res: Resolution) -> str:
-    return "\n".join(f"- {w}" for w in res.warnings) if res.warnings else "No warnings for this plan."
-
-
-def rules_text(plan: Plan) -> str:
-    start = f"# started from preset {plan.preset}\n" if plan.preset else ""
-    return start + plan.to_text()
-
-
-@per_index
-def _plan_parts(index: ModelIndex) -> Kept:
-    """A class clicks the same presets: the counts, charts and tree rows of a mask, shared."""
-    return Kept(KEPT_PLAN_PARTS)
-
-
-def _plan_charts(index: ModelIndex, mask: list[bool]) -> tuple[str, go.Figure, go.Figure]:
-    return _plan_parts(index).get(bytes(mask), lambda: (
-        summary_html(index, mask), charts.params_by_component(index, mask), charts.model_map(index, mask)))
-
-
-def _tree(index: ModelIndex, mask: list[bool], tree: TreeOptions) -> str:
-    return _plan_parts(index).get((bytes(mask), tree), lambda: tree_json(index, mask, tree.query, tree.depth))
-
-
 def build_view(app: App, session: Session, status: str = "", parts: tuple[str, ...] = ALL_PARTS) -> View:
     """Resolve the session's plan and render the view's `parts` (see PART_FIELDS; the others are
     None); raises FreezelabError on a bad plan."""
@@ -181,14 +150,14 @@ def build_view(app: App, session: Session, status: str = "", parts: tuple[str, .
     res = resolve(session.plan, index)
     trainable = count(index, res.mask).trainable
     plan = "plan" in parts
-    summary, params_fig, map_fig = _plan_charts(index, res.mask) if plan else (None, None, None)
+    summary, params_fig, map_fig = plan_charts(index, res.mask) if plan else (None, None, None)
     return View(
         session=session,
         header=_header(loaded, session) if "header" in parts else None,
         summary=summary,
-        tree=_tree(index, res.mask, session.tree) if plan else None,
+        tree=tree_rows(index, res.mask, session.tree) if plan else None,
         rules=rules_text(session.plan) if plan else None,
-        warnings=_warnings_md(res) if plan else None,
+        warnings=warnings_md(res) if plan else None,
         params_fig=params_fig,
         map_fig=map_fig,
         memory=memory_view(index, res.mask, session.workload, session.context, session.gpu_count)
@@ -376,8 +345,9 @@ def set_workload(app: App, session: Session, **values: Any) -> View:
     workload = Workload.from_dict({**session.workload.to_dict(), **_clean(values)})
     view = build_view(app, replace(session, workload=workload), parts=WORKLOAD_PARTS)
     assert view.memory is not None
-    need = units.gib(view.memory.estimate.device_estimate_bytes)
-    view.status = f"Workload: {workload_text(workload)}: {need} per GPU."
+    est = view.memory.estimate
+    need = f"{units.gib(est.device_estimate_bytes)} per GPU" if est is not None else "no analytic estimate"
+    view.status = f"Workload: {workload_text(workload)}: {need}."
     return view
 
 
@@ -387,13 +357,17 @@ def edit_workload(app: App, session: Session, **values: Any) -> View | WorkloadR
     try:
         return set_workload(app, session, **values)
     except WorkloadError as err:
-        refused = refused_fields(session.workload, _clean(values), err)
+        refused = _refused(session.workload, values, err)
     index = app.loaded(session).index
-    est = estimate(index, resolve(session.plan, index).mask, session.workload)
     fields = ", ".join(LABELS.get(name, name) for name in refused)
+    why = followed(index, session.workload)
+    if why is None:
+        est = estimate(index, resolve(session.plan, index).mask, session.workload)
+        verdict = verdict_html(est, session.workload, stale=f"fix {fields} first")
+    else:
+        verdict = not_followed(why, "").verdict
     return WorkloadRefused(status=f"⚠ **{'; '.join(refused.values())}**: the estimate still "
-                           "shows the last valid workload.",
-                           verdict=verdict_html(est, session.workload, stale=f"fix {fields} first"),
+                           "shows the last valid workload.", verdict=verdict,
                            error=field_error_html(refused, session.workload))
 
 
@@ -401,6 +375,15 @@ def show_gpu_count(app: App, session: Session, on: Any) -> View:
     """The page opened (True) or closed the how-many-GPUs section: it is computed on every change
     while open, and not at all while closed (the memory charts are sent again either way)."""
     return build_view(app, replace(session, gpu_count=bool(on)), parts=WORKLOAD_PARTS)
+
+
+def _refused(current: Workload, values: dict[str, Any], err: WorkloadError) -> dict[str, str]:
+    """{field: message} for a refused edit; image sizes that do not parse are refused by themselves."""
+    try:
+        cleaned = _clean(values)
+    except WorkloadError as bad:
+        return {"image_sizes": str(bad)}
+    return refused_fields(current, cleaned, err)
 
 
 def set_context(app: App, session: Session, on: Any) -> View:
@@ -414,13 +397,48 @@ def set_context(app: App, session: Session, on: Any) -> View:
 
 def _clean(values: dict[str, Any]) -> dict[str, Any]:
     """Numbers from the page arrive as floats (or None when a box is cleared): whole floats become ints,
-    anything else is passed through for Workload to reject with its own message."""
+    anything else is passed through for Workload to reject with its own message. Image sizes arrive as
+    text ("336x672, 672x672"; empty: the model's native size) and replace a square image_size."""
     out = {}
     for k, v in values.items():
         if isinstance(v, float) and v.is_integer():
             v = int(v)
         out[k] = v
+    if isinstance(out.get("image_sizes"), str):
+        out["image_sizes"] = parse_sizes(out["image_sizes"])
+        out["image_size"] = None
     return out
+
+
+MAX_IMAGE_FILE_BYTES = 64 * 2**20  # an image upload is only opened to read its height and width
+
+
+def image_size_of(path: str | None) -> tuple[int, int]:
+    """(height, width) of an uploaded image, read from its header (the pixels are never decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path:
+        raise OptionError("no image was uploaded")
+    try:
+        if os.path.getsize(path) > MAX_IMAGE_FILE_BYTES:
+            raise OptionError(f"the image file is over {MAX_IMAGE_FILE_BYTES // 2**20} MiB")
+        with Image.open(path) as img:
+            width, height = img.size
+    except (OSError, UnidentifiedImageError, ValueError) as err:  # includes PIL's decompression-bomb refusal
+        raise OptionError(f"the upload is not a readable image ({type(err).__name__})") from None
+    return height, width
+
+
+def set_image(app: App, session: Session, path: str | None) -> View:
+    """A dropped image: every image of a sample takes its height x width; the tokens and memory follow."""
+    h, w = image_size_of(path)
+    images = max(session.workload.images, 1)
+    workload = session.workload.with_(images=images, image_size=None, image_sizes=((h, w),))
+    view = build_view(app, replace(session, workload=workload))
+    tokens = sum(lay.image_tokens for lay in sample_layouts(app.loaded(session).index.config, workload,
+                                                             app.loaded(session).index.processor))
+    view.status = f"Image {h}x{w} (height x width): {tokens:,} image tokens per sample."
+    return view
 
 
 def set_efficiency(app: App, session: Session, **values: Any) -> View:

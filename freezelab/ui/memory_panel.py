@@ -15,9 +15,19 @@ import gradio as gr
 from freezelab.session import Session
 from freezelab.ui import handlers
 from freezelab.ui.handlers import WORKLOAD_PARTS, View
-from freezelab.ui.memory_view import FIELDS, LABELS, MEMORY, RESULTS, WORKLOAD_IDS, control_id
-from freezelab.ui.registry import Registry
+from freezelab.ui.memory_view import (
+    FIELDS,
+    LABELS,
+    MEMORY,
+    RESULTS,
+    WORKLOAD_IDS,
+    control_id,
+    control_value,
+    workload_shown,
+)
+from freezelab.ui.registry import Registry, elem_id, shown_values
 from freezelab.ui.shared import Shared
+from freezelab.ui.uploads import accept_uploads_only
 from freezelab.workload import ATTENTION, AUTOCAST, DTYPES, OPTIMIZERS, SHARDING
 
 # A refused value's message sits under the controls; when that is below the fold, the page scrolls
@@ -33,9 +43,26 @@ def _wire(sh: Shared) -> None:
         return sh.show(lambda: handlers.edit_workload(sh.app, session, **dict(zip(FIELDS, values))))
 
     for name, control in zip(FIELDS, controls):
+        if name == "image_sizes":  # text: read when complete (Enter or leaving the box), not per keystroke
+            for event in (control.submit, control.blur):
+                event(on_change, inputs, sh.outputs(parts=WORKLOAD_PARTS), show_progress="hidden",
+                      api_visibility="private")
+            continue
         control.input(on_change, inputs, sh.outputs(parts=WORKLOAD_PARTS), show_progress="hidden",
                       api_name="set_workload" if name == "batch" else None,
                       api_visibility="public" if name == "batch" else "private")
+
+    def on_image(session: Session, path: str | None) -> dict[Any, Any]:
+        if not path:  # the image was cleared: the sizes box keeps what it says
+            return sh.show(lambda: handlers.build_view(sh.app, session))
+
+        def dropped() -> dict[str, Any]:
+            view = handlers.set_image(sh.app, session, path)
+            return {**shown_values(view), **workload_shown(view.session.workload)}
+        return sh.show(dropped)
+
+    sh.ui[elem_id(MEMORY, "image")].upload(on_image, [sh.state, sh.ui[elem_id(MEMORY, "image")]],
+                                           sh.outputs(*WORKLOAD_IDS), api_name="set_image")
 
     def on_context(session: Session, on: bool) -> dict[Any, Any]:
         return sh.show(lambda: handlers.set_context(sh.app, session, on))
@@ -86,6 +113,7 @@ def create_memory_panel(ui: Registry, first: View) -> None:
     with gr.Accordion("Workload per GPU (tokens and images per sample)", open=True, elem_id="fl-workload"):
         grid, ticks = _controls(first)
         error = gr.HTML(first.memory.error, elem_id="fl-workload-error", js_on_load=SHOW_ERROR_JS)
+    images, tokens, image = _image_controls(first)
     with gr.Column(elem_classes=RESULTS, elem_id="fl-memory-results"):
         verdict = gr.HTML(first.memory.verdict, label="verdict", elem_id="fl-verdict-box", js_on_load=None)
         context = gr.Checkbox(first.memory.context, label="CUDA context and allocator cache in the charts",
@@ -99,6 +127,23 @@ def create_memory_panel(ui: Registry, first: View) -> None:
             min_gpus = gr.Markdown(first.memory.min_gpus, elem_id="fl-min-gpus")
             gpu_count = gr.Plot(first.memory.gpu_count, label="memory per GPU vs number of GPUs", show_label=False,
                                 elem_id="fl-gpu-count-plot")
-    ui.add(MEMORY, {**grid, **ticks, "verdict": verdict, "plot": plot, "notes": notes, "curve": curve,
+    ui.add(MEMORY, {**grid, **ticks, **images, "verdict": verdict, "plot": plot, "notes": notes, "curve": curve,
                     "context": context, "error": error, "min_gpus": min_gpus, "gpu_count": gpu_count,
-                    "gpu_section": gpu_section}, wire=_wire)
+                    "tokens": tokens, "image": image, "gpu_section": gpu_section}, wire=_wire)
+
+
+def _image_controls(first: View) -> tuple[dict[str, Any], gr.Markdown, gr.Image]:
+    """Image sizes (text: "336x672, 672x672"), video frames, a dropped image, and the token layout."""
+    w = first.session.workload
+    with gr.Accordion("Images: sizes and token layout", open=False, elem_id="fl-images"):
+        with gr.Row():
+            sizes = gr.Textbox(control_value(w, "image_sizes"), label="image sizes (height x width)",
+                               placeholder="native size; e.g. 336x672, or 336x672, 672x672 for two "
+                               "images of different sizes", max_lines=1, min_width=200,
+                               elem_id=control_id("image_sizes"))
+            frames = gr.Number(w.frames, label=LABELS["frames"], precision=0, min_width=90,
+                               elem_id=control_id("frames"))
+            image = accept_uploads_only(gr.Image(label="or drop an image (its size is used)", type="filepath",
+                                                 sources=["upload"], height=140, min_width=160))
+        tokens = gr.Markdown(first.memory.tokens, label="token layout", elem_id="fl-tokens")
+    return {"image_sizes": sizes, "frames": frames}, tokens, image

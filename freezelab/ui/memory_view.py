@@ -11,24 +11,25 @@ import plotly.graph_objects as go
 from freezelab import charts, units
 from freezelab.index import ModelIndex
 from freezelab.index_memo import Kept, per_index
-from freezelab.memory.analytic import estimate
+from freezelab.memory.analytic import estimate, followed
 from freezelab.memory.gpu_count import GpuCount, gpu_count
 from freezelab.memory.result import MemoryEstimate
+from freezelab.tokens import sample_layouts
 from freezelab.ui.context_view import workload_text
 from freezelab.ui.gpu_lines import chart_lines, common_gpus
 from freezelab.ui.registry import elem_id, shown
-from freezelab.workload import LIMITS, Workload, WorkloadError
+from freezelab.workload import LIMITS, Workload, WorkloadError, sizes_text
 
 CURVE_BATCHES = (1, 4, 16, 64)  # plus the current batch; each point costs one analytic estimate (4-8 ms on 7B)
 KEPT_ESTIMATES = 256  # per model index: a class clicking the same presets and batch sizes finds them here
 MEMORY = "memory"  # the memory panel's ids: the workload controls by field name, and what it shows
 FIELDS = ("batch", "text_tokens", "images", "dtype", "autocast", "optimizer", "grad_ckpt", "attn",
-          "gpus", "sharding", "offload_optimizer")  # the workload controls, in the order they are sent
+          "gpus", "sharding", "offload_optimizer", "image_sizes", "frames")  # the controls, in the order sent
 
 
 @dataclass(kw_only=True)
 class MemoryView:
-    estimate: MemoryEstimate
+    estimate: MemoryEstimate | None                          # None: the analytic estimate does not follow it
     figure: go.Figure = shown(elem_id(MEMORY, "plot"))       # stacked breakdown with GPU lines
     verdict: str = shown(elem_id(MEMORY, "verdict"))         # HTML (id fl-verdict)
     notes: str = shown(elem_id(MEMORY, "notes"))             # markdown: the estimator's own sentences
@@ -38,6 +39,7 @@ class MemoryView:
     gpu_count: go.Figure | None = shown(elem_id(MEMORY, "gpu_count"))  # memory per GPU vs number of GPUs, per mode
     min_gpus: str | None = shown(elem_id(MEMORY, "min_gpus"))  # markdown: smallest number of each card per mode
     # (both None while the page's how-many-GPUs section is closed: not computed, the page keeps its old ones)
+    tokens: str = shown(elem_id(MEMORY, "tokens"))           # markdown: what the images of a sample become
 
 
 WORKLOAD_IDS = tuple(elem_id(MEMORY, name) for name in FIELDS)
@@ -52,12 +54,34 @@ def control_id(name: str) -> str:
 LABELS = {"batch": "batch", "text_tokens": "text tokens", "images": "images", "dtype": "dtype",
           "autocast": "autocast", "optimizer": "optimizer", "grad_ckpt": "gradient checkpointing",
           "attn": "attention", "gpus": "GPUs", "sharding": "sharding",
-          "offload_optimizer": "offload optimizer"}  # the controls' labels, by workload field
+          "offload_optimizer": "offload optimizer", "image_sizes": "image sizes",
+          "frames": "video frames"}  # the controls' labels, by workload field
+
+
+def control_value(workload: Workload, name: str) -> Any:
+    """What the control of field `name` shows (image sizes as text: "336x672, 672x672")."""
+    return sizes_text(workload) if name == "image_sizes" else getattr(workload, name)
 
 
 def workload_shown(workload: Workload) -> dict[str, Any]:
     """{control id: value}: the workload controls showing `workload` (when an event replaces it)."""
-    return {control: getattr(workload, name) for control, name in zip(WORKLOAD_IDS, FIELDS)}
+    return {control: control_value(workload, name) for control, name in zip(WORKLOAD_IDS, FIELDS)}
+
+
+def tokens_md(index: ModelIndex, workload: Workload) -> str:
+    """The token layout of one sample's images (base grid, tiles, newlines, unpadding, merges)."""
+    layouts = sample_layouts(index.config, workload, index.processor)
+    if not layouts:
+        return "Text only: no image tokens."
+    lines = []
+    for i, lay in enumerate(layouts, 1):
+        what = "video" if lay.frames > 1 or (workload.frames and i == len(layouts)) else f"image {i}"
+        facts = lay.describe()
+        lines.append(f"**{what}**: {escape(facts[0])}")
+        lines += [f"  - {escape(f)}" for f in facts[1:]]
+    total = sum(lay.sequence_tokens for lay in layouts)
+    lines.append(f"\nImage positions per sample: **{total:,}** of {total + workload.text_tokens:,} tokens.")
+    return "\n".join(lines)
 
 
 def verdict_html(est: MemoryEstimate, workload: Workload, stale: str = "") -> str:
@@ -148,6 +172,17 @@ def curve(index: ModelIndex, mask: list[bool], workload: Workload, current: Memo
     return charts.memory_curve(xs, points, chart_lines(), current=workload.batch, context=context)
 
 
+def not_followed(why: str, tokens: str) -> MemoryView:
+    """The memory panel for a model the analytic estimate does not follow: why, and where to go instead."""
+    verdict = (f'<div id="fl-verdict" class="fl-verdict"><span class="fl-bad">no analytic estimate</span> '
+               f"{escape(why)}. Verify → <b>Run simulated estimate</b> gives this plan's memory.</div>")
+    empty = "the analytic estimate does not follow this family yet: see Verify"
+    return MemoryView(estimate=None, figure=charts.message("memory breakdown", empty),
+                      curve=charts.message("memory vs batch size", empty), verdict=verdict, notes="", tokens=tokens,
+                      context=False, gpu_count=charts.message("memory per GPU vs number of GPUs", empty),
+                      min_gpus="")
+
+
 def min_gpus_md(count: GpuCount) -> str:
     """The smallest number of each common card per sharding mode, as a markdown table."""
     modes = list(count.smallest)
@@ -165,6 +200,10 @@ def memory_view(index: ModelIndex, mask: list[bool], workload: Workload, context
     """The estimate and its charts; `context` None: the CUDA context is drawn unless it outweighs the tensors.
     `gpu_count` False: how many GPUs is left out (None: the page keeps what it shows, out of sight
     while its section is closed); it costs twenty walks of the step, more than the rest together."""
+    tokens = tokens_md(index, workload)
+    why = followed(index, workload)
+    if why is not None:
+        return not_followed(why, tokens)
     est = kept_estimate(index, mask, workload)
     shown_context = charts.context_by_default(est) if context is None else context
     count = kept_gpu_count(index, mask, workload, est.cublas_workspaces) if gpu_count else None
@@ -173,4 +212,4 @@ def memory_view(index: ModelIndex, mask: list[bool], workload: Workload, context
                       notes=notes_md(est), context=shown_context,
                       gpu_count=None if count is None else charts.gpu_count_chart(
                           count.counts, count.per_gpu, chart_lines(), current=workload.gpus),
-                      min_gpus=None if count is None else min_gpus_md(count))
+                      min_gpus=None if count is None else min_gpus_md(count), tokens=tokens)

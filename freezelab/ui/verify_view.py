@@ -17,9 +17,10 @@ import plotly.graph_objects as go
 from freezelab import charts, units
 from freezelab.anatomy import count
 from freezelab.budget import simulation_cost, step_cost
-from freezelab.compute.flops import Flops, step_flops
+from freezelab.compute.flops import Flops, flops_followed, step_flops
 from freezelab.errors import FreezelabError
 from freezelab.memory.analytic import estimate as analytic_estimate
+from freezelab.memory.analytic import followed
 from freezelab.memory.result import CATEGORIES, MemoryEstimate
 from freezelab.model_cache import Loaded
 from freezelab.plans import Resolution, resolve
@@ -73,11 +74,22 @@ class Cancels:
 
 @dataclass
 class SimulationView:
-    analytic: MemoryEstimate
+    analytic: MemoryEstimate | None   # None: the analytic estimate does not follow this model
     simulated: MemoryEstimate
     table: str = shown("simulate.table")      # markdown: category by category
     figure: go.Figure = shown("simulate.plot")
     label: str = shown("simulate.for", default="")  # HTML: the model, plan and workload it ran for
+
+
+def simulated_table(s: MemoryEstimate, why: str) -> str:
+    """The simulated estimate alone, for a model the analytic estimate does not follow."""
+    rows = ["| | simulated |", "|---|---:|"]
+    rows += [f"| {charts.CATEGORY_LABELS[c]} | {units.nbytes(s.breakdown[c])} |" for c in CATEGORIES
+             if s.breakdown.get(c)]
+    rows += [f"| **tensor peak** | {units.nbytes(s.peak_bytes)} |",
+             f"| **device (nvidia-smi)** | {units.nbytes(s.device_estimate_bytes)} |",
+             f"| peak happens in | {s.phase} |"]
+    return "\n".join(rows) + f"\n\nNo analytic column: {why}.\n\n" + "\n".join(f"- {n}" for n in s.notes)
 
 
 def comparison_table(a: MemoryEstimate, s: MemoryEstimate) -> str:
@@ -128,17 +140,24 @@ def simulate(app: App, session: Session, progress: Progress | None = None,
 
     loaded, res = check_simulation(app, session)
     index = loaded.index
-    analytic = analytic_estimate(index, res.mask, session.workload)
+    why = followed(index, session.workload)
+    analytic = analytic_estimate(index, res.mask, session.workload) if why is None else None
     try:
         simulated = simulate_step(hf_config(loaded.source), res.trainable_names(index), session.workload,
-                                  progress=progress, cancel=cancel)
+                                  progress=progress, cancel=cancel, processor=index.processor)
     finally:
         reclaim()
-    table = comparison_table(analytic, simulated)
-    if "flops" in simulated.details:
-        table += "\n\n" + flops_rows(step_flops(index, res.mask, session.workload), simulated.details["flops"])
-    return SimulationView(analytic, simulated, table, charts.estimate_comparison([analytic, simulated]),
-                          result_html("Simulated", session, count(index, res.mask).trainable))
+    label = result_html("Simulated", session, count(index, res.mask).trainable)
+    table = comparison_table(analytic, simulated) if analytic is not None else simulated_table(simulated, str(why))
+    counted = simulated.details.get("flops")
+    no_flops = flops_followed(index, session.workload)
+    if counted and no_flops is None:
+        table += "\n\n" + flops_rows(step_flops(index, res.mask, session.workload), counted)
+    elif counted:
+        table += (f"\n\nFlopCounterMode on the simulated step: forward {units.flops(counted['forward'])}, backward "
+                  f"{units.flops(counted['backward'])}. No analytic FLOPs: {no_flops}.")
+    shown_estimates = [simulated] if analytic is None else [analytic, simulated]
+    return SimulationView(analytic, simulated, table, charts.estimate_comparison(shown_estimates), label)
 
 
 # -- sanity step -------------------------------------------------------------------------

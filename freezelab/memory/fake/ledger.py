@@ -21,6 +21,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from freezelab.memory.cuda_facts import CUBLASLT_WORKSPACE, MEASURED_ARCH, cublas_workspace, rounded
+from freezelab.memory.fake.concrete import known_mask_indices, run_real, runs_for_real
 from freezelab.memory.fake.ops import BLAS_OPS, FOREACH_INPLACE, FOREACH_LIKE, PRIM_DEVICE, uses_cublaslt
 from freezelab.memory.fake.sdpa import BACKWARD_SCRATCH
 from freezelab.memory.result import Category, Phase
@@ -226,7 +227,10 @@ class TensorLedger(TorchDispatchMode):
             return outs
         if func in BLAS_OPS:
             self._workspace(func, args)
-        out = func(*args, **kwargs)
+        if runs_for_real(func, args, kwargs):  # integer bookkeeping on real ids / grids (concrete)
+            out = run_real(func, args, kwargs)
+        else:
+            out = func(*known_mask_indices(func, args), **kwargs)
         self._track_outputs(out)
         scratch = BACKWARD_SCRATCH.get(func)
         if scratch is not None:

@@ -57,12 +57,14 @@ def simulate_step(
     cancel: Callable[[], bool] | None = None,
     *,
     input_require_grads: bool = False,
+    processor: dict[str, Any] | None = None,
     count_flops: bool = True,
 ) -> MemoryEstimate:
     """Run two training steps of the real model on fake tensors and account their memory.
 
-    `config` is a LLaVA-family `transformers.PretrainedConfig` (model_type llava,
-    llava_next, llava_next_video, llava_onevision or vipllava); it is not modified.
+    `config` is the `transformers.PretrainedConfig` of a vision-language model transformers
+    builds (freezelab.families); it is not modified. `processor`: the image processor's
+    settings (ModelIndex.processor), which decide how many tokens an image becomes.
     `trainable` holds parameter names as `model.named_parameters()` spells them
     (transformers 5.x); every other parameter is frozen. Returns the step-2 peak
     (what `torch.cuda.max_memory_allocated()` reports over the steady-state step)
@@ -85,7 +87,7 @@ def simulate_step(
     (`python benchmarks/flops_agreement.py --overhead`).
     """
     return execute(Run(config, trainable, workload, progress, cancel, input_require_grads=input_require_grads,
-                       count_flops=count_flops))
+                       processor=processor, count_flops=count_flops))
 
 
 def execute(run: Run) -> MemoryEstimate:
@@ -98,21 +100,27 @@ def execute(run: Run) -> MemoryEstimate:
         if run.sharded:
             _shard_on_meta(run, stack)
         _enter_fake_world(run, stack)
-        tokens = _image_tokens(run)
+        _count_image_tokens(run)
         stack.enter_context(run.ledger)
         labels = hooks.param_labels(run)
         if run.sharded:
             _instrument_fsdp(run, stack, labels)
         _book_weights(run, labels)
         run.ledger.category, run.ledger.component = Category.ACTIVATIONS, Label.INPUTS
-        inputs = batch.make_batch(run, tokens)
+        inputs = batch.make_batch(run)
         params = [p for p in run.model.parameters() if p.requires_grad]
         opt = optimizer_for(run.w.optimizer, params)
         handles = hooks.install(run, params, labels)
         stack.callback(lambda: [h.remove() for h in handles])
         if run.cancellable:
             stack.enter_context(watch_modules(run.model, run.check))
-        marks = phases.run_steps(run, inputs, params, opt)
+        try:
+            marks = phases.run_steps(run, inputs, params, opt)
+        except (ValueError, TypeError, IndexError, RuntimeError) as err:  # the model refused the batch
+            if isinstance(err, SimulationError):
+                raise
+            first = (str(err).splitlines() or [type(err).__name__])[0][:300]
+            raise SimulationError(f"the training step cannot run as configured: {first}") from err
         run.ledger.category = Category.ACTIVATIONS
         del inputs
     run.phase(0.95, "accounting")
@@ -161,14 +169,13 @@ def _enter_fake_world(run: Run, stack: contextlib.ExitStack) -> None:
     run.lap("materialize")
 
 
-def _image_tokens(run: Run) -> int:
-    """Image tokens one image contributes, counted with the model's own image path."""
-    if not run.w.images:
-        return 0
-    run.phase(0.1, "counting image tokens with the model's own image path")
-    tokens = batch.layout(run).image_tokens
+def _count_image_tokens(run: Run) -> None:
+    """Image tokens of a sample (freezelab.tokens); the model's forward checks them."""
+    if not run.w.images and not run.w.frames:
+        return
+    run.phase(0.1, "counting image tokens")
+    batch.layouts(run)
     run.lap("image_tokens")
-    return tokens
 
 
 def _book_weights(run: Run, labels: dict[str, Label]) -> None:

@@ -27,12 +27,19 @@ def param_labels(run: Run) -> dict[str, Label]:
             for name, place in run.parts.params.items()}
 
 
+def _called(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules a forward calls: a ModuleList (Qwen3-VL's DeepStack mergers) is never called itself."""
+    if isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict)):
+        return [m for child in module.children() for m in _called(child)]
+    return [module]
+
+
 def component_roots(run: Run) -> dict[Label, list[torch.nn.Module]]:
     parts, model = run.parts, run.model
     assert parts is not None
     return {
         Label.VISION: [model.get_submodule(parts.vision)],
-        Label.PROJECTOR: [model.get_submodule(p) for p in parts.projector_modules],
+        Label.PROJECTOR: [m for p in parts.projector_modules for m in _called(model.get_submodule(p))],
         Label.LLM: [model.get_submodule(parts.language)],
         Label.LM_HEAD: [model.get_output_embeddings()],
     }
@@ -88,9 +95,11 @@ class _Hooks:
         def hook(module, args, output):
             if ledger.phase is not Phase.FORWARD:
                 return None
-            cat, _ = stack.pop() if stack else (Category.ACTIVATIONS, Label.OTHER)
+            cat, outer = stack.pop() if stack else (Category.ACTIVATIONS, Label.OTHER)
             if comp is not Label.LM_HEAD:  # after the head: logits and the loss
-                ledger.category, ledger.component = cat, Label.OTHER
+                # back to the enclosing component (Qwen's merger runs inside the vision tower), else OTHER
+                ledger.category = cat
+                ledger.component = outer if outer in (Label.VISION, Label.PROJECTOR, Label.LLM) else Label.OTHER
             for t in tensors_in(output):
                 if t.requires_grad:
                     t.register_hook(self.on_grad_of(comp))

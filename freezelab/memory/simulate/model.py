@@ -3,9 +3,8 @@ with its ties kept, and given the freeze plan and the requires_grad hooks of the
 
 from __future__ import annotations
 
-import inspect
-import types
 import warnings
+from typing import Any
 
 import torch
 
@@ -18,9 +17,15 @@ from freezelab.memory.simulate.run import Run
 def build(run: Run) -> None:
     """The model class of the config, on the meta device, in the workload's dtype."""
     cls = model_class(run.model_type)
+    # sdpa: transformers' default, SDPA wherever a sub-model supports it (Gemma 2 falls back to eager);
+    # eager: everywhere
+    attn = {} if run.w.attn == "sdpa" else {"attn_implementation": run.w.attn}
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = cls._from_config(run.config, dtype=run.dtype, attn_implementation=run.w.attn)
+        model = cls._from_config(run.config, dtype=run.dtype, **attn)
+    eager = [name for name, sub in _sub_configs(model.config) if getattr(sub, "_attn_implementation", None) == "eager"]
+    if run.w.attn == "sdpa" and eager:
+        run.note_once(f"{', '.join(eager)} cannot use SDPA in transformers: eager attention there, as on a GPU")
     # The calibration protocol's `model.config.use_cache = False`: in transformers 5.x it
     # does not reach the text config, so the language model still fills a KV cache during
     # the training forward (K and V of every layer, held by the output until it is
@@ -29,6 +34,10 @@ def build(run: Run) -> None:
     run.model = model
     run.cfg = model.config
     run.parts = classify(model)
+
+
+def _sub_configs(config: Any) -> list[tuple[str, Any]]:
+    return [(key, getattr(config, key)) for key in getattr(config, "sub_configs", {}) if getattr(config, key, None)]
 
 
 def materialize(run: Run) -> None:
@@ -53,23 +62,22 @@ def materialize(run: Run) -> None:
         out = run.model.get_output_embeddings()
         if out is not None and out.weight is not emb.weight:
             out.weight = emb.weight  # re-tie (HF ties at construction; keep it after moving)
-    _install_placeholder_mask(run)
 
 
 def materialize_sharded(run: Run) -> None:
     """Fake storage for each rank's shards of a model FSDP2 sharded on the meta device (inside the fake
     mode: FSDP2's own `_apply` re-pads the shards), its buffers, and the ties kept."""
+    allowed = run.fake_mode.allow_non_fake_inputs  # the real ids and grids (fake.concrete) need it on
     run.fake_mode.allow_non_fake_inputs = True  # empty_like of each meta shard, inside the fake mode
     try:
         run.model.to_empty(device="cpu")
     finally:
-        run.fake_mode.allow_non_fake_inputs = False
+        run.fake_mode.allow_non_fake_inputs = allowed
     text = run.cfg.get_text_config()
     if getattr(run.cfg, "tie_word_embeddings", False) or getattr(text, "tie_word_embeddings", False):
         emb, out = run.model.get_input_embeddings(), run.model.get_output_embeddings()
         if out is not None and out.weight is not emb.weight:
             raise SimulationError("the tied output head lost its tie while the sharded model was materialised")
-    _install_placeholder_mask(run)
 
 
 def _fake_like(t: torch.Tensor, memo: dict[int, torch.Tensor], *, parameter: bool) -> torch.Tensor:
@@ -80,35 +88,6 @@ def _fake_like(t: torch.Tensor, memo: dict[int, torch.Tensor], *, parameter: boo
             new = torch.nn.Parameter(new, requires_grad=t.requires_grad)
         memo[id(t)] = new
     return new
-
-
-def _install_placeholder_mask(run: Run) -> None:
-    """Replace the data-dependent placeholder check (`torch_compilable_check` on a tensor
-    sum, which fake tensors cannot evaluate) with the same mask and a static check of the
-    count we put in the batch. Instance attribute: transformers itself is untouched."""
-    inner = run.model.model
-    with_video = "video_features" in inspect.signature(type(inner).get_placeholder_mask).parameters
-    cfg = run.cfg
-
-    def get_placeholder_mask(self_, input_ids, inputs_embeds, image_features=None, video_features=None):
-        if input_ids is None:
-            raise SimulationError("the training step cannot run as configured: the simulation passes "
-                                  "input_ids; inputs_embeds-only is unsupported")
-        image_mask = (input_ids == cfg.image_token_id).unsqueeze(-1).to(inputs_embeds.device)
-        if image_features is not None:
-            want = run.image_tokens_total
-            got = image_features.numel() // inputs_embeds.shape[-1]
-            if want is not None and got != want:
-                raise SimulationError(
-                    f"the training step cannot run as configured: image features and image tokens do "
-                    f"not match: the batch has {want} image tokens, the model produced {got} features")
-        if not with_video:
-            return image_mask
-        vid = getattr(cfg, "video_token_id", getattr(cfg, "video_token_index", -1))
-        video_mask = (input_ids == vid).unsqueeze(-1).to(inputs_embeds.device)
-        return image_mask, video_mask
-
-    inner.get_placeholder_mask = types.MethodType(get_placeholder_mask, inner)
 
 
 def apply_plan(run: Run) -> None:

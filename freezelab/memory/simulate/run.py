@@ -12,7 +12,7 @@ import torch
 
 from freezelab.components import ModelComponents
 from freezelab.errors import SimulationCancelled, SimulationError
-from freezelab.families import CLASSES
+from freezelab.families import class_name
 from freezelab.memory.fake.ledger import TensorLedger
 from freezelab.workload import TORCH_DTYPE_NAMES, Workload
 
@@ -24,21 +24,23 @@ class Run:
 
     def __init__(self, config: Any, trainable: Collection[str], workload: Workload,
                  progress: Progress | None = None, cancel: Callable[[], bool] | None = None, *,
-                 input_require_grads: bool = False, count_flops: bool = True) -> None:
+                 input_require_grads: bool = False, processor: dict[str, Any] | None = None,
+                 count_flops: bool = True) -> None:
         from torch._subclasses.fake_tensor import FakeTensorMode
 
         if not isinstance(workload, Workload):
             raise SimulationError(f"workload must be a freezelab.workload.Workload, got {type(workload).__name__}")
         model_type = getattr(config, "model_type", None)
-        if model_type not in CLASSES:
+        if not isinstance(model_type, str) or class_name(model_type) is None:
             raise SimulationError(
-                f"model_type {model_type!r} is not a supported LLaVA family model "
-                f"({', '.join(sorted(CLASSES))})")
+                f"model_type {model_type!r} is not a vision-language model transformers builds "
+                "(an image-text-to-text class)")
         self.config = copy.deepcopy(config)
         self.model_type: str = model_type
         self.trainable = set(trainable)
         self.w = workload
         self.input_require_grads = bool(input_require_grads)
+        self.processor: dict[str, Any] = dict(processor or {})
         self.count_flops = bool(count_flops)   # FlopCounterMode over step 2 (simulate.flops)
         self.dtype = getattr(torch, TORCH_DTYPE_NAMES[workload.dtype])
         self.autocast_dtype = None if workload.autocast == "none" else getattr(
@@ -46,7 +48,8 @@ class Run:
         self._progress = progress
         self._cancel = cancel
         self.doing = "setup"                        # the phase under way, for a cancellation's message
-        self.fake_mode = FakeTensorMode(allow_non_fake_inputs=False)
+        # the batch's ids, grids and pixels are real (freezelab.memory.fake.concrete)
+        self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
         self.ledger = TensorLedger()
         self.notes: list[str] = []
         self.details: dict[str, Any] = {}

@@ -1,0 +1,57 @@
+"""What the plan part of the page shows: the trainable counts, the rules, their warnings, the
+parameter charts and the module tree's rows. The counts, charts and rows are pure functions of the
+index and the plan's mask (and the tree options), kept per index and shared between sessions: a
+class clicks the same presets."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from freezelab import charts, units
+from freezelab.anatomy import component_counts, count
+from freezelab.index import ModelIndex
+from freezelab.index_memo import Kept, per_index
+from freezelab.plans import Plan, Resolution
+from freezelab.session import TreeOptions
+from freezelab.ui.tree_view import tree_json
+
+KEPT_PLAN_PARTS = 256  # per model index: masks (counts and charts) and masks with tree options (rows)
+SUMMARY_ROWS = (("vision", "vision tower"), ("projector", "projector"), ("llm", "language model"),
+                ("embeddings", "of which embeddings"), ("lm_head", "of which lm_head"))
+
+
+def summary_html(index: ModelIndex, mask: list[bool]) -> str:
+    total = count(index, mask)
+    comps = component_counts(index, mask)
+    rows = "".join(
+        f"<tr><td>{label}</td><td>{units.params(comps[key].total)}</td><td>{units.params(comps[key].trainable)}</td>"
+        f"<td>{comps[key].state}</td></tr>" for key, label in SUMMARY_ROWS if comps[key].total)
+    return (f'<div class="fl-summary"><div class="fl-big">trainable <b id="fl-trainable">{total.trainable:,}</b> '
+            f'of {total.total:,} parameters (<span id="fl-percent">{units.percent(total.trainable, total.total)}'
+            f"</span>)</div><table><tr><th>component</th><th>total</th><th>trainable</th><th>state</th></tr>"
+            f"{rows}</table></div>")
+
+
+def warnings_md(res: Resolution) -> str:
+    return "\n".join(f"- {w}" for w in res.warnings) if res.warnings else "No warnings for this plan."
+
+
+def rules_text(plan: Plan) -> str:
+    start = f"# started from preset {plan.preset}\n" if plan.preset else ""
+    return start + plan.to_text()
+
+
+@per_index
+def _plan_parts(index: ModelIndex) -> Kept:
+    return Kept(KEPT_PLAN_PARTS)
+
+
+def plan_charts(index: ModelIndex, mask: list[bool]) -> tuple[str, go.Figure, go.Figure]:
+    """The counts (HTML), the parameters-per-component chart and the model map of a mask, kept."""
+    return _plan_parts(index).get(bytes(mask), lambda: (
+        summary_html(index, mask), charts.params_by_component(index, mask), charts.model_map(index, mask)))
+
+
+def tree_rows(index: ModelIndex, mask: list[bool], tree: TreeOptions) -> str:
+    """The tree widget's rows (JSON) of a mask under the tree options, kept."""
+    return _plan_parts(index).get((bytes(mask), tree), lambda: tree_json(index, mask, tree.query, tree.depth))
