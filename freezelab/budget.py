@@ -68,8 +68,9 @@ def seconds_text(seconds: float) -> str:
 
 def step_flops_or_dense(index: ModelIndex, mask: list[bool], workload: Workload) -> float:
     """The step's FLOPs (freezelab.compute.flops); for a family whose ops carry no FLOPs yet, the
-    dense rule of thumb: 6 x parameters x the sample's tokens (text and image) x batch, without the
-    attention products (which the budget's low CPU throughputs leave room for at moderate lengths)."""
+    dense rule: 6 x parameters x tokens (text and image, per sample, times the batch), plus the LLM's
+    attention products, 12 x tokens^2 x hidden size x layers per sample (QK^T and AV: 4 s^2 h in
+    the forward, twice that in the backward)."""
     from freezelab.compute.flops import FlopsError, step_flops  # the compute model (imports the memory stages)
     from freezelab.tokens import sample_layouts
 
@@ -78,7 +79,9 @@ def step_flops_or_dense(index: ModelIndex, mask: list[bool], workload: Workload)
     except FlopsError:
         tokens = workload.text_tokens + sum(lay.image_tokens for lay in sample_layouts(
             index.config, workload, index.processor))
-        return 6.0 * index.total_params * tokens * workload.batch
+        text = index.config.get("text_config") or index.config
+        attention = 12.0 * tokens**2 * int(text.get("hidden_size", 0)) * len(index.layers.get("llm", ()))
+        return workload.batch * (6.0 * index.total_params * tokens + attention)
 
 
 def step_cost(index: ModelIndex, mask: list[bool], workload: Workload, steps: int) -> Cost:

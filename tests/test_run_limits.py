@@ -231,9 +231,9 @@ def _no_leftover_grad_mode():
 # -- refusals never wait for the device slot (the launched app, public mode) ---------------------
 
 def _workload(session, values: Workload) -> None:
-    from freezelab.ui.memory_view import FIELDS
+    from freezelab.ui.memory_view import FIELDS, control_value
 
-    reply = session.call("set_workload", [None, *(getattr(values, f) for f in FIELDS)])
+    reply = session.call("set_workload", [None, *(control_value(values, f) for f in FIELDS)])
     assert reply.error is None, reply.error
 
 
@@ -247,7 +247,7 @@ def test_refused_runs_are_answered_while_another_run_holds_the_slot():
     try:
         config = AppConfig.read(url)
         holder, visitor = HttpSession(config), HttpSession(config)
-        _workload(holder, Workload(batch=64, images=64, text_tokens=64))  # a few seconds of simulation
+        _workload(holder, Workload(batch=128, images=64, text_tokens=64))  # about 12 s of simulation
         running: dict[str, object] = {}
         thread = threading.Thread(target=lambda: running.update(reply=holder.call("simulate", [None])))
         thread.start()
@@ -255,7 +255,7 @@ def test_refused_runs_are_answered_while_another_run_holds_the_slot():
         cuda = visitor.call("sanity_step", [None, "cuda", 2, 1e-4])
         _workload(visitor, HUGE_SIMULATION)
         huge = visitor.call("simulate", [None])
-        assert thread.is_alive()  # the slot was still taken when both refusals came back
+        assert thread.is_alive(), (cuda.seconds, huge.seconds, huge.error, running["reply"].seconds)  # the slot was still taken when both refusals came back
         thread.join()
         assert running["reply"].error is None and "simulated" in holder.value("fl-sim-table")
     finally:
@@ -281,7 +281,9 @@ def test_a_family_without_flops_is_budgeted_by_the_dense_rule(tmp_path):
     index = app.loaded(session).index
     mask = resolve(preset("stage1"), index).mask
     w = Workload(text_tokens=100, images=0, batch=3)
-    assert step_flops_or_dense(index, mask, w) == 6 * index.total_params * 100 * 3
+    text = index.config.get("text_config") or index.config
+    attention = 12 * 100**2 * text["hidden_size"] * len(index.layers["llm"])
+    assert step_flops_or_dense(index, mask, w) == 3 * (6 * index.total_params * 100 + attention)
     check_step(app, replace(session.with_plan(preset("stage1")), workload=w.with_(dtype="fp32")), "cpu", 2, 1e-4)
     with pytest.raises(PolicyError, match="this server allows 60 s"):
         check_step(app, replace(session, workload=w.with_(text_tokens=262_144, dtype="bf16")), "cpu", 2, 1e-4)

@@ -52,7 +52,7 @@ HUGE_SIMULATION = {"batch": 4096, "text_tokens": 1_048_576, "images": 64, "dtype
 IMAGE_STEP = {"images": 1, "dtype": "bf16"}
 DEFAULT_WORKLOAD = {"batch": 1, "text_tokens": 64, "images": 1, "dtype": "fp32", "autocast": "none",
                     "optimizer": "adamw", "grad_ckpt": False, "attn": "sdpa", "gpus": 1, "sharding": "ddp",
-                    "offload_optimizer": False}
+                    "offload_optimizer": False, "image_sizes": "", "frames": 0}
 
 
 def pinpoint_config() -> dict[str, Any]:

@@ -58,7 +58,7 @@ EDITS: dict[str, tuple[Any, ...]] = {"batch": (1, 2, 4, 8, 16), "text_tokens": (
                                      "attn": ("sdpa", "eager")}
 WORKLOAD_START = {"batch": 1, "text_tokens": 1024, "images": 1, "dtype": "bf16", "autocast": "none",
                   "optimizer": "adamw", "grad_ckpt": False, "attn": "sdpa", "gpus": 1, "sharding": "ddp",
-                  "offload_optimizer": False}
+                  "offload_optimizer": False, "image_sizes": "", "frames": 0}
 
 
 # -- the app ---------------------------------------------------------------------------
