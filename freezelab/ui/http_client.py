@@ -120,7 +120,7 @@ class HttpSession:
                            "trigger_id": dep.trigger_id, "session_hash": self.hash}).encode()
         joined, raw = self._post(f"{API}/queue/join", body)
         if joined.status != 200:
-            return Reply(error=f"HTTP {joined.status}: {raw[:300].decode(errors='replace')}",
+            return Reply(error=f"HTTP {joined.status}: {raw[:3000].decode(errors='replace')}",
                          seconds=time.perf_counter() - t0)
         event_id = json.loads(raw)["event_id"]
         reply = self._await(event_id, dep)
@@ -199,7 +199,7 @@ class HttpSession:
         finally:
             conn.close()
         if resp.status != 200:
-            raise AppError(f"upload refused: HTTP {resp.status}: {raw[:300].decode(errors='replace')}")
+            raise AppError(f"upload refused: HTTP {resp.status}: {raw[:3000].decode(errors='replace')}")
         return {"path": json.loads(raw)[0], "orig_name": name, "size": len(content),
                 "meta": {"_type": "gradio.FileData"}}
 
