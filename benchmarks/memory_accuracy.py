@@ -53,11 +53,12 @@ def predict(method: str, case: Case) -> int:
     if method == "analytic":
         from freezelab.memory.analytic import estimate
 
-        return estimate(index, res.mask, case.workload, input_require_grads=case.input_require_grads).peak_bytes
+        return estimate(index, res.mask, case.workload, input_require_grads=case.input_require_grads,
+                        adapters=res.adapters).peak_bytes
     from freezelab.memory.simulate import simulate_step
 
-    return simulate_step(hf_config(source), res.trainable_names(index), case.workload,
-                         processor=index.processor).peak_bytes
+    return simulate_step(hf_config(source), res.trainable_names(index), case.workload, adapters=res.adapters,
+                         index=index, processor=index.processor).peak_bytes
 
 
 def methods(choice: str) -> list[str]:

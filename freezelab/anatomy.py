@@ -2,6 +2,8 @@
 
 Every count is a sum over unique tensors, so a tied lm_head counts once and
 totals equal `sum(p.numel() for p in model.parameters() if p.requires_grad)`.
+On the index of an adapted model (`Resolution.adapted`) the adapter tensors
+count too, as PEFT counts them: totals are base plus adapters.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from freezelab.components import Part
 from freezelab.index import ModelIndex, ModuleInfo
+from freezelab.index_memo import per_index
 
 @dataclass(frozen=True)
 class Counts:
@@ -76,6 +80,7 @@ class TreeRow:
     layer: int | None
     tied: str          # "" or what the module's weight is tied to
     children: int
+    adapter: int = 0   # adapter parameters in its subtree (LoRA A / B, DoRA magnitude)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,14 +96,22 @@ def _tie_note(index: ModelIndex, m: ModuleInfo) -> str:
     return "; ".join(notes)
 
 
+@per_index
+def adapter_tensors(index: ModelIndex) -> frozenset[int]:
+    """The adapter tensors of an adapted index (none in a base index)."""
+    return frozenset(i for i, p in enumerate(index.params) if p.part == Part.ADAPTER)
+
+
 def row(index: ModelIndex, mask: list[bool], m: ModuleInfo) -> TreeRow:
     c = count(index, mask, m.params)
+    extra = adapter_tensors(index)
     dtypes = {index.params[i].dtype for i in m.params}
     return TreeRow(path=m.path, name=m.path.rpartition(".")[2] if m.path else m.type, type=m.type,
                    depth=m.depth, own=sum(index.numels[i] for i in m.own), total=c.total,
                    trainable=c.trainable, state=c.state,
                    dtype=dtypes.pop() if len(dtypes) == 1 else ("mixed" if dtypes else ""),
-                   component=m.component, layer=m.layer, tied=_tie_note(index, m), children=len(m.children))
+                   component=m.component, layer=m.layer, tied=_tie_note(index, m), children=len(m.children),
+                   adapter=sum(index.numels[i] for i in m.params if i in extra) if extra else 0)
 
 
 def tree(index: ModelIndex, mask: list[bool], depth: int | None = None) -> list[TreeRow]:
@@ -107,10 +120,14 @@ def tree(index: ModelIndex, mask: list[bool], depth: int | None = None) -> list[
 
 
 def summary(index: ModelIndex, mask: list[bool]) -> dict[str, Any]:
+    """Totals (base plus adapters on an adapted index), the adapter and base parts, and per component."""
     total = count(index, mask)
+    adapter = sum(index.numels[i] for i in adapter_tensors(index))
     return {
         "total_params": total.total,
         "trainable_params": total.trainable,
         "frozen_params": total.frozen,
+        "adapter_params": adapter,
+        "base_params": total.total - adapter,
         "components": {k: v.to_dict() for k, v in component_counts(index, mask).items()},
     }

@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 
 from freezelab import units
 from freezelab.anatomy import count
-from freezelab.components import COMPONENTS
+from freezelab.components import COMPONENTS, Part
 from freezelab.compute.flops import GROUPS, Flops
 from freezelab.index import ModelIndex
 from freezelab.index_memo import per_index
@@ -30,9 +30,12 @@ from freezelab.units import GiB
 
 TRAINABLE = "#2e9e5b"
 FROZEN = "#b8c2cc"
+ADAPTER = "#d9a429"
 PARTIAL_SCALE = [[0.0, FROZEN], [0.5, "#8fcf9f"], [1.0, TRAINABLE]]
 CATEGORY_COLORS = {
     "weights": "#5b7db1",
+    "quantized_weights": "#9db4d8",
+    "adapter_weights": "#d9a429",
     "gradients": "#e07b39",
     "optimizer_state": "#c44e52",
     "optimizer_temp": "#f2a0a1",
@@ -43,6 +46,8 @@ CATEGORY_COLORS = {
 }
 CATEGORY_LABELS = {
     "weights": "weights",
+    "quantized_weights": "quantized weights",
+    "adapter_weights": "adapter weights",
     "gradients": "gradients",
     "optimizer_state": "optimizer state",
     "optimizer_temp": "optimizer temporaries",
@@ -103,8 +108,11 @@ def message(title: str, text: str, height: int = 260) -> go.Figure:
 
 
 def params_by_component(index: ModelIndex, mask: Sequence[bool]) -> go.Figure:
-    """Trainable vs frozen parameters of the vision tower, projector and LLM (stacked bars)."""
+    """Trained-in-full, adapter and frozen parameters of the vision tower, projector and LLM (stacked bars);
+    on the index of an adapted model (Resolution.adapted) the adapters are their own bar."""
     counts = [count(index, list(mask), index.component_params(c)) for c in COMPONENTS]
+    adapters = [sum(p.numel for p in index.params if p.component == c and p.part == Part.ADAPTER)
+                for c in COMPONENTS]
     labels = [COMPONENT_LABELS[c] for c in COMPONENTS]
 
     def bar(name: str, values: list[int], color: str) -> dict[str, Any]:
@@ -112,8 +120,11 @@ def params_by_component(index: ModelIndex, mask: Sequence[bool]) -> go.Figure:
                 "marker": {"color": color}, "text": [units.params(v) if v else "" for v in values],
                 "textposition": "auto", "hovertemplate": "%{y}: %{x:,} " + name + "<extra></extra>"}
 
-    data = [bar("trainable", [c.trainable for c in counts], TRAINABLE),
-            bar("frozen", [c.frozen for c in counts], FROZEN)]
+    data = [bar("trained in full" if any(adapters) else "trainable",
+                [c.trainable - a for c, a in zip(counts, adapters)], TRAINABLE)]
+    if any(adapters):
+        data.append(bar("adapters", adapters, ADAPTER))
+    data.append(bar("frozen", [c.frozen for c in counts], FROZEN))
     layout = _layout("Parameters per component", 230, barmode="stack",
                      yaxis={"autorange": "reversed", "automargin": True})
     return figure({"data": data, "layout": layout})
@@ -180,9 +191,15 @@ class Scale:
         return n / self.div
 
 
-def breakdown_with_overhead(estimate: MemoryEstimate) -> dict[str, int]:
-    """The estimate's categories plus what the device shows on top of tensors."""
+def breakdown_with_overhead(estimate: MemoryEstimate, split: bool = True) -> dict[str, int]:
+    """The estimate's categories plus what the device shows on top of tensors; with adapters or a
+    quantized base (the analytic estimate's details) the weights split into 16-bit, quantized and adapter."""
     parts = {c: int(estimate.breakdown.get(c, 0)) for c in CATEGORIES}
+    adapters = estimate.details.get("adapters") if estimate.details and split else None
+    if adapters:
+        shares = {"quantized_weights": adapters["quantized_bytes"], "adapter_weights": adapters["weights_bytes"]}
+        parts = {"weights": parts["weights"] - sum(shares.values()), **shares,
+                 **{c: v for c, v in parts.items() if c != "weights"}}
     parts["overhead"] = overhead_bytes(estimate)
     return parts
 
@@ -351,7 +368,7 @@ def estimate_comparison(estimates: Sequence[MemoryEstimate]) -> go.Figure:
     """Side-by-side bars per category for several estimates (e.g. analytic vs simulated), in the unit
     of the largest bar; the CUDA context and cache only where the first estimate would draw it."""
     context = bool(estimates) and context_by_default(estimates[0])
-    parts = [breakdown_with_overhead(e) for e in estimates]
+    parts = [breakdown_with_overhead(e, split=False) for e in estimates]  # the simulated one has no split
     keys = [c for c in parts[0] if any(p[c] for p in parts) and (c != "overhead" or context)] if parts else []
     scale = Scale.for_bytes(max((p[c] for p in parts for c in keys), default=GiB))
     data = [{"type": "bar", "name": e.method, "x": [CATEGORY_LABELS[c] for c in keys],

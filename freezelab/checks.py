@@ -48,6 +48,7 @@ class Observation:
     in_optimizer: list[int]                # times each parameter appears in the optimizer's groups
     foreign_in_optimizer: int = 0          # optimizer tensors that are not parameters of the model
     losses: list[float] = field(default_factory=list)
+    merge: Any = None                      # freezelab.adapter_checks.Merge when the model has adapters
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,11 @@ def gradients_finite(index: ModelIndex, obs: Observation) -> Check:
 
 
 def gradients_nonzero(index: ModelIndex, obs: Observation) -> Check:
-    bad = [i for i, on in enumerate(obs.mask) if on and any(step[i] == 0.0 for step in obs.norms)]
+    from freezelab.adapter_checks import first_step_zero
+
+    zero_first = first_step_zero(index, obs)  # LoRA A: zero in step 1 by design (adapter_start checks it)
+    bad = [i for i, on in enumerate(obs.mask)
+           if on and any(step[i] == 0.0 and not (n == 0 and i in zero_first) for n, step in enumerate(obs.norms))]
     return _check("gradients_nonzero", "failure", index, bad, "every gradient is non-zero",
                   f"{len(bad)} trainable tensors got an all-zero gradient: they are in the graph but learn nothing "
                   "(a hook or mask zeroes them, or their output is multiplied by zero)")
@@ -208,9 +213,16 @@ def weights_moved(index: ModelIndex, obs: Observation, ctx: Context) -> Check:
 
 
 def run_checks(index: ModelIndex, obs: Observation, ctx: Context) -> dict[str, Check]:
+    """Every check; on the index of an adapted model also LoRA's start and the merge."""
+    from freezelab.adapter_checks import adapter_start, lora_a, merge_matches
+
     checks = [plan_applied(index, obs), optimizer(index, obs), frozen_unchanged(index, obs),
               gradients_present(index, obs, ctx), gradients_finite(index, obs), gradients_nonzero(index, obs),
               loss_finite(index, obs), dead_parameters(index, obs, ctx), weights_moved(index, obs, ctx)]
+    if lora_a(index) and obs.norms:
+        checks.append(adapter_start(index, obs, ctx.dead))
+    if obs.merge is not None:
+        checks.append(merge_matches(index, obs.merge))
     return {c.name: c for c in checks}
 
 

@@ -18,3 +18,9 @@ def member(choice: type[E], value: object) -> E | None:
         return choice(value)
     except ValueError:
         return None
+
+
+def spelled(choice: type[StrEnum]) -> str:
+    """The values of `choice` for a message: 'a or b', 'a, b or c'."""
+    values = [c.value for c in choice]
+    return " or ".join(values) if len(values) < 3 else f"{', '.join(values[:-1])} or {values[-1]}"

@@ -57,6 +57,7 @@ class Part(StrEnum):
     LLM_LAYERS = "llm.layers"
     LLM_OTHER = "llm.other"             # the final norm
     LM_HEAD = "lm_head"                 # get_output_embeddings()
+    ADAPTER = "adapter"                 # a LoRA / DoRA tensor PEFT adds (only in an adapted index)
 
 
 class ComponentError(SourceError):

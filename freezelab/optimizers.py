@@ -12,18 +12,23 @@ if TYPE_CHECKING:
     import torch
 
 
+# the bitsandbytes optimizer class of each choice that needs bitsandbytes (and CUDA)
+BITSANDBYTES = {Optimizer.ADAMW_8BIT: "AdamW8bit", Optimizer.PAGED_ADAMW: "PagedAdamW",
+                Optimizer.PAGED_ADAMW_8BIT: "PagedAdamW8bit"}
+
+
 class OptimizerError(FreezelabError):
     """The workload's optimizer cannot be built here."""
 
 
 def check_available(name: Optimizer, device: str) -> None:
     """Refuse early (before any model is built) when the optimizer cannot run here."""
-    if name == Optimizer.ADAMW_8BIT:
+    if name in BITSANDBYTES:
         if importlib.util.find_spec("bitsandbytes") is None:
-            raise OptimizerError("adamw-8bit needs the bitsandbytes package (pip install bitsandbytes); "
+            raise OptimizerError(f"{name} needs the bitsandbytes package (pip install bitsandbytes); "
                                  "use adamw or adamw-fused instead")
         if not device.startswith("cuda"):
-            raise OptimizerError("adamw-8bit (bitsandbytes) runs on CUDA only; use --device cuda or another optimizer")
+            raise OptimizerError(f"{name} (bitsandbytes) runs on CUDA only; use --device cuda or another optimizer")
 
 
 def make_optimizer(name: Optimizer, params: list[torch.nn.Parameter], lr: float, *,
@@ -46,9 +51,9 @@ def make_optimizer(name: Optimizer, params: list[torch.nn.Parameter], lr: float,
         return torch.optim.SGD(params, lr=lr, momentum=0.9, foreach=foreach)
     if name == Optimizer.ADAFACTOR:
         return torch.optim.Adafactor(params, lr=lr)
-    if name == Optimizer.ADAMW_8BIT:
+    if name in BITSANDBYTES:
         check_available(name, str(params[0].device))
         import bitsandbytes
 
-        return bitsandbytes.optim.AdamW8bit(params, lr=lr)
+        return getattr(bitsandbytes.optim, BITSANDBYTES[name])(params, lr=lr)
     raise OptimizerError(f"unknown optimizer {name!r}")

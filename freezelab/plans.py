@@ -1,8 +1,10 @@
-"""Freeze plans: a base state plus ordered rules, last match wins.
+"""Freeze plans: a base state plus ordered rules, last match wins; `lora` rules add adapters.
 
-A plan is data: it is resolved against a ModelIndex into a trainable mask
-(for previews, counts and estimates, no model touched) and applied to a real
-model in exactly one place, `apply`.
+A plan is data: it is resolved against a ModelIndex into a trainable mask and
+its adapters (for previews, counts and estimates, no model touched) and applied
+to a real model in exactly one place, `apply` (requires_grad; the adapters are
+injected with PEFT by `freezelab.peft_build`). Reading plan files:
+`freezelab.plan_files`.
 """
 
 from __future__ import annotations
@@ -12,20 +14,25 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from freezelab.choices import member
+from freezelab.adapters import AdapterError, Adapters, adapter_warnings, resolve_adapters
+from freezelab.choices import member, spelled
 from freezelab.errors import PlanError, SelectorError
 from freezelab.index import ModelIndex
 from freezelab.index_memo import per_index
+from freezelab.lora import LoraSettings, Quantization
+from freezelab.lora import alpha as lora_alpha
+from freezelab.lora import rank as lora_rank
 from freezelab.selectors import PLAN_BUDGET_S, parse, plan_too_slow, reach, select
 
 if TYPE_CHECKING:
     import torch
 
-SCHEMA = "freezelab.plan/1"
+SCHEMA = "freezelab.plan/2"
+SCHEMAS = ("freezelab.plan/1", SCHEMA)  # read: version 1 has no adapters
 MAX_RULES = 1000
 MAX_PLAN_BYTES = 256_000
 MAX_HIT_INDICES = 200_000  # parameter indices memoised per index by hits() (~75 bytes each)
@@ -38,6 +45,7 @@ class Action(StrEnum):
 
     TRAIN = "train"
     FREEZE = "freeze"
+    LORA = "lora"      # adapters on the Linear layers the selector reaches (freezelab.adapters)
 
 
 class Base(StrEnum):
@@ -52,7 +60,7 @@ def _member(choice: type[StrEnum], value: object, what: str) -> StrEnum:
     found = member(choice, value)
     if found is None:
         shown = str(value) if isinstance(value, str) else value  # another enum's member: by its value
-        raise PlanError(f"{what} must be {' or '.join(choice)}, got {shown!r}")
+        raise PlanError(f"{what} must be {spelled(choice)}, got {shown!r}")
     return found
 
 
@@ -60,13 +68,31 @@ def _member(choice: type[StrEnum], value: object, what: str) -> StrEnum:
 class Rule:
     action: Action
     selector: str
+    r: int | None = None          # a lora rule's own rank (None: the plan's)
+    alpha: float | None = None    # a lora rule's own alpha (None: the plan's)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "action", _member(Action, self.action, "rule action"))  # frozen: set at creation
+        if (self.r is not None or self.alpha is not None) and self.action != Action.LORA:
+            raise PlanError(f"only a lora rule takes r= and alpha=, not {self.action} {self.selector}")
+        if self.r is not None:
+            object.__setattr__(self, "r", lora_rank(self.r, "a lora rule's r"))
+        if self.alpha is not None:
+            object.__setattr__(self, "alpha", lora_alpha(self.alpha, "a lora rule's alpha"))
         parse(self.selector)  # syntax errors surface when the rule is made
 
     def __str__(self) -> str:
-        return f"{self.action} {self.selector}"
+        options = (f" r={self.r}" if self.r is not None else "") + (f" alpha={self.alpha:g}" if self.alpha is not None
+                                                                     else "")
+        return f"{self.action} {self.selector}{options}"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"action": self.action.value, "selector": self.selector}
+        if self.r is not None:
+            out["r"] = self.r
+        if self.alpha is not None:
+            out["alpha"] = self.alpha
+        return out
 
 
 @dataclass(frozen=True)
@@ -74,6 +100,8 @@ class Plan:
     base: Base | None = None      # None: frozen if the first rule trains, trainable if it freezes
     rules: tuple[Rule, ...] = ()
     preset: str | None = None     # the preset this plan started from, for display
+    lora: LoraSettings = LoraSettings()        # r, alpha, dropout, DoRA of every lora rule
+    quant: Quantization = Quantization()       # how the frozen Linear weights are stored
 
     def __post_init__(self) -> None:
         if self.base is not None:
@@ -89,15 +117,29 @@ class Plan:
             return Base.TRAINABLE
         return Base.FROZEN
 
+    @property
+    def has_adapters(self) -> bool:
+        return any(r.action == Action.LORA for r in self.rules)
+
     def then(self, action: Action, selector: str) -> Plan:
-        return Plan(self.base or self.effective_base, (*self.rules, Rule(action, selector)), self.preset)
+        return self.with_rules((*self.rules, Rule(action, selector)))
+
+    def with_rules(self, rules: tuple[Rule, ...]) -> Plan:
+        """The same plan (base made explicit, preset, adapter settings) with other rules."""
+        return replace(self, base=self.base or self.effective_base, rules=rules)
 
     def to_text(self) -> str:
-        return "\n".join([f"base {self.effective_base}", *map(str, self.rules)])
+        lines = [f"base {self.effective_base}"]
+        if self.has_adapters or not self.lora.is_default:
+            lines.append(self.lora.to_text())
+        if self.quant.on:
+            lines.append(self.quant.to_text())
+        return "\n".join([*lines, *map(str, self.rules)])
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "base": self.effective_base.value, "preset": self.preset,
-                "rules": [{"action": r.action.value, "selector": r.selector} for r in self.rules]}
+                "rules": [r.to_dict() for r in self.rules], "lora": self.lora.to_dict(),
+                "quant": self.quant.to_dict()}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -111,17 +153,28 @@ class Resolution:
     mask: list[bool]                                   # per index.params: trainable?
     matched: list[int] = field(default_factory=list)   # tensors each rule matched
     warnings: list[str] = field(default_factory=list)
+    adapters: Adapters = field(default_factory=Adapters)  # the lora rules' layers, the quantized weights
 
     def trainable_names(self, index: ModelIndex) -> set[str]:
         return {p.name for p, on in zip(index.params, self.mask) if on}
+
+    def adapted(self, index: ModelIndex) -> tuple[ModelIndex, list[bool]]:
+        """The index of the adapted model (adapter tensors added, as PEFT names them) and its mask
+        (every adapter tensor trains): what counts, the tree and the sanity step's checks read."""
+        from freezelab.adapter_index import adapted_index
+
+        extended = adapted_index(index, self.adapters)
+        return extended, self.mask + [True] * (len(extended.params) - len(self.mask))
 
 
 def resolve(plan: Plan, index: ModelIndex) -> Resolution:
     """Compute which parameters train, without touching any model.
 
-    Raises SelectorError naming the rule when a selector matches nothing."""
+    Raises SelectorError naming the rule when a selector matches nothing, AdapterError when a lora rule
+    reaches no Linear layer or one that trains in full."""
     found = rule_hits(plan, index)
     mask = plan_mask(plan, index, found)
+    adapters = resolve_adapters(index, plan, found, mask) if plan.has_adapters or plan.quant.on else Adapters()
     warnings = []
     notes: dict[str, str | None] = {}  # a selector matches the same wherever it is in the plan
     for n, (rule, hit) in enumerate(zip(plan.rules, found), 1):
@@ -133,8 +186,8 @@ def resolve(plan: Plan, index: ModelIndex) -> Resolution:
     touched = frozenset().union(*found)
     warnings += [f"{' and '.join(p.names)} are one tied tensor: training or freezing either does both"
                  for i, p in enumerate(index.params) if p.aliases and i in touched]
-    warnings += dead_warnings(index, mask)
-    return Resolution(plan, mask, [len(hit) for hit in found], warnings)
+    warnings += dead_warnings(index, mask) + adapter_warnings(index, adapters)
+    return Resolution(plan, mask, [len(hit) for hit in found], warnings, adapters)
 
 
 def rule_hits(plan: Plan, index: ModelIndex) -> list[frozenset[int]]:
@@ -154,9 +207,12 @@ def rule_hits(plan: Plan, index: ModelIndex) -> list[frozenset[int]]:
 
 def plan_mask(plan: Plan, index: ModelIndex, found: list[frozenset[int]] | None = None) -> list[bool]:
     """The plan's trainable mask alone (what `resolve` computes, without the warnings): the base state,
-    then each rule in order over its matches (`found`, from rule_hits, when the caller has them)."""
+    then each train / freeze rule in order over its matches (`found`, from rule_hits, when the caller has
+    them). A lora rule leaves the mask as it is: the weights it adapts are frozen already."""
     mask = [plan.effective_base == Base.TRAINABLE] * len(index.params)
     for rule, hit in zip(plan.rules, rule_hits(plan, index) if found is None else found):
+        if rule.action == Action.LORA:
+            continue
         on = rule.action == Action.TRAIN
         for i in hit:
             mask[i] = on
@@ -249,32 +305,54 @@ def hits(index: ModelIndex, selector: str, deadline: float | None = None) -> fro
 def append_rule(plan: Plan, index: ModelIndex, action: str, selector: str) -> Plan:
     """`plan` plus one rule, kept short: an earlier rule whose every parameter is matched again by
     later rules is dropped (last match wins, so it can no longer decide anything), then every rule
-    whose removal leaves the mask unchanged (a rule that changes nothing is not added). The
-    resulting mask always equals that of `plan.then(action, selector)`.
+    whose removal leaves the mask unchanged (a rule that changes nothing is not added). A lora rule is
+    never dropped and covers nothing (it sets no requires_grad flag), and the rules before it are judged
+    only against the rules up to it (they decide which weights it may adapt). The resulting mask and
+    adapters always equal those of `plan.then(action, selector)`.
 
-    Raises SelectorError when the selector matches nothing."""
-    later = set(hits(index, selector))
-    kept: list[Rule] = [Rule(action, selector)]
+    Raises SelectorError when the selector matches nothing, AdapterError when the result gives a layer
+    both an adapter and a trainable weight."""
+    new = Rule(action, selector)
+    later = set() if new.action == Action.LORA else set(hits(index, selector))
+    kept: list[Rule] = [new]
     for old in reversed(plan.rules):
+        if old.action == Action.LORA:
+            kept.append(old)
+            later = set()
+            continue
         matched = hits(index, old.selector)
         if not matched <= later:
             kept.append(old)
             later |= matched
-    return _without_neutral_rules(Plan(plan.base or plan.effective_base, tuple(reversed(kept)), plan.preset),
-                                  index)
+    return _without_neutral_rules(plan.with_rules(tuple(reversed(kept))), index)
+
+
+def _outcome(plan: Plan, index: ModelIndex) -> tuple[list[bool], tuple[Any, ...]]:
+    """What a plan decides: its mask and, when it has lora rules, its adapted layers (AdapterError when invalid)."""
+    found = rule_hits(plan, index)
+    mask = plan_mask(plan, index, found)
+    if not plan.has_adapters:
+        return mask, ()
+    return mask, resolve_adapters(index, plan, found, mask).layers
 
 
 def _without_neutral_rules(plan: Plan, index: ModelIndex) -> Plan:
-    """Drop, newest first, each rule whose removal does not change the mask."""
+    """Drop, newest first, each train / freeze rule whose removal changes neither the mask nor the adapters."""
+    target = _outcome(plan, index)  # an invalid plan raises here, before anything is dropped
     if len(plan.rules) > MAX_SIMPLIFY:  # quadratic: long imported plans are left as written
         return plan
-    target = plan_mask(plan, index)
     rules = list(plan.rules)
     for i in range(len(rules) - 1, -1, -1):
-        trial = Plan(plan.base, (*rules[:i], *rules[i + 1:]), plan.preset)
-        if plan_mask(trial, index) == target:
+        if rules[i].action == Action.LORA:
+            continue
+        trial = plan.with_rules((*rules[:i], *rules[i + 1:]))
+        try:
+            same = _outcome(trial, index) == target
+        except AdapterError:
+            same = False
+        if same:
             del rules[i]
-    return Plan(plan.base, tuple(rules), plan.preset)
+    return plan.with_rules(tuple(rules))
 
 
 def module_selector(index: ModelIndex, path: str) -> str:
@@ -346,81 +424,3 @@ def preset(name: str, n: int = 4) -> Plan:
 
 def preset_names() -> list[str]:
     return [n if n != "last-n" else "last-N" for n in PRESETS]
-
-
-# -- import ----------------------------------------------------------------------
-
-_RULE_LINE = re.compile(r"^\s*(train|freeze|base)\s+(\S.*?)\s*$")
-
-
-def _imported_rule(action: Any, selector: str, where: str, made: int, deadline: float) -> Rule:
-    """One rule of an imported plan: checked (its regex compiled) within the plan's time budget."""
-    if made >= MAX_RULES:
-        raise PlanError(f"a plan may have at most {MAX_RULES} rules, this one has more")
-    if time.monotonic() > deadline:
-        raise PlanError(f"{where}: the plan's selectors take longer than {PLAN_BUDGET_S:g} s to compile; "
-                        "simplify them or use fewer rules")
-    try:
-        return Rule(action, selector)
-    except SelectorError as err:
-        raise PlanError(f"{where}: {err}") from None
-
-
-def from_dict(data: Any) -> Plan:
-    if not isinstance(data, dict):
-        raise PlanError(f"a plan must be a JSON object, got {type(data).__name__}")
-    schema = data.get("schema")
-    if schema != SCHEMA:
-        raise PlanError(f"not a freezelab plan (schema {schema!r}, expected {SCHEMA!r})")
-    # model, note and the counts are informational (written by exports, ignored here)
-    unknown = set(data) - {"schema", "base", "preset", "rules", "model", "note", "trainable_params", "total_params"}
-    if unknown:
-        raise PlanError(f"unknown plan field(s): {', '.join(sorted(unknown))}")
-    rules = data.get("rules", [])
-    if not isinstance(rules, list):
-        raise PlanError("plan 'rules' must be a list")
-    if len(rules) > MAX_RULES:
-        raise PlanError(f"a plan may have at most {MAX_RULES} rules, this one has {len(rules)}")
-    parsed: list[Rule] = []
-    deadline = time.monotonic() + PLAN_BUDGET_S
-    for n, r in enumerate(rules, 1):
-        if not isinstance(r, dict) or set(r) != {"action", "selector"}:
-            raise PlanError(f"plan rule {n} must be an object with exactly 'action' and 'selector'")
-        if not isinstance(r["selector"], str):
-            raise PlanError(f"plan rule {n}: selector must be text")
-        parsed.append(_imported_rule(r["action"], r["selector"], f"plan rule {n}", len(parsed), deadline))
-    preset_name = data.get("preset")
-    if preset_name is not None and not (isinstance(preset_name, str) and len(preset_name) <= 64
-                                        and preset_name.isprintable()):
-        raise PlanError("plan 'preset' must be null or a short name such as stage1 or last-4")
-    return Plan(data.get("base"), tuple(parsed), preset_name)
-
-
-def from_json(text: str | bytes) -> Plan:
-    if len(text) > MAX_PLAN_BYTES:
-        raise PlanError(f"plan file is {len(text):,} bytes; the limit is {MAX_PLAN_BYTES:,}")
-    try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PlanError(f"plan is not valid JSON: {err}") from None
-    except (ValueError, RecursionError):  # a number of thousands of digits, or nesting thousands deep
-        raise PlanError("plan is not usable JSON (absurdly long numbers or deep nesting)") from None
-    return from_dict(data)
-
-
-def from_text(text: str) -> Plan:
-    """Rules one per line (`train @projector`), optional `base frozen|trainable`, `#` comment lines."""
-    base, rules = None, []
-    deadline = time.monotonic() + PLAN_BUDGET_S
-    for n, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        m = _RULE_LINE.match(line)
-        if not m:
-            raise PlanError(f"line {n}: expected 'train SELECTOR', 'freeze SELECTOR' or 'base frozen|trainable'")
-        if m.group(1) == "base":
-            base = m.group(2)
-            continue
-        rules.append(_imported_rule(m.group(1), m.group(2), f"line {n}", len(rules), deadline))
-    return Plan(base, tuple(rules))

@@ -39,6 +39,8 @@ class Optimizer(StrEnum):
     SGD_MOMENTUM = "sgd-momentum"
     ADAMW_8BIT = "adamw-8bit"
     ADAFACTOR = "adafactor"
+    PAGED_ADAMW = "paged-adamw"            # bitsandbytes PagedAdamW: 32-bit state in CUDA unified memory
+    PAGED_ADAMW_8BIT = "paged-adamw-8bit"  # bitsandbytes PagedAdamW8bit
 
 
 class Sharding(StrEnum):

@@ -10,7 +10,8 @@ import pytest
 from freezelab.choices import member
 from freezelab.cli import parser
 from freezelab.errors import PlanError
-from freezelab.plans import Action, Base, Plan, Rule, from_text
+from freezelab.plan_files import from_text
+from freezelab.plans import Action, Base, Plan, Rule
 from freezelab.selectors import SelectorKind, parse
 from freezelab.workload import (
     OPTIMIZERS,
@@ -45,7 +46,7 @@ def test_a_member_of_another_choice_with_the_same_value_is_read_as_this_one():
 
 @pytest.mark.parametrize("field,value,message", [
     ("optimizer", "adamw-fusd", "optimizer must be one of adamw, adamw-fused, sgd, sgd-momentum, adamw-8bit, "
-                                "adafactor; got 'adamw-fusd'"),
+                                "adafactor, paged-adamw, paged-adamw-8bit; got 'adamw-fusd'"),
     ("dtype", "bfloat16", "dtype must be one of bf16, fp16, fp32; got 'bfloat16'"),
     ("autocast", Dtype.FP32, "autocast must be one of none, bf16, fp16; got 'fp32'"),
     ("sharding", None, "sharding must be one of ddp, zero1, zero2, zero3, fsdp; got None"),
@@ -71,8 +72,9 @@ def test_help_and_choices_show_plain_values(capsys):
     with pytest.raises(SystemExit):
         parser().parse_args(["estimate", "--help"])
     help_text = capsys.readouterr().out
-    assert "{" + ",".join(OPTIMIZERS) + "}" == "{adamw,adamw-fused,sgd,sgd-momentum,adamw-8bit,adafactor}"
-    assert "{adamw,adamw-fused,sgd,sgd-momentum,adamw-8bit,adafactor}" in help_text
+    listed = "{adamw,adamw-fused,sgd,sgd-momentum,adamw-8bit,adafactor,paged-adamw,paged-adamw-8bit}"
+    assert "{" + ",".join(OPTIMIZERS) + "}" == listed
+    assert listed in help_text
     assert "{ddp,zero1,zero2,zero3,fsdp}" in help_text and "Sharding." not in help_text
     args = parser().parse_args(["estimate", "tiny", "--train", "@projector", "--freeze", "*.bias"])
     assert args.rules == [(Action.TRAIN, "@projector"), (Action.FREEZE, "*.bias")]
@@ -83,11 +85,13 @@ def test_plan_actions_and_bases_are_members():
     plan = from_text("base trainable\nfreeze @vision\ntrain *.bias")
     assert plan.base is Base.TRAINABLE and [r.action for r in plan.rules] == [Action.FREEZE, Action.TRAIN]
     assert Plan(rules=(Rule("freeze", "@llm"),)).effective_base is Base.TRAINABLE
-    assert plan.to_dict() == {"schema": "freezelab.plan/1", "base": "trainable", "preset": None,
+    assert plan.to_dict() == {"schema": "freezelab.plan/2", "base": "trainable", "preset": None,
                               "rules": [{"action": "freeze", "selector": "@vision"},
-                                        {"action": "train", "selector": "*.bias"}]}
+                                        {"action": "train", "selector": "*.bias"}],
+                              "lora": {"r": 8, "alpha": 8, "dropout": 0.0, "dora": False},
+                              "quant": {"bits": "none", "type": "nf4", "double_quant": True}}
     assert plan.to_text() == "base trainable\nfreeze @vision\ntrain *.bias"
-    with pytest.raises(PlanError, match=r"^rule action must be train or freeze, got 'trian'$"):
+    with pytest.raises(PlanError, match=r"^rule action must be train, freeze or lora, got 'trian'$"):
         Rule("trian", "@llm")
     with pytest.raises(PlanError, match=r"^plan base must be frozen or trainable, got 'Frozen'$"):
         Plan("Frozen")

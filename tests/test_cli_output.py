@@ -22,6 +22,9 @@ INSPECT = {
                                     "*q_proj*", "--depth", "1"],
     "inspect_llava7b_projector": ["llava-1.5-7b", "--train", "@projector"],
     "inspect_onevision05b_stage2_tied": ["llava-onevision-qwen2-0.5b", "--preset", "stage2", "--depth", "1"],
+    "inspect_llava7b_lora_recipe": ["llava-1.5-7b", "--train", "@projector", "--lora", "@llm", "--lora-r", "128",
+                                    "--lora-alpha", "256", "--depth", "1"],
+    "inspect_tiny_dora_last_layer": ["tiny", "--lora", "@llm.layers[-1:]", "--dora", "--lora-r", "4", "--depth", "7"],
 }
 ESTIMATE = {
     "estimate_llava7b_stage1_b4": ["llava-1.5-7b", "--preset", "stage1", "--batch", "4", "--text-tokens", "448"],
@@ -31,6 +34,10 @@ ESTIMATE = {
                                         "--dtype", "fp32", "--autocast", "bf16", "--optimizer", "sgd-momentum",
                                         "--attn", "eager"],
     "estimate_tiny_stage2_gpu24": ["tiny", "--preset", "stage2", "--images", "0", "--gpu-memory", "24"],
+    "estimate_llava7b_lora_recipe": ["llava-1.5-7b", "--train", "@projector", "--lora", "@llm", "--lora-r", "128",
+                                     "--lora-alpha", "256", "--grad-ckpt", "--batch", "4", "--text-tokens", "448"],
+    "estimate_llava7b_qlora": ["llava-1.5-7b", "--lora", "@llm", "--lora-r", "64", "--lora-alpha", "16", "--quant",
+                               "4bit", "--grad-ckpt", "--optimizer", "paged-adamw-8bit", "--text-tokens", "1024"],
 }
 EXPORT = {
     "export_llava7b_stage1_python": ["llava-1.5-7b", "--preset", "stage1", "--format", "python"],

@@ -9,7 +9,8 @@ import pytest
 from freezelab.anatomy import component_counts, count
 from freezelab.errors import PlanError, SelectorError
 from freezelab.models import build, index_of
-from freezelab.plans import PRESETS, Plan, Rule, apply, from_json, from_text, preset, preset_names, resolve
+from freezelab.plan_files import from_json, from_text
+from freezelab.plans import PRESETS, Plan, Rule, apply, preset, preset_names, resolve
 
 
 def trainable(index, plan):
@@ -90,7 +91,10 @@ def test_json_round_trip():
     plan = preset("stage1").then("freeze", "linear_2.bias").then("train", "re:layers\\.3\\.")
     again = from_json(plan.to_json())
     assert again == plan
-    assert json.loads(plan.to_json())["schema"] == "freezelab.plan/1"
+    assert json.loads(plan.to_json())["schema"] == "freezelab.plan/2"
+    version1 = {"schema": "freezelab.plan/1", "base": "frozen", "preset": "stage1",
+                "rules": [r.to_dict() for r in plan.rules]}
+    assert from_json(json.dumps(version1)) == plan  # version-1 files are read as they were written
 
 
 @pytest.mark.parametrize("text,message", [
@@ -98,8 +102,15 @@ def test_json_round_trip():
     ("[]", "must be a JSON object"),
     ('{"schema": "other/1"}', "not a freezelab plan"),
     ('{"schema": "freezelab.plan/1", "rules": {}}', "must be a list"),
-    ('{"schema": "freezelab.plan/1", "rules": [{"action": "train"}]}', "exactly 'action' and 'selector'"),
-    ('{"schema": "freezelab.plan/1", "rules": [{"action": "melt", "selector": "@llm"}]}', "train or freeze"),
+    ('{"schema": "freezelab.plan/1", "rules": [{"action": "train"}]}', "'action' and 'selector' only"),
+    ('{"schema": "freezelab.plan/1", "rules": [{"action": "lora", "selector": "@llm"}]}', "lora rules need schema"),
+    ('{"schema": "freezelab.plan/1", "lora": {"r": 8}}', "unknown plan field"),
+    ('{"schema": "freezelab.plan/2", "rules": [{"action": "train", "selector": "@llm", "r": 4}]}', "only a lora rule"),
+    ('{"schema": "freezelab.plan/2", "rules": [{"action": "lora", "selector": "@llm", "r": 0}]}', "from 1 to"),
+    ('{"schema": "freezelab.plan/2", "lora": {"r": 8, "rank": 2}}', "unknown plan 'lora' field"),
+    ('{"schema": "freezelab.plan/2", "lora": {"dropout": 1.0}}', "dropout must be"),
+    ('{"schema": "freezelab.plan/2", "quant": {"bits": "3bit"}}', "quantization must be"),
+    ('{"schema": "freezelab.plan/1", "rules": [{"action": "melt", "selector": "@llm"}]}', "train, freeze or lora"),
     ('{"schema": "freezelab.plan/1", "rules": [{"action": "train", "selector": "@nope"}]}', "unknown alias"),
     ('{"schema": "freezelab.plan/1", "base": "warm"}', "frozen or trainable"),
     ('{"schema": "freezelab.plan/1", "extra": 1}', "unknown plan field"),

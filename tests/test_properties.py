@@ -20,7 +20,8 @@ from freezelab.errors import FreezelabError, SelectorError
 from freezelab.exports import export, import_plan
 from freezelab.index import ModelIndex
 from freezelab.models import build, index_of
-from freezelab.plans import Plan, Rule, apply, from_json, from_text, plan_mask, resolve
+from freezelab.plan_files import from_json, from_text
+from freezelab.plans import Plan, Rule, apply, plan_mask, resolve
 from freezelab.selectors import ALIASES, parse, select
 from freezelab.sources import resolve as resolve_source
 

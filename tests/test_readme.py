@@ -102,7 +102,7 @@ def test_readme_small_model_and_lesson_figures():
     from freezelab.plans import preset
     from freezelab.plans import resolve as resolve_plan
     from freezelab.sources import resolve
-    from freezelab.ui.learn_view import MODEL, WORKLOAD
+    from freezelab.ui.learn_view import LESSONS, MODEL, WORKLOAD
     from freezelab.units import gib, nbytes
     from freezelab.workload import Workload
 
@@ -111,6 +111,7 @@ def test_readme_small_model_and_lesson_figures():
     flat = " ".join(README.split())
     tensors, device = nbytes(est.peak_bytes), gib(est.device_estimate_bytes)
     assert f"the tiny model: {tensors} of tensors under {device} on the GPU" in flat
-    assert f"five steps on {MODEL}" in flat
+    words = {4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight"}
+    assert f"{words[len(LESSONS)]} steps on {MODEL}" in flat
     assert f"batch {WORKLOAD.batch} × {WORKLOAD.text_tokens:,} text tokens and an image" in flat
     assert WORKLOAD.images == 1

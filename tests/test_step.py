@@ -350,7 +350,7 @@ def test_weights_of_an_architecture_are_refused(no_build):
 
 def test_estimate_over_free_memory_is_refused(tiny_source, no_build, monkeypatch):
     huge = MemoryEstimate("analytic", 1 << 60, {}, "backward", 1 << 60)
-    monkeypatch.setattr(gate_module, "estimate", lambda index, mask, workload: huge)
+    monkeypatch.setattr(gate_module, "estimate", lambda index, mask, workload, adapters=None: huge)
     with pytest.raises(WontFitError, match="by the memory estimate"):
         run_step(tiny_source, preset("stage1"), FP32)
 
@@ -477,7 +477,9 @@ def test_record_and_report_to_dict_by_hand():
     assert list(data) == ["model", "model_class", "device", "device_name", "weights", "workload", "batch", "plan",
                           "trainable_params", "trainable_tensors", "total_params", "lr", "seed", "estimate",
                           "time_estimate", "input_grad_hooks", "warnings", "status", "error", "seconds",
-                          "measured_seconds", "steps", "checks", "grad_norms", "passed"]
+                          "adapter_params", "base_params", "measured_seconds", "steps", "checks", "grad_norms",
+                          "passed"]
+    assert (data["adapter_params"], data["base_params"]) == (0, 9)
     assert data["measured_seconds"] == 0.25  # the last steady-state step's time, beside time_estimate
 
 

@@ -483,25 +483,31 @@ def test_lessons_walk_from_stage1_to_last_n(app, start):
 def test_every_number_in_a_lesson_is_computed_and_the_effect_shows(app, start):
     """The lessons quote the estimate they show (recomputed here with the analytic estimator), no number
     comes from anywhere else, and each step moves the memory by gigabytes, not by rounding noise."""
-    session, before = start.session, None
+    session, before, seen = start.session, None, {}
     for key, lesson in LESSONS.items():
         view, text = run_lesson(app, session, key)
         index = app.cache.get(lesson_model := view.session.model).index
         assert index.total_params > 10**9, lesson_model  # a model whose memory shows the effect
-        est = estimate(index, resolve(preset(lesson.preset), index).mask, lesson.workload)
+        res = resolve(lesson.make_plan(), index)
+        est = estimate(index, res.mask, lesson.workload, adapters=res.adapters)
         quoted = {units.params(view.trainable), units.nbytes(est.breakdown["optimizer_state"]),
                   units.nbytes(est.breakdown["activations"]), units.nbytes(est.details["gradients_total_bytes"]),
                   units.nbytes(est.activations_by_component["llm"]),
                   units.nbytes(est.activations_by_component["vision"])}
+        if "adapters" in est.details:  # the adapter lessons: their settings and what the adapters cost
+            a, s = est.details["adapters"], res.plan.lora
+            quoted |= {units.params(a["params"]), units.nbytes(a["quantized_bytes"]),
+                       units.nbytes(a["quantized_dense_bytes"]), str(s.r), f"{s.alpha:g}"}
         why = re.sub(r"[Ss]tage \d", "", text.split("\n\n")[1])  # preset names are not quantities
         numbers = re.findall(r"\d[\d,]*(?:\.\d+)?(?: ?[KMGT]iB|[KMBT]\b)?", why)
         assert numbers and set(numbers) <= quoted, (key, numbers, quoted)
         assert units.nbytes(est.activations_by_component["llm"]) in why
+        before = seen[lesson.compare] if lesson.compare else before  # the LoRA lesson is set against stage 2
         if before is not None:
             moved = abs(est.device_estimate_bytes - before.device_estimate_bytes)
             assert moved > 2**30, (key, moved)  # more than a GiB: visible on the chart and in the text
             assert f"{units.gib(before.device_estimate_bytes)} → **{units.gib(est.device_estimate_bytes)}**" in text
-        session, before = view.session, est
+        session, before, seen[key] = view.session, est, est
 
 
 def test_sanity_step_on_tiny_streams_and_passes(app, start, tiny_model):

@@ -24,10 +24,11 @@ gr = pytest.importorskip("gradio")
 API_ORDER = ("top.state", "top.status", "top.header", "summary.counts", "tree.tree", "plan.rules", "plan.warnings",
              "summary.params_plot", "map.plot", "memory.plot", "memory.verdict", "memory.notes", "memory.curve",
              "memory.context", "memory.error", "memory.gpu_count", "memory.min_gpus", "memory.tokens", "compute.plot",
-             "compute.time", "verify.now")
+             "compute.time", "verify.now", "adapter.r", "adapter.alpha", "adapter.dropout", "adapter.dora",
+             "adapter.quant", "adapter.quant_type", "adapter.double_quant")
 VIEW_EVENTS = ("train", "freeze", "undo", "reset", "filter_tree", "set_image", "import_plan",
-               "load_model",
-               "load_known", *(f"preset_{n.replace('-', '_')}" for n in PRESETS),
+               "load_model", "load_known", "add_adapters", "set_adapters",
+               *(f"preset_{n.replace('-', '_')}" for n in PRESETS),
                *(f"lesson_{k.replace('-', '_')}" for k in LESSONS))
 
 

@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dataclasses import replace
+
 from freezelab.errors import PlanError
+from freezelab.lora import QUANT_BITS, QUANT_TYPES, LoraSettings, Quantization
 from freezelab.plans import MAX_PLAN_BYTES, Action, Plan, Rule, preset
 from freezelab.sources import known_names
 from freezelab.workload import (
@@ -28,7 +31,7 @@ from freezelab.workload import (
 
 
 class _RuleAction(argparse.Action):
-    """--train / --freeze append to one ordered list, so `--train A --freeze B` keeps its order."""
+    """--train / --freeze / --lora append to one ordered list, so `--train A --freeze B` keeps its order."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
@@ -54,6 +57,20 @@ def add_plan_options(parser: argparse.ArgumentParser) -> None:
                        help="train what SEL selects (@projector, @llm.layers[-4:], a glob, re:REGEX)")
     group.add_argument("--freeze", metavar="SEL", action=_RuleAction, const=Action.FREEZE, dest="rules",
                        help="freeze what SEL selects")
+    group.add_argument("--lora", metavar="SEL", action=_RuleAction, const=Action.LORA, dest="rules",
+                       help="LoRA adapters on every nn.Linear whose weight SEL selects (@llm: all its Linear "
+                       "layers but the output head, as PEFT's all-linear); repeatable")
+    adapter = parser.add_argument_group("adapters (the settings of every --lora rule; PEFT's defaults)")
+    adapter.add_argument("--lora-r", type=int, metavar="N", help="LoRA rank (default 8, or the plan file's)")
+    adapter.add_argument("--lora-alpha", type=float, metavar="A", help="LoRA alpha: scale alpha/r (default 8)")
+    adapter.add_argument("--lora-dropout", type=float, metavar="P", help="dropout on the adapters' input (default 0)")
+    adapter.add_argument("--dora", action=argparse.BooleanOptionalAction, default=None,
+                         help="DoRA: a trained magnitude per output feature on top of LoRA")
+    adapter.add_argument("--quant", choices=QUANT_BITS, default=None,
+                         help="store the frozen Linear weights in 8 or 4 bits (bitsandbytes; default none)")
+    adapter.add_argument("--quant-type", choices=QUANT_TYPES, default=None, help="4-bit data type (default nf4)")
+    adapter.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=None,
+                         help="4-bit: quantize the block constants too (default on)")
 
 
 def read_plan_file(path: Path) -> Plan:
@@ -75,8 +92,28 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         raise PlanError("give either --preset or --plan, not both")
     plan = read_plan_file(args.plan) if args.plan else preset(args.preset) if args.preset else Plan()
     for action, selector in getattr(args, "rules", None) or []:
-        plan = Plan(plan.base, (*plan.rules, Rule(action, selector)), plan.preset)
-    return plan
+        plan = replace(plan, rules=(*plan.rules, Rule(action, selector)))
+    return replace(plan, lora=_settings(args, plan.lora), quant=_quant(args, plan.quant))
+
+
+def _given(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any]:
+    """The options among `names` (option attribute -> field) given on the command line."""
+    out = {}
+    for attr, name in names.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            out[name] = int(value) if name == "alpha" and float(value).is_integer() else value
+    return out
+
+
+def _settings(args: argparse.Namespace, base: LoraSettings) -> LoraSettings:
+    given = _given(args, {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "dora": "dora"})
+    return replace(base, **given) if given else base
+
+
+def _quant(args: argparse.Namespace, base: Quantization) -> Quantization:
+    given = _given(args, {"quant": "bits", "quant_type": "quant_type", "double_quant": "double_quant"})
+    return replace(base, **given) if given else base
 
 
 def console(stderr: bool = False) -> Any:

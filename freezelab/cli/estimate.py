@@ -28,7 +28,7 @@ import sys
 from typing import Any
 
 from freezelab import units
-from freezelab.anatomy import count
+from freezelab.anatomy import summary
 from freezelab.cli.timing import add_time_options, print_time, time_report
 from freezelab.cli.common import (
     console as cli_console,
@@ -78,7 +78,8 @@ def _simulate(source: Source, index: ModelIndex, res: Resolution, workload: Work
     from freezelab.models import hf_config
 
     return simulate_step(hf_config(source), res.trainable_names(index), workload,
-                         progress=None if quiet else _progress, processor=index.processor)
+                         progress=None if quiet else _progress, adapters=res.adapters, index=index,
+                         processor=index.processor)
 
 
 def _fits(est: MemoryEstimate, gpu_bytes: int | None) -> tuple[Any, list[dict[str, Any]]]:
@@ -95,8 +96,9 @@ def report(index: ModelIndex, res: Resolution, workload: Workload, est: MemoryEs
     from freezelab.memory.gpu_count import gpu_count
 
     fits, gpus = _fits(est, gpu_bytes)
+    counts = summary(*res.adapted(index))  # base plus adapters, as PEFT counts them
     # the GPU-count table walks the analytic stages: not for a model or workload they do not follow
-    needed = (gpu_count(index, res.mask, workload, cublas_workspaces=est.cublas_workspaces)
+    needed = (gpu_count(index, res.mask, workload, cublas_workspaces=est.cublas_workspaces, adapters=res.adapters)
               if followed(index, workload) is None else None)
     return {
         "model": index.name,
@@ -111,8 +113,10 @@ def report(index: ModelIndex, res: Resolution, workload: Workload, est: MemoryEs
         "notes": est.notes,
         "workload": workload.to_dict(),
         "plan": res.plan.to_dict(),
-        "trainable_params": count(index, res.mask).trainable,
-        "total_params": index.total_params,
+        "trainable_params": counts["trainable_params"],
+        "total_params": counts["total_params"],
+        "adapter_params": counts["adapter_params"],
+        "base_params": counts["base_params"],
         "warnings": res.warnings,
         "image_tokens": image_tokens(index, workload),
         "gpu_count": needed.to_dict() if needed is not None else None,
@@ -159,8 +163,9 @@ def _print_human(data: dict[str, Any]) -> None:
 
     console = cli_console()
     w = data["workload"]
+    adapters = f" ({data['adapter_params']:,} in adapters)" if data["adapter_params"] else ""
     console.print(f"[bold]{data['model']}[/]: {data['trainable_params']:,} of {data['total_params']:,} parameters "
-                  f"train; batch {w['batch']} x ({w['images']} image(s) + {w['text_tokens']} text tokens), "
+                  f"train{adapters}; batch {w['batch']} x ({w['images']} image(s) + {w['text_tokens']} text tokens), "
                   f"{w['dtype']}, {w['optimizer']}" + (", gradient checkpointing" if w["grad_ckpt"] else "")
                   + (f", {w['gpus']} GPUs {w['sharding']}" if w["gpus"] > 1 else ""))
     tokens = data["image_tokens"]
@@ -213,13 +218,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         from freezelab.memory.analytic import estimate
 
-        est = estimate(index, res.mask, workload)
+        est = estimate(index, res.mask, workload, adapters=res.adapters)
     from freezelab.compute.flops import flops_followed, step_flops
 
     data = report(index, res, workload, est, gpu_bytes)
     why = flops_followed(index, workload)
     if why is None:
-        data.update(time_report(step_flops(index, res.mask, workload), workload, args))
+        data.update(time_report(step_flops(index, res.mask, workload, adapters=res.adapters), workload, args))
     else:
         data.update({"flops": None, "step_seconds": None, "time": None, "flops_not_modelled": why})
     if args.json:

@@ -27,12 +27,13 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def report(index: ModelIndex, res: Resolution, depth: int | None) -> dict[str, Any]:
+def report(base: ModelIndex, res: Resolution, depth: int | None) -> dict[str, Any]:
+    index, mask = res.adapted(base)  # counts and tree of the adapted model: base plus adapters
     return {
         "model": index.name,
         "model_class": index.model_class,
         "transformers_version": index.transformers_version,
-        **summary(index, res.mask),
+        **summary(index, mask),
         "plan": res.plan.to_dict(),
         "rules": [{"rule": str(r), "matched_tensors": n} for r, n in zip(res.plan.rules, res.matched)],
         "warnings": res.warnings,
@@ -40,8 +41,33 @@ def report(index: ModelIndex, res: Resolution, depth: int | None) -> dict[str, A
         "components_found": index.recognised,
         "family": _family(index),
         "tied": [list(p.names) for p in index.tied],
-        "tree": [r.to_dict() for r in tree(index, res.mask, depth)],
+        "adapters": _adapters(res),
+        "tree": [r.to_dict() for r in tree(index, mask, depth)],
     }
+
+
+def _adapters(res: Resolution) -> dict[str, Any]:
+    """How many Linear layers get adapters, with which rank and alpha, and what the quantized base holds."""
+    a = res.adapters
+    groups: dict[tuple[int, float], int] = {}
+    for layer in a.layers:
+        groups[(layer.r, layer.alpha)] = groups.get((layer.r, layer.alpha), 0) + 1
+    return {"layers": len(a.layers), "settings": res.plan.lora.to_dict(), "quant": res.plan.quant.to_dict(),
+            "quantized_weights": len(a.quantized),
+            "ranks": [{"r": r, "alpha": alpha, "layers": n} for (r, alpha), n in groups.items()]}
+
+
+def _adapter_lines(data: dict[str, Any]) -> list[str]:
+    a = data["adapters"]
+    lines = []
+    if a["layers"]:
+        dora = " with DoRA" if a["settings"]["dora"] else ""
+        ranks = ", ".join(f"r={g['r']} alpha={g['alpha']:g} on {g['layers']}" for g in a["ranks"])
+        lines.append(f"adapters{dora}: {a['layers']} Linear layers ({ranks}; dropout {a['settings']['dropout']:g}), "
+                     f"{data['adapter_params']:,} adapter parameters on {data['base_params']:,} base parameters")
+    if a["quant"]["bits"] != "none":
+        lines.append(f"quantized base: {a['quantized_weights']} frozen Linear weights stored in {a['quant']['bits']}")
+    return lines
 
 
 def _family(index: ModelIndex) -> dict[str, Any]:
@@ -74,6 +100,8 @@ def _print_human(data: dict[str, Any]) -> None:
     console.print(f"[bold]{data['model']}[/] ({data['model_class']}, transformers {data['transformers_version']})")
     console.print(f"trainable [bold green]{trainable:,}[/] of {total:,} parameters "
                   f"({units.percent(trainable, total)}); frozen {data['frozen_params']:,}")
+    for line in _adapter_lines(data):
+        console.print(line)
     comp = Table(title="components", title_justify="left")
     for col in ("component", "total", "trainable", "state"):
         comp.add_column(col, justify="right" if col in ("total", "trainable") else "left")

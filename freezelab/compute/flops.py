@@ -15,6 +15,11 @@ walks (each op of each stage recorded its `Cost` on the tape) and adds up, per s
   that saved tensors for backward (non-reentrant checkpointing stops early: in a transformer
   layer everything but the last Linear).
 
+With adapters (`adapters=`, freezelab.adapters), each adapted Linear adds PEFT's LoRA ops on the same
+tape: A and B's matmuls (forward, backward-input, and backward-weight for the adapters), DoRA's
+weight-norm products, while the frozen base Linear beside them runs its backward for the input
+gradient only. Adapter parameters count as trainable for the optimizer step (fp32, as PEFT keeps them).
+
 The FLOPs are the matmul-class FLOPs `torch.utils.flop_counter.FlopCounterMode` counts (see
 `freezelab.compute.cost`), so `counted` equals what it reports on the simulated step. The
 optimizer step's elementwise FLOPs and the bytes of bandwidth-bound ops are given beside them
@@ -27,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from freezelab.adapters import Adapters
 from freezelab.compute.cost import Cost
 from freezelab.errors import FreezelabError
 from freezelab.families import family
@@ -53,7 +59,8 @@ GROUPS: tuple[Group, ...] = tuple(Group)
 # AdamW (foreach) reads p, g, m, v and writes p, m, v (7) and writes and reads sqrt(v) (2); fused
 # AdamW updates in one pass (7); SGD reads p and g and writes p (3), with momentum also the buffer
 # (5); 8-bit AdamW moves p and g as usual (3) and 1-byte moments (4 bytes); Adafactor reads g and
-# its square for the row and column means, forms the estimate and the update (8).
+# its square for the row and column means, forms the estimate and the update (8). The paged
+# variants run the same kernels on state in unified memory.
 OPTIMIZER_WORK: dict[str, tuple[int, int, int]] = {
     "adamw": (14, 9, 0),
     "adamw-fused": (14, 7, 0),
@@ -61,6 +68,8 @@ OPTIMIZER_WORK: dict[str, tuple[int, int, int]] = {
     "sgd-momentum": (4, 5, 0),
     "adamw-8bit": (14, 3, 4),
     "adafactor": (12, 8, 0),
+    "paged-adamw": (14, 9, 0),
+    "paged-adamw-8bit": (14, 3, 4),
 }
 SHARDED_OPTIMIZER = (Sharding.ZERO1, Sharding.ZERO2, Sharding.ZERO3, Sharding.FSDP)
 
@@ -175,31 +184,42 @@ def _stage_bytes(s: Stage, trains: bool) -> tuple[int, int]:
 
 
 def _traffic(index: ModelIndex, mask: list[bool], w: Workload, stages: list[Stage],
-             elem: int) -> tuple[Traffic, int]:
-    """The step's bandwidth-bound bytes, and the optimizer's FLOPs (on this GPU)."""
+             elem: int, adapters: Adapters | None) -> tuple[Traffic, int]:
+    """The step's bandwidth-bound bytes, and the optimizer's FLOPs (on this GPU); adapters in fp32."""
     fwd = bwd = 0
+    trains = _trains(mask, adapters)
     for s in stages:
-        f, b = _stage_bytes(s, any(mask))
+        f, b = _stage_bytes(s, trains)
         fwd, bwd = fwd + f, bwd + b
     backward = {i for s in stages if s.backward for i in s.grad_params}
+    adapted = adapters.by_weight() if adapters is not None else {}
+    dora = adapters is not None and adapters.dora
+    extra_numel = sum(a.numel(dora) for weight, a in adapted.items() if weight in backward)
     with_grad = sum(index.params[i].numel for i in backward if mask[i])
     flops, per, extra = OPTIMIZER_WORK[w.optimizer]
     share = w.gpus if w.gpus > 1 and w.sharding in SHARDED_OPTIMIZER else 1
     steps = 0 if w.offload_optimizer else -(-with_grad // share)
+    adapter_steps = 0 if w.offload_optimizer else -(-extra_numel // share)
     return Traffic(
-        forward=fwd, backward=bwd, optimizer=steps * (per * elem + extra),
-        weights=sum(p.numel for p in index.params) * elem,
-        backward_weights=sum(index.params[i].numel for i in backward) * elem,
-        gradients=with_grad * elem), steps * flops
+        forward=fwd, backward=bwd, optimizer=steps * (per * elem + extra) + adapter_steps * (per * 4 + extra),
+        weights=sum(p.numel for p in index.params) * elem + sum(a.numel(dora) for a in adapted.values()) * 4,
+        backward_weights=sum(index.params[i].numel for i in backward) * elem + extra_numel * 4,
+        gradients=with_grad * elem + extra_numel * 4), (steps + adapter_steps) * flops
 
 
-def flops_of(stages: list[Stage], index: ModelIndex, mask: list[bool], w: Workload, tokens: int) -> Flops:
+def _trains(mask: list[bool], adapters: Adapters | None) -> bool:
+    """Whether anything trains: a base parameter or an adapter."""
+    return any(mask) or (adapters is not None and bool(adapters.layers))
+
+
+def flops_of(stages: list[Stage], index: ModelIndex, mask: list[bool], w: Workload, tokens: int,
+             adapters: Adapters | None = None) -> Flops:
     """Add up built stages (`freezelab.memory.stages.build`) into the step's FLOPs."""
     total, attention = Split(), Split()
     by_component = dict.fromkeys(GROUPS, Split())
     by_stage: list[StageFlops] = []
     causal = Split()
-    trains = any(mask)
+    trains = _trains(mask, adapters)
     for s in stages:
         split, att = _stage_split(s, trains)
         total, attention = total + split, attention + att
@@ -209,7 +229,7 @@ def flops_of(stages: list[Stage], index: ModelIndex, mask: list[bool], w: Worklo
             causal = causal + att
         if split.total:
             by_stage.append(StageFlops(s.name, group, split, s.dead))
-    traffic, optimizer = _traffic(index, mask, w, stages, DTYPE_BYTES[w.dtype])
+    traffic, optimizer = _traffic(index, mask, w, stages, DTYPE_BYTES[w.dtype], adapters)
     return Flops(total, by_component, tuple(by_stage), attention, causal, optimizer, traffic, tokens)
 
 
@@ -235,13 +255,13 @@ def flops_followed(index: ModelIndex, w: Workload) -> str | None:
 
 
 def step_flops(index: ModelIndex, mask: list[bool], workload: Workload, *,
-               input_require_grads: bool | None = None) -> Flops:
+               input_require_grads: bool | None = None, adapters: Adapters | None = None) -> Flops:
     """FLOPs of one steady-state training step of `index` with trainable `mask` under `workload`
-    (`input_require_grads` as for `freezelab.memory.analytic.estimate`); a model or workload
-    `flops_followed` refuses raises FlopsError."""
+    (`input_require_grads` and `adapters` as for `freezelab.memory.analytic.estimate`); a model or
+    workload `flops_followed` refuses raises FlopsError."""
     why = flops_followed(index, workload)
     if why is not None:
         raise FlopsError(why)
-    flow = data_flow(index, mask, workload, input_require_grads)
-    return flops_of(build(flow), index, mask, workload, workload.batch * flow.seq)
+    flow = data_flow(index, mask, workload, input_require_grads, adapters)
+    return flops_of(build(flow), index, mask, workload, workload.batch * flow.seq, adapters)
 

@@ -9,19 +9,36 @@ take the workload. TARGETS lists them in display order for menus.
     from freezelab.exports import export, import_plan
     export(plan, index, "llamafactory").text
     export(plan, index, "swift", transformers="4.57").text   # names as the trainer's transformers spells them
+
+A plan with adapters or a quantized base goes to each target's adapter export (finetuning_type lora,
+--tuner_type lora, --lora_enable, a PEFT LoraConfig snippet), which compares adapters, full training
+and quantized weights with the framework's own selection code (freezelab.exports.adapted).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from freezelab.exports import deepspeed, fsdp_launch, llamafactory, llava, plan_json, python, swift
+from freezelab.adapters import Adapters, linears
+from freezelab.exports import (
+    deepspeed,
+    fsdp_launch,
+    llamafactory,
+    llamafactory_lora,
+    llava,
+    llava_lora,
+    peft_snippet,
+    plan_json,
+    python,
+    swift,
+    swift_lora,
+)
 from freezelab.exports.base import Difference, Export, ExportError, compress
 from freezelab.exports.naming import parse_version, respell
 from freezelab.exports.plan_json import import_plan
 from freezelab.index import ModelIndex
-from freezelab.plans import Plan, resolve
+from freezelab.plans import Plan, Resolution, resolve
 from freezelab.workload import Workload
 
 __all__ = ["TARGETS", "Difference", "Export", "ExportError", "Target", "compress", "export", "export_all",
@@ -37,25 +54,35 @@ class Target:
     render: Callable[..., Export]  # (plan, index, mask), and the workload when uses_workload
     names_parameters: bool = False  # its text names parameters, so it follows a transformers spelling
     uses_workload: bool = False     # its text depends on the workload (GPUs, sharding, offload, dtype)
+    # plans with adapters or a quantized base: (plan, index, mask, adapters) -> Export
+    render_adapters: Callable[[Plan, ModelIndex, Sequence[bool], Adapters], Export] | None = None
 
-    def run(self, plan: Plan, index: ModelIndex, mask: Sequence[bool], workload: Workload | None) -> Export:
+    def run(self, res: Resolution, index: ModelIndex, named: ModelIndex, workload: Workload | None) -> Export:
+        plan, chosen = res.plan, named if self.names_parameters else index
+        if (plan.has_adapters or plan.quant.on) and self.render_adapters is not None:
+            adapters = res.adapters if chosen is index else _respelled(res.adapters, chosen)
+            return self.render_adapters(plan, chosen, res.mask, adapters)
         if self.uses_workload:
-            return self.render(plan, index, mask, workload or Workload())
-        return self.render(plan, index, mask)
+            return self.render(plan, chosen, res.mask, workload or Workload())
+        return self.render(plan, chosen, res.mask)
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
-    Target("json", "freezelab plan JSON", "The plan itself (schema freezelab.plan/1); import it back with --plan.",
-           ".json", plan_json.render),
-    Target("python", "Python snippet", "Plain requires_grad_ calls on a transformers model, ending with an assert "
-           "of the trainable count; needs no freezelab.", ".py", python.render, True),
-    Target("llamafactory", "LLaMA-Factory YAML", "finetuning_type full/freeze and the freeze_* keys, when they "
-           "reproduce the plan exactly; otherwise the closest keys and what differs.", ".yaml", llamafactory.render,
-           True),
-    Target("swift", "ms-swift flags", "swift sft --tuner_type full with --freeze_vit / --freeze_aligner / "
-           "--freeze_llm and name-prefix lists.", ".sh", swift.render, True),
+    Target("json", "freezelab plan JSON", "The plan itself (schema freezelab.plan/2); import it back with --plan.",
+           ".json", plan_json.render, render_adapters=plan_json.render),
+    Target("python", "Python snippet", "Plain requires_grad_ calls on a transformers model, or with adapters a PEFT "
+           "LoraConfig and get_peft_model, ending with an assert of the counts; needs no freezelab.", ".py",
+           python.render, True, render_adapters=peft_snippet.render),
+    Target("llamafactory", "LLaMA-Factory YAML", "finetuning_type full/freeze/lora and the freeze_* / lora_* keys, "
+           "when they reproduce the plan exactly; otherwise the closest keys and what differs.", ".yaml",
+           llamafactory.render, True,
+           render_adapters=lambda plan, index, mask, adapters: llamafactory_lora.render(index, mask, adapters)),
+    Target("swift", "ms-swift flags", "swift sft --tuner_type full (with --freeze_vit / --freeze_aligner / "
+           "--freeze_llm and name-prefix lists) or --tuner_type lora.", ".sh", swift.render, True,
+           render_adapters=lambda plan, index, mask, adapters: swift_lora.render(index, mask, adapters)),
     Target("llava", "LLaVA train.py flags", "LLaVA's own training script flags (--tune_mm_mlp_adapter, ..., "
-           "or LLaVA-NeXT's --mm_tunable_parts) when they can express the plan.", ".sh", llava.render),
+           "LLaVA-NeXT's --mm_tunable_parts, or --lora_enable) when they can express the plan.", ".sh", llava.render,
+           render_adapters=lambda plan, index, mask, adapters: llava_lora.render(index, mask, adapters)),
     Target("deepspeed", "DeepSpeed config", "ds_config.json for the workload: ZeRO stage of the sharding mode, "
            "optimizer offload, bf16 / fp16, gradient clipping, micro batch.", ".json", deepspeed.render,
            uses_workload=True),
@@ -82,6 +109,13 @@ def _spelled(index: ModelIndex, transformers: str | None) -> ModelIndex:
     return respell(index, str(parse_version(transformers)))
 
 
+def _respelled(adapters: Adapters, named: ModelIndex) -> Adapters:
+    """The adapters with the Linear layers of the respelled index (same weight indices, other paths)."""
+    by_weight = {lin.weight: lin for lin in linears(named)}
+    layers = tuple(replace(a, linear=by_weight[a.linear.weight]) for a in adapters.layers)
+    return replace(adapters, layers=layers)
+
+
 def export(plan: Plan, index: ModelIndex, target: str, transformers: str | None = None,
            workload: Workload | None = None) -> Export:
     """One target; `transformers`: the trainer's transformers version, whose parameter names a
@@ -89,12 +123,12 @@ def export(plan: Plan, index: ModelIndex, target: str, transformers: str | None 
     SelectorError when a rule matches nothing on this model."""
     chosen = _target(target)
     named = _spelled(index, transformers)  # checks the version even for a target that names no parameter
-    return chosen.run(plan, named if chosen.names_parameters else index, resolve(plan, index).mask, workload)
+    return chosen.run(resolve(plan, index), index, named, workload)
 
 
 def export_all(plan: Plan, index: ModelIndex, transformers: str | None = None,
                workload: Workload | None = None) -> dict[str, Export]:
     """Every target, resolving the plan once (on the installed names: masks follow index order)."""
-    mask = resolve(plan, index).mask
+    res = resolve(plan, index)
     named = _spelled(index, transformers)
-    return {name: t.run(plan, named if t.names_parameters else index, mask, workload) for name, t in TARGETS.items()}
+    return {name: t.run(res, index, named, workload) for name, t in TARGETS.items()}

@@ -1,4 +1,4 @@
-"""Export target: the plan as freezelab plan JSON (schema freezelab.plan/1), plus import.
+"""Export target: the plan as freezelab plan JSON (schema freezelab.plan/2), plus import.
 
 The export adds informational fields that import accepts and ignores: the
 model it was made for and the trainable / total counts there, so a reader can
@@ -11,27 +11,34 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from freezelab.adapters import Adapters
 from freezelab.errors import PlanError
+from freezelab.exports.adapted import counts_line as adapter_counts
 from freezelab.exports.base import Export, counts_line
 from freezelab.index import ModelIndex
-from freezelab.plans import MAX_PLAN_BYTES, Plan, from_dict, from_text
+from freezelab.plan_files import from_dict, from_text
+from freezelab.plans import MAX_PLAN_BYTES, Plan
 
-INFO_COUNTS = ("trainable_params", "total_params")
+INFO_COUNTS = ("trainable_params", "total_params", "adapter_params", "base_params")
 
 
-def document(plan: Plan, index: ModelIndex, mask: Sequence[bool]) -> dict[str, Any]:
+def document(plan: Plan, index: ModelIndex, mask: Sequence[bool], adapters: Adapters | None = None) -> dict[str, Any]:
     data = plan.to_dict()
-    trainable = sum(n for n, on in zip(index.numels, mask) if on)
+    extra = adapters.params if adapters is not None else 0
+    trainable = sum(n for n, on in zip(index.numels, mask) if on) + extra
+    line = counts_line(index, mask) if not extra else adapter_counts(index, mask, adapters)
     return {"schema": data["schema"], "model": index.name, "base": data["base"], "preset": data["preset"],
-            "rules": data["rules"], "trainable_params": trainable, "total_params": index.total_params,
+            "rules": data["rules"], "lora": data["lora"], "quant": data["quant"], "trainable_params": trainable,
+            "total_params": index.total_params + extra, "adapter_params": extra, "base_params": index.total_params,
             "note": f"on {index.name} ({index.model_class}, transformers {index.transformers_version}) this plan "
-                    f"{counts_line(index, mask)}"}
+                    f"{line}"}
 
 
-def render(plan: Plan, index: ModelIndex, mask: Sequence[bool]) -> Export:
-    text = json.dumps(document(plan, index, mask), indent=2, ensure_ascii=False) + "\n"
-    return Export("json", text, True, f"freezelab plan JSON; {counts_line(index, mask)} of {index.name}",
-                  language="json")
+def render(plan: Plan, index: ModelIndex, mask: Sequence[bool], adapters: Adapters | None = None) -> Export:
+    text = json.dumps(document(plan, index, mask, adapters), indent=2, ensure_ascii=False) + "\n"
+    line = counts_line(index, mask) if adapters is None or not adapters.params else \
+        adapter_counts(index, mask, adapters)
+    return Export("json", text, True, f"freezelab plan JSON; {line} of {index.name}", language="json")
 
 
 def _check_info(data: Any) -> None:

@@ -28,9 +28,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from freezelab.compute import cost as costs
 from freezelab.compute.cost import Cost
+from freezelab.memory.adapter_ops import AdapterSpec, base_linear, lora_linear
 from freezelab.memory.cuda_facts import rounded
 
 
@@ -69,10 +71,14 @@ class Tape:
     """Records one stage's forward ops and what their backward keeps."""
 
     def __init__(self, num: Numerics, trainable: Callable[[int | None], bool],
-                 numel: Callable[[int], int]) -> None:
+                 numel: Callable[[int], int], spec: AdapterSpec | None = None) -> None:
         self.num = num
-        self.trainable = trainable
-        self.param_numel = numel
+        self.spec = spec if spec is not None else AdapterSpec()
+        # adapter tensors (handles ("A" | "B", base weight)) always train; numels from the adapted layer
+        self.trainable = lambda w: True if isinstance(w, tuple) else trainable(w)
+        self.param_numel = lambda w: self._adapter_numel(w) if isinstance(w, tuple) else numel(w)
+        self.dora_extra = 0                   # DoRA's weight-norm transients, also in a checkpoint's recompute
+        self.dora_fwd = 0                     # ... with all the layer saved before them (a forward's peak)
         self.t: dict[str, Tensor] = {}
         self.saved: set[str] = set()
         self.forward_only: set[str] = set()   # alive until the forward ends (autocast's weight cache)
@@ -134,6 +140,11 @@ class Tape:
     def _grad_bytes(self, *names: str) -> int:
         return sum(self.t[n].nbytes for n in names if self.t[n].grad)
 
+    def _adapter_numel(self, handle: Any) -> int:
+        role, weight = handle
+        layer = self.spec.layers[weight]
+        return layer.r * (layer.linear.in_features if role == "A" else layer.linear.out_features)
+
     # -- ops ---------------------------------------------------------------------
     def _to16(self, x: str) -> str:
         """Autocast's 16-bit copy of a matmul input (made per call: only leaf weights are cached)."""
@@ -144,6 +155,16 @@ class Tape:
         return self._new(f"{x}>16#{self._ops}", src.numel, 2, src.grad, src.width)
 
     def linear(self, x: str, out: str, out_features: int, weight: int | None, bias: int | None = None) -> str:
+        """nn.Linear, or PEFT's LoRA / DoRA layer around it, or a quantized one (freezelab.memory.adapter_ops)."""
+        if weight is not None and weight in self.spec.layers:
+            return lora_linear(self, x, out, out_features, weight, bias, self.spec)
+        if weight is not None and weight in self.spec.quantized:
+            return base_linear(self, x, out, out_features, weight, bias, self.spec)
+        return self.plain_linear(x, out, out_features, weight, bias)
+
+    def plain_linear(self, x: str, out: str, out_features: int, weight: Any, bias: int | None = None,
+                     elem: int | None = None) -> str:
+        """nn.Linear; `elem`: the output's element size when it is not the step's compute dtype."""
         src = self.t[x]
         flow, w_train, b_train = src.grad, self.trainable(weight), self.trainable(bias)
         xin = self._to16(x)
@@ -160,7 +181,8 @@ class Tape:
                 self._save(w16)
             else:
                 self.forward_only.add(w16)
-        y = self._new(out, src.rows * out_features, self.num.compute, flow or w_train or b_train, out_features)
+        y = self._new(out, src.rows * out_features, elem or self.num.compute, flow or w_train or b_train,
+                      out_features)
         self._charge(costs.matmul(src.rows, src.width, out_features, input_grad=flow, weight_grad=w_train))
         cast = self.nbytes(xin) if xin != x and xin not in self.saved else 0
         self._fwd(self.nbytes(y) + cast)

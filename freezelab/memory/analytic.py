@@ -29,8 +29,9 @@ Assumptions, each a fact of the software stack the calibration used
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
+from freezelab.adapters import Adapters
 from freezelab.components import Component
 from freezelab.errors import FreezelabError
 from freezelab.families import family
@@ -38,6 +39,9 @@ from freezelab.index import ModelIndex
 from freezelab.memory import notes as notes_mod
 from freezelab.memory import optimizer_state
 from freezelab.memory.activations import Numerics
+from freezelab.memory.adapter_memory import AdapterResident, adapter_details, adapter_notes, combined_step_temp
+from freezelab.memory.adapter_memory import resident as adapter_resident
+from freezelab.memory.adapter_ops import AdapterSpec
 from freezelab.memory.cuda_facts import (
     ALLOCATOR_CACHE_FRACTION,
     CUBLASLT_WORKSPACE,
@@ -53,7 +57,7 @@ from freezelab.memory.stages import ACTIVATION_GROUPS, Flow, Stage, build
 from freezelab.memory.structure import sizes
 from freezelab.memory.timeline import Timeline, walk, walk_fsdp2
 from freezelab.tokens import LLAVA_TYPES, ImageLayout, combined, sample_layouts, workload_sequence
-from freezelab.units import GiB
+from freezelab.units import GiB, gib
 from freezelab.workload import DTYPE_BYTES, Sharding, Workload
 
 CUBLAS_WORKSPACE = cublas_workspace(MEASURED_ARCH)
@@ -166,15 +170,29 @@ def _grad_owner(stages: list[Stage], mask: list[bool]) -> dict[int, str]:
     return owner
 
 
-def _resident(index: ModelIndex, w: Workload, owner: dict[int, str], num: Numerics) -> Resident:
+def _resident(index: ModelIndex, w: Workload, owner: dict[int, str], num: Numerics,
+              extra: AdapterResident) -> Resident:
     all_weights = sizes(index, num.param)[0]
-    weights = all_weights + _buffer_bytes(index)
+    weights = all_weights + _buffer_bytes(index) + extra.weights
     live = [optimizer_state.Tensor(index.params[i].shape, index.params[i].numel) for i in owner]
     grads = sum(rounded(t.numel * num.param) for t in live)
-    r = Resident(weights=weights, gradients=grads,
-                 state=optimizer_state.state_bytes(w.optimizer, live, num.param),
-                 step_temp=optimizer_state.step_temp_bytes(w.optimizer, live, num.param))
+    temp = optimizer_state.step_temp_bytes(w.optimizer, live, num.param)
+    r = Resident(weights=weights, gradients=grads + extra.gradients,
+                 state=optimizer_state.state_bytes(w.optimizer, live, num.param) + extra.state,
+                 step_temp=combined_step_temp(w.optimizer, temp, extra.step_temp))
     return per_gpu(r, w)
+
+
+def _with_adapters(r: Resident, extra: AdapterResident, optimizer: str) -> Resident:
+    """An FSDP2 rank's resident memory with the adapters counted whole, their gradients for the whole step
+    and a quantized base's storage: an upper bound (FSDP2 would shard them too)."""
+    if not extra.weights and not extra.gradients:
+        return r
+    note = ("adapters (and a quantized base) are counted whole on every GPU, their gradients for the "
+            "whole step: an upper bound, as FSDP2 shards them too")
+    return replace(r, weights=r.weights + extra.weights + extra.gradients, state=r.state + extra.state,
+                   step_temp=combined_step_temp(optimizer, r.step_temp, extra.step_temp),
+                   assumptions=[*r.assumptions, note])
 
 
 def _sharded_resident(index: ModelIndex, w: Workload, owner: dict[int, str], num: Numerics, fs: Fsdp2) -> Resident:
@@ -211,7 +229,7 @@ def _walk_sharded(index: ModelIndex, mask: list[bool], w: Workload, st: _Step,
                   peak_only: bool = False) -> tuple[Resident, Timeline | int]:
     fs = Fsdp2(index, mask, st.num.param, w.gpus, reshard_after_forward=w.sharding != Sharding.ZERO2,
                offload=w.offload_optimizer and w.sharding == Sharding.FSDP)
-    r = _sharded_resident(index, w, st.owner, st.num, fs)
+    r = _with_adapters(_sharded_resident(index, w, st.owner, st.num, fs), st.extra, w.optimizer)
     by_stage = _grads_by_stage(index, st, fs.layout.unit)
     layers = {u for u in fs.units if u != ROOT}
     tl = walk_fsdp2(st.stages, r, fs, lambda s: s.name if s.name in layers else ROOT, inputs=st.inputs,
@@ -258,16 +276,21 @@ def _check(index: ModelIndex, mask: list[bool]) -> None:
                             f"{len(index.params)} parameter tensors: resolve the plan against this model")
 
 
-def _trainable_by_component(index: ModelIndex, mask: list[bool]) -> dict[Component, int]:
+def _trainable_by_component(index: ModelIndex, mask: list[bool], spec: AdapterSpec) -> dict[Component, int]:
+    """Trainable parameters per component, adapters with the component of the Linear they wrap."""
     out = dict.fromkeys(Component, 0)
     for p, on in zip(index.params, mask):
         if on:
             out[Component(p.component)] += p.numel
+    for weight, layer in spec.layers.items():
+        out[Component(index.params[weight].component)] += layer.numel(spec.dora)
     return out
 
 
-def data_flow(index: ModelIndex, mask: list[bool], w: Workload, input_require_grads: bool | None = None) -> Flow:
-    """What the stages of a step are built from (checked: the mask must be this model's)."""
+def data_flow(index: ModelIndex, mask: list[bool], w: Workload, input_require_grads: bool | None = None,
+              adapters: Adapters | None = None) -> Flow:
+    """What the stages of a step are built from (checked: the mask must be this model's), with the plan's
+    adapters and quantized base."""
     _check(index, mask)
     layout, layouts = _layouts(index, w)
     use_cache = bool((index.config.get("text_config") or {}).get("use_cache", True))
@@ -275,7 +298,7 @@ def data_flow(index: ModelIndex, mask: list[bool], w: Workload, input_require_gr
         use_cache = False
     return Flow(index, mask, numerics(w), w.batch, workload_sequence(index.config, w, index.processor), w.images,
                 layout, w.grad_ckpt, use_cache, _values_follow_keys(index.transformers_version), input_require_grads,
-                layouts)
+                layouts, AdapterSpec.of(adapters))
 
 
 @dataclass
@@ -288,16 +311,19 @@ class _Step:
     owner: dict[int, str]
     inputs: int
     workspace: int
+    spec: AdapterSpec = field(default_factory=AdapterSpec)         # the adapters and the quantized base
+    extra: AdapterResident = field(default_factory=AdapterResident)  # what they add to the resident memory
     by_stage: dict[str, list[tuple[str, int]]] | None = None   # FSDP2 walks: gradients per stage and unit
 
 
-def _step(index: ModelIndex, mask: list[bool], w: Workload, input_require_grads: bool | None) -> _Step:
-    flow = data_flow(index, mask, w, input_require_grads)
-    num, layout, seq = flow.num, flow.layout, flow.seq
+def _step(index: ModelIndex, mask: list[bool], w: Workload, input_require_grads: bool | None,
+          adapters: Adapters | None = None) -> _Step:
+    flow = data_flow(index, mask, w, input_require_grads, adapters)
+    num, layout, seq, spec = flow.num, flow.layout, flow.seq, flow.spec
     stages = build(flow)
     backward = any(s.backward for s in stages)
     return _Step(num, seq, stages, _grad_owner(stages, mask), _input_bytes(index, w, seq, layout, num, flow),
-                 _workspace(backward, w.grad_ckpt))
+                 _workspace(backward, w.grad_ckpt), spec, adapter_resident(index, spec, stages, w.optimizer, num.param))
 
 
 def _walk(index: ModelIndex, mask: list[bool], w: Workload, st: _Step,
@@ -306,9 +332,9 @@ def _walk(index: ModelIndex, mask: list[bool], w: Workload, st: _Step,
     total instead of the timeline)."""
     if runs_fsdp2(w):
         return _walk_sharded(index, mask, w, st, peak_only)
-    r = _resident(index, w, st.owner, st.num)
-    grad_of = {name: 0 for name in (s.name for s in st.stages)}
-    first_of = dict(grad_of)
+    r = _resident(index, w, st.owner, st.num, st.extra)
+    grad_of = {name: st.extra.grad_of.get(name, 0) for name in (s.name for s in st.stages)}
+    first_of = {name: st.extra.first_of.get(name, 0) for name in grad_of}
     for i, name in st.owner.items():
         size = rounded(index.params[i].numel * st.num.param)
         grad_of[name] += size
@@ -319,33 +345,51 @@ def _walk(index: ModelIndex, mask: list[bool], w: Workload, st: _Step,
 
 
 def estimate(index: ModelIndex, mask: list[bool], workload: Workload, *,
-             input_require_grads: bool | None = None) -> MemoryEstimate:
+             input_require_grads: bool | None = None, adapters: Adapters | None = None) -> MemoryEstimate:
     """Peak GPU memory of one steady-state training step of `index` with trainable `mask`.
 
     input_require_grads: whether transformers' input-embedding hooks are installed (they make both
     towers build a graph even when frozen). None: exactly when gradient checkpointing is on, which
-    installs them; True models hooks left behind after checkpointing was turned off."""
+    installs them; True models hooks left behind after checkpointing was turned off.
+
+    adapters: the plan's LoRA / DoRA adapters and quantized base (Resolution.adapters), which add their
+    tensors, gradients, optimizer state and activations (freezelab.memory.adapter_ops)."""
     check_followed(index, workload)
-    st = _step(index, mask, workload, input_require_grads)
+    st = _step(index, mask, workload, input_require_grads, adapters)
     r, tl = _walk(index, mask, workload, st)
     assert isinstance(tl, Timeline)
     _engine_notes(index, workload, st.owner, st.num, r)
-    return _result(index, mask, workload, st.num, st.stages, st.owner, r, tl, st.seq)
+    est = _result(index, mask, workload, st.num, st.stages, st.owner, r, tl, st.seq, st.spec)
+    _adapter_account(est, index, workload, st)
+    return est
+
+
+def _adapter_account(est: MemoryEstimate, index: ModelIndex, w: Workload, st: _Step) -> None:
+    """The adapters' notes and details, and a paged optimizer's state outside the allocator."""
+    if st.spec.adapters is not None:
+        est.notes += adapter_notes(st.spec, st.extra)
+        est.details["adapters"] = adapter_details(st.spec, st.extra)
+    paged = st.extra.paged + optimizer_state.paged_bytes(
+        w.optimizer, [optimizer_state.Tensor(index.params[i].shape, index.params[i].numel) for i in st.owner])
+    if paged:
+        est.details["paged_optimizer_state_bytes"] = paged
+        est.notes.append(f"The paged optimizer keeps {gib(paged)} of its state in CUDA unified memory, outside "
+                         "PyTorch's allocator: not in the peak; the driver moves it to CPU RAM when the GPU runs short.")
 
 
 def spread_peaks(index: ModelIndex, mask: list[bool], workload: Workload, spreads: list[Workload], *,
-                 input_require_grads: bool | None = None) -> list[int]:
+                 input_require_grads: bool | None = None, adapters: Adapters | None = None) -> list[int]:
     """The tensor peak of the same step under each of `spreads` (the workload with other gpus, sharding or
     offload), building its stages once: what `estimate(...).peak_bytes` gives for each, much faster."""
     check_followed(index, workload)
-    st = _step(index, mask, workload, input_require_grads)
+    st = _step(index, mask, workload, input_require_grads, adapters)
     return [int(_walk(index, mask, w, st, peak_only=True)[1]) for w in spreads]
 
 
 def _result(index: ModelIndex, mask: list[bool], w: Workload, num: Numerics, stages: list[Stage],
-            owner: dict[int, str], r: Resident, tl: Timeline, seq: int) -> MemoryEstimate:
+            owner: dict[int, str], r: Resident, tl: Timeline, seq: int, spec: AdapterSpec) -> MemoryEstimate:
     peak = tl.peak
-    trainable = _trainable_by_component(index, mask)
+    trainable = _trainable_by_component(index, mask, spec)
     dead = sum(p.numel for i, p in enumerate(index.params) if mask[i] and i not in owner)
     llm_layers = [s for s in stages if s.name.startswith("llm.layers.")]
     embed = index.module_by_path[index.roots["embeddings"][0]].own[0]

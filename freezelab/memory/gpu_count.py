@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from freezelab.adapters import Adapters
 from freezelab.index import ModelIndex
 from freezelab.memory.analytic import device_estimate, spread_peaks
 from freezelab.memory.gpus import GPUS, device_bytes_for
@@ -48,7 +49,7 @@ def _same_as(w: Workload, mode: str, n: int) -> tuple[str, int]:
 
 
 def gpu_count(index: ModelIndex, mask: list[bool], workload: Workload, *, cublas_workspaces: int = 2,
-              input_require_grads: bool | None = None) -> GpuCount:
+              input_require_grads: bool | None = None, adapters: Adapters | None = None) -> GpuCount:
     """Per-GPU memory of `workload`'s step for each mode and count (its own gpus and sharding ignored,
     its offload kept), and the smallest count of each common card that fits.
     `cublas_workspaces`: how many the step holds at its peak (the estimate's own figure)."""
@@ -56,7 +57,7 @@ def gpu_count(index: ModelIndex, mask: list[bool], workload: Workload, *, cublas
     spreads = sorted(wanted)
     peaks = dict(zip(spreads, spread_peaks(index, mask, workload, [workload.with_(gpus=n, sharding=m)
                                                                     for m, n in spreads],
-                                           input_require_grads=input_require_grads)))
+                                           input_require_grads=input_require_grads, adapters=adapters)))
     per_gpu = {m: [device_estimate(peaks[_same_as(workload, m, n)]) for n in COUNTS] for m in SHARDING}
     smallest = {m: {g.name: next((n for n, b in zip(COUNTS, per_gpu[m])
                                   if device_bytes_for(b, cublas_workspaces, g.arch) <= g.total_bytes), None)

@@ -18,6 +18,12 @@ and bitsandbytes' 8-bit optimizer:
   more dimensions into a row and a column vector (vectors keep a full one);
   its default (single-tensor) step materialises one tensor's `row @ col`
   estimate at a time.
+* bitsandbytes' paged AdamW (32-bit: fp32 moments; 8-bit: as AdamW8bit) puts the
+  moments of every tensor of at least 100,000 elements in CUDA unified memory
+  (`get_paged`, cudaMallocManaged), outside PyTorch's caching allocator: they are
+  not in `max_memory_allocated`, and the driver pages them to CPU RAM when the GPU
+  runs short. Smaller tensors' moments and every absmax stay in the allocator
+  (bitsandbytes 0.49 `Optimizer8bit.get_state_buffer`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from freezelab.memory.cuda_facts import rounded
 
 BNB_MIN_8BIT = 4096
 BNB_BLOCK = 256
+BNB_PAGED_MIN = 100_000   # get_state_buffer pages tensors with at least this many elements
 
 
 @dataclass(frozen=True)
@@ -57,9 +64,40 @@ def _adafactor(t: Tensor, elem: int) -> int:
     return rounded(rows * elem) + rounded(cols * elem)
 
 
+def _paged(t: Tensor, moment_elem: int) -> tuple[int, int]:
+    """(bytes in the allocator, bytes in unified memory) of one paged optimizer's moments."""
+    moments = 2 * (t.numel * moment_elem)
+    if t.numel >= BNB_PAGED_MIN:
+        return 0, moments
+    return 2 * rounded(t.numel * moment_elem), 0
+
+
+def _paged_adamw(t: Tensor, elem: int) -> int:
+    return _paged(t, 4)[0]
+
+
+def _paged_adamw_8bit(t: Tensor, elem: int) -> int:
+    if t.numel < BNB_MIN_8BIT:
+        return 2 * rounded(t.numel * 4)
+    blocks = math.ceil(t.numel / BNB_BLOCK)
+    return _paged(t, 1)[0] + 2 * rounded(blocks * 4)
+
+
+def paged_bytes(optimizer: str, tensors: Iterable[Tensor]) -> int:
+    """Optimizer state a paged optimizer keeps in unified memory, outside the allocator."""
+    if optimizer == "paged-adamw":
+        return sum(_paged(t, 4)[1] for t in tensors)
+    if optimizer == "paged-adamw-8bit":
+        return sum(_paged(t, 1)[1] for t in tensors if t.numel >= BNB_MIN_8BIT)
+    return 0
+
+
 def state_bytes(optimizer: str, tensors: Iterable[Tensor], elem: int) -> int:
-    """Optimizer state (steady state: after the first step) for the tensors that get gradients."""
+    """Optimizer state (steady state: after the first step) for the tensors that get gradients, in the
+    caching allocator (a paged optimizer's unified memory: `paged_bytes`)."""
     per = {
+        "paged-adamw": _paged_adamw,
+        "paged-adamw-8bit": _paged_adamw_8bit,
         "adamw": _adamw,
         "adamw-fused": _adamw,
         "sgd": lambda t, e: 0,
@@ -93,4 +131,8 @@ def state_label(optimizer: str, elem: int) -> str:
         "adamw-8bit": "8-bit AdamW keeps two 1-byte moments plus a 4-byte scale per 256 values "
                       "(about 2 bytes per trainable parameter)",
         "adafactor": "Adafactor keeps only a row and a column vector per weight matrix",
+        "paged-adamw": "paged AdamW keeps fp32 moments (8 bytes per trainable parameter), those of large tensors in "
+                       "CUDA unified memory outside the allocator",
+        "paged-adamw-8bit": "paged 8-bit AdamW keeps 1-byte moments plus a 4-byte scale per 256 values, those of "
+                            "large tensors in CUDA unified memory outside the allocator",
     }[optimizer]

@@ -29,6 +29,7 @@ from freezelab.compute import cost as costs
 from freezelab.compute.cost import Cost
 from freezelab.index import ModelIndex
 from freezelab.memory.activations import Numerics, Tape
+from freezelab.memory.adapter_ops import AdapterSpec
 from freezelab.memory.cuda_facts import rounded
 from freezelab.memory.structure import layer_params as _layer_params
 from freezelab.memory.structure import relative as _relative
@@ -95,6 +96,7 @@ class Flow:
     cache_values_follow_keys: bool = False  # transformers < 5.24 stores cached values in the keys' dtype
     input_grads: bool | None = None  # transformers' input-embedding requires_grad hooks (None: = ckpt)
     layouts: tuple[ImageLayout, ...] = ()  # each image of one sample (the families of memory.image_paths read them)
+    spec: AdapterSpec = field(default_factory=AdapterSpec)  # adapted and quantized Linear layers
 
     @property
     def hooks(self) -> bool:
@@ -107,7 +109,7 @@ class Flow:
         return self.index.params[i].numel
 
     def tape(self) -> Tape:
-        return Tape(self.num, self.trainable, self.numel)
+        return Tape(self.num, self.trainable, self.numel, self.spec)
 
 
 # -- parameter lookup ------------------------------------------------------------------
@@ -180,7 +182,7 @@ def _layer_stage(f: Flow, recipe: Recipe, name: str, component: str, p: dict[str
     """One transformer layer; identical layers (same flags) are computed once. `cached`: tensors the
     model output also references (the KV cache), which cost extra only where autograd did not save them."""
     flags = tuple(sorted((k, f.mask[i]) for k, i in p.items()))
-    key = (recipe, component, flow_in, flags)
+    key = (recipe, component, flow_in, flags, f.spec.key(p))
     if key not in cache:
         t = f.tape()
         t.kv_cache = bool(cached) and not f.ckpt
@@ -192,10 +194,10 @@ def _layer_stage(f: Flow, recipe: Recipe, name: str, component: str, p: dict[str
             # non-reentrant checkpoint keeps only the layer's input; backward replays the layer
             stage.replay = t.replay
             stage.kept = t.nbytes(x)
-            stage.bwd_extra = t.kept + t.bwd_extra
+            stage.bwd_extra = t.kept + max(t.bwd_extra, t.dora_extra)
         else:
             stage.kept, stage.bwd_extra = t.kept, t.bwd_extra
-        stage.fwd_extra = t.fwd_extra + t.nbytes(out)
+        stage.fwd_extra = max(t.fwd_extra, 0 if f.ckpt and stage.out_grad else t.dora_fwd) + t.nbytes(out)
         stage.forward_only = t.forward_cached if not (f.ckpt and stage.out_grad) else 0
         if t.kv_cache:
             stage.held = sum(t.nbytes(n) for n in cached if n not in t.saved)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from freezelab.adapters import Adapters
 from freezelab.errors import FreezelabError
 from freezelab.index import ModelIndex
 from freezelab.memory.analytic import estimate, followed
@@ -75,7 +76,8 @@ def free_bytes(device: str) -> tuple[int, str]:
     return free + reusable, f"free memory on {device}"
 
 
-def gate(index: ModelIndex, mask: list[bool], workload: Workload, device: str) -> MemoryEstimate | None:
+def gate(index: ModelIndex, mask: list[bool], workload: Workload, device: str,
+         adapters: Adapters | None = None) -> MemoryEstimate | None:
     """The analytic estimate of the step; a WontFitError when its peak exceeds the free memory. For a model
     the analytic estimate does not follow yet (None is returned), the weights alone must fit."""
     have, where = free_bytes(device)
@@ -85,7 +87,7 @@ def gate(index: ModelIndex, mask: list[bool], workload: Workload, device: str) -
             raise WontFitError(f"{index.name}: its weights alone need {gib(weights)} but only {gib(have)} of "
                                f"{where} is left")
         return None
-    est = estimate(index, mask, workload)
+    est = estimate(index, mask, workload, adapters=adapters)
     if est.peak_bytes > have:
         raise WontFitError(
             f"{index.name}: this step needs about {gib(est.peak_bytes)} at its peak ({est.phase}) by the "

@@ -1,6 +1,7 @@
 """What a sanity step allocates, in one place so that it can all be released: its own model
-(built or loaded in the parameter dtype on the device, configured as the calibration protocol
-sets it, plan applied), the optimizer over exactly the trainable tensors, and the batch."""
+(built or loaded in the parameter dtype on the device, plan applied, adapters added with PEFT and
+the frozen base quantized when the plan says so, configured as the calibration protocol sets it),
+the optimizer over exactly the trainable tensors, and the batch."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from freezelab.fingerprint import fingerprints
 from freezelab.index import ModelIndex
 from freezelab.models import build, lift_zero_projections, load_weights, torch_dtype
 from freezelab.optimizers import make_optimizer
-from freezelab.plans import Plan, apply
+from freezelab.peft_build import tensors as adapted_tensors
+from freezelab.peft_build import wrap
+from freezelab.plans import Resolution, apply
+from freezelab.quantize import quantize
 from freezelab.sources import Source
 from freezelab.step.gate import StepError
 from freezelab.step.report import StepReport, Weights
@@ -36,7 +40,9 @@ class Live:
         self.engine: Any = None            # the module a step calls when it wraps the model (DDP)
         self.optimizer: Any = None
         self.batch: Batch | None = None
-        self.tensors: list[Any] = []       # the model's parameters in index order
+        self.tensors: list[Any] = []       # the model's parameters in the order of `index`
+        self.peft: Any = None              # the PeftModel around `model` when the plan has adapters
+        self.index: ModelIndex | None = None  # the model's index (the adapted one with adapters)
 
     @property
     def call(self) -> Any:
@@ -61,8 +67,8 @@ class Live:
 
         for t in self.tensors:
             t.grad = None
-        alive = [weakref.ref(x) for x in (self.model, self.engine, self.optimizer) if x is not None]
-        self.model = self.engine = self.optimizer = self.batch = None
+        alive = [weakref.ref(x) for x in (self.model, self.engine, self.optimizer, self.peft) if x is not None]
+        self.model = self.engine = self.optimizer = self.batch = self.peft = None
         self.tensors = []
         if any(ref() is not None for ref in alive):
             gc.collect()  # only when a reference cycle keeps them: a full collection costs ~0.25 s
@@ -128,26 +134,52 @@ def reentrant(model: torch.nn.Module) -> bool:
     return False
 
 
+def _lift(live: Live, index: ModelIndex, report: StepReport, seed: int) -> None:
+    """Random weights: projections transformers initialises at zero get small random values."""
+    if report.weights == Weights.RANDOM:
+        lifted = lift_zero_projections(live.model, index, seed)
+        if lifted:
+            report.warnings.append(f"random weights: {', '.join(lifted)} start at zero in transformers' init, which "
+                                   "would keep every gradient from the vision tower; they got small random values")
+
+
 def _hook_warning(n: int) -> str:
     return (f"gradient checkpointing installed {n} input-embedding requires_grad hooks (the vision tower's patch "
             "embedding included): frozen modules before the first trainable one now build an autograd graph "
             "and keep activations")
 
 
-def setup(live: Live, source: Source, plan: Plan, index: ModelIndex, workload: Workload, report: StepReport,
+def setup(live: Live, source: Source, res: Resolution, index: ModelIndex, workload: Workload, report: StepReport,
           seed: int, weights: bool, lr: float, prepare: Callable[..., None] | None) -> None:
-    """Own model, configured, plan applied, optimizer over exactly the trainable parameters."""
-    live.model, report.weights = live.build_model(source, workload, seed, weights)
-    if report.weights == Weights.RANDOM:
-        lifted = lift_zero_projections(live.model, index, seed)
-        if lifted:
-            report.warnings.append(f"random weights: {', '.join(lifted)} start at zero in transformers' init, which "
-                                   "would keep every gradient from the vision tower; they got small random values")
-    _configure(live.model, workload)
-    apply(plan, live.model, index)
+    """Own model, configured, plan applied, optimizer over exactly the trainable parameters. With adapters:
+    plan applied, the frozen base quantized (built on the CPU, moved to the device layer by layer, quantized
+    on the way), the adapters added with PEFT, then configured (checkpointing after the adapters, as a
+    Trainer does)."""
+    adapters = res.adapters
+    live.index = index
+    if adapters or adapters.quant.on:
+        live.model, report.weights = _model(source, workload, "cpu" if adapters.quant.on else live.device, seed,
+                                            weights)
+        _lift(live, index, report, seed)
+        apply(res.plan, live.model, index)
+        if adapters.quant.on:
+            quantize(live.model, index, adapters, live.device)
+            live.model.to(live.device)
+        if adapters:
+            live.peft = wrap(live.model, index, adapters, res.mask)
+            live.index = res.adapted(index)[0]
+        _configure(live.model, workload)
+    else:
+        live.model, report.weights = live.build_model(source, workload, seed, weights)
+        _lift(live, index, report, seed)
+        _configure(live.model, workload)
+        apply(res.plan, live.model, index)
     live.wrap(source, workload, seed, weights)
-    named = dict(live.model.named_parameters())
-    live.tensors = [named[p.name] for p in index.params]
+    if adapters:
+        live.tensors = adapted_tensors(live.model, live.index, adapters)
+    else:
+        named = dict(live.model.named_parameters())
+        live.tensors = [named[p.name] for p in index.params]
     live.optimizer = make_optimizer(workload.optimizer, [t for t in live.tensors if t.requires_grad], lr)
     if prepare is not None:
         prepare(live.model, live.optimizer)

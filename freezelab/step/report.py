@@ -91,6 +91,11 @@ class StepReport:
     error: str | None = None
     seconds: float = 0.0
     distributed: dict[str, Any] | None = None  # a sharded run: world size, engine, every rank's summary
+    adapter_params: int = 0            # of total_params, in adapters (PEFT's count: base plus adapters)
+
+    @property
+    def base_params(self) -> int:
+        return self.total_params - self.adapter_params
 
     @property
     def passed(self) -> bool:
@@ -106,6 +111,7 @@ class StepReport:
     def to_dict(self) -> dict[str, Any]:
         skipped = ("steps", "checks", "grad_norms") + (("distributed",) if self.distributed is None else ())
         data = {k: v for k, v in asdict(self).items() if k not in skipped}
+        data["base_params"] = self.base_params
         data["measured_seconds"] = self.measured_seconds
         data["weights"], data["status"] = str(self.weights), str(self.status)
         data["steps"] = [s.to_dict() for s in self.steps]

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from freezelab.adapter_checks import MERGE_TOLERANCE, QUANTIZED_MERGE_TOLERANCE, Merge
 from freezelab.batch import Batch, Example
 from freezelab.cancellation import CancelFlag
 from freezelab.checks import Context, Observation, grad_norms, run_checks
@@ -15,9 +16,11 @@ from freezelab.compute.flops import flops_followed, step_flops
 from freezelab.compute.timing import beside_measured
 from freezelab.index import ModelIndex
 from freezelab.models import index_of
+from freezelab.peft_build import merged_output_check, require_peft
 from freezelab.plans import Plan, Resolution, resolve
+from freezelab.quantize import check_quantization
 from freezelab.sources import Source
-from freezelab.step.gate import check_args, gate
+from freezelab.step.gate import StepError, check_args, gate
 from freezelab.step.live import Live, input_grad_hooks, make_batch, reentrant, setup
 from freezelab.step.report import Event, EventKind, Status, StepReport, Weights
 from freezelab.step.train import Trace, run_steps
@@ -57,17 +60,19 @@ def _device_name(device: str) -> str:
     return torch.cuda.get_device_name(device)
 
 
-def _report(index: ModelIndex, res: Resolution, workload: Workload, batch: Batch, device: str, lr: float,
+def _report(base: ModelIndex, res: Resolution, workload: Workload, batch: Batch, device: str, lr: float,
             seed: int, est: MemoryEstimate | None) -> StepReport:
-    trainable = [i for i, on in enumerate(res.mask) if on]
+    index, mask = res.adapted(base)  # base plus adapters, as PEFT counts them
+    trainable = [i for i, on in enumerate(mask) if on]
     return StepReport(
         model=index.name, model_class=index.model_class, device=device, device_name=_device_name(device),
         weights=Weights.RANDOM, workload=workload.to_dict(), batch=batch.describe(), plan=res.plan.to_dict(),
         trainable_params=sum(index.numels[i] for i in trainable), trainable_tensors=len(trainable),
         total_params=index.total_params, lr=lr, seed=seed, warnings=list(res.warnings),
+        adapter_params=res.adapters.params,
         estimate={} if est is None else {"method": est.method, "peak_bytes": est.peak_bytes,
                                          "device_estimate_bytes": est.device_estimate_bytes, "phase": est.phase},
-        time_estimate=_time_estimate(index, res, workload, device))
+        time_estimate=_time_estimate(base, res, workload, device))
 
 
 def _time_estimate(index: ModelIndex, res: Resolution, workload: Workload, device: str) -> dict[str, Any]:
@@ -75,21 +80,23 @@ def _time_estimate(index: ModelIndex, res: Resolution, workload: Workload, devic
     why = flops_followed(index, workload)
     if why is not None:
         return {"gpu": None, "seconds": None, "note": why, "assumptions": []}
-    return beside_measured(step_flops(index, res.mask, workload), workload, _device_name(device))
+    return beside_measured(step_flops(index, res.mask, workload, adapters=res.adapters), workload,
+                           _device_name(device))
 
 
 def _batch_within_budget(live: Live, source: Source, index: ModelIndex, res: Resolution, workload: Workload,
                          seed: int, item: Example | None) -> MemoryEstimate | None:
     """The memory gate and the batch, in the order that allocates nothing before the gate."""
     if item is None:  # estimate first: a huge synthetic batch is itself an allocation
-        est = gate(index, res.mask, workload, live.device)
+        est = gate(index, res.mask, workload, live.device, res.adapters)
         live.batch = make_batch(source, index, workload, live.device, seed + live.rank, None)
         return est
     live.batch = make_batch(source, index, workload, live.device, seed + live.rank, item)  # its real length decides
-    return gate(index, res.mask, live.batch.workload(workload), live.device)
+    return gate(index, res.mask, live.batch.workload(workload), live.device, res.adapters)
 
 
 def _observe(live: Live, res: Resolution, trace: Trace) -> Observation:
+    mask = res.mask + [True] * (len(live.tensors) - len(res.mask))  # adapter tensors all train
     after = live.fingerprints()
     position = {id(t): i for i, t in enumerate(live.tensors)}
     counts, foreign = [0] * len(live.tensors), 0
@@ -99,19 +106,43 @@ def _observe(live: Live, res: Resolution, trace: Trace) -> Observation:
                 counts[position[id(p)]] += 1
             else:
                 foreign += 1
-    return Observation(mask=res.mask, requires_grad=[t.requires_grad for t in live.tensors], norms=trace.norms,
+    return Observation(mask=mask, requires_grad=[t.requires_grad for t in live.tensors], norms=trace.norms,
                        changed=[a != b for a, b in zip(trace.before, after)], in_optimizer=counts,
                        foreign_in_optimizer=foreign, losses=trace.losses)
 
 
-def _judge(live: Live, report: StepReport, trace: Trace, index: ModelIndex, res: Resolution,
-           workload: Workload, lr: float) -> None:
+def _merge(live: Live, res: Resolution, workload: Workload) -> Merge | None:
+    """Merge the adapters into the base (after the weights were compared) and compare the outputs."""
+    if live.peft is None or live.batch is None:
+        return None
+    diff, scale = merged_output_check(live.peft, live.batch.inputs)
+    quantized = res.adapters.quant.on
+    return Merge(diff, scale, QUANTIZED_MERGE_TOLERANCE if quantized else MERGE_TOLERANCE[workload.dtype], quantized)
+
+
+def _judge(live: Live, report: StepReport, trace: Trace, res: Resolution, workload: Workload, lr: float) -> None:
+    index = live.index
+    assert index is not None
     obs = _observe(live, res, trace)
+    obs.merge = _merge(live, res, workload)
     ctx = Context(images=live.batch.images if live.batch else 0, dead=index.dead,
                   input_grad_hooks=input_grad_hooks(live.model) > 0, reentrant_checkpointing=reentrant(live.model),
                   loss_required_grad=trace.backward_ran, dtype=workload.dtype, lr=lr)
     report.checks = run_checks(index, obs, ctx)
-    report.grad_norms = {"step": len(trace.norms), **grad_norms(index, res.mask, trace.norms[-1])}
+    report.grad_norms = {"step": len(trace.norms), **grad_norms(index, obs.mask, trace.norms[-1])}
+
+
+def _check_adapters(res: Resolution, device: str, sharded: bool) -> None:
+    """Before anything is built: a quantized base needs CUDA and bitsandbytes, adapters need PEFT, and a
+    sharded run steps plans without adapters only."""
+    if not res.adapters and not res.adapters.quant.on:
+        return
+    if sharded:
+        raise StepError("a sanity step with adapters or a quantized base runs on one device; a sharded run "
+                        "(FSDP2 / DDP) steps plans without them")
+    check_quantization(res.adapters, device)
+    if res.adapters:
+        require_peft()
 
 
 def iter_step(source: Source, plan: Plan, workload: Workload, *, steps: int = 2, lr: float = 1e-5,
@@ -132,6 +163,7 @@ def iter_step(source: Source, plan: Plan, workload: Workload, *, steps: int = 2,
     started = time.perf_counter()
     index = index_of(source, dtype=workload.dtype)
     res = resolve(plan, index)
+    _check_adapters(res, device, sharded=live is not None)
     live, trace = live or Live(device), Trace()
     with _cpu_threads(index, device), contextlib.closing(live):  # closing: however the run ends
         yield Event(EventKind.STAGE, "estimating memory and building the batch", 0.5 / (steps + 4))
@@ -139,12 +171,12 @@ def iter_step(source: Source, plan: Plan, workload: Workload, *, steps: int = 2,
         report = _report(index, res, workload if item is None else live.batch.workload(workload), live.batch,
                          device, lr, seed, est)
         yield Event(EventKind.STAGE, f"building {index.name} on {device}", 1 / (steps + 4))
-        setup(live, source, plan, index, workload, report, seed, weights, lr, prepare)
+        setup(live, source, res, index, workload, report, seed, weights, lr, prepare)
         trace.before = live.fingerprints()
         yield from run_steps(live, report, trace, workload, steps, est, cancel)
         if report.status == Status.OK:
             yield Event(EventKind.STAGE, "checking every parameter", (steps + 3) / (steps + 4))
-            _judge(live, report, trace, index, res, workload, lr)
+            _judge(live, report, trace, res, workload, lr)
     report.seconds = time.perf_counter() - started
     yield Event(EventKind.DONE, "passed" if report.passed else report.error or "a check failed", 1.0, report=report)
 

@@ -9,6 +9,7 @@ import gradio as gr
 
 from freezelab.policy import from_env
 from freezelab.ui import handlers
+from freezelab.ui.adapter_panel import create_adapter_panel
 from freezelab.ui.compute_panel import create_compute_panel
 from freezelab.ui.export_panel import create_export_panel
 from freezelab.ui.handlers import App
@@ -57,6 +58,7 @@ def create_dashboard(app: App | None = None) -> tuple[gr.Blocks, Registry]:
                         create_presets(ui)
                         create_tree_panel(ui, first)
                         create_plan_panel(ui, first)
+                        create_adapter_panel(ui, first)
                     with gr.Column(scale=6):
                         create_summary_panel(ui, first)
                         create_memory_panel(ui, first)

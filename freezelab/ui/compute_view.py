@@ -9,6 +9,7 @@ from html import escape
 import plotly.graph_objects as go
 
 from freezelab import charts, units
+from freezelab.adapters import Adapters
 from freezelab.compute.flops import Flops, flops_followed, step_flops
 from freezelab.compute.notes import explain
 from freezelab.compute.timing import Efficiency, stated, step_times
@@ -44,12 +45,13 @@ def time_md(flops: Flops, workload: Workload, eff: Efficiency) -> str:
             + "\n".join(table) + "\n\n<small>Assumed: " + "; ".join(stated(workload, eff)) + ".</small>\n\n" + why)
 
 
-def compute_view(index: ModelIndex, mask: list[bool], workload: Workload, eff: Efficiency) -> ComputeView:
+def compute_view(index: ModelIndex, mask: list[bool], workload: Workload, eff: Efficiency,
+                 adapters: Adapters | None = None) -> ComputeView:
     why = flops_followed(index, workload)
     if why is not None:
         return ComputeView(flops=None, figure=charts.message("FLOPs per component", "FLOPs not modelled: see Verify"),
                            time=f"**No step-time estimate**: {escape(why)}.")
-    flops = step_flops(index, mask, workload)
+    flops = step_flops(index, mask, workload, adapters=adapters)
     return ComputeView(flops=flops, figure=charts.compute_breakdown(flops), time=time_md(flops, workload, eff))
 
 
@@ -58,7 +60,9 @@ def _kept(index: ModelIndex) -> Kept:
     return Kept(KEPT_VIEWS)
 
 
-def kept_compute_view(index: ModelIndex, mask: list[bool], workload: Workload, eff: Efficiency) -> ComputeView:
+def kept_compute_view(index: ModelIndex, mask: list[bool], workload: Workload, eff: Efficiency,
+                      adapters: Adapters | None = None) -> ComputeView:
     """`compute_view(...)`, kept per index for the next event that asks for the same (a class clicks
     the same presets); a view is never modified once made, so sessions share it."""
-    return _kept(index).get((bytes(mask), workload, eff), lambda: compute_view(index, mask, workload, eff))
+    return _kept(index).get((bytes(mask), workload, eff, adapters),
+                            lambda: compute_view(index, mask, workload, eff, adapters))

@@ -28,17 +28,11 @@ from freezelab.policy import LOCAL, Policy
 from freezelab.selectors import parse, reach, select
 from freezelab.session import Session, TreeOptions
 from freezelab.sources import known_info
+from freezelab.ui.adapter_settings import AdapterSettings
 from freezelab.ui.compute_view import ComputeView, kept_compute_view
 from freezelab.ui.context_view import current_html, workload_text
-from freezelab.ui.memory_view import (
-    LABELS,
-    MemoryView,
-    field_error_html,
-    memory_view,
-    not_followed,
-    refused_fields,
-    verdict_html,
-)
+from freezelab.ui.memory_view import (LABELS, MemoryView, field_error_html, memory_view, not_followed,
+                                      refused_fields, verdict_html)
 from freezelab.ui.registry import field_ids, shown, shown_ids, shown_within
 from freezelab.ui.plan_view import plan_charts, rules_text, summary_html, tree_rows, warnings_md  # noqa: F401
 from freezelab.tokens import sample_layouts
@@ -93,6 +87,7 @@ class View:
     memory: MemoryView | None = shown_within()
     compute: ComputeView | None = shown_within()
     current: str | None = shown("verify.now")           # HTML: what a simulation or sanity step would run now
+    adapter_settings: AdapterSettings | None = shown_within()  # the plan's adapter settings, kept in the controls
     trainable: int                                      # trainable parameters under the plan
 
 
@@ -101,7 +96,7 @@ VIEW_IDS = shown_ids(View)  # the outputs of every event that shows a whole View
 # The parts of a View (its fields by what they are computed from), and the parts an event changes.
 PART_FIELDS: dict[str, tuple[str, ...]] = {
     "header": ("header",),                                                 # model and weights
-    "plan": ("summary", "tree", "rules", "warnings", "params_fig", "map_fig"),  # + plan, tree options
+    "plan": ("summary", "tree", "rules", "warnings", "params_fig", "map_fig", "adapter_settings"),  # + tree options
     "memory": ("memory",),                                                 # + plan, workload, context
     "compute": ("compute",),                                               # + plan, workload, efficiency
     "current": ("current",),                                               # + plan, workload
@@ -148,23 +143,25 @@ def build_view(app: App, session: Session, status: str = "", parts: tuple[str, .
     loaded = app.loaded(session)
     index = loaded.index
     res = resolve(session.plan, index)
-    trainable = count(index, res.mask).trainable
+    adapted, mask = res.adapted(index)  # the adapters' tensors too, under the Linear layers they wrap
+    trainable = count(adapted, mask).trainable
     plan = "plan" in parts
-    summary, params_fig, map_fig = plan_charts(index, res.mask) if plan else (None, None, None)
+    summary, params_fig, map_fig = plan_charts(index, res.mask, adapted, mask) if plan else (None, None, None)
     return View(
         session=session,
         header=_header(loaded, session) if "header" in parts else None,
         summary=summary,
-        tree=tree_rows(index, res.mask, session.tree) if plan else None,
+        tree=tree_rows(adapted, mask, session.tree) if plan else None,
         rules=rules_text(session.plan) if plan else None,
         warnings=warnings_md(res) if plan else None,
         params_fig=params_fig,
         map_fig=map_fig,
-        memory=memory_view(index, res.mask, session.workload, session.context, session.gpu_count)
+        memory=memory_view(index, res.mask, session.workload, session.context, session.gpu_count, res.adapters)
         if "memory" in parts else None,
-        compute=kept_compute_view(index, res.mask, session.workload, session.efficiency)
+        compute=kept_compute_view(index, res.mask, session.workload, session.efficiency, res.adapters)
         if "compute" in parts else None,
         current=current_html(session, trainable) if "current" in parts else None,
+        adapter_settings=AdapterSettings.of(session.plan) if plan else None,
         trainable=trainable,
         status=status,
     )

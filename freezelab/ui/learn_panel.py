@@ -1,4 +1,5 @@
-"""Learn tab: guided steps for workshops (stage 1 -> stage 2 -> last N layers -> checkpointing, on 7B)."""
+"""Learn tab: guided steps for workshops (stage 1 -> stage 2 -> last N layers -> checkpointing -> LoRA
+against stage 2 -> QLoRA on a 24 GB card, on 7B)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def _wire(sh: Shared) -> None:
 
 
 def create_learn_panel(ui: Registry) -> None:
-    gr.Markdown(f"### From stage 1 to stage 2 to the last N layers, then gradient checkpointing\n{INTRO}")
+    gr.Markdown(f"### From stage 1 to stage 2 to the last N layers, then checkpointing and adapters\n{INTRO}")
     buttons: dict[str, gr.Button] = {}
     with gr.Row(elem_id="fl-learn-buttons"):
         for key, lesson in LESSONS.items():

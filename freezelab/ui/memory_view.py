@@ -9,6 +9,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from freezelab import charts, units
+from freezelab.adapters import Adapters
 from freezelab.index import ModelIndex
 from freezelab.index_memo import Kept, per_index
 from freezelab.memory.analytic import estimate, followed
@@ -140,16 +141,21 @@ def _gpu_counts(index: ModelIndex) -> Kept:
     return Kept(KEPT_ESTIMATES)
 
 
-def kept_estimate(index: ModelIndex, mask: list[bool], workload: Workload) -> MemoryEstimate:
-    """`estimate(index, mask, workload)`, kept for the next event that asks for the same (the memory
-    curve's batch sizes stay the same when only the batch changes; a class clicks the same presets)."""
-    return _estimates(index).get((bytes(mask), workload), lambda: estimate(index, mask, workload))
+def kept_estimate(index: ModelIndex, mask: list[bool], workload: Workload,
+                  adapters: Adapters | None = None) -> MemoryEstimate:
+    """`estimate(index, mask, workload, adapters=adapters)`, kept for the next event that asks for the
+    same (the memory curve's batch sizes stay the same when only the batch changes; a class clicks the
+    same presets)."""
+    return _estimates(index).get((bytes(mask), workload, adapters),
+                                 lambda: estimate(index, mask, workload, adapters=adapters))
 
 
-def kept_gpu_count(index: ModelIndex, mask: list[bool], workload: Workload, cublas_workspaces: int) -> GpuCount:
+def kept_gpu_count(index: ModelIndex, mask: list[bool], workload: Workload, cublas_workspaces: int,
+                   adapters: Adapters | None = None) -> GpuCount:
     """`gpu_count(...)`, kept likewise; the workload's own GPU count and sharding do not change it."""
-    key = (bytes(mask), workload.with_(gpus=1, sharding="ddp"), cublas_workspaces)
-    return _gpu_counts(index).get(key, lambda: gpu_count(index, mask, workload, cublas_workspaces=cublas_workspaces))
+    key = (bytes(mask), workload.with_(gpus=1, sharding="ddp"), cublas_workspaces, adapters)
+    return _gpu_counts(index).get(key, lambda: gpu_count(index, mask, workload, cublas_workspaces=cublas_workspaces,
+                                                         adapters=adapters))
 
 
 def notes_md(est: MemoryEstimate) -> str:
@@ -157,7 +163,7 @@ def notes_md(est: MemoryEstimate) -> str:
 
 
 def curve(index: ModelIndex, mask: list[bool], workload: Workload, current: MemoryEstimate,
-          context: bool) -> go.Figure:
+          context: bool, adapters: Adapters | None = None) -> go.Figure:
     """Memory against batch size (`current` is the estimate at the workload's own batch), stopping
     one point past the largest common GPU and the current batch: further points only squash the
     interesting part of the chart, and each costs an estimate."""
@@ -165,7 +171,8 @@ def curve(index: ModelIndex, mask: list[bool], workload: Workload, current: Memo
     xs: list[int] = []
     points: list[MemoryEstimate] = []
     for b in sorted({b for b in CURVE_BATCHES if b <= LIMITS["batch"]} | {workload.batch}):
-        points.append(current if b == workload.batch else kept_estimate(index, mask, workload.with_(batch=b)))
+        points.append(current if b == workload.batch
+                      else kept_estimate(index, mask, workload.with_(batch=b), adapters))
         xs.append(b)
         if points[-1].device_estimate_bytes > largest and b >= workload.batch:
             break
@@ -196,20 +203,21 @@ def min_gpus_md(count: GpuCount) -> str:
 
 
 def memory_view(index: ModelIndex, mask: list[bool], workload: Workload, context: bool | None = None,
-                gpu_count: bool = True) -> MemoryView:
-    """The estimate and its charts; `context` None: the CUDA context is drawn unless it outweighs the tensors.
-    `gpu_count` False: how many GPUs is left out (None: the page keeps what it shows, out of sight
-    while its section is closed); it costs twenty walks of the step, more than the rest together."""
+                gpu_count: bool = True, adapters: Adapters | None = None) -> MemoryView:
+    """The estimate and its charts; `context` None: the CUDA context is drawn unless it outweighs the tensors;
+    `adapters`: the plan's adapters and quantized base. `gpu_count` False: how many GPUs is left out
+    (None: the page keeps what it shows, out of sight while its section is closed); it costs twenty
+    walks of the step, more than the rest together."""
     tokens = tokens_md(index, workload)
     why = followed(index, workload)
     if why is not None:
         return not_followed(why, tokens)
-    est = kept_estimate(index, mask, workload)
+    est = kept_estimate(index, mask, workload, adapters)
     shown_context = charts.context_by_default(est) if context is None else context
-    count = kept_gpu_count(index, mask, workload, est.cublas_workspaces) if gpu_count else None
+    count = kept_gpu_count(index, mask, workload, est.cublas_workspaces, adapters) if gpu_count else None
     return MemoryView(estimate=est, figure=charts.memory_breakdown(est, chart_lines(), context=shown_context),
-                      curve=curve(index, mask, workload, est, shown_context), verdict=verdict_html(est, workload),
-                      notes=notes_md(est), context=shown_context,
+                      curve=curve(index, mask, workload, est, shown_context, adapters),
+                      verdict=verdict_html(est, workload), notes=notes_md(est), context=shown_context,
                       gpu_count=None if count is None else charts.gpu_count_chart(
                           count.counts, count.per_gpu, chart_lines(), current=workload.gpus),
                       min_gpus=None if count is None else min_gpus_md(count), tokens=tokens)

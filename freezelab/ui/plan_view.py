@@ -8,7 +8,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from freezelab import charts, units
-from freezelab.anatomy import component_counts, count
+from freezelab.anatomy import component_counts, count, summary
 from freezelab.index import ModelIndex
 from freezelab.index_memo import Kept, per_index
 from freezelab.plans import Plan, Resolution
@@ -21,14 +21,17 @@ SUMMARY_ROWS = (("vision", "vision tower"), ("projector", "projector"), ("llm", 
 
 
 def summary_html(index: ModelIndex, mask: list[bool]) -> str:
+    """Counts on the (adapted) index: with adapters, totals are base plus adapters, as PEFT counts them."""
     total = count(index, mask)
     comps = component_counts(index, mask)
     rows = "".join(
         f"<tr><td>{label}</td><td>{units.params(comps[key].total)}</td><td>{units.params(comps[key].trainable)}</td>"
         f"<td>{comps[key].state}</td></tr>" for key, label in SUMMARY_ROWS if comps[key].total)
+    adapter = summary(index, mask)["adapter_params"]
+    extra = f" <small>({adapter:,} in adapters)</small>" if adapter else ""
     return (f'<div class="fl-summary"><div class="fl-big">trainable <b id="fl-trainable">{total.trainable:,}</b> '
             f'of {total.total:,} parameters (<span id="fl-percent">{units.percent(total.trainable, total.total)}'
-            f"</span>)</div><table><tr><th>component</th><th>total</th><th>trainable</th><th>state</th></tr>"
+            f"</span>){extra}</div><table><tr><th>component</th><th>total</th><th>trainable</th><th>state</th></tr>"
             f"{rows}</table></div>")
 
 
@@ -46,10 +49,13 @@ def _plan_parts(index: ModelIndex) -> Kept:
     return Kept(KEPT_PLAN_PARTS)
 
 
-def plan_charts(index: ModelIndex, mask: list[bool]) -> tuple[str, go.Figure, go.Figure]:
-    """The counts (HTML), the parameters-per-component chart and the model map of a mask, kept."""
-    return _plan_parts(index).get(bytes(mask), lambda: (
-        summary_html(index, mask), charts.params_by_component(index, mask), charts.model_map(index, mask)))
+def plan_charts(index: ModelIndex, mask: list[bool], adapted: ModelIndex,
+                adapted_mask: list[bool]) -> tuple[str, go.Figure, go.Figure]:
+    """The counts (HTML) and the parameters-per-component chart of the adapted index (the index itself
+    without adapters), and the model map of the base mask, kept."""
+    counts = _plan_parts(adapted).get(bytes(adapted_mask), lambda: (
+        summary_html(adapted, adapted_mask), charts.params_by_component(adapted, adapted_mask)))
+    return (*counts, _plan_parts(index).get(("map", bytes(mask)), lambda: charts.model_map(index, mask)))
 
 
 def tree_rows(index: ModelIndex, mask: list[bool], tree: TreeOptions) -> str:

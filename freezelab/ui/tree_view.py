@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from freezelab import units
+from freezelab.adapter_index import ADAPTED_TYPE
+from freezelab.components import Part
 from freezelab.index import ModelIndex
 from freezelab.index_memo import per_index
 
@@ -35,6 +37,7 @@ class _Static:
     total_text: list[str]
     ties: list[str]                # tie note or ""
     dead: list[bool]               # no gradient ever reaches any of its parameters
+    adapter: list[str]             # "A": a Linear with an adapter, "X": an adapter's own module, else ""
 
 
 def _tie_note(index: ModelIndex, pos: int) -> str:
@@ -59,7 +62,16 @@ def _static(index: ModelIndex) -> _Static:
         ties=[_tie_note(index, pos) for pos in range(len(index.modules))],
         dead=[bool(dead) and bool(m.params) and all(index.params[i].name in dead for i in m.params)
               for m in index.modules],
+        adapter=[_adapter_flag(index, m) for m in index.modules],
     )
+
+
+def _adapter_flag(index: ModelIndex, m: Any) -> str:
+    if m.type == ADAPTED_TYPE:
+        return "A"
+    if m.own and all(index.params[i].part == Part.ADAPTER for i in m.own):
+        return "X"
+    return ""
 
 
 def _visible(index: ModelIndex, query: str, depth: int | None) -> tuple[list[bool], set[str], set[str]]:
@@ -94,11 +106,12 @@ def tree_data(index: ModelIndex, mask: list[bool], query: str = "", depth: int |
         total = st.totals[pos]
         trainable = sum(on[i] for i in m.params)
         flags = ("T" if st.ties[pos] else "") + ("D" if st.dead[pos] else "") + ("H" if m.path in hits else "") \
-            + ("O" if m.path in opened else "")
+            + ("O" if m.path in opened else "") + st.adapter[pos]
         # most modules are wholly frozen or wholly trainable: their text is already known (~800 rows on 7B)
         part = st.total_text[pos] if trainable == total else "0" if trainable == 0 else units.params(trainable)
         counts = f"{part} / {st.total_text[pos]}" if total else "no parameters"
-        row = [*st.head[pos], counts, _state(trainable, total), flags]
+        # an adapter's own rows show counts but no checkbox: the lora rule decides them
+        row = [*st.head[pos], counts, "e" if st.adapter[pos] == "X" else _state(trainable, total), flags]
         if st.ties[pos]:
             row.append(st.ties[pos])
         rows.append(row)
@@ -121,6 +134,8 @@ const inner = (r) => {
   const box = s === 'e' ? '' : `<input type="checkbox" data-s="${s}"${s === 't' ? ' checked' : ''}>`;
   let badges = '';
   if (flags.includes('T')) badges += `<span class="fl-b fl-tie" title="${esc(note || '')}">tied</span>`;
+  if (flags.includes('A')) badges += '<span class="fl-b fl-lora" title="gets a LoRA adapter">LoRA</span>';
+  if (flags.includes('X')) badges += '<span class="fl-b fl-lora" title="adapter tensor (trains)">adapter</span>';
   if (flags.includes('D')) {
     badges += '<span class="fl-b fl-dead" title="no gradient ever reaches these parameters">no grad</span>';
   }
@@ -188,6 +203,7 @@ TREE_CSS = """
 .fl-tree .fl-b { font-size: 10.5px; border-radius: 3px; padding: 0 .3em; margin-left: .4em; }
 .fl-tree .fl-tie { background: #e8e1f5; color: #5a3e99; }
 .fl-tree .fl-dead { background: #fbe7d3; color: #8a4b10; }
+.fl-tree .fl-lora { background: #fbefcc; color: #7a5a00; }
 .fl-tree .fl-hit > summary, .fl-tree .fl-leaf.fl-hit { background: #fff6c8; }
 .fl-tree .fl-pick { border: none; background: none; color: #8a94a0; cursor: pointer; padding: 0 .3em; }
 .fl-tree .fl-pick:hover { color: #2e9e5b; }

@@ -115,8 +115,8 @@ def check_simulation(app: App, session: Session) -> tuple[Loaded, Resolution]:
     estimated CPU time (freezelab.budget) against this deployment's limits."""
     loaded = app.loaded(session)
     index = loaded.index
-    app.policy.check_simulate(index.total_params, index.name)
     res = resolve(session.plan, index)
+    app.policy.check_simulate(index.total_params + res.adapters.params, index.name)  # adapters as PEFT counts
     if app.policy.max_simulate_seconds is not None:  # local mode runs what it is asked, at no cost here
         app.policy.check_simulate_cost(simulation_cost(index, session.workload), index.name)
     return loaded, res
@@ -141,18 +141,21 @@ def simulate(app: App, session: Session, progress: Progress | None = None,
     loaded, res = check_simulation(app, session)
     index = loaded.index
     why = followed(index, session.workload)
-    analytic = analytic_estimate(index, res.mask, session.workload) if why is None else None
+    analytic = (analytic_estimate(index, res.mask, session.workload, adapters=res.adapters) if why is None
+                else None)
     try:
         simulated = simulate_step(hf_config(loaded.source), res.trainable_names(index), session.workload,
-                                  progress=progress, cancel=cancel, processor=index.processor)
+                                  progress=progress, cancel=cancel, adapters=res.adapters, index=index,
+                                  processor=index.processor)
     finally:
         reclaim()
-    label = result_html("Simulated", session, count(index, res.mask).trainable)
+    label = result_html("Simulated", session, count(*res.adapted(index)).trainable)
     table = comparison_table(analytic, simulated) if analytic is not None else simulated_table(simulated, str(why))
     counted = simulated.details.get("flops")
     no_flops = flops_followed(index, session.workload)
     if counted and no_flops is None:
-        table += "\n\n" + flops_rows(step_flops(index, res.mask, session.workload), counted)
+        flops = step_flops(index, res.mask, session.workload, adapters=res.adapters)
+        table += "\n\n" + flops_rows(flops, counted)
     elif counted:
         table += (f"\n\nFlopCounterMode on the simulated step: forward {units.flops(counted['forward'])}, backward "
                   f"{units.flops(counted['backward'])}. No analytic FLOPs: {no_flops}.")
@@ -267,14 +270,14 @@ def check_step(app: App, session: Session, device: object, steps: object,
         raise VerifyError(f"device must be cpu or cuda, got {device!r}")
     loaded = app.loaded(session)
     index = loaded.index
-    app.policy.check_step(index.total_params, steps, device, index.name)
+    res = resolve(session.plan, index)
+    app.policy.check_step(index.total_params + res.adapters.params, steps, device, index.name)  # adapters too
     if session.weights and loaded.source.kind == "checkpoint":  # checked at load too; files may have grown
         app.policy.check_weights(loaded.source.weight_bytes, loaded.source.name)
     check_args(loaded.source, session.workload, steps, lr, device, session.weights)
-    res = resolve(session.plan, index)
     if app.policy.max_step_seconds is not None:
         app.policy.check_step_cost(step_cost(index, res.mask, session.workload, steps), index.name)
-    gate(index, res.mask, session.workload, device)
+    gate(index, res.mask, session.workload, device, res.adapters)
     return loaded, res, steps, lr
 
 
@@ -282,7 +285,7 @@ def run_step(app: App, session: Session, device: str, steps: int, lr: float,
              cancel: threading.Event | None = None) -> Iterator[tuple[float, StepView]]:
     """Stream (fraction done, view) while the sanity step runs; the last view holds the report."""
     loaded, res, steps, lr = check_step(app, session, device, steps, lr)
-    label = result_html("Sanity step", session, count(loaded.index, res.mask).trainable)
+    label = result_html("Sanity step", session, count(*res.adapted(loaded.index)).trainable)
     losses: list[float] = []
     try:
         for event in iter_step(loaded.source, session.plan, session.workload, steps=steps, lr=lr, device=device,

@@ -1,8 +1,11 @@
-"""The two process-wide patches a simulation needs, for fake tensors only.
+"""The process-wide patches a simulation needs, for fake tensors only.
 
 * `F.scaled_dot_product_attention` goes to `sdpa.cuda_sdpa` (CUDA's backend choice);
 * transformers' `_ignore_causal_mask_sdpa` knows that the simulated padding mask
-  is all ones, as transformers finds out on a GPU.
+  is all ones, as transformers finds out on a GPU;
+* `F.dropout` in training runs `native_dropout`, as ATen's `dropout` does on CUDA
+  (`is_fused_kernel_acceptable`): autograd keeps a boolean mask, where the CPU
+  composite keeps a noise tensor in the input's dtype (LoRA's dropout).
 
 Real tensors (another thread running a real model) keep the original behaviour.
 Both are installed reference-counted, so concurrent simulations share one
@@ -63,15 +66,26 @@ def _fake_aware_ignore_mask(original: Callable) -> Callable:
     return ignore
 
 
+def _fake_aware_dropout(original: Callable) -> Callable:
+    def dropout(input, p=0.5, training=True, inplace=False):
+        if not _is_fake(input) or not training or not 0 < p < 1 or input.numel() == 0 or inplace:
+            return original(input, p=p, training=training, inplace=inplace)
+        return torch.native_dropout(input, p, True)[0]
+    dropout.__wrapped__ = original
+    return dropout
+
+
 def _install() -> None:
     import transformers.masking_utils as mu
 
     _SAVED[:] = [(torch.nn.functional, "scaled_dot_product_attention",
                   torch.nn.functional.scaled_dot_product_attention),
-                 (mu, "_ignore_causal_mask_sdpa", mu._ignore_causal_mask_sdpa)]
+                 (mu, "_ignore_causal_mask_sdpa", mu._ignore_causal_mask_sdpa),
+                 (torch.nn.functional, "dropout", torch.nn.functional.dropout)]
     torch.nn.functional.scaled_dot_product_attention = _fake_aware_sdpa(
         torch.nn.functional.scaled_dot_product_attention)
     mu._ignore_causal_mask_sdpa = _fake_aware_ignore_mask(mu._ignore_causal_mask_sdpa)
+    torch.nn.functional.dropout = _fake_aware_dropout(torch.nn.functional.dropout)
 
 
 def _restore() -> None:

@@ -35,8 +35,10 @@ import warnings
 from collections.abc import Callable, Collection
 from typing import Any
 
+from freezelab.adapters import Adapters
 from freezelab.cancellation import watch_modules
 from freezelab.errors import SimulationCancelled, SimulationError
+from freezelab.index import ModelIndex
 from freezelab.memory.fake.autocast import CudaAutocastDelta
 from freezelab.memory.fake.ledger import Label
 from freezelab.memory.fake.patches import cuda_emulation_installed
@@ -57,6 +59,8 @@ def simulate_step(
     cancel: Callable[[], bool] | None = None,
     *,
     input_require_grads: bool = False,
+    adapters: Adapters | None = None,
+    index: ModelIndex | None = None,
     processor: dict[str, Any] | None = None,
     count_flops: bool = True,
 ) -> MemoryEstimate:
@@ -82,12 +86,19 @@ def simulate_step(
     them (see shared/notes/pitfalls.md). With `workload.grad_ckpt` they are always on,
     as `gradient_checkpointing_enable()` installs them.
 
+    `adapters` (with the `index` they were resolved on): the plan's LoRA / DoRA adapters, added by PEFT's
+    own `get_peft_model` to the fake model (real PEFT modules on fake tensors), and its quantized base,
+    whose 4- / 8-bit layers are modelled (freezelab.memory.simulate.quantized: bitsandbytes cannot run on
+    fake tensors).
+
     `count_flops=True` counts step 2 with FlopCounterMode (`details["flops"]`, see
     `simulate.flops`); the counting adds to the run's CPU time
     (`python benchmarks/flops_agreement.py --overhead`).
     """
+    if adapters is not None and adapters.layers and index is None:
+        raise SimulationError("adapters need the model index they were resolved on")
     return execute(Run(config, trainable, workload, progress, cancel, input_require_grads=input_require_grads,
-                       processor=processor, count_flops=count_flops))
+                       adapters=adapters, index=index, processor=processor, count_flops=count_flops))
 
 
 def execute(run: Run) -> MemoryEstimate:

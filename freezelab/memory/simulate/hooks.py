@@ -18,13 +18,19 @@ from freezelab.components import Part
 from freezelab.memory.fake.ledger import Label, TensorLedger
 from freezelab.memory.result import Category, Phase
 from freezelab.memory.simulate.run import Run
+from freezelab.peft_targets import base_name
 
 
 def param_labels(run: Run) -> dict[str, Label]:
-    """Every parameter name (tied aliases too) -> its component, the output head on its own."""
+    """Every parameter name (tied aliases too) -> its component, the output head on its own; an adapter's
+    tensors and a wrapped base layer's (PEFT's names) take the label of the Linear they belong to."""
     assert run.parts is not None
-    return {name: Label.LM_HEAD if place.part is Part.LM_HEAD else Label(place.component.value)
-            for name, place in run.parts.params.items()}
+    labels = {name: Label.LM_HEAD if place.part is Part.LM_HEAD else Label(place.component.value)
+              for name, place in run.parts.params.items()}
+    for name, _ in run.model.named_parameters(remove_duplicate=False):
+        if name not in labels:
+            labels[name] = labels.get(base_name(name), Label.OTHER)
+    return labels
 
 
 def _called(module: torch.nn.Module) -> list[torch.nn.Module]:

@@ -12,6 +12,7 @@ from freezelab.components import classify
 from freezelab.errors import SimulationError
 from freezelab.families import model_class
 from freezelab.memory.simulate.run import Run
+from freezelab.peft_targets import is_adapter_name, peft_name
 
 
 def build(run: Run) -> None:
@@ -34,6 +35,8 @@ def build(run: Run) -> None:
     run.model = model
     run.cfg = model.config
     run.parts = classify(model)
+    if run.adapters is not None:
+        _add_adapters(run)
 
 
 def _sub_configs(config: Any) -> list[tuple[str, Any]]:
@@ -90,17 +93,43 @@ def _fake_like(t: torch.Tensor, memo: dict[int, torch.Tensor], *, parameter: boo
     return new
 
 
+def _add_adapters(run: Run) -> None:
+    """On the meta model, before it moves to fake tensors (a module's `.to()` cannot swap fake parameters):
+    the modelled 4- / 8-bit layers of a quantized base, then PEFT's own adapters with the plan's mask."""
+    from freezelab.memory.simulate.quantized import CUSTOM_MODULES, quantize_fake
+    from freezelab.peft_build import wrap
+
+    adapters, index = run.adapters, run.index
+    assert adapters is not None and index is not None
+    if adapters.quantized:
+        quantize_fake(run.model, index, adapters)
+    if adapters.layers:
+        mask = [any(n in run.trainable for n in p.names) for p in index.params]
+        with torch.device("meta"):
+            wrap(run.model, index, adapters, mask, CUSTOM_MODULES if adapters.quantized else None)
+
+
+def _trainable_names(run: Run) -> set[str]:
+    """The plan's trainable names as the (adapted) model spells them."""
+    if run.adapters is None or not run.adapters.layers:
+        return set(run.trainable)
+    adapted = frozenset(a.path for a in run.adapters.layers)
+    return {peft_name(n, adapted) for n in run.trainable}
+
+
 def apply_plan(run: Run) -> None:
-    """requires_grad from the plan's trainable names; the input-embedding hooks that gradient
-    checkpointing installs (or that were left over from it); training mode."""
+    """requires_grad from the plan's trainable names; the adapters (PEFT) and the quantized base; the
+    input-embedding hooks that gradient checkpointing installs (or that were left over from it), after the
+    adapters, as a Trainer turns checkpointing on for a PEFT model; training mode."""
     named = dict(run.model.named_parameters(remove_duplicate=False))
-    unknown = sorted(n for n in run.trainable if n not in named)
+    trainable = _trainable_names(run)
+    unknown = sorted(n for n in trainable if n not in named)
     if unknown:
         raise SimulationError(f"{len(unknown)} trainable name(s) are not parameters of this model: "
                               + ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else ""))
-    train_ids = {id(named[n]) for n in run.trainable}
-    for p in run.model.parameters():
-        p.requires_grad_(id(p) in train_ids)
+    train_ids = {id(named[n]) for n in trainable}
+    for name, p in run.model.named_parameters():
+        p.requires_grad_(id(p) in train_ids or is_adapter_name(name))
     if run.w.grad_ckpt:
         run.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     elif run.input_require_grads:

@@ -10,9 +10,11 @@ from typing import Any
 
 import torch
 
+from freezelab.adapters import Adapters
 from freezelab.components import ModelComponents
 from freezelab.errors import SimulationCancelled, SimulationError
 from freezelab.families import class_name
+from freezelab.index import ModelIndex
 from freezelab.memory.fake.ledger import TensorLedger
 from freezelab.workload import TORCH_DTYPE_NAMES, Workload
 
@@ -24,7 +26,8 @@ class Run:
 
     def __init__(self, config: Any, trainable: Collection[str], workload: Workload,
                  progress: Progress | None = None, cancel: Callable[[], bool] | None = None, *,
-                 input_require_grads: bool = False, processor: dict[str, Any] | None = None,
+                 input_require_grads: bool = False, adapters: Adapters | None = None,
+                 index: ModelIndex | None = None, processor: dict[str, Any] | None = None,
                  count_flops: bool = True) -> None:
         from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -40,6 +43,8 @@ class Run:
         self.trainable = set(trainable)
         self.w = workload
         self.input_require_grads = bool(input_require_grads)
+        self.adapters = adapters if adapters is not None and (adapters.layers or adapters.quantized) else None
+        self.index = index                          # the index the adapters were resolved on
         self.processor: dict[str, Any] = dict(processor or {})
         self.count_flops = bool(count_flops)   # FlopCounterMode over step 2 (simulate.flops)
         self.dtype = getattr(torch, TORCH_DTYPE_NAMES[workload.dtype])
