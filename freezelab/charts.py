@@ -1,13 +1,8 @@
 """Plotly figures of a plan and its costs: pure functions of (index, mask, estimates).
 
-Figures are built from plain dicts in one `figure(...)` call: plotly's
-per-call helpers (`add_vline`, `update_layout` chains) validate on every call
-and cost tens of milliseconds each, which a live dashboard cannot afford, and
-even one validating `go.Figure(...)` costs 4-8 ms per figure (four per click).
-`figure` skips plotly's validation; tests/test_charts.py validates every chart
-once and checks that validation would change nothing in what is sent.
-The treemap aggregates at layer level, so a 72B model is ~150 boxes, not
-1,400 tensors.
+Figures are built from plain dicts in one `figure(...)` call, without plotly's validation (4-8 ms a
+figure; tests/test_charts.py validates every chart once and checks it would change nothing sent).
+The treemap aggregates at layer level, so a 72B model is ~150 boxes, not 1,400 tensors.
 """
 
 from __future__ import annotations
@@ -79,9 +74,8 @@ MIN_PLOT_PX = {"x": 360, "y": 170}
 
 
 def figure(spec: dict[str, Any]) -> go.Figure:
-    """A plotly Figure of a {"data", "layout"} spec, without plotly's per-property validation (it
-    would send the same JSON: the specs here are valid, which the tests check). Empty layout lists
-    (no GPU line to draw) are left out, as validation would leave them out."""
+    """A plotly Figure of a {"data", "layout"} spec, unvalidated; empty layout lists (no GPU line to
+    draw) are left out, as validation would leave them out."""
     layout = {k: v for k, v in spec.get("layout", {}).items() if v != []}
     return go.Figure({**spec, "layout": layout}, _validate=False)
 
