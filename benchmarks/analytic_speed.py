@@ -67,7 +67,7 @@ def main() -> None:
     for name, plan_name, workload in CASES:
         index = index_of(resolve_source(name))
         mask = resolve_plan(preset(plan_name), index).mask
-        memory = _timed(lambda: estimate(index, mask, workload), args.runs, before=replay_memo.clear)
+        memory = _timed(lambda: estimate(index, mask, workload), args.runs, before=lambda: replay_memo.forget(index))
         kept = _timed(lambda: estimate(index, mask, workload), args.runs)
         compute = (_timed(lambda: step_times(step_flops(index, mask, workload), workload), args.runs)
                    if flops_followed(index, workload) is None else "not modelled")
