@@ -14,6 +14,7 @@ from freezelab.memory.tape_order import OrderedTape
 from freezelab.memory.claims import DEVICE
 from freezelab.memory.verdict import DEVICE_ERROR
 from freezelab.models import index_of
+from freezelab.plans import preset as preset_plan
 from freezelab.plans import resolve
 from freezelab.sources import resolve as resolve_source
 
@@ -105,3 +106,16 @@ def test_the_replay_runs_once_per_step_and_again_for_another(tiny_index, monkeyp
     # the adapters' tensors, gradients and state are in the replay: what it reserved covers the tensor peak
     assert first.details["allocator_reserved_bytes"] >= first.peak_bytes > plain.peak_bytes
     assert other.peak_bytes < first.peak_bytes
+
+
+def test_a_kept_point_takes_another_cache_share_exactly(tiny_index) -> None:
+    from freezelab.memory.analytic import with_cache_share
+    from freezelab.workload import Workload
+
+    mask = resolve(preset_plan("stage2"), tiny_index).mask
+    w = Workload(batch=3, text_tokens=200)
+    bare = estimate(tiny_index, mask, w, cache_share=0.0)
+    shared = estimate(tiny_index, mask, w, cache_share=0.23)
+    moved = with_cache_share(bare, 0.23)
+    assert moved.device_estimate_bytes == shared.device_estimate_bytes > bare.device_estimate_bytes
+    assert moved.details["allocator_cache_bytes"] == shared.details["allocator_cache_bytes"] > 0

@@ -381,6 +381,14 @@ def device_estimate(peak: int, cache_share: float) -> int:
     return peak + round(peak * cache_share) + CUDA_CONTEXT
 
 
+def with_cache_share(est: MemoryEstimate, share: float) -> MemoryEstimate:
+    """`est` with the allocator's cache as `share` of its tensor peak: what `estimate(..., cache_share=share)`
+    gives, from an estimate of the same step with any other share (a curve point kept across batch edits)."""
+    cache = int(est.peak_bytes * share)
+    return replace(est, device_estimate_bytes=est.peak_bytes + cache + CUDA_CONTEXT,
+                   details={**est.details, "allocator_cache_bytes": cache})
+
+
 def cache_share_of(est: MemoryEstimate) -> float:
     """The allocator's cache of an estimate (either method) as a share of its tensor peak."""
     return max(0, est.device_estimate_bytes - est.peak_bytes - CUDA_CONTEXT) / max(1, est.peak_bytes)

@@ -12,7 +12,7 @@ from freezelab import charts, units
 from freezelab.adapters import Adapters
 from freezelab.index import ModelIndex
 from freezelab.index_memo import Kept, per_index
-from freezelab.memory.analytic import cache_share_of, estimate, followed
+from freezelab.memory.analytic import cache_share_of, estimate, followed, with_cache_share
 from freezelab.memory.gpu_count import GpuCount, gpu_count
 from freezelab.memory.gpus import fits_table
 from freezelab.memory.result import MemoryEstimate
@@ -190,9 +190,9 @@ def curve(index: ModelIndex, mask: list[bool], workload: Workload, current: Memo
     points: list[MemoryEstimate] = []
     share = current.details.get("allocator_cache_bytes", 0) / max(1, current.peak_bytes)
     for b in sorted({b for b in CURVE_BATCHES if b <= LIMITS["batch"]} | {workload.batch}):
-        # the other points take the current batch's allocator cache as a share of their peak
-        points.append(current if b == workload.batch
-                      else kept_estimate(index, mask, workload.with_(batch=b), adapters, cache_share=share))
+        # the other points (kept without a cache) take the current batch's allocator cache as a share of their peak
+        points.append(current if b == workload.batch else
+                      with_cache_share(kept_estimate(index, mask, workload.with_(batch=b), adapters, 0.0), share))
         xs.append(b)
         if points[-1].device_estimate_bytes > largest and b >= workload.batch:
             break
