@@ -39,6 +39,7 @@ from freezelab.families import family
 from freezelab.index import ModelIndex
 from freezelab.memory.analytic import data_flow, followed
 from freezelab.memory.stages import HEAD, Stage, build
+from freezelab.memory.image_paths import PATHS
 from freezelab.tokens import LLAVA_TYPES
 from freezelab.workload import DTYPE_BYTES, Sharding, Workload
 
@@ -72,6 +73,10 @@ OPTIMIZER_WORK: dict[str, tuple[int, int, int]] = {
     "paged-adamw-8bit": (14, 3, 4),
 }
 SHARDED_OPTIMIZER = (Sharding.ZERO1, Sharding.ZERO2, Sharding.ZERO3, Sharding.FSDP)
+
+# The model types whose ops carry their FLOPs on the tape (equal to FlopCounterMode's count on the
+# simulated step: tests/test_flops.py, benchmarks/flops_agreement.py).
+FLOPS_FOLLOWED: frozenset[str] = frozenset(LLAVA_TYPES) | frozenset(PATHS)
 
 
 @dataclass(frozen=True)
@@ -240,17 +245,16 @@ class FlopsError(FreezelabError):
 def flops_followed(index: ModelIndex, w: Workload) -> str | None:
     """Why the analytic FLOPs (and so the step time) do not follow this model or workload, or None.
 
-    The FLOPs are checked op for op against FlopCounterMode on the LLaVA classes only. The newer
-    families' vision towers and projectors (Qwen's 3D patch convolution and windowed attention,
-    pixel shuffles, Gemma 3's pooling, Pixtral's block-diagonal sequence, ...) are modelled for
-    memory but carry no FLOPs yet: they are refused rather than undercounted."""
+    They follow wherever the analytic estimate does: every op of every modelled family (the LLaVA
+    classes and those of freezelab.memory.image_paths) charges its FLOPs on the tape, checked equal
+    to FlopCounterMode on the simulated step under every preset, with and without checkpointing."""
     why = followed(index, w)
     if why is not None:
         return why
-    if index.model_type not in LLAVA_TYPES:
-        return (f"FLOPs and step time are not modelled for {family(index.model_type).title} yet (only the LLaVA "
-                "classes' ops carry FLOPs); the simulated estimate (--method simulate, or Verify in the "
-                "dashboard) counts this model's FLOPs with FlopCounterMode")
+    if index.model_type not in FLOPS_FOLLOWED:
+        return (f"FLOPs and step time are not modelled for {family(index.model_type).title} yet; the simulated "
+                "estimate (--method simulate, or Verify in the dashboard) counts this model's FLOPs with "
+                "FlopCounterMode")
     return None
 
 
