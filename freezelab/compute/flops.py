@@ -35,12 +35,9 @@ from typing import Any
 from freezelab.adapters import Adapters
 from freezelab.compute.cost import Cost
 from freezelab.errors import FreezelabError
-from freezelab.families import family
 from freezelab.index import ModelIndex
 from freezelab.memory.analytic import data_flow, followed
 from freezelab.memory.stages import HEAD, Stage, build
-from freezelab.memory.image_paths import PATHS
-from freezelab.tokens import LLAVA_TYPES
 from freezelab.workload import DTYPE_BYTES, Sharding, Workload
 
 
@@ -73,10 +70,6 @@ OPTIMIZER_WORK: dict[str, tuple[int, int, int]] = {
     "paged-adamw-8bit": (14, 3, 4),
 }
 SHARDED_OPTIMIZER = (Sharding.ZERO1, Sharding.ZERO2, Sharding.ZERO3, Sharding.FSDP)
-
-# The model types whose ops carry their FLOPs on the tape (equal to FlopCounterMode's count on the
-# simulated step: tests/test_flops.py, benchmarks/flops_agreement.py).
-FLOPS_FOLLOWED: frozenset[str] = frozenset(LLAVA_TYPES) | frozenset(PATHS)
 
 
 @dataclass(frozen=True)
@@ -246,16 +239,11 @@ def flops_followed(index: ModelIndex, w: Workload) -> str | None:
     """Why the analytic FLOPs (and so the step time) do not follow this model or workload, or None.
 
     They follow wherever the analytic estimate does: every op of every modelled family (the LLaVA
-    classes and those of freezelab.memory.image_paths) charges its FLOPs on the tape, checked equal
-    to FlopCounterMode on the simulated step under every preset, with and without checkpointing."""
-    why = followed(index, w)
-    if why is not None:
-        return why
-    if index.model_type not in FLOPS_FOLLOWED:
-        return (f"FLOPs and step time are not modelled for {family(index.model_type).title} yet; the simulated "
-                "estimate (--method simulate, or Verify in the dashboard) counts this model's FLOPs with "
-                "FlopCounterMode")
-    return None
+    classes and those of freezelab.memory.image_paths) charges its FLOPs on the tape, equal to
+    FlopCounterMode's count on the simulated step (tests/test_flops.py, tests/test_family_flops.py,
+    benchmarks/flops_agreement.py). Elsewhere (a family or a video the estimate does not model, run
+    with --method simulate) the simulation's own FlopCounterMode count is the one to read."""
+    return followed(index, w)
 
 
 def step_flops(index: ModelIndex, mask: list[bool], workload: Workload, *,
