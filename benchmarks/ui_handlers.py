@@ -28,8 +28,9 @@ def serialised(view) -> int:
     """Serialise what the page receives, as Gradio does; returns the bytes sent."""
     m = view.memory
     figures = (view.params_fig, view.map_fig, m.figure, m.curve, m.gpu_count, view.compute.figure)
-    return (sum(len(f.to_json()) for f in figures) + len(view.tree) + len(view.summary) + len(m.verdict)
-            + len(m.min_gpus) + len(view.compute.time))
+    texts = (view.tree, view.summary, m.verdict, m.min_gpus, view.compute.time)
+    # None: not sent (a workload edit leaves the plan's part to the page; how many GPUs while it is closed)
+    return sum(len(f.to_json()) for f in figures if f is not None) + sum(len(t) for t in texts if t is not None)
 
 
 def median_ms(fn: Callable[[int], object], runs: int) -> tuple[float, float, float]:

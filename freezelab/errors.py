@@ -27,5 +27,9 @@ class SimulationError(FreezelabError):
     """The simulated training step cannot run: bad input, or the real step would fail too."""
 
 
-class SimulationCancelled(FreezelabError):
-    """The caller's `cancel()` returned True: the simulation stopped between two phases."""
+class Cancelled(FreezelabError):
+    """A run's cancel flag was set: it stopped where it checked (freezelab.cancellation)."""
+
+
+class SimulationCancelled(Cancelled):
+    """The caller's `cancel()` returned True: the simulation stopped at a phase or inside one."""

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable
-from typing import TypeVar
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
 
 from freezelab.index import ModelIndex
 
@@ -43,3 +44,30 @@ def per_index(fn: Callable[[ModelIndex], _T]) -> Callable[[ModelIndex], _T]:
 
     wrapper.__doc__ = fn.__doc__
     return wrapper
+
+
+class Kept:
+    """Results derived from one index (an estimate, a chart, the tree's rows for a plan), at most
+    `size`, the least recently used dropped first. Each must be a pure function of the index and the
+    key, never modified once made, so it can be shared between sessions. Hold one per index
+    (`per_index`), so that it goes when the index does."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._kept: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, make: Callable[[], _T]) -> _T:
+        with self._lock:
+            if key in self._kept:
+                self._kept.move_to_end(key)
+                return self._kept[key]
+        value = make()
+        with self._lock:
+            self._kept[key] = value
+            while len(self._kept) > self.size:
+                self._kept.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._kept)

@@ -176,8 +176,11 @@ def resolve(plan: Plan, index: ModelIndex) -> Resolution:
     mask = plan_mask(plan, index, found)
     adapters = resolve_adapters(index, plan, found, mask) if plan.has_adapters or plan.quant.on else Adapters()
     warnings = []
+    notes: dict[str, str | None] = {}  # a selector matches the same wherever it is in the plan
     for n, (rule, hit) in enumerate(zip(plan.rules, found), 1):
-        note = reach(index, rule.selector, hit)
+        if rule.selector not in notes:
+            notes[rule.selector] = reach(index, rule.selector, hit)
+        note = notes[rule.selector]
         if note:
             warnings.append(f"rule {n} ({rule}): {note}")
     touched = frozenset().union(*found)

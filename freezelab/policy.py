@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from freezelab.budget import Cost
 from freezelab.errors import FreezelabError
 from freezelab.units import GiB
 
@@ -23,6 +24,9 @@ class PolicyError(FreezelabError):
 
 
 GiB = 2**30
+# CPU seconds one sanity step or simulation may take in public mode (estimated before it runs,
+# freezelab.budget): a 7B simulation takes 2.5 s, tiny's default sanity step well under 1 s.
+MAX_RUN_SECONDS = 60.0
 MAX_DIRECTORY_ENTRIES = 10_000  # a checkpoint directory holds tens of files; checking each costs a resolve()
 
 
@@ -35,6 +39,8 @@ class Policy:
     max_steps: int | None = None
     step_devices: tuple[str, ...] | None = None
     max_simulate_params: int | None = None   # simulation costs CPU time proportional to size
+    max_step_seconds: float | None = None    # estimated CPU time of a sanity step (freezelab.budget)
+    max_simulate_seconds: float | None = None  # ... of a simulation
     max_session_models: int = 8              # process-wide model cache entries
     max_cache_bytes: int = 256 * 2**20       # and their estimated memory
 
@@ -44,10 +50,11 @@ class Policy:
             return "Local mode: every path, checkpoint and run size is allowed."
         paths = f"local paths only under {', '.join(map(str, self.roots))}" if self.roots else "no local paths"
         weights = f"weights up to {self.max_weight_bytes / GiB:.0f} GiB" if self.max_weight_bytes else "any weights"
-        steps = (f"sanity steps on {', '.join(self.step_devices or ('any device',))}, at most {self.max_steps} steps "
-                 f"and {self.max_step_params or 0:,} parameters")
+        steps = (f"sanity steps on {', '.join(self.step_devices or ('any device',))}, at most {self.max_steps} steps, "
+                 f"{self.max_step_params or 0:,} parameters and {self.max_step_seconds or 0:.0f} s of CPU time")
         return (f"Public mode: {paths}; Hub ids are read config-only; {weights}; {steps}; simulations up to "
-                f"{self.max_simulate_params or 0:,} parameters; code shipped with a checkpoint never runs.")
+                f"{self.max_simulate_params or 0:,} parameters and {self.max_simulate_seconds or 0:.0f} s of CPU time; "
+                "code shipped with a checkpoint never runs.")
 
     def check_path(self, spec: str) -> Path:
         """The resolved path for `spec`, or PolicyError if public mode forbids it."""
@@ -102,6 +109,19 @@ class Policy:
             raise PolicyError(f"{name}: simulating {total_params:,} parameters takes too long on this server "
                               f"(limit {self.max_simulate_params:,}); the analytic estimate is shown instead")
 
+    def check_step_cost(self, cost: Cost, name: str) -> None:
+        if self.max_step_seconds is not None and cost.seconds > self.max_step_seconds:
+            raise PolicyError(f"{name}: this sanity step would take {cost.text()}; this server allows "
+                              f"{self.max_step_seconds:.0f} s of CPU time per run. Shorten the sequence, lower the "
+                              "batch, images or steps, or run it on your own machine")
+
+    def check_simulate_cost(self, cost: Cost, name: str) -> None:
+        if self.max_simulate_seconds is not None and cost.seconds > self.max_simulate_seconds:
+            raise PolicyError(f"{name}: this simulation would take {cost.text()}; this server allows "
+                              f"{self.max_simulate_seconds:.0f} s of CPU time per run. Lower the batch or the images "
+                              "per sample (sequence length costs a simulation nothing), or run it on your own "
+                              "machine")
+
 
 LOCAL = Policy()
 
@@ -110,7 +130,8 @@ def public_policy(roots: tuple[Path, ...] = ()) -> Policy:
     """Public limits sized for a 2-vCPU Space shared by a workshop."""
     return Policy(public=True, roots=tuple(r.resolve() for r in roots), max_weight_bytes=2 * GiB,
                   max_step_params=50_000_000, max_steps=5, step_devices=("cpu",),
-                  max_simulate_params=15_000_000_000, max_session_models=4, max_cache_bytes=64 * 2**20)
+                  max_simulate_params=15_000_000_000, max_step_seconds=MAX_RUN_SECONDS,
+                  max_simulate_seconds=MAX_RUN_SECONDS, max_session_models=4, max_cache_bytes=64 * 2**20)
 
 
 def from_env(environ: dict[str, str] | None = None) -> Policy:

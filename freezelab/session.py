@@ -35,6 +35,7 @@ class Session:
     tree: TreeOptions = field(default_factory=TreeOptions)
     efficiency: Efficiency = field(default_factory=Efficiency)  # the time model's fractions of peak
     context: bool | None = None         # memory charts include the CUDA context; None: the estimate's default
+    gpu_count: bool = False             # the page shows how many GPUs (its section is open): computed only then
 
     def with_plan(self, plan: Plan) -> Session:
         """The session with a new plan; the old one goes on the undo stack (if it differs)."""

@@ -5,11 +5,14 @@ from __future__ import annotations
 import pytest
 
 from freezelab import charts
+from freezelab.compute.flops import step_flops
+from freezelab.memory.gpu_count import COUNTS
 from freezelab.memory.result import CATEGORIES, MemoryEstimate
 from freezelab.models import index_of
 from freezelab.plans import preset, resolve
 from freezelab.sources import resolve as resolve_source
 from freezelab.units import GiB
+from freezelab.workload import Workload
 
 GPUS = [("24 GB", 24 * 10**9), ("40 GB", 40 * 10**9), ("80 GB", 80 * 10**9), ("141 GB", 141 * 10**9)]
 
@@ -211,3 +214,29 @@ def test_figures_carry_no_heavy_template(tiny_index):
     """A named template would add ~6 KB to every figure sent on every click."""
     fig = charts.params_by_component(tiny_index, [False] * len(tiny_index.params))
     assert len(fig.to_json()) < 3000
+
+
+def test_every_chart_is_valid_plotly_and_validation_would_send_the_same(index_7b):
+    """`charts.figure` skips plotly's per-property validation (4-8 ms a figure, four per click): every
+    chart the dashboard draws must still pass it, and validating must change nothing that is sent."""
+    import json
+
+    import plotly.graph_objects as go
+
+    mask = resolve(preset("last-4"), index_7b).mask
+    est = _estimate("analytic", {"weights": 13 * GiB, "activations": 4 * GiB}, overhead=GiB // 2)
+    small = _estimate("simulate", {"weights": 70 * 2**20, "gradients": 2 * 2**20}, overhead=GiB)
+    figures = [
+        charts.params_by_component(index_7b, mask), charts.model_map(index_7b, mask),
+        charts.memory_breakdown(est, GPUS), charts.memory_breakdown(small, GPUS, context=False),
+        charts.memory_curve([1, 4, 16], [small, est, est], GPUS, current=4),
+        charts.estimate_comparison([est, small]), charts.line_chart([2.5, 2.25], title="loss", y_label="loss"),
+        charts.grouped_bars({"projector": 0.5, "llm": 0.25}, title="g", y_label="norm", log=True),
+        charts.layer_bars({"llm": {30: 0.5, 31: 0.25}}, title="l", y_label="norm", log=True),
+        charts.gpu_count_chart(COUNTS, {"ddp": [2 * GiB] * len(COUNTS), "fsdp": [GiB] * len(COUNTS)}, GPUS, current=2),
+        charts.compute_breakdown(step_flops(index_7b, mask, Workload(grad_ckpt=True))),
+    ]
+    for fig in figures:
+        sent = json.loads(fig.to_json())
+        validated = go.Figure({"data": sent["data"], "layout": sent["layout"]})  # raises on an invalid property
+        assert json.loads(validated.to_json()) == sent

@@ -6,6 +6,7 @@ input, leave the session as it was, and leave the app answering a normal request
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import json
 import os
@@ -29,7 +30,7 @@ from freezelab.step import StepError
 from freezelab.ui import handlers
 from freezelab.ui.handlers import OptionError
 from freezelab.ui.verify_view import VerifyError, run_step, simulate
-from freezelab.workload import WorkloadError
+from freezelab.workload import Workload, WorkloadError
 
 TINY = json.loads(TINY_CONFIG.read_text())
 SLOW_REGEX = r"re:(?:[a-z_]|[a-z])+\d$"   # backtracks on every real parameter name: only the budget stops it
@@ -228,6 +229,11 @@ def step(device: str = "cpu", steps: Any = 2, lr: Any = 1e-3) -> Callable[..., A
     return lambda app, s, c: list(run_step(app, s, device, steps, lr))
 
 
+def on(run: Callable[..., Any], **values: Any) -> Callable[..., Any]:
+    """`run` on the session with another workload (the session itself is left as it was)."""
+    return lambda app, s, c: run(app, dataclasses.replace(s, workload=Workload(**values)), c)
+
+
 CASES = [
     # -- command line: files, configs, numbers, selectors, checkpoints
     cli("cli missing file", lambda c: ["inspect", c.file("nope.json")], "no such file"),
@@ -377,6 +383,11 @@ CASES = [
        "takes too long on this server", model="llava-onevision-qwen2-72b"),
     ui("step on 7B in public", "public", step(), PolicyError, "too large for a sanity step", model="llava-1.5-7b"),
     ui("step on cuda in public", "public", step(device="cuda"), PolicyError, "runs only on cpu"),
+    ui("step of 262,144 tokens in public", "public", on(step(), text_tokens=262_144, dtype="bf16"), PolicyError,
+       "this sanity step would take about .* of CPU time .*; this server allows 60 s of CPU time per run"),
+    ui("simulate 4096 x 1,048,576 tokens x 64 images in public", "public",
+       on(lambda app, s, c: simulate(app, s), batch=4096, text_tokens=1_048_576, images=64), PolicyError,
+       "this simulation would take about .* 262,144 images.*; this server allows 60 s of CPU time per run"),
     ui("step 6 steps in public", "public", step(steps=6), PolicyError, "at most 5 steps"),
     ui("step NaN steps", "public", step(steps=float("nan")), VerifyError, "steps must be a whole number"),
     ui("step lr inf", "local", step(lr=float("inf")), StepError, "learning rate must be a number above 0"),

@@ -592,6 +592,98 @@ def test_load_weights_from_a_checkpoint_and_step_with_them(app, start, tiny_mode
     assert final.report.trainable_params == numel(tiny_model, ("model.multi_modal_projector.",))
 
 
+def test_a_workload_edit_recomputes_and_sends_only_the_memory_part(app, start):
+    """The tree, the counts and the parameter charts do not depend on the workload: a workload edit
+    leaves them to the page (a 7B model's tree alone is 34 KB per event)."""
+    view = handlers.set_workload(app, start.session, batch=3)
+    assert view.memory is not None and view.current is not None and view.session.workload.batch == 3
+    assert (view.header, view.summary, view.tree, view.rules, view.warnings, view.params_fig, view.map_fig) == \
+        (None,) * 7
+    shown = shown_values(view)
+    # how many GPUs only while its section is open (test_how_many_gpus_is_computed_only_while_its_section_is_open)
+    assert set(shown) == set(handlers.view_ids(handlers.WORKLOAD_PARTS)) - {"memory.gpu_count", "memory.min_gpus"}
+    assert "tree.tree" not in shown and "map.plot" not in shown
+
+
+def test_estimates_are_kept_and_a_batch_edit_computes_one_new_point(app, monkeypatch):
+    """The memory curve's batch sizes (1, 4, 16, 64) stay the same when only the batch changes: their
+    estimates are kept per index, and each equals a fresh one."""
+    from freezelab.ui import memory_view as mv
+
+    index = app.cache.get("llava-1.5-7b").index
+    mask = resolve(preset("stage1"), index).mask
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[2].batch)
+        return estimate(*args, **kwargs)
+
+    monkeypatch.setattr(mv, "estimate", counted)
+    monkeypatch.setattr(mv._estimates(index), "size", 6)
+    w = Workload(batch=2, text_tokens=448)
+    first = mv.memory_view(index, mask, w)
+    assert sorted(calls) == [1, 2, 4, 16, 64]
+    calls.clear()
+    again = mv.memory_view(index, mask, w.with_(batch=3))
+    assert calls == [3]  # the curve's points were kept
+    assert again.estimate == estimate(index, mask, w.with_(batch=3))
+    assert mv.kept_estimate(index, mask, w) is first.estimate and calls == [3]
+    mv.memory_view(index, mask, w.with_(batch=5))
+    mv.memory_view(index, mask, w.with_(batch=6))
+    assert len(mv._estimates(index)) == 6  # bounded: the least recently used went first
+
+
+def test_the_gpu_count_is_kept_whatever_the_workloads_own_gpus(app):
+    """The GPU-count chart ignores the workload's own GPU count and sharding: one kept result serves
+    them all, and it equals a fresh count (offload and batch still change it)."""
+    from freezelab.memory.gpu_count import gpu_count
+    from freezelab.ui import memory_view as mv
+
+    index = app.cache.get("llava-1.5-7b").index
+    mask = resolve(preset("stage2"), index).mask
+    w = Workload(batch=2, text_tokens=448)
+    kept = mv.kept_gpu_count(index, mask, w, 2)
+    assert mv.kept_gpu_count(index, mask, w.with_(gpus=8, sharding="fsdp"), 2) is kept
+    assert kept == gpu_count(index, mask, w.with_(gpus=4, sharding="zero3"), cublas_workspaces=2)
+    assert mv.kept_gpu_count(index, mask, w.with_(batch=3), 2) != kept
+    assert mv.kept_gpu_count(index, mask, w.with_(offload_optimizer=True), 2) != kept
+
+
+def test_how_many_gpus_is_computed_only_while_its_section_is_open(app, monkeypatch):
+    """Twenty walks of the step per change: a page with the section closed (the default) never pays
+    for them, and one that opens it gets the current figures, then on every change."""
+    from freezelab.ui import memory_view as mv
+
+    calls, kept = [], mv.kept_gpu_count
+    monkeypatch.setattr(mv, "kept_gpu_count", lambda *a: calls.append(a[2]) or kept(*a))
+    session = handlers.load_model(app, Session(), "llava-1.5-7b").session
+    view = handlers.apply_preset(app, session, "stage2")
+    assert (view.memory.gpu_count, view.memory.min_gpus) == (None, None)
+    assert "memory.gpu_count" not in shown_values(view) and calls == []
+    opened = handlers.show_gpu_count(app, view.session, True)
+    assert opened.session.gpu_count and "Smallest number of GPUs" in opened.memory.min_gpus
+    assert len(calls) == 1 and "memory.gpu_count" in shown_values(opened)
+    edited = handlers.set_workload(app, opened.session, batch=3)
+    assert calls[-1].batch == 3 and edited.memory.gpu_count is not None
+    closed = handlers.show_gpu_count(app, edited.session, False)
+    assert closed.memory.gpu_count is None and len(calls) == 2
+
+
+def test_a_plans_counts_charts_and_tree_are_shared_by_mask(app):
+    """A class clicks the same presets: the second session to show a mask gets the same objects, and
+    they equal fresh ones; other tree options make other rows."""
+    from freezelab.ui.tree_view import tree_json
+
+    first, second = (handlers.load_model(app, Session(), "llava-1.5-7b").session for _ in range(2))
+    a, b = handlers.apply_preset(app, first, "stage2"), handlers.apply_preset(app, second, "stage2")
+    assert b.params_fig is a.params_fig and b.map_fig is a.map_fig and b.tree is a.tree and b.summary is a.summary
+    index = app.cache.get("llava-1.5-7b").index
+    mask = resolve(preset("stage2"), index).mask
+    assert a.summary == handlers.summary_html(index, mask) and a.tree == tree_json(index, mask, "", None)
+    filtered = handlers.set_tree_options(app, a.session, "mlp", None)
+    assert filtered.tree == tree_json(index, mask, "mlp", None) != a.tree
+
+
 # -- families beyond LLaVA, image sizes ------------------------------------------------------
 
 FAMILY_MODELS = ("qwen2-vl-2b-instruct", "qwen2.5-vl-7b-instruct", "qwen3-vl-2b-instruct", "internvl3-1b-hf",

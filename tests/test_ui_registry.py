@@ -26,7 +26,7 @@ API_ORDER = ("top.state", "top.status", "top.header", "summary.counts", "tree.tr
              "memory.context", "memory.error", "memory.gpu_count", "memory.min_gpus", "memory.tokens", "compute.plot",
              "compute.time", "verify.now", "adapter.r", "adapter.alpha", "adapter.dropout", "adapter.dora",
              "adapter.quant", "adapter.quant_type", "adapter.double_quant")
-VIEW_EVENTS = ("train", "freeze", "undo", "reset", "filter_tree", "set_workload", "set_image", "import_plan",
+VIEW_EVENTS = ("train", "freeze", "undo", "reset", "filter_tree", "set_image", "import_plan",
                "load_model", "load_known", "add_adapters", "set_adapters",
                *(f"preset_{n.replace('-', '_')}" for n in PRESETS),
                *(f"lesson_{k.replace('-', '_')}" for k in LESSONS))
@@ -57,6 +57,11 @@ def test_view_events_fill_the_view_components_in_field_order(dashboard):
     for api in VIEW_EVENTS:
         assert by_api[api].outputs[:len(view)] == view, api
     assert by_api["load_model"].outputs[len(view):] == [ui["model.known"]]
+    # a workload edit changes the memory and compute parts and the Verify tab's key only: nothing else is sent
+    assert by_api["set_workload"].outputs == ui.components(
+        ("top.state", "top.status", "memory.plot", "memory.verdict", "memory.notes", "memory.curve", "memory.context",
+         "memory.error", "memory.gpu_count", "memory.min_gpus", "memory.tokens", "compute.plot", "compute.time",
+         "verify.now"))
     assert by_api["lesson_stage1"].outputs[len(view):] == ui.components(
         ("learn.text", "model.known", *WORKLOAD_IDS))
 
@@ -66,7 +71,7 @@ def test_a_handler_error_changes_only_the_status(dashboard):
 
     app, demo, ui = dashboard
     sh = Shared(app, ui, demo)
-    start = handlers.build_view(app, Session())
+    start = handlers.build_view(app, Session(gpu_count=True))  # every part shown: how many GPUs too
     with pytest.warns(UserWarning, match="matches no parameter"):  # gr.Warning outside a request
         out = sh.show(lambda: handlers.add_rule(app, start.session, "train", "nonexistent_module"))
     assert list(out) == [ui["top.status"]]  # Gradio leaves every other output as it is
@@ -112,7 +117,7 @@ def test_a_new_panel_is_reached_through_its_ids_alone():
         adapters: str = shown("adapter.table")
 
     assert shown_ids(AdapterView) == (*VIEW_IDS, "adapter.table")
-    base = handlers.build_view(handlers.App(cache=ModelCache()), Session())
+    base = handlers.build_view(handlers.App(cache=ModelCache()), Session(gpu_count=True))
     view = AdapterView(**{f.name: getattr(base, f.name) for f in fields(View)}, adapters="r=8 on q_proj")
     values = shown_values(view)
     assert list(values) == [*VIEW_IDS, "adapter.table"] and ui.values(values)[table] == "r=8 on q_proj"

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from freezelab.adapter_checks import MERGE_TOLERANCE, QUANTIZED_MERGE_TOLERANCE, Merge
 from freezelab.batch import Batch, Example
+from freezelab.cancellation import CancelFlag
 from freezelab.checks import Context, Observation, grad_norms, run_checks
 from freezelab.compute.flops import flops_followed, step_flops
 from freezelab.compute.timing import beside_measured
@@ -146,13 +147,14 @@ def _check_adapters(res: Resolution, device: str, sharded: bool) -> None:
 
 def iter_step(source: Source, plan: Plan, workload: Workload, *, steps: int = 2, lr: float = 1e-5,
               device: str = "cpu", seed: int = 0, weights: bool = False, item: Example | None = None,
-              cancel: Any = None,
+              cancel: CancelFlag = None,
               prepare: Callable[[torch.nn.Module, torch.optim.Optimizer | None], None] | None = None,
               live: Live | None = None) -> Iterator[Event]:
     """Run `steps` training steps of `source` under `plan` and yield progress; the last event holds the report.
 
     `item`: a real example instead of the synthetic batch (needs the checkpoint's processor).
-    `cancel`: a threading.Event or a callable; checked between steps.
+    `cancel`: a threading.Event or a callable; checked between steps and inside each (its forward,
+    backward and optimizer step): a cancelled run reports status "cancelled" with everything released.
     `prepare(model, optimizer)`: called once before the weights are fingerprinted and the first step
     runs (instrumentation, fault injection in tests).
     `live`: what the run allocates; a sharded run passes its own (freezelab.step.shard), on its device.

@@ -10,7 +10,7 @@ import gradio as gr
 from freezelab.session import Session
 from freezelab.ui import handlers
 from freezelab.ui.compute_view import COMPUTE, EFFICIENCY_FIELDS, EFFICIENCY_IDS
-from freezelab.ui.handlers import View
+from freezelab.ui.handlers import COMPUTE_PARTS, View
 from freezelab.ui.registry import Registry
 from freezelab.ui.shared import Shared
 
@@ -23,7 +23,8 @@ def _wire(sh: Shared) -> None:
         return sh.show(lambda: handlers.set_efficiency(sh.app, session, **dict(zip(EFFICIENCY_FIELDS, values))))
 
     for control in controls:
-        control.input(on_change, inputs, sh.outputs(), show_progress="hidden", api_visibility="private")
+        control.input(on_change, inputs, sh.outputs(parts=COMPUTE_PARTS), show_progress="hidden",
+                      api_visibility="private")
 
 
 def create_compute_panel(ui: Registry, first: View) -> None:

@@ -14,10 +14,12 @@ from freezelab.compute.flops import Flops, flops_followed, step_flops
 from freezelab.compute.notes import explain
 from freezelab.compute.timing import Efficiency, stated, step_times
 from freezelab.index import ModelIndex
+from freezelab.index_memo import Kept, per_index
 from freezelab.ui.registry import elem_id, shown
 from freezelab.workload import Workload
 
 COMPUTE = "compute"  # the compute panel's ids
+KEPT_VIEWS = 256     # per model index
 EFFICIENCY_FIELDS = ("mfu", "bandwidth")  # the efficiency controls, in the order they are sent
 
 
@@ -51,3 +53,16 @@ def compute_view(index: ModelIndex, mask: list[bool], workload: Workload, eff: E
                            time=f"**No step-time estimate**: {escape(why)}.")
     flops = step_flops(index, mask, workload, adapters=adapters)
     return ComputeView(flops=flops, figure=charts.compute_breakdown(flops), time=time_md(flops, workload, eff))
+
+
+@per_index
+def _kept(index: ModelIndex) -> Kept:
+    return Kept(KEPT_VIEWS)
+
+
+def kept_compute_view(index: ModelIndex, mask: list[bool], workload: Workload, eff: Efficiency,
+                      adapters: Adapters | None = None) -> ComputeView:
+    """`compute_view(...)`, kept per index for the next event that asks for the same (a class clicks
+    the same presets); a view is never modified once made, so sessions share it."""
+    return _kept(index).get((bytes(mask), workload, eff, adapters),
+                            lambda: compute_view(index, mask, workload, eff, adapters))

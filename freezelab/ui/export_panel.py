@@ -11,7 +11,7 @@ from freezelab.session import Session
 from freezelab.ui import handlers
 from freezelab.ui.export_view import EXPORT, export_ids, export_view, note_name, target_titles
 from freezelab.ui.registry import Registry, elem_id
-from freezelab.ui.shared import Shared, error_text, warn
+from freezelab.ui.shared import PLAN_FILE_CONCURRENCY, Shared, error_text, warn
 from freezelab.ui.uploads import accept_uploads_only
 
 LANGUAGES = {"json": "json", "python": "python", "llamafactory": "yaml", "swift": "shell", "llava": "shell",
@@ -37,7 +37,8 @@ def _wire(sh: Shared) -> None:
         return sh.show(lambda: handlers.import_plan_file(app, session, path))
 
     upload = ui["export.upload"]
-    imported = upload.upload(on_upload, [sh.state, upload], sh.outputs(), api_name="import_plan")
+    imported = upload.upload(on_upload, [sh.state, upload], sh.outputs(), api_name="import_plan",
+                             concurrency_id=PLAN_FILE_CONCURRENCY, concurrency_limit=1)
     imported.then(on_export, [sh.state], outputs, api_visibility="private")
 
 

@@ -17,33 +17,24 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from freezelab import charts, units
-from freezelab.anatomy import component_counts, count, summary
-from freezelab.compute.timing import Efficiency
+from freezelab import units
+from freezelab.anatomy import count
 from freezelab.errors import FreezelabError, PlanError, SelectorError, SourceError
 from freezelab.exports import import_plan as parse_plan
-from freezelab.index import ModelIndex
 from freezelab.memory.analytic import estimate, followed
 from freezelab.model_cache import INDEX_DTYPE, Loaded, ModelCache
-from freezelab.plans import MAX_PLAN_BYTES, PRESETS, Plan, Resolution, append_rule, module_selector, preset, resolve
+from freezelab.plans import MAX_PLAN_BYTES, PRESETS, Plan, append_rule, module_selector, preset, resolve
 from freezelab.policy import LOCAL, Policy
 from freezelab.selectors import parse, reach, select
 from freezelab.session import Session, TreeOptions
 from freezelab.sources import known_info
 from freezelab.ui.adapter_settings import AdapterSettings
-from freezelab.ui.compute_view import ComputeView, compute_view
+from freezelab.ui.compute_view import ComputeView, kept_compute_view
 from freezelab.ui.context_view import current_html, workload_text
-from freezelab.ui.memory_view import (
-    LABELS,
-    MemoryView,
-    field_error_html,
-    memory_view,
-    not_followed,
-    refused_fields,
-    verdict_html,
-)
-from freezelab.ui.registry import shown, shown_ids, shown_within
-from freezelab.ui.tree_view import tree_json
+from freezelab.ui.memory_view import (LABELS, MemoryView, field_error_html, memory_view, not_followed,
+                                      refused_fields, verdict_html)
+from freezelab.ui.registry import field_ids, shown, shown_ids, shown_within
+from freezelab.ui.plan_view import plan_charts, rules_text, summary_html, tree_rows, warnings_md  # noqa: F401
 from freezelab.tokens import sample_layouts
 from freezelab.workload import Workload, WorkloadError, parse_sizes
 
@@ -51,8 +42,7 @@ Progress = Callable[[float, str], None]
 MAX_QUERY_CHARS = 200  # the tree filter is a substring, not a pattern: long input only costs time
 SELECTOR_PROMPT = ("Type a selector: `@llm`, `@llm.layers[-4:]`, a glob such as `*q_proj*` or "
                    "`model.language_model.layers.31`, or `re:` and a regular expression.")
-SUMMARY_ROWS = (("vision", "vision tower"), ("projector", "projector"), ("llm", "language model"),
-                ("embeddings", "of which embeddings"), ("lm_head", "of which lm_head"))
+
 
 
 class OptionError(FreezelabError):
@@ -81,25 +71,48 @@ STATUS = "top.status"   # what the last action did, or why it failed
 @dataclass(kw_only=True)
 class View:
     """Everything the dashboard shows for one session state. Each shown field fills the component
-    registered under its id, in field order (the order API clients receive the values in)."""
+    registered under its id, in field order (the order API clients receive the values in). A part
+    that is None is one its event does not change (see `build_view`): the event does not list its
+    components among its outputs, so nothing is computed or sent for it."""
 
     session: Session = shown(STATE)
     status: str = shown(STATUS, default="")             # markdown: what the last action did
-    header: str = shown("top.header")                   # markdown: model and mode
-    summary: str = shown("summary.counts")              # HTML: trainable count and per-component table
-    tree: str = shown("tree.tree")                      # JSON rows for the tree widget
-    rules: str = shown("plan.rules")                    # the plan as text
-    warnings: str = shown("plan.warnings")              # markdown list
-    params_fig: go.Figure = shown("summary.params_plot")
-    map_fig: go.Figure = shown("map.plot")
-    memory: MemoryView = shown_within()
-    compute: ComputeView = shown_within()
-    current: str = shown("verify.now")                  # HTML: what a simulation or sanity step would run now
-    adapter_settings: AdapterSettings = shown_within()  # the plan's adapter settings, kept in the controls
+    header: str | None = shown("top.header")            # markdown: model and mode
+    summary: str | None = shown("summary.counts")       # HTML: trainable count and per-component table
+    tree: str | None = shown("tree.tree")               # JSON rows for the tree widget
+    rules: str | None = shown("plan.rules")             # the plan as text
+    warnings: str | None = shown("plan.warnings")       # markdown list
+    params_fig: go.Figure | None = shown("summary.params_plot")
+    map_fig: go.Figure | None = shown("map.plot")
+    memory: MemoryView | None = shown_within()
+    compute: ComputeView | None = shown_within()
+    current: str | None = shown("verify.now")           # HTML: what a simulation or sanity step would run now
+    adapter_settings: AdapterSettings | None = shown_within()  # the plan's adapter settings, kept in the controls
     trainable: int                                      # trainable parameters under the plan
 
 
-VIEW_IDS = shown_ids(View)  # the outputs of every event that shows a View
+VIEW_IDS = shown_ids(View)  # the outputs of every event that shows a whole View
+
+# The parts of a View (its fields by what they are computed from), and the parts an event changes.
+PART_FIELDS: dict[str, tuple[str, ...]] = {
+    "header": ("header",),                                                 # model and weights
+    "plan": ("summary", "tree", "rules", "warnings", "params_fig", "map_fig", "adapter_settings"),  # + tree options
+    "memory": ("memory",),                                                 # + plan, workload, context
+    "compute": ("compute",),                                               # + plan, workload, efficiency
+    "current": ("current",),                                               # + plan, workload
+}
+ALL_PARTS = tuple(PART_FIELDS)
+WORKLOAD_PARTS = ("memory", "compute", "current")  # a workload edit: the plan, its tree and charts stay as they are
+COMPUTE_PARTS = ("compute",)  # an efficiency edit changes the step times only
+
+
+def view_ids(parts: tuple[str, ...] = ALL_PARTS) -> tuple[str, ...]:
+    """The components a View with these parts fills, in field order: an event's outputs. Gradio
+    rebuilds a component for every output an event leaves out of its answer (1-3 ms each), so an
+    event lists exactly what it changes rather than skipping outputs at run time."""
+    wanted = {n for p in parts for n in PART_FIELDS[p]}
+    return tuple(i for name, ids in field_ids(View).items() if name in ("session", "status") or name in wanted
+                 for i in ids)
 
 
 # -- building a view ------------------------------------------------------------------
@@ -124,50 +137,31 @@ def _header(loaded: Loaded, session: Session) -> str:
             f"{units.params(ix.total_params)} parameters · {_mode(loaded, session.weights)}")
 
 
-def summary_html(index: ModelIndex, mask: list[bool]) -> str:
-    """Counts on the (adapted) index: with adapters, totals are base plus adapters, as PEFT counts them."""
-    total = count(index, mask)
-    comps = component_counts(index, mask)
-    rows = "".join(
-        f"<tr><td>{label}</td><td>{units.params(comps[key].total)}</td><td>{units.params(comps[key].trainable)}</td>"
-        f"<td>{comps[key].state}</td></tr>" for key, label in SUMMARY_ROWS if comps[key].total)
-    adapter = summary(index, mask)["adapter_params"]
-    extra = f" <small>({adapter:,} in adapters)</small>" if adapter else ""
-    return (f'<div class="fl-summary"><div class="fl-big">trainable <b id="fl-trainable">{total.trainable:,}</b> '
-            f'of {total.total:,} parameters (<span id="fl-percent">{units.percent(total.trainable, total.total)}'
-            f"</span>){extra}</div><table><tr><th>component</th><th>total</th><th>trainable</th><th>state</th></tr>"
-            f"{rows}</table></div>")
-
-
-def _warnings_md(res: Resolution) -> str:
-    return "\n".join(f"- {w}" for w in res.warnings) if res.warnings else "No warnings for this plan."
-
-
-def rules_text(plan: Plan) -> str:
-    start = f"# started from preset {plan.preset}\n" if plan.preset else ""
-    return start + plan.to_text()
-
-
-def build_view(app: App, session: Session, status: str = "") -> View:
-    """Resolve the session's plan and render everything; raises FreezelabError on a bad plan."""
+def build_view(app: App, session: Session, status: str = "", parts: tuple[str, ...] = ALL_PARTS) -> View:
+    """Resolve the session's plan and render the view's `parts` (see PART_FIELDS; the others are
+    None); raises FreezelabError on a bad plan."""
     loaded = app.loaded(session)
     index = loaded.index
     res = resolve(session.plan, index)
     adapted, mask = res.adapted(index)  # the adapters' tensors too, under the Linear layers they wrap
     trainable = count(adapted, mask).trainable
+    plan = "plan" in parts
+    summary, params_fig, map_fig = plan_charts(index, res.mask, adapted, mask) if plan else (None, None, None)
     return View(
         session=session,
-        header=_header(loaded, session),
-        summary=summary_html(adapted, mask),
-        tree=tree_json(adapted, mask, session.tree.query, session.tree.depth),
-        rules=rules_text(session.plan),
-        warnings=_warnings_md(res),
-        params_fig=charts.params_by_component(adapted, mask),
-        map_fig=charts.model_map(index, res.mask),
-        memory=memory_view(index, res.mask, session.workload, session.context, res.adapters),
-        compute=compute_view(index, res.mask, session.workload, session.efficiency, res.adapters),
-        current=current_html(session, trainable),
-        adapter_settings=AdapterSettings.of(session.plan),
+        header=_header(loaded, session) if "header" in parts else None,
+        summary=summary,
+        tree=tree_rows(adapted, mask, session.tree) if plan else None,
+        rules=rules_text(session.plan) if plan else None,
+        warnings=warnings_md(res) if plan else None,
+        params_fig=params_fig,
+        map_fig=map_fig,
+        memory=memory_view(index, res.mask, session.workload, session.context, session.gpu_count, res.adapters)
+        if "memory" in parts else None,
+        compute=kept_compute_view(index, res.mask, session.workload, session.efficiency, res.adapters)
+        if "compute" in parts else None,
+        current=current_html(session, trainable) if "current" in parts else None,
+        adapter_settings=AdapterSettings.of(session.plan) if plan else None,
         trainable=trainable,
         status=status,
     )
@@ -346,7 +340,8 @@ class WorkloadRefused:
 def set_workload(app: App, session: Session, **values: Any) -> View:
     """New workload values; a bad value raises WorkloadError and changes nothing."""
     workload = Workload.from_dict({**session.workload.to_dict(), **_clean(values)})
-    view = build_view(app, replace(session, workload=workload))
+    view = build_view(app, replace(session, workload=workload), parts=WORKLOAD_PARTS)
+    assert view.memory is not None
     est = view.memory.estimate
     need = f"{units.gib(est.device_estimate_bytes)} per GPU" if est is not None else "no analytic estimate"
     view.status = f"Workload: {workload_text(workload)}: {need}."
@@ -373,6 +368,12 @@ def edit_workload(app: App, session: Session, **values: Any) -> View | WorkloadR
                            error=field_error_html(refused, session.workload))
 
 
+def show_gpu_count(app: App, session: Session, on: Any) -> View:
+    """The page opened (True) or closed the how-many-GPUs section: it is computed on every change
+    while open, and not at all while closed (the memory charts are sent again either way)."""
+    return build_view(app, replace(session, gpu_count=bool(on)), parts=WORKLOAD_PARTS)
+
+
 def _refused(current: Workload, values: dict[str, Any], err: WorkloadError) -> dict[str, str]:
     """{field: message} for a refused edit; image sizes that do not parse are refused by themselves."""
     try:
@@ -385,7 +386,7 @@ def _refused(current: Workload, values: dict[str, Any], err: WorkloadError) -> d
 def set_context(app: App, session: Session, on: Any) -> View:
     """Whether the memory charts include the CUDA context and the allocator cache (the user's choice
     from now on, until another model is loaded)."""
-    view = build_view(app, replace(session, context=bool(on)))
+    view = build_view(app, replace(session, context=bool(on)), parts=WORKLOAD_PARTS)
     view.status = ("The charts include the CUDA context and allocator cache." if on else
                    "The charts show tensors only: the CUDA context and allocator cache are left out.")
     return view
@@ -443,4 +444,4 @@ def set_efficiency(app: App, session: Session, **values: Any) -> View:
     if set(values) - known:
         raise OptionError(f"unknown efficiency field(s): {', '.join(sorted(set(values) - known))}")
     efficiency = replace(session.efficiency, **_clean(values))
-    return build_view(app, replace(session, efficiency=efficiency))
+    return build_view(app, replace(session, efficiency=efficiency), parts=COMPUTE_PARTS)

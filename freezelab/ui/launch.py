@@ -24,13 +24,17 @@ def free_port() -> int:
 
 
 def launch(extra_env: dict[str, str] | None = None, args: tuple[str, ...] = (),
-           fresh_cache: bool = True) -> tuple[subprocess.Popen, str]:
+           fresh_cache: bool = True, heartbeat_s: int | None = 1) -> tuple[subprocess.Popen, str]:
     """Start the app and return once its page answers: local mode unless ARGS or EXTRA_ENV say otherwise,
-    offline, and (with `fresh_cache`) an empty index cache of its own."""
+    offline, and (with `fresh_cache`) an empty index cache of its own. `heartbeat_s`: how often the
+    server writes to each open page (a closed page is noticed at the next write); 1 s, so that tests see
+    closed sessions at once, or None for Gradio's own default (15 s), as a deployment runs."""
     port = free_port()
     env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "FREEZELAB_PUBLIC": "0",
-           "GRADIO_HEARTBEAT_INTERVAL": "1"}  # closed browser sessions are noticed within a second
+           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "FREEZELAB_PUBLIC": "0"}
+    env.pop("GRADIO_HEARTBEAT_INTERVAL", None)
+    if heartbeat_s is not None:
+        env["GRADIO_HEARTBEAT_INTERVAL"] = str(heartbeat_s)
     if fresh_cache:
         env["FREEZELAB_CACHE"] = tempfile.mkdtemp(prefix="freezelab-app-cache-")
     env.update(extra_env or {})

@@ -1,21 +1,28 @@
-"""The load test: many browser sessions at once against the launched app, loopback only. The
-benchmark (benchmarks/load_test.py) prints its figures; tests/test_load.py runs a short version.
+"""The load test: a class of students on one server, loopback only. benchmarks/load_test.py prints its
+figures, benchmarks/attack_load_test.py runs it beside attackers (freezelab.ui.attacks), and
+tests/test_load.py runs a short version.
 
 `run` starts `python app.py` on a free 127.0.0.1 port (freezelab.ui.launch), then runs each wave
-as N gradio_client sessions in threads, every one its own browser session. A session loads the
-model (architecture only), then until the time is up applies presets and trains or freezes
-modules (what a tree checkbox does), with a short think time between events. After every event
-it compares the trainable count the page shows with its own independent count: the plan's
-parameters by name prefix in the model's named_parameters() on the meta device, built here with
-transformers alone. A difference is a cross-session mismatch.
+as N students, each its own browser session over raw HTTP (freezelab.ui.http_client: what the page
+sends, without a heavy client eating the cores the server needs). A student loads the model
+(architecture only), then works open-loop, as a class does: events arrive at random, on average
+one every EVENT_GAP_S seconds (exponential gaps: a Poisson process per student) whether or not the
+server kept up. An event that comes due while the student still waits for the previous one is
+sent as soon as that one is answered, and its latency counts from when it came due, so a slow
+server cannot hide its queue by slowing the class down. The events mix presets, tree checkboxes
+(the tree's own `module_toggle` event, ticking what is not fully trainable and unticking what is)
+and workload edits (one control changed, all sent, as the page does).
 
-Measured: latency per event (client round trip, queueing included), the server's CPU time per
-event, errors (an exception, or a warning where none was due), mismatches, and the server's RSS
-after start, after a warm-up session, at the end of each wave and after its sessions have closed
-(heartbeat gone, unload handlers run). Growth per session is the RSS difference between the last
-two cleanups divided by the sessions of the last wave.
+After every event the student compares the trainable count its page shows with its own
+independent count: the plan's parameters by name prefix in the model's named_parameters() on the
+meta device, built here with transformers alone. A difference is a cross-session mismatch.
 
-Needs gradio_client (requirements-dev.txt); it is imported when a session starts.
+Measured: latency per event (from when it came due to its answer: queueing included), the server's
+CPU time per event (all of the server process while the students work: HTTP, queue, handlers,
+heartbeats, divided by their events), its CPU time per page load (each student's first load of the
+model, before the clock starts), the load test's own CPU per event, errors (an HTTP error, a failed event, or a warning where none was due),
+mismatches, and the server's RSS after start, after a warm-up session, at the end of each wave and
+after its sessions have closed (heartbeat gone, unload handlers run).
 """
 
 from __future__ import annotations
@@ -23,22 +30,35 @@ from __future__ import annotations
 import json
 import os
 import random
+import resource
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from freezelab.sources import KNOWN_DIR
+from freezelab.ui.http_client import AppConfig, HttpSession
 from freezelab.ui.launch import launch, stop
+from freezelab.ui.memory_view import FIELDS, control_id
 
-THINK_S = (0.5, 2.0)       # seconds between one session's events (uniform): a user reading the page
-CLEANUP_WAIT_S = 8.0       # after the clients close: heartbeats end (1 s interval here), unload runs
-STATUS, HEADER, SUMMARY = 0, 1, 2   # view outputs as gradio_client returns them (the session state is dropped)
+EVENT_GAP_S = 2.0          # mean seconds between one student's events (exponential: a Poisson process)
+GRADIO_HEARTBEAT_S = 15    # how often Gradio writes to an open page by default: a closed one is noticed then
+CLEANUP_S = 5.0            # after that write: unload handlers run, the session is dropped
+MIX = (("preset", 0.35), ("toggle", 0.45), ("workload", 0.20))  # what a student does, how often
 PRESETS = ("stage1", "stage2", "full", "llm", "vision-projector", "last-n", "lm-head", "frozen")
 PROJECTOR = "model.multi_modal_projector."
 VISION = "model.vision_tower."
 LLM = ("model.language_model.", "lm_head.")
+# Workload controls a student edits, with the values tried (all valid: a refusal would be an error).
+EDITS: dict[str, tuple[Any, ...]] = {"batch": (1, 2, 4, 8, 16), "text_tokens": (256, 512, 1024, 2048),
+                                     "images": (0, 1, 2), "dtype": ("bf16", "fp32"),
+                                     "optimizer": ("adamw", "sgd", "adamw-8bit"), "grad_ckpt": (False, True),
+                                     "attn": ("sdpa", "eager")}
+WORKLOAD_START = {"batch": 1, "text_tokens": 1024, "images": 1, "dtype": "bf16", "autocast": "none",
+                  "optimizer": "adamw", "grad_ckpt": False, "attn": "sdpa", "gpus": 1, "sharding": "ddp",
+                  "offload_optimizer": False, "image_sizes": "", "frames": 0}
 
 
 # -- the app ---------------------------------------------------------------------------
@@ -48,6 +68,12 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """This process's CPU time so far (the load test's clients)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def rss_bytes(pid: int) -> int:
@@ -85,7 +111,7 @@ class Reference:
                    len(net.model.language_model.layers), len(net.model.vision_tower.encoder.layers))
 
     def count(self, on: list[bool]) -> int:
-        return sum(n for n, flag in zip(self.numels, on) if flag)
+        return sum(n for n, flag in zip(self.numels, on, strict=True) if flag)
 
     def under(self, prefixes: tuple[str, ...]) -> list[bool]:
         return [name.startswith(prefixes) for name in self.names]
@@ -108,11 +134,12 @@ class Reference:
         return paths
 
 
-# -- one session -------------------------------------------------------------------------
+# -- one student -------------------------------------------------------------------------
 
 @dataclass
 class SessionResult:
     latencies: list[float] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)          # the kind of each event, beside its latency
     errors: list[str] = field(default_factory=list)
     mismatches: list[str] = field(default_factory=list)
 
@@ -122,52 +149,77 @@ def shown_trainable(summary_html: str) -> int:
     return int(summary_html[start:summary_html.index("<", start)].replace(",", ""))
 
 
-class Session:
-    """One browser session: its own gradio_client (its own session hash) and its own expected mask."""
+def is_warning(status: Any) -> bool:
+    """The page's status line says something went wrong (error_text, or a refused workload value)."""
+    return str(status or "").startswith("⚠")
 
-    def __init__(self, url: str, model: str, ref: Reference, seed: int) -> None:
-        from gradio_client import Client
 
-        self.client = Client(url, verbose=False)
-        self.model, self.ref = model, ref
+class Student:
+    """One browser session and the plan it expects the page to show."""
+
+    def __init__(self, config: AppConfig, model: str, ref: Reference, seed: int) -> None:
+        self.config, self.model, self.ref = config, model, ref
         self.rng = random.Random(seed)
+        self.http: HttpSession | None = None
         self.mask = [False] * len(ref.names)
         self.paths = ref.modules()
+        self.workload = dict(WORKLOAD_START)
         self.result = SessionResult()
 
-    def event(self, what: str, api: str, *args: Any) -> None:
-        t = time.perf_counter()
-        try:
-            out = self.client.predict(*args, api_name=api)
-        except Exception as err:  # noqa: BLE001 - any failure of the app counts as an error
-            self.result.errors.append(f"{what}: {type(err).__name__}: {err}")
+    def open(self) -> None:
+        self.http = HttpSession(self.config)
+
+    def event(self, kind: str, what: str, name: str, data: list[Any], event_data: Any = None,
+              due: float | None = None) -> None:
+        assert self.http is not None
+        reply = self.http.call(name, data, event_data)
+        took = time.monotonic() - due if due is not None else reply.seconds
+        if reply.error is not None:
+            self.result.errors.append(f"{what}: {reply.error}")
             return
-        self.result.latencies.append(time.perf_counter() - t)
-        if str(out[STATUS]).startswith("⚠️"):
-            self.result.errors.append(f"{what}: {out[STATUS]}")
+        self.result.latencies.append(took)
+        self.result.kinds.append(kind)
+        status = self.http.value("fl-status")
+        if is_warning(status):
+            self.result.errors.append(f"{what}: {status}")
             return
-        got, want = shown_trainable(out[SUMMARY]), self.ref.count(self.mask)
+        got, want = shown_trainable(self.http.value("fl-summary")), self.ref.count(self.mask)
         if got != want:
             self.result.mismatches.append(f"{what}: page shows {got:,}, the plan trains {want:,}")
 
     def load(self) -> None:
         self.mask = self.ref.preset("stage1", 4)  # a fresh page opens on LLaVA stage 1, kept across the load
-        self.event(f"load {self.model}", "/load_model", "tiny", self.model, "architecture only")
+        self.event("load", f"load {self.model}", "load_model", [None, "tiny", self.model, "architecture only"])
 
-    def step(self) -> None:
-        if self.rng.random() < 0.4:
-            name = self.rng.choice(PRESETS)
-            n = self.rng.randint(1, 8)
-            self.mask = self.ref.preset(name, n)
-            self.event(f"preset {name} (n={n})", f"/preset_{name.replace('-', '_')}", n)
-        else:
-            path, on = self.rng.choice(self.paths), self.rng.random() < 0.6
-            prefix = path + "."
-            self.mask = [flag if not name.startswith(prefix) else on for name, flag in zip(self.ref.names, self.mask)]
-            self.event(f"{'train' if on else 'freeze'} {path}", "/train" if on else "/freeze", path)
+    def step(self, due: float) -> None:
+        kind = self.rng.choices([k for k, _ in MIX], [w for _, w in MIX])[0]
+        {"preset": self._preset, "toggle": self._toggle, "workload": self._workload}[kind](due)
+
+    def _preset(self, due: float) -> None:
+        name, n = self.rng.choice(PRESETS), self.rng.randint(1, 8)
+        self.mask = self.ref.preset(name, n)
+        self.event("preset", f"preset {name} (n={n})", f"preset_{name.replace('-', '_')}", [None, n], due=due)
+
+    def _toggle(self, due: float) -> None:
+        path = self.rng.choice(self.paths)
+        prefix = path + "."
+        inside = [i for i, name in enumerate(self.ref.names) if name.startswith(prefix)]
+        on = not all(self.mask[i] for i in inside)  # the checkbox: ticks a partly or wholly frozen module
+        for i in inside:
+            self.mask[i] = on
+        self.event("toggle", f"{'train' if on else 'freeze'} {path}", "fl-tree-box.module_toggle", [None],
+                   {"module": path, "on": on}, due=due)
+
+    def _workload(self, due: float) -> None:
+        name = self.rng.choice(list(EDITS))
+        self.workload[name] = self.rng.choice([v for v in EDITS[name] if v != self.workload[name]])
+        values = [self.workload[f] for f in FIELDS]
+        self.event("workload", f"set {name} = {self.workload[name]}", f"{control_id(name)}.input", [None, *values],
+                   due=due)
 
     def close(self) -> None:
-        self.client.close()
+        if self.http is not None:
+            self.http.close()
 
 
 # -- waves and report ----------------------------------------------------------------------
@@ -177,88 +229,128 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def wave(url: str, model: str, ref: Reference, sessions: int, seconds: float, seed: int,
-         think: tuple[float, float] = THINK_S) -> list[SessionResult]:
-    """Run `sessions` sessions for `seconds`, counted from when all of them are connected."""
+def open_loop(student: Student, until: float, gap: float) -> None:
+    """The student's events, due at exponential gaps of mean `gap` seconds, until `until`."""
+    due = time.monotonic() + student.rng.expovariate(1 / gap)
+    while due < until:
+        wait = due - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        student.step(due)
+        due += student.rng.expovariate(1 / gap)
+
+
+def wave(config: AppConfig, model: str, ref: Reference, sessions: int, seconds: float, seed: int,
+         gap: float = EVENT_GAP_S, started: Callable[[], None] | None = None) -> list[SessionResult]:
+    """Run `sessions` students for `seconds`, counted from when all of them have loaded the model;
+    `started` is called then."""
     results: list[SessionResult] = []
     ready = threading.Barrier(sessions + 1)
     clock: dict[str, float] = {}
     go = threading.Event()
 
     def worker(i: int) -> None:
-        result = SessionResult()
+        student = Student(config, model, ref, seed + i)
         try:
-            session = Session(url, model, ref, seed + i)
-        except Exception as err:  # noqa: BLE001
-            result.errors.append(f"connect: {type(err).__name__}: {err}")
-            ready.wait()
-            results.append(result)
-            return
+            student.open()
+            student.load()
+        except Exception as err:  # noqa: BLE001 - a student that cannot start is counted, not lost
+            student.result.errors.append(f"connect: {type(err).__name__}: {err}")
         ready.wait()
         go.wait()
         try:
-            session.load()
-            while time.monotonic() < clock["until"]:
-                session.step()
-                time.sleep(session.rng.uniform(*think))  # a user reads the page between clicks
-        except Exception as err:  # noqa: BLE001 - e.g. a page without the trainable count: counted, not lost
-            session.result.errors.append(f"session: {type(err).__name__}: {err}")
+            if student.http is not None:
+                open_loop(student, clock["until"], gap)
+        except Exception as err:  # noqa: BLE001 - e.g. a page without the trainable count
+            student.result.errors.append(f"session: {type(err).__name__}: {err}")
         finally:
-            session.close()
-            results.append(session.result)
+            student.close()
+            results.append(student.result)
 
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(sessions)]
     for t in threads:
         t.start()
     ready.wait()
     clock["until"] = time.monotonic() + seconds
+    if started is not None:
+        started()
     go.set()
     for t in threads:
         t.join(seconds + 180)
     return results
 
 
-def run(sessions: int = 20, seconds: float = 60.0, waves: int = 3, model: str = "llava-1.5-7b",
-        seed: int = 0, max_sessions: int | None = None, think: tuple[float, float] = THINK_S,
-        public: bool = False) -> dict[str, Any]:
-    """One server (public mode with `public`), a warm-up session, then `waves` waves; `max_sessions` sets
-    FREEZELAB_MAX_SESSIONS (None: the app's default)."""
+def summary(results: list[SessionResult]) -> dict[str, Any]:
+    """Latency figures (ms) of the open-loop events (each student's first load, before the clock
+    starts, is given apart), errors and mismatches of some students' results."""
+    by_kind: dict[str, list[float]] = {}
+    for r in results:
+        for kind, x in zip(r.kinds, r.latencies, strict=True):
+            by_kind.setdefault(kind, []).append(x)
+    loads = by_kind.pop("load", [])
+    latencies = [x for v in by_kind.values() for x in v]
+    return {
+        "events": len(latencies),
+        "events_per_session_min": min((sum(k != "load" for k in r.kinds) for r in results), default=0),
+        "load_p95_ms": 1000 * percentile(loads, 0.95) if loads else None,
+        "p50_ms": 1000 * statistics.median(latencies) if latencies else None,
+        "p95_ms": 1000 * percentile(latencies, 0.95) if latencies else None,
+        "p99_ms": 1000 * percentile(latencies, 0.99) if latencies else None,
+        "max_ms": 1000 * max(latencies) if latencies else None,
+        "p95_ms_by_kind": {k: round(1000 * percentile(v, 0.95), 1) for k, v in sorted(by_kind.items())},
+        "errors": sum(len(r.errors) for r in results),
+        "mismatches": sum(len(r.mismatches) for r in results),
+        "first_errors": [e for r in results for e in r.errors][:5],
+        "first_mismatches": [m for r in results for m in r.mismatches][:5],
+    }
+
+
+def run(sessions: int = 30, seconds: float = 60.0, waves: int = 3, model: str = "llava-1.5-7b",
+        seed: int = 0, max_sessions: int | None = None, gap: float = EVENT_GAP_S,
+        public: bool = False, heartbeat_s: int | None = None) -> dict[str, Any]:
+    """One server (public mode with `public`), a warm-up student, then `waves` waves; `max_sessions` sets
+    FREEZELAB_MAX_SESSIONS (None: the app's default); `heartbeat_s` the server's heartbeat (None:
+    Gradio's default, as deployed; a short one notices closed sessions sooner, for a short test)."""
     ref = Reference.build(model)
     proc, url = launch({} if max_sessions is None else {"FREEZELAB_MAX_SESSIONS": str(max_sessions)},
-                       args=("--public",) if public else ())
+                       args=("--public",) if public else (), heartbeat_s=heartbeat_s)
+    cleanup_wait = (heartbeat_s or GRADIO_HEARTBEAT_S) + CLEANUP_S
     try:
+        config = AppConfig.read(url)
         rss = {"started": rss_bytes(proc.pid)}
-        warm = wave(url, model, ref, 1, 3.0, seed=10_000)  # the model into the cache, first imports done
-        time.sleep(CLEANUP_WAIT_S)
+        warm = wave(config, model, ref, 1, 3.0, seed=10_000, gap=0.5)  # the model into the cache, imports done
+        time.sleep(cleanup_wait)
         rss["warm"] = rss_bytes(proc.pid)
         all_results: list[SessionResult] = []
-        cpu = cpu_seconds(proc.pid)
+        cpu = {"loads": 0.0, "events": 0.0, "own": 0.0}
         for w in range(waves):
-            results = wave(url, model, ref, sessions, seconds, seed=seed + 1000 * w, think=think)
+            marks = {"before": cpu_seconds(proc.pid)}
+
+            def started(marks: dict[str, float] = marks) -> None:  # every student has loaded the model
+                marks["started"], marks["own"] = cpu_seconds(proc.pid), own_cpu_seconds()
+
+            all_results += wave(config, model, ref, sessions, seconds, seed=seed + 1000 * w, gap=gap, started=started)
+            cpu["events"] += cpu_seconds(proc.pid) - marks["started"]
+            cpu["own"] += own_cpu_seconds() - marks["own"]
+            cpu["loads"] += marks["started"] - marks["before"]
             rss[f"wave{w + 1}_end"] = rss_bytes(proc.pid)
-            time.sleep(CLEANUP_WAIT_S)
+            time.sleep(cleanup_wait)
             rss[f"wave{w + 1}_cleaned"] = rss_bytes(proc.pid)
-            all_results += results
-        cpu = cpu_seconds(proc.pid) - cpu
         alive = proc.poll() is None
     finally:
         stop(proc)
-    latencies = [x for r in all_results for x in r.latencies]
+    out = summary(all_results)
+    events = out["events"] or 1
     growth = None
     if waves >= 2:
         growth = (rss[f"wave{waves}_cleaned"] - rss[f"wave{waves - 1}_cleaned"]) / sessions
+    out["errors"] += sum(len(r.errors) for r in warm)
     return {
         "model": model, "sessions": sessions, "seconds": seconds, "waves": waves, "max_sessions": max_sessions,
-        "think_s": list(think), "public": public,
-        "events": len(latencies),
-        "events_per_session_min": min((len(r.latencies) for r in all_results), default=0),
-        "p50_ms": 1000 * statistics.median(latencies) if latencies else None,
-        "p95_ms": 1000 * percentile(latencies, 0.95) if latencies else None,
-        "server_cpu_ms_per_event": 1000 * cpu / len(latencies) if latencies else None,
-        "errors": sum(len(r.errors) for r in all_results) + sum(len(r.errors) for r in warm),
-        "mismatches": sum(len(r.mismatches) for r in all_results),
-        "first_errors": [e for r in all_results for e in r.errors][:5],
-        "first_mismatches": [m for r in all_results for m in r.mismatches][:5],
+        "gap_s": gap, "public": public, **out,
+        "server_cpu_ms_per_event": 1000 * cpu["events"] / events,
+        "server_cpu_ms_per_page_load": 1000 * cpu["loads"] / (sessions * waves),
+        "client_cpu_ms_per_event": 1000 * cpu["own"] / events,
         "rss_mib": {k: round(v / 2**20, 1) for k, v in rss.items()},
         "rss_growth_per_session_kib": None if growth is None else round(growth / 1024, 1),
         "server_alive": alive,

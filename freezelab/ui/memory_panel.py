@@ -14,7 +14,7 @@ import gradio as gr
 
 from freezelab.session import Session
 from freezelab.ui import handlers
-from freezelab.ui.handlers import View
+from freezelab.ui.handlers import WORKLOAD_PARTS, View
 from freezelab.ui.memory_view import (
     FIELDS,
     LABELS,
@@ -45,9 +45,10 @@ def _wire(sh: Shared) -> None:
     for name, control in zip(FIELDS, controls):
         if name == "image_sizes":  # text: read when complete (Enter or leaving the box), not per keystroke
             for event in (control.submit, control.blur):
-                event(on_change, inputs, sh.outputs(), show_progress="hidden", api_visibility="private")
+                event(on_change, inputs, sh.outputs(parts=WORKLOAD_PARTS), show_progress="hidden",
+                      api_visibility="private")
             continue
-        control.input(on_change, inputs, sh.outputs(), show_progress="hidden",
+        control.input(on_change, inputs, sh.outputs(parts=WORKLOAD_PARTS), show_progress="hidden",
                       api_name="set_workload" if name == "batch" else None,
                       api_visibility="public" if name == "batch" else "private")
 
@@ -66,8 +67,19 @@ def _wire(sh: Shared) -> None:
     def on_context(session: Session, on: bool) -> dict[Any, Any]:
         return sh.show(lambda: handlers.set_context(sh.app, session, on))
 
-    sh.ui["memory.context"].input(on_context, [sh.state, sh.ui["memory.context"]], sh.outputs(),
+    sh.ui["memory.context"].input(on_context, [sh.state, sh.ui["memory.context"]], sh.outputs(parts=WORKLOAD_PARTS),
                                   show_progress="hidden", api_visibility="private")
+
+    def on_gpu_count(on: bool) -> Any:
+        def handler(session: Session) -> dict[Any, Any]:
+            return sh.show(lambda: handlers.show_gpu_count(sh.app, session, on))
+        return handler
+
+    section = sh.ui["memory.gpu_section"]
+    section.expand(on_gpu_count(True), [sh.state], sh.outputs(parts=WORKLOAD_PARTS), show_progress="hidden",
+                   api_name="show_gpu_count")
+    section.collapse(on_gpu_count(False), [sh.state], sh.outputs(parts=WORKLOAD_PARTS), show_progress="hidden",
+                     api_visibility="private")
 
 
 def _controls(first: View) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -110,13 +122,14 @@ def create_memory_panel(ui: Registry, first: View) -> None:
         gr.Markdown("**Why the memory goes where it goes**")
         notes = gr.Markdown(first.memory.notes, label="why", elem_id="fl-notes")
         curve = gr.Plot(first.memory.curve, label="memory vs batch size", show_label=False, elem_id="fl-curve-plot")
-        with gr.Accordion("How many GPUs", open=True, elem_id="fl-gpu-count"):
+        # closed at first: a class that never opens it never pays for it (twenty walks of the step per change)
+        with gr.Accordion("How many GPUs", open=first.session.gpu_count, elem_id="fl-gpu-count") as gpu_section:
             min_gpus = gr.Markdown(first.memory.min_gpus, elem_id="fl-min-gpus")
             gpu_count = gr.Plot(first.memory.gpu_count, label="memory per GPU vs number of GPUs", show_label=False,
                                 elem_id="fl-gpu-count-plot")
     ui.add(MEMORY, {**grid, **ticks, **images, "verdict": verdict, "plot": plot, "notes": notes, "curve": curve,
                     "context": context, "error": error, "min_gpus": min_gpus, "gpu_count": gpu_count,
-                    "tokens": tokens, "image": image}, wire=_wire)
+                    "tokens": tokens, "image": image, "gpu_section": gpu_section}, wire=_wire)
 
 
 def _image_controls(first: View) -> tuple[dict[str, Any], gr.Markdown, gr.Image]:

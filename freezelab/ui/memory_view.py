@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from freezelab import charts, units
 from freezelab.adapters import Adapters
 from freezelab.index import ModelIndex
+from freezelab.index_memo import Kept, per_index
 from freezelab.memory.analytic import estimate, followed
 from freezelab.memory.gpu_count import GpuCount, gpu_count
 from freezelab.memory.result import MemoryEstimate
@@ -20,7 +21,8 @@ from freezelab.ui.gpu_lines import chart_lines, common_gpus
 from freezelab.ui.registry import elem_id, shown
 from freezelab.workload import LIMITS, Workload, WorkloadError, sizes_text
 
-CURVE_BATCHES = (1, 4, 16, 64)  # plus the current batch; each point costs one analytic estimate (~8 ms on 7B)
+CURVE_BATCHES = (1, 4, 16, 64)  # plus the current batch; each point costs one analytic estimate (4-8 ms on 7B)
+KEPT_ESTIMATES = 256  # per model index: a class clicking the same presets and batch sizes finds them here
 MEMORY = "memory"  # the memory panel's ids: the workload controls by field name, and what it shows
 FIELDS = ("batch", "text_tokens", "images", "dtype", "autocast", "optimizer", "grad_ckpt", "attn",
           "gpus", "sharding", "offload_optimizer", "image_sizes", "frames")  # the controls, in the order sent
@@ -35,8 +37,9 @@ class MemoryView:
     curve: go.Figure = shown(elem_id(MEMORY, "curve"))       # memory vs batch size
     context: bool = shown(elem_id(MEMORY, "context"))        # the charts include the CUDA context + cache
     error: str = shown(elem_id(MEMORY, "error"), default="")  # HTML: a refused workload value, at its field
-    gpu_count: go.Figure = shown(elem_id(MEMORY, "gpu_count"))  # memory per GPU vs number of GPUs, per mode
-    min_gpus: str = shown(elem_id(MEMORY, "min_gpus"))       # markdown: smallest number of each card per mode
+    gpu_count: go.Figure | None = shown(elem_id(MEMORY, "gpu_count"))  # memory per GPU vs number of GPUs, per mode
+    min_gpus: str | None = shown(elem_id(MEMORY, "min_gpus"))  # markdown: smallest number of each card per mode
+    # (both None while the page's how-many-GPUs section is closed: not computed, the page keeps its old ones)
     tokens: str = shown(elem_id(MEMORY, "tokens"))           # markdown: what the images of a sample become
 
 
@@ -128,6 +131,33 @@ def refused_fields(current: Workload, values: dict[str, Any], err: WorkloadError
     return refused or dict.fromkeys(changed or ["workload"], str(err))
 
 
+@per_index
+def _estimates(index: ModelIndex) -> Kept:
+    return Kept(KEPT_ESTIMATES)
+
+
+@per_index
+def _gpu_counts(index: ModelIndex) -> Kept:
+    return Kept(KEPT_ESTIMATES)
+
+
+def kept_estimate(index: ModelIndex, mask: list[bool], workload: Workload,
+                  adapters: Adapters | None = None) -> MemoryEstimate:
+    """`estimate(index, mask, workload, adapters=adapters)`, kept for the next event that asks for the
+    same (the memory curve's batch sizes stay the same when only the batch changes; a class clicks the
+    same presets)."""
+    return _estimates(index).get((bytes(mask), workload, adapters),
+                                 lambda: estimate(index, mask, workload, adapters=adapters))
+
+
+def kept_gpu_count(index: ModelIndex, mask: list[bool], workload: Workload, cublas_workspaces: int,
+                   adapters: Adapters | None = None) -> GpuCount:
+    """`gpu_count(...)`, kept likewise; the workload's own GPU count and sharding do not change it."""
+    key = (bytes(mask), workload.with_(gpus=1, sharding="ddp"), cublas_workspaces, adapters)
+    return _gpu_counts(index).get(key, lambda: gpu_count(index, mask, workload, cublas_workspaces=cublas_workspaces,
+                                                         adapters=adapters))
+
+
 def notes_md(est: MemoryEstimate) -> str:
     return "\n".join(f"- {n}" for n in est.notes) if est.notes else ""
 
@@ -142,7 +172,7 @@ def curve(index: ModelIndex, mask: list[bool], workload: Workload, current: Memo
     points: list[MemoryEstimate] = []
     for b in sorted({b for b in CURVE_BATCHES if b <= LIMITS["batch"]} | {workload.batch}):
         points.append(current if b == workload.batch
-                      else estimate(index, mask, workload.with_(batch=b), adapters=adapters))
+                      else kept_estimate(index, mask, workload.with_(batch=b), adapters))
         xs.append(b)
         if points[-1].device_estimate_bytes > largest and b >= workload.batch:
             break
@@ -173,19 +203,21 @@ def min_gpus_md(count: GpuCount) -> str:
 
 
 def memory_view(index: ModelIndex, mask: list[bool], workload: Workload, context: bool | None = None,
-                adapters: Adapters | None = None) -> MemoryView:
+                gpu_count: bool = True, adapters: Adapters | None = None) -> MemoryView:
     """The estimate and its charts; `context` None: the CUDA context is drawn unless it outweighs the tensors;
-    `adapters`: the plan's adapters and quantized base."""
+    `adapters`: the plan's adapters and quantized base. `gpu_count` False: how many GPUs is left out
+    (None: the page keeps what it shows, out of sight while its section is closed); it costs twenty
+    walks of the step, more than the rest together."""
     tokens = tokens_md(index, workload)
     why = followed(index, workload)
     if why is not None:
         return not_followed(why, tokens)
-    est = estimate(index, mask, workload, adapters=adapters)
+    est = kept_estimate(index, mask, workload, adapters)
     shown_context = charts.context_by_default(est) if context is None else context
-    count = gpu_count(index, mask, workload, cublas_workspaces=est.cublas_workspaces, adapters=adapters)
+    count = kept_gpu_count(index, mask, workload, est.cublas_workspaces, adapters) if gpu_count else None
     return MemoryView(estimate=est, figure=charts.memory_breakdown(est, chart_lines(), context=shown_context),
                       curve=curve(index, mask, workload, est, shown_context, adapters),
                       verdict=verdict_html(est, workload), notes=notes_md(est), context=shown_context,
-                      gpu_count=charts.gpu_count_chart(count.counts, count.per_gpu, chart_lines(),
-                                                       current=workload.gpus),
-                      min_gpus=min_gpus_md(count), tokens=tokens)
+                      gpu_count=None if count is None else charts.gpu_count_chart(
+                          count.counts, count.per_gpu, chart_lines(), current=workload.gpus),
+                      min_gpus=None if count is None else min_gpus_md(count), tokens=tokens)

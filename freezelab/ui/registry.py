@@ -50,26 +50,38 @@ def shown_within(**kwargs: Any) -> Any:
 @functools.cache
 def shown_ids(cls: type) -> tuple[str, ...]:
     """The ids a view class fills, in field order."""
+    return tuple(i for ids in field_ids(cls).values() for i in ids)
+
+
+@functools.cache
+def field_ids(cls: type) -> dict[str, tuple[str, ...]]:
+    """{field name: the ids it fills} of a view class's shown fields, in field order."""
     hints = typing.get_type_hints(cls)
-    out: list[str] = []
+    out: dict[str, tuple[str, ...]] = {}
     for f in fields(cls):
         if ELEM in f.metadata:
-            out.append(f.metadata[ELEM])
+            out[f.name] = (f.metadata[ELEM],)
         elif f.metadata.get(PARTS):
-            out.extend(shown_ids(hints[f.name]))
-    return tuple(out)
+            out[f.name] = shown_ids(_dataclass_of(hints[f.name]))
+    return out
+
+
+def _dataclass_of(hint: Any) -> type:
+    """The class of a `shown_within` field's type (`MemoryView`, or `MemoryView | None`)."""
+    options = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return options[0]
 
 
 def shown_values(view: Any) -> dict[str, Any]:
-    """{id: value} of a view's shown fields. A field that is None leaves its component as it is
-    (e.g. a chart that has nothing to draw yet)."""
+    """{id: value} of a view's shown fields. A field that is None (or a part that is None) leaves
+    its components as they are (a chart with nothing to draw yet, a part the event did not change)."""
     out: dict[str, Any] = {}
     for f in fields(view):
         value = getattr(view, f.name)
         if ELEM in f.metadata:
             if value is not None:
                 out[f.metadata[ELEM]] = value
-        elif f.metadata.get(PARTS):
+        elif f.metadata.get(PARTS) and value is not None:
             out.update(shown_values(value))
     return out
 

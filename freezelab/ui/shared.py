@@ -11,10 +11,14 @@ from typing import Any
 import gradio as gr
 
 from freezelab.errors import FreezelabError
-from freezelab.ui.handlers import STATE, STATUS, VIEW_IDS, App
+from freezelab.ui.handlers import ALL_PARTS, STATE, STATUS, App, view_ids
 from freezelab.ui.registry import Registry, shown_values
 
 GPU_CONCURRENCY = "device"   # simulate and the sanity step share one slot: one at a time
+# Plan files: the costliest request that is not a run (a 1,000-rule plan takes a quarter of a second of
+# CPU to check), and a rare one for a class: one at a time, so that sessions uploading plans together
+# take one thread's share of the server, not one each.
+PLAN_FILE_CONCURRENCY = "plan_file"
 
 
 def error_text(err: Exception) -> str:
@@ -37,9 +41,9 @@ class Shared:
     def state(self) -> gr.State:
         return self.ui[STATE]
 
-    def outputs(self, *extra: str) -> list[Any]:
-        """The components a View fills, then those of `extra` ids: an event's outputs."""
-        return self.ui.components((*VIEW_IDS, *extra))
+    def outputs(self, *extra: str, parts: tuple[str, ...] = ALL_PARTS) -> list[Any]:
+        """The components a View with these `parts` fills, then those of `extra` ids: an event's outputs."""
+        return self.ui.components((*view_ids(parts), *extra))
 
     def show(self, make: Callable[[], Any]) -> dict[Any, Any]:
         """Run a handler returning a view (a dataclass with shown fields: a View, a WorkloadRefused),

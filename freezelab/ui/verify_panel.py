@@ -1,4 +1,10 @@
-"""Verify tab: the simulated memory estimate and the sanity step, one at a time per process."""
+"""Verify tab: the simulated memory estimate and the sanity step, one at a time per process.
+
+A run waits for the one device slot (Gradio's concurrency group), so whatever would refuse it is
+checked before it joins that queue: each run event has a Gradio validator, which answers at once
+with the reason when a check fails (an API client gets it as the request's error), and the button
+first runs the same checks outside the queue so that the page shows the reason where the result
+would go. A refused request never waits behind a running one."""
 
 from __future__ import annotations
 
@@ -14,15 +20,16 @@ from freezelab.ui.context_view import PAGE_JS
 from freezelab.ui.handlers import View
 from freezelab.ui.registry import Registry, shown_ids, shown_values
 from freezelab.ui.shared import GPU_CONCURRENCY, Shared, error_text, warn
-from freezelab.ui.verify_view import CHECK_HEADERS, Cancels, SimulationView, StepView
+from freezelab.ui.verify_view import CHECK_HEADERS, Cancels, SimulationView, StepView, check_simulation, check_step
 
 CANCELS = Cancels()
 
 
 def release_session(request: gr.Request) -> None:
     """When a browser session ends (tab closed: Gradio's heartbeat stops), stop its simulation or
-    sanity step: the run notices between steps and frees everything it allocated. A run still
-    queued is dropped by Gradio itself; the session's gr.State goes with Gradio's session cleanup."""
+    sanity step: the run notices within a module of its forward or backward and frees everything it
+    allocated. A run still queued is dropped by Gradio itself; the session's gr.State goes with
+    Gradio's session cleanup."""
     CANCELS.cancel(request.session_hash or "anonymous")
 
 
@@ -34,8 +41,27 @@ def step_devices(allowed: tuple[str, ...] | None) -> list[str]:
     return [d for d in found if allowed is None or d in allowed] or ["cpu"]
 
 
+def refusal(check: Any) -> str | None:
+    """The message of a check that refuses a run, or None when it passes."""
+    try:
+        check()
+    except FreezelabError as err:
+        return str(err)
+    return None
+
+
 def _wire_simulate(sh: Shared) -> None:
     ui = sh.ui
+
+    def validate(session: Session) -> dict[str, Any]:
+        why = refusal(lambda: check_simulation(sh.app, session))
+        return gr.validate(why is None, why or "")
+
+    def on_check(session: Session) -> dict[Any, Any]:
+        why = refusal(lambda: check_simulation(sh.app, session))
+        if why is None:
+            return ui.values({"simulate.table": "Waiting for the simulation slot…"})
+        return ui.values({"simulate.table": error_text(why), "simulate.plot": None, "simulate.for": ""})
 
     def on_run(session: Session, request: gr.Request, progress=gr.Progress()) -> dict[Any, Any]:
         key = request.session_hash or "anonymous"
@@ -53,8 +79,11 @@ def _wire_simulate(sh: Shared) -> None:
     def on_cancel(request: gr.Request) -> None:
         CANCELS.cancel(request.session_hash or "anonymous")
 
-    ui["simulate.run"].click(on_run, [sh.state], ui.components(shown_ids(SimulationView)), api_name="simulate",
-                             concurrency_id=GPU_CONCURRENCY, concurrency_limit=1)
+    outputs = ui.components(shown_ids(SimulationView))
+    checked = ui["simulate.run"].click(on_check, [sh.state], outputs, queue=False, api_visibility="private",
+                                       show_progress="hidden")
+    checked.then(on_run, [sh.state], outputs, api_name="simulate", validator=validate,
+                 concurrency_id=GPU_CONCURRENCY, concurrency_limit=1)
     ui["simulate.cancel"].click(on_cancel, None, None, api_visibility="private", queue=False)
 
 
@@ -93,6 +122,19 @@ def _wire_step(sh: Shared) -> None:
 
     sh.demo.load(on_page_load, None, ui["step.device"], api_visibility="private", show_progress="hidden")
 
+    def validate(session: Session, device: str, steps: float, lr: float) -> list[dict[str, Any]]:
+        why = refusal(lambda: check_step(sh.app, session, device, steps, lr))
+        # shown under the steps box on the page (a gr.State shows nothing)
+        return [gr.validate(True, ""), gr.validate(True, ""), gr.validate(why is None, why or ""),
+                gr.validate(True, "")]
+
+    def on_check(session: Session, device: str, steps: float, lr: float) -> dict[Any, Any]:
+        why = refusal(lambda: check_step(sh.app, session, device, steps, lr))
+        if why is None:
+            return ui.values({"step.status": "Waiting for the sanity step slot…"})
+        return ui.values({"step.status": error_text(why), "step.loss": None, "step.grads": None,
+                          "step.checks": None, "step.memory": "", "step.for": ""})
+
     def on_run(session: Session, device: str, steps: float, lr: float, request: gr.Request,
                progress=gr.Progress()) -> Iterator[dict[Any, Any]]:
         key = request.session_hash or "anonymous"
@@ -110,12 +152,15 @@ def _wire_step(sh: Shared) -> None:
 
     def on_cancel(request: gr.Request) -> str:
         stopped = CANCELS.cancel(request.session_hash or "anonymous")
-        return "Cancelling after the current step…" if stopped else "Nothing is running."
+        return "Cancelling…" if stopped else "Nothing is running."
 
-    # Cancel sets this session's flag: the run stops between steps, reports, and releases its memory.
-    ui["step.run"].click(on_run, [sh.state, *ui.components(("step.device", "step.steps", "step.lr"))],
-                         ui.components(shown_ids(StepView)), api_name="sanity_step",
-                         concurrency_id=GPU_CONCURRENCY, concurrency_limit=1)
+    # Cancel sets this session's flag: the run stops inside the step, reports, and releases its memory.
+    inputs = [sh.state, *ui.components(("step.device", "step.steps", "step.lr"))]
+    outputs = ui.components(shown_ids(StepView))
+    checked = ui["step.run"].click(on_check, inputs, outputs, queue=False, api_visibility="private",
+                                   show_progress="hidden")
+    checked.then(on_run, inputs, outputs, api_name="sanity_step", validator=validate,
+                 concurrency_id=GPU_CONCURRENCY, concurrency_limit=1)
     ui["step.cancel"].click(on_cancel, None, ui["step.status"], api_visibility="private", queue=False)
 
 

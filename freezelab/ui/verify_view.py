@@ -1,5 +1,10 @@
 """The two slow checks of a plan, as plain functions: the simulated memory estimate
-(fake tensors) next to the analytic one, and the real sanity step (streamed)."""
+(fake tensors) next to the analytic one, and the real sanity step (streamed).
+
+Everything that can refuse a run is checked first, by `check_simulation` / `check_step`: the
+dashboard runs them before a run waits for the one device slot (Gradio's validator, and a check
+the page shows at once), so a refused request never queues behind a running one. After a run,
+whatever it left in the process is handed back (freezelab.reclaim)."""
 
 from __future__ import annotations
 
@@ -11,14 +16,18 @@ import plotly.graph_objects as go
 
 from freezelab import charts, units
 from freezelab.anatomy import count
+from freezelab.budget import simulation_cost, step_cost
 from freezelab.compute.flops import Flops, flops_followed, step_flops
 from freezelab.errors import FreezelabError
 from freezelab.memory.analytic import estimate as analytic_estimate
 from freezelab.memory.analytic import followed
 from freezelab.memory.result import CATEGORIES, MemoryEstimate
-from freezelab.plans import resolve
+from freezelab.model_cache import Loaded
+from freezelab.plans import Resolution, resolve
+from freezelab.reclaim import reclaim
 from freezelab.session import Session
 from freezelab.step import Event, StepReport, iter_step
+from freezelab.step.gate import check_args, gate
 from freezelab.ui.context_view import result_html
 from freezelab.ui.handlers import App
 from freezelab.ui.registry import shown
@@ -101,6 +110,18 @@ def comparison_table(a: MemoryEstimate, s: MemoryEstimate) -> str:
     return "\n".join(rows)
 
 
+def check_simulation(app: App, session: Session) -> tuple[Loaded, Resolution]:
+    """Everything that refuses a simulation, before it runs: the plan, the model's size and the
+    estimated CPU time (freezelab.budget) against this deployment's limits."""
+    loaded = app.loaded(session)
+    index = loaded.index
+    res = resolve(session.plan, index)
+    app.policy.check_simulate(index.total_params + res.adapters.params, index.name)  # adapters as PEFT counts
+    if app.policy.max_simulate_seconds is not None:  # local mode runs what it is asked, at no cost here
+        app.policy.check_simulate_cost(simulation_cost(index, session.workload), index.name)
+    return loaded, res
+
+
 def flops_rows(analytic: Flops, counted: dict[str, int]) -> str:
     """The analytic FLOPs beside FlopCounterMode's count of the simulated step 2."""
     rows = ["| FLOPs of one step | analytic | FlopCounterMode | difference |", "|---|---:|---:|---:|"]
@@ -117,16 +138,17 @@ def simulate(app: App, session: Session, progress: Progress | None = None,
     from freezelab.memory.simulate import simulate_step
     from freezelab.models import hf_config
 
-    loaded = app.loaded(session)
+    loaded, res = check_simulation(app, session)
     index = loaded.index
-    res = resolve(session.plan, index)
-    app.policy.check_simulate(index.total_params + res.adapters.params, index.name)  # adapters as PEFT counts
     why = followed(index, session.workload)
     analytic = (analytic_estimate(index, res.mask, session.workload, adapters=res.adapters) if why is None
                 else None)
-    simulated = simulate_step(hf_config(loaded.source), res.trainable_names(index), session.workload,
-                              progress=progress, cancel=cancel, adapters=res.adapters, index=index,
-                              processor=index.processor)
+    try:
+        simulated = simulate_step(hf_config(loaded.source), res.trainable_names(index), session.workload,
+                                  progress=progress, cancel=cancel, adapters=res.adapters, index=index,
+                                  processor=index.processor)
+    finally:
+        reclaim()
     label = result_html("Simulated", session, count(*res.adapted(index)).trainable)
     table = comparison_table(analytic, simulated) if analytic is not None else simulated_table(simulated, str(why))
     counted = simulated.details.get("flops")
@@ -238,24 +260,41 @@ def step_view(event: Event, losses: list[float], label: str | None = None) -> St
                     report, event.message)
 
 
-def run_step(app: App, session: Session, device: str, steps: int, lr: float,
-             cancel: threading.Event | None = None) -> Iterator[tuple[float, StepView]]:
-    """Stream (fraction done, view) while the sanity step runs; the last view holds the report."""
+def check_step(app: App, session: Session, device: object, steps: object,
+               lr: object) -> tuple[Loaded, Resolution, int, float]:
+    """Everything that refuses a sanity step, before it runs: its options, the device, the model's
+    size, the weights, the memory estimate against what the device has free and the estimated CPU
+    time (freezelab.budget) against this deployment's limits. Returns the checked steps and lr."""
+    steps, lr = _whole(steps, "steps"), _number(lr, "learning rate")
+    if not isinstance(device, str):
+        raise VerifyError(f"device must be cpu or cuda, got {device!r}")
     loaded = app.loaded(session)
     index = loaded.index
-    steps = _whole(steps, "steps")
-    lr = _number(lr, "learning rate")
     res = resolve(session.plan, index)
     app.policy.check_step(index.total_params + res.adapters.params, steps, device, index.name)  # adapters too
     if session.weights and loaded.source.kind == "checkpoint":  # checked at load too; files may have grown
         app.policy.check_weights(loaded.source.weight_bytes, loaded.source.name)
-    label = result_html("Sanity step", session, count(*res.adapted(index)).trainable)
+    check_args(loaded.source, session.workload, steps, lr, device, session.weights)
+    if app.policy.max_step_seconds is not None:
+        app.policy.check_step_cost(step_cost(index, res.mask, session.workload, steps), index.name)
+    gate(index, res.mask, session.workload, device, res.adapters)
+    return loaded, res, steps, lr
+
+
+def run_step(app: App, session: Session, device: str, steps: int, lr: float,
+             cancel: threading.Event | None = None) -> Iterator[tuple[float, StepView]]:
+    """Stream (fraction done, view) while the sanity step runs; the last view holds the report."""
+    loaded, res, steps, lr = check_step(app, session, device, steps, lr)
+    label = result_html("Sanity step", session, count(*res.adapted(loaded.index)).trainable)
     losses: list[float] = []
-    for event in iter_step(loaded.source, session.plan, session.workload, steps=steps, lr=lr, device=device,
-                           weights=session.weights, cancel=cancel):
-        if event.record is not None and event.record.loss is not None:
-            losses.append(event.record.loss)
-        yield event.fraction, step_view(event, losses, label)
+    try:
+        for event in iter_step(loaded.source, session.plan, session.workload, steps=steps, lr=lr, device=device,
+                               weights=session.weights, cancel=cancel):
+            if event.record is not None and event.record.loss is not None:
+                losses.append(event.record.loss)
+            yield event.fraction, step_view(event, losses, label)
+    finally:
+        reclaim()
 
 
 def _whole(value: object, name: str) -> int:

@@ -36,6 +36,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from freezelab.adapters import Adapters
+from freezelab.cancellation import watch_modules
 from freezelab.errors import SimulationCancelled, SimulationError
 from freezelab.index import ModelIndex
 from freezelab.memory.fake.autocast import CudaAutocastDelta
@@ -74,7 +75,9 @@ def simulate_step(
     with its breakdown by category at the moment of the peak.
 
     `progress(fraction, message)` is called at each phase; `cancel()` is polled
-    between phases and, when it returns True, `SimulationCancelled` is raised.
+    at each phase and inside the forward and the backward, before each module and as each
+    module's gradient arrives (a phase of a huge batch can run for minutes), and when it
+    returns True, `SimulationCancelled` is raised.
     Bad input, and a step the real model could not run either, raise `SimulationError`.
 
     `input_require_grads=True` installs transformers' input-embedding requires_grad
@@ -120,6 +123,8 @@ def execute(run: Run) -> MemoryEstimate:
         opt = optimizer_for(run.w.optimizer, params)
         handles = hooks.install(run, params, labels)
         stack.callback(lambda: [h.remove() for h in handles])
+        if run.cancellable:
+            stack.enter_context(watch_modules(run.model, run.check))
         try:
             marks = phases.run_steps(run, inputs, params, opt)
         except (ValueError, TypeError, IndexError, RuntimeError) as err:  # the model refused the batch

@@ -52,6 +52,7 @@ class Run:
             torch, TORCH_DTYPE_NAMES[workload.autocast])
         self._progress = progress
         self._cancel = cancel
+        self.doing = "setup"                        # the phase under way, for a cancellation's message
         # the batch's ids, grids and pixels are real (freezelab.memory.fake.concrete)
         self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
         self.ledger = TensorLedger()
@@ -75,8 +76,19 @@ class Run:
         """Report progress; stop here when the caller cancelled."""
         if self._cancel is not None and self._cancel():
             raise SimulationCancelled(f"simulation cancelled before: {message}")
+        self.doing = message
         if self._progress is not None:
             self._progress(fraction, message)
+
+    @property
+    def cancellable(self) -> bool:
+        return self._cancel is not None
+
+    def check(self) -> None:
+        """Stop inside a phase when the caller cancelled (the model's hooks call this: raising from
+        them is safe, unlike from inside an op, where torch may not expect an exception)."""
+        if self._cancel is not None and self._cancel():
+            raise SimulationCancelled(f"simulation cancelled during: {self.doing}")
 
     def lap(self, name: str) -> None:
         now = time.perf_counter()
