@@ -1,17 +1,20 @@
 """Analytic FLOPs against FlopCounterMode on the simulated step, for the shipped configs.
 
     python benchmarks/flops_agreement.py [--models NAME ...] [--presets P ...] [--quick]
+    python benchmarks/flops_agreement.py --families [--presets P ...]
     python benchmarks/flops_agreement.py --overhead [--runs 3]
 
-For each shipped LLaVA architecture (assets/configs; the other families' FLOPs are not modelled), each preset and gradient checkpointing off and
-on, the analytic count (freezelab.compute.flops.step_flops) is compared with what
+For each shipped config (assets/configs: the LLaVA classes and the families beyond them), each preset and
+gradient checkpointing off and on, the analytic count (freezelab.compute.flops.step_flops) is compared with what
 torch.utils.flop_counter.FlopCounterMode counts over step 2 of the simulated training step
 (freezelab.memory.simulate): forward, backward (recomputed forwards included) and total. The
-workload is the CLI's default: batch 1, one image, 64 text tokens, bf16, AdamW, SDPA.
+workload is the CLI's default: batch 1, one image (at each family's default size), 64 text tokens,
+bf16, AdamW, SDPA.
 
-The whole grid is 176 simulated steps, about an hour on two busy CPU cores (those of
+The LLaVA grid (the default) is 176 simulated steps, about an hour on two busy CPU cores (those of
 llava-v1.6-34b and llava-onevision-qwen2-72b take about a minute each); --quick runs only stage1
-and full on those two.
+and full on those two. --families runs the smallest shipped config of each family beyond LLaVA
+(FAMILY_SAMPLE; pass --models for others).
 
 --overhead times the simulation of llava-1.5-7b (stage1, stage2, last-4) with and without the
 FlopCounterMode count, alternating, in CPU seconds of this process (less sensitive than wall time
@@ -41,6 +44,9 @@ from freezelab.workload import Workload  # noqa: E402
 PRESETS = ("stage1", "stage2", "full", "llm", "vision-projector", "last-4", "lm-head", "frozen")
 LARGE = ("llava-v1.6-34b", "llava-onevision-qwen2-72b")
 LARGE_SAMPLE = ("stage1", "full")
+FAMILY_SAMPLE = ("qwen2.5-vl-3b-instruct", "qwen2-vl-2b-instruct", "gemma-3-4b-it", "paligemma2-3b-pt-224",
+                 "internvl3-1b-hf", "mistral-small-3.1-24b-instruct-2503", "smolvlm-256m-instruct",
+                 "smolvlm2-2.2b-instruct", "qwen3-vl-2b-instruct")
 TOLERANCE = 0.01
 
 
@@ -62,7 +68,7 @@ def run(model: str, presets: tuple[str, ...]) -> list[float]:
             w = Workload(grad_ckpt=ckpt)
             analytic = step_flops(index, res.mask, w)
             t0 = time.perf_counter()
-            sim = simulate_step(config, res.trainable_names(index), w).details["flops"]
+            sim = simulate_step(config, res.trainable_names(index), w, processor=index.processor).details["flops"]
             took = time.perf_counter() - t0
             rel = max(_rel(analytic.forward, sim["forward"]), _rel(analytic.backward, sim["backward"]),
                       _rel(analytic.counted, sim["total"]))
@@ -96,8 +102,9 @@ def overhead(runs: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    # the LLaVA configs: the other families' FLOPs are not modelled (compute.flops.flops_followed)
-    p.add_argument("--models", nargs="*", default=[n for n in known_names() if n != "tiny" and _llava(n)])
+    p.add_argument("--models", nargs="*", default=None, help="default: the LLaVA configs (or with --families, "
+                   "FAMILY_SAMPLE)")
+    p.add_argument("--families", action="store_true", help="the smallest shipped config of each family beyond LLaVA")
     p.add_argument("--presets", nargs="*", default=list(PRESETS))
     p.add_argument("--quick", action="store_true", help="only stage1 and full on the 34B and 72B models")
     p.add_argument("--overhead", action="store_true", help="time the simulation with and without counting")
@@ -106,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.overhead:
         overhead(args.runs)
         return 0
+    models = args.models or (list(FAMILY_SAMPLE) if args.families else
+                             [n for n in known_names() if n != "tiny" and _llava(n)])
     worst: list[float] = []
-    for model in args.models:
+    for model in models:
         presets = tuple(args.presets)
         if model in LARGE and args.quick:
             presets = tuple(x for x in presets if x in LARGE_SAMPLE)

@@ -67,7 +67,7 @@ def seconds_text(seconds: float) -> str:
 
 
 def step_flops_or_dense(index: ModelIndex, mask: list[bool], workload: Workload) -> float:
-    """The step's FLOPs (freezelab.compute.flops); for a family whose ops carry no FLOPs yet, the
+    """The step's FLOPs (freezelab.compute.flops); for a family or workload they do not follow, the
     dense rule: 6 x parameters x tokens (text and image, per sample, times the batch), plus the LLM's
     attention products, 12 x tokens^2 x hidden size x layers per sample (QK^T and AV: 4 s^2 h in
     the forward, twice that in the backward)."""

@@ -115,12 +115,12 @@ def test_eager_attention_backward_runs_only_the_products_it_needs(tiny):
     assert f.attention.backward_input == TL * 4 * unit               # dP, dV, dQ, dK
 
 
-def test_fp32_attention_with_fewer_kv_heads_runs_the_math_kernel(tiny):
-    """The memory-efficient kernel takes no grouped-query heads (sdp_utils.cpp), so fp32 attention on
-    the tiny model's 4 query / 2 kv heads runs as bmm, like eager attention."""
+def test_fp32_attention_with_fewer_kv_heads_runs_the_efficient_kernel(tiny):
+    """transformers hands SDPA k and v repeated to the tiny model's 4 query heads (from 2 kv heads), so
+    fp32 attention runs the memory-efficient kernel: 10·b·h·s²·d backward, not eager's four products."""
     f = flops(tiny, preset("stage1"), WORKLOAD.with_(dtype="fp32"))
     unit = 2 * B * HEADS * SEQ ** 2 * HEAD_DIM
-    assert f.attention.backward_input == TL * 4 * unit
+    assert f.attention.backward_input == TL * 5 * unit
 
 
 def test_a_mask_for_another_model_is_refused(tiny):
@@ -147,6 +147,7 @@ CASES = [
     ("llava", "last-2", {"attn": "eager"}),
     ("next", "stage2", {"images": 2, "grad_ckpt": True}),
     ("onevision", "vision-projector", {"dtype": "fp32", "autocast": "bf16"}),
+    ("llava", "stage1", {"dtype": "fp32"}),
     ("vipllava", "lm-head", {"grad_ckpt": True}),
 ]
 

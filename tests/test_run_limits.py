@@ -268,19 +268,29 @@ def test_refused_runs_are_answered_while_another_run_holds_the_slot():
 
 
 def test_a_family_without_flops_is_budgeted_by_the_dense_rule(tmp_path):
-    """The FLOPs model follows the LLaVA classes only; another family's step is budgeted at 6 x
-    parameters x tokens x batch (its sanity step still runs in public mode when that is small)."""
+    """The FLOPs model follows the families the analytic estimate models (Qwen2.5-VL's step is budgeted
+    by its FLOPs); another family (a built-in class freezelab has not checked) is budgeted at 6 x
+    parameters x tokens x batch plus the attention products (its sanity step still runs in public mode
+    when that is small)."""
     import json
 
     from freezelab.budget import step_flops_or_dense
+    from freezelab.compute.flops import step_flops
+    from tiny_families import _siglip, _text
     from tiny_families import config as family_config
 
     (tmp_path / "qwen.json").write_text(json.dumps(family_config("qwen2_5_vl")))
+    (tmp_path / "aya.json").write_text(json.dumps({
+        "model_type": "aya_vision", "vision_config": _siglip(56), "text_config": _text("cohere2"),
+        "image_token_index": 200, "downsample_factor": 2}))
     app = handlers.App.for_policy(public_policy((tmp_path,)))
-    session = handlers.load_model(app, Session(), str(tmp_path / "qwen.json")).session
+    w = Workload(text_tokens=100, images=0, batch=3)
+    qwen = app.loaded(handlers.load_model(app, Session(), str(tmp_path / "qwen.json")).session).index
+    qwen_mask = resolve(preset("stage1"), qwen).mask
+    assert step_flops_or_dense(qwen, qwen_mask, w) == step_flops(qwen, qwen_mask, w).total
+    session = handlers.load_model(app, Session(), str(tmp_path / "aya.json")).session
     index = app.loaded(session).index
     mask = resolve(preset("stage1"), index).mask
-    w = Workload(text_tokens=100, images=0, batch=3)
     text = index.config.get("text_config") or index.config
     attention = 12 * 100**2 * text["hidden_size"] * len(index.layers["llm"])
     assert step_flops_or_dense(index, mask, w) == 3 * (6 * index.total_params * 100 + attention)

@@ -718,6 +718,7 @@ FAMILY_MODELS = ("qwen2-vl-2b-instruct", "qwen2.5-vl-7b-instruct", "qwen3-vl-2b-
 
 @pytest.mark.parametrize("name", FAMILY_MODELS)
 def test_every_family_loads_with_its_tree_charts_memory_and_tokens(app, start, name):
+    from freezelab.compute.flops import step_flops
     from freezelab.memory.analytic import followed
 
     view = handlers.apply_preset(app, handlers.load_model(app, start.session, name).session, "stage1")
@@ -728,11 +729,13 @@ def test_every_family_loads_with_its_tree_charts_memory_and_tokens(app, start, n
     assert len(rows) == len(index.modules) and len(json.loads(view.tree)["rows"]) >= 2
     assert view.params_fig.data and view.map_fig.data
     assert "image tokens" in view.memory.tokens
-    assert view.compute.flops is None and "not modelled for" in view.compute.time  # FLOPs: LLaVA classes only
     why = followed(index, view.session.workload)
     if why is None:
         assert view.memory.estimate.peak_bytes == estimate(index, mask, view.session.workload).peak_bytes
+        assert view.compute.flops.counted == step_flops(index, mask, view.session.workload).counted
+        assert "Estimated step time" in view.compute.time
     else:
+        assert view.compute.flops is None and "No step-time estimate" in view.compute.time
         assert view.memory.estimate is None and "no analytic estimate" in view.memory.verdict
         assert "Run simulated estimate" in view.memory.verdict
 

@@ -21,8 +21,9 @@ backward-input, backward-weight, recompute and optimizer, by component and by
 stage; with --method simulate, details.flops holds FlopCounterMode's count of the
 simulated step), step_seconds ({gpu: seconds per step}) and time (each GPU's step
 by part with its assumptions, and with --samples the training time); flops,
-step_seconds and time are null, and flops_not_modelled says why, for a model whose
-FLOPs are not modelled (the families beyond LLaVA).
+step_seconds and time are null, and flops_not_modelled says why, for a model or
+workload the analytic model does not follow (with --method simulate: a family it has
+not modelled, a video).
 """
 
 from __future__ import annotations

@@ -35,11 +35,9 @@ from typing import Any
 from freezelab.adapters import Adapters
 from freezelab.compute.cost import Cost
 from freezelab.errors import FreezelabError
-from freezelab.families import family
 from freezelab.index import ModelIndex
 from freezelab.memory.analytic import data_flow, followed
 from freezelab.memory.stages import HEAD, Stage, build
-from freezelab.tokens import LLAVA_TYPES
 from freezelab.workload import DTYPE_BYTES, Sharding, Workload
 
 
@@ -240,18 +238,12 @@ class FlopsError(FreezelabError):
 def flops_followed(index: ModelIndex, w: Workload) -> str | None:
     """Why the analytic FLOPs (and so the step time) do not follow this model or workload, or None.
 
-    The FLOPs are checked op for op against FlopCounterMode on the LLaVA classes only. The newer
-    families' vision towers and projectors (Qwen's 3D patch convolution and windowed attention,
-    pixel shuffles, Gemma 3's pooling, Pixtral's block-diagonal sequence, ...) are modelled for
-    memory but carry no FLOPs yet: they are refused rather than undercounted."""
-    why = followed(index, w)
-    if why is not None:
-        return why
-    if index.model_type not in LLAVA_TYPES:
-        return (f"FLOPs and step time are not modelled for {family(index.model_type).title} yet (only the LLaVA "
-                "classes' ops carry FLOPs); the simulated estimate (--method simulate, or Verify in the "
-                "dashboard) counts this model's FLOPs with FlopCounterMode")
-    return None
+    They follow wherever the analytic estimate does: every op of every modelled family (the LLaVA
+    classes and those of freezelab.memory.image_paths) charges its FLOPs on the tape, equal to
+    FlopCounterMode's count on the simulated step (tests/test_flops.py, tests/test_family_flops.py,
+    benchmarks/flops_agreement.py). Elsewhere (a family or a video the estimate does not model, run
+    with --method simulate) the simulation's own FlopCounterMode count is the one to read."""
+    return followed(index, w)
 
 
 def step_flops(index: ModelIndex, mask: list[bool], workload: Workload, *,

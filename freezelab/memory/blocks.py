@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from freezelab.compute import cost as costs
 from freezelab.memory.activations import Tape
 
 Groups = tuple[tuple[int, int], ...]   # (sequences, tokens per sequence)
@@ -74,6 +75,7 @@ def gemma_rms_norm(t: Tape, x: str, out: str, weight: int | None) -> str:
     if w_train:
         t._save(t._new(f"{out}.normed", src.numel, 4, flow, src.width))
     y = t._new(out, src.numel, src.elem, flow or w_train, src.width)
+    t._replayed(flow or w_train)
     t._fwd(3 * fp32 + t.nbytes(y))
     t._bwd(t._grad_bytes(y) + (3 * fp32 + src.nbytes if flow else 0))
     return y
@@ -145,6 +147,7 @@ def _scaled(t: Tape, p: dict[str, int], x: str, name: str) -> str:
     grad_in = t.grad(x)
     if t.trainable(scale):  # d lambda needs the input
         t._save(x)
+    t._replayed(grad_in or t.trainable(scale))  # saves lambda (a checkpoint replays up to it) and / or x
     y = t.new(f"{name}.out", t.t[x].numel, t.t[x].elem, grad_in or t.trainable(scale), t.t[x].width)
     return y
 
@@ -203,8 +206,14 @@ def masked_attention(t: Tape, q: str, k: str, v: str, out: str, h: Heads, batch:
     kr, vr = _repeated(t, k, rep), _repeated(t, v, rep)
     y = t._new(out, batch * seq * h.heads * h.head_dim, t.num.compute, need, h.heads * h.head_dim)
     mask = t._new(f"{out}.mask", batch * seq * (seq + (-seq) % 16), t.num.compute, False)
+    if t.num.eager:  # eager attention with the same mask: bmm products, as FlopCounterMode counts them
+        t._charge(costs.eager_attention(batch, h.heads, seq, h.head_dim, q_grad=t.grad(q), k_grad=t.grad(k),
+                                        v_grad=t.grad(v)))
+    else:
+        t._charge(costs.fused_attention(batch, h.heads, seq, h.head_dim, backward=need))
     if need:
         t._save(q, kr, vr, y, mask, t._new(f"{out}.lse", batch * h.heads * seq, 4, False))
+    t._replayed(need)
     t._fwd(t.nbytes(y) + t.nbytes(mask) + (t.nbytes(kr) + t.nbytes(vr) if rep > 1 else 0))
     t._bwd(t.nbytes(y) + t._grad_bytes(q, k, v) + (t._grad_bytes(kr, vr) if rep > 1 else 0)
            + 4 * batch * h.heads * seq * h.head_dim)
@@ -223,8 +232,11 @@ def softcap_attention(t: Tape, q: str, k: str, v: str, out: str, h: Heads, batch
     probs32 = t._new(f"{out}.probs32", scores, 4, need)
     probs = t._new(f"{out}.probs", scores, c, need)
     y = t._new(out, batch * seq * h.heads * h.head_dim, c, need, h.heads * h.head_dim)
+    t._charge(costs.eager_attention(batch, h.heads, seq, h.head_dim, q_grad=t.grad(q), k_grad=t.grad(k),
+                                    v_grad=t.grad(v)))
     if need:
         t._save(q, kr, tanh, probs32, probs, vr)
+    t._replayed(need)
     step = t.nbytes(tanh)
     t._fwd(2 * step + t.nbytes(probs32) + t.nbytes(y))
     t._bwd(3 * step + t.nbytes(probs32) + t.nbytes(y) + t._grad_bytes(q, k, v))

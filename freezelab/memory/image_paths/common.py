@@ -4,8 +4,11 @@ stages, the embedding and norm stages, the projector's parameters and a projecto
 from __future__ import annotations
 
 from functools import partial
+from math import prod
 from typing import Any
 
+from freezelab.compute import cost as costs
+from freezelab.compute.cost import Cost
 from freezelab.memory.activations import Tape
 from freezelab.memory.blocks import Groups, Heads, find, vision_block
 from freezelab.memory.cuda_facts import rounded
@@ -56,14 +59,29 @@ def block(t: Tape, p: dict[str, int], x: str, hidden: int, inter: int, h: Heads,
     return vision_block(t, p, x, hidden, inter, h, groups, rotary, split)
 
 
-def embeddings(f: Flow, stages: list[Stage], rel: dict[str, int], rows: int, hidden: int, prefix: str) -> bool:
+def embeddings(f: Flow, stages: list[Stage], rel: dict[str, int], rows: int, hidden: int, prefix: str,
+               positions: int | None = None, hooked: bool = True) -> bool:
     """Patch (and position) embeddings: the conv saves only the (resident) pixels; transformers' input
-    hook marks its output as requiring grad."""
+    hook marks its output as requiring grad (`hooked`: the tower exposes input embeddings for the hook).
+    `positions`: the conv's output positions (default `rows`)."""
     params = [i for n, i in rel.items() if n.startswith(prefix)]
-    flow = f.hooks or any(f.mask[i] for i in params)
+    flow = (f.hooks and hooked) or any(f.mask[i] for i in params)
+    cost = patch_cost(f, params, rows if positions is None else positions)
     stages.append(Stage("vision.embeddings", VISION, grad_params=params, out_grad=flow,
-                        fwd_extra=3 * rounded(rows * hidden * f.num.stream)))
+                        fwd_extra=3 * rounded(rows * hidden * f.num.stream),
+                        cost=cost + costs.traffic(5 * f.num.stream * rows * hidden, backward=flow)))
     return flow
+
+
+def patch_cost(f: Flow, params: list[int], positions: int) -> Cost:
+    """The patch convolution (Conv2d, or Qwen's Conv3d over frame pairs) as FlopCounterMode counts it:
+    2 x output positions x the kernel's c_in·k·k(·t) x c_out. Pixels never require grad; the weight's
+    gradient is made when it trains."""
+    weight = next((i for i in params if len(f.index.params[i].shape) >= 4), None)  # (c_out, c_in, [t,] k, k)
+    if weight is None:
+        return Cost()
+    shape = f.index.params[weight].shape
+    return costs.matmul(positions, prod(shape[1:]), shape[0], input_grad=False, weight_grad=f.trainable(weight))
 
 
 def norm_stage(f: Flow, stages: list[Stage], rel: dict[str, int], name: str, flow: bool, rows: int,
@@ -75,7 +93,7 @@ def norm_stage(f: Flow, stages: list[Stage], rel: dict[str, int], name: str, flo
     x = t.input("x", rows * hidden, f.num.stream, flow, hidden)
     y = t.layer_norm(x, name, weight, bias) if bias is not None else t.rms_norm(x, name, weight)
     stages.append(Stage(f"vision.{name}", VISION, t.kept, t.fwd_extra, t.bwd_extra,
-                        [i for i in (weight, bias) if i is not None], out_grad=t.grad(y)))
+                        [i for i in (weight, bias) if i is not None], out_grad=t.grad(y), cost=t.cost))
     return t.grad(y)
 
 

@@ -50,7 +50,7 @@ def pixtral_vision(f: Flow, stages: list[Stage]) -> tuple[bool, int, int]:
     saves = flow or any(f.mask[i] for i in tower)
     stages.append(Stage("vision.ln_pre", VISION, t.kept + (shared if saves else 0),
                         t.fwd_extra + (0 if saves else shared), t.bwd_extra,
-                        [i for n, i in rel.items() if n.startswith("ln_pre.")], out_grad=flow))
+                        [i for n, i in rel.items() if n.startswith("ln_pre.")], out_grad=flow, cost=t.cost))
     flow = layers(f, stages, flow, rows, hidden, ((1, rows),), rotary=True)
     stages.append(Stage("vision.post", VISION, held=rounded(rows * hidden * f.num.stream), dead=True))
     return flow, rows, hidden
@@ -65,7 +65,7 @@ def pixtral_projector(f: Flow, stages: list[Stage], feature_grad: bool, rows: in
     x = t.input("features", rows * width, f.num.stream, feature_grad, width)
     x = _mlp_chain_after_norm(t, f, rel, x, merge * merge)
     stages.append(Stage("projector", PROJECTOR, t.kept, t.fwd_extra, t.bwd_extra, list(rel.values()),
-                        held=t.nbytes(x), out_grad=t.grad(x), forward_only=t.forward_cached))
+                        held=t.nbytes(x), out_grad=t.grad(x), forward_only=t.forward_cached, cost=t.cost))
     return t.grad(x)
 
 

@@ -23,6 +23,13 @@ from freezelab.memory.structure import layer_params, relative
 
 # -- Qwen2-VL / Qwen2.5-VL / Qwen3-VL ----------------------------------------------------------
 
+# Towers that expose no input embeddings, so that `enable_input_require_grads` (which gradient
+# checkpointing calls) hooks nothing in them: transformers 5.24's Qwen3VLVisionModel sets no
+# `_input_embed_layer` and has no `embed_tokens` or `embeddings`, so its get_input_embeddings raises
+# and the hook is skipped (Qwen2-VL and Qwen2.5-VL name `patch_embed`).
+UNHOOKED_TOWERS = frozenset({"qwen3_vl"})
+
+
 def _merge(config: dict[str, Any]) -> int:
     return int((config.get("vision_config") or {}).get("spatial_merge_size") or 2)
 
@@ -61,7 +68,7 @@ def qwen_vision(f: Flow, stages: list[Stage]) -> tuple[bool, int, int]:
     hidden = width_of(f)
     rows = f.batch * sum(lay.frames * lay.grid[0] * lay.grid[1] for lay in f.layouts)
     head_dim = vision_heads(config, hidden).head_dim
-    flow = embeddings(f, stages, rel, rows, hidden, "patch_embed.")
+    flow = embeddings(f, stages, rel, rows, hidden, "patch_embed.", hooked=f.index.model_type not in UNHOOKED_TOWERS)
     if "pos_embed.weight" in rel:  # Qwen3-VL: four learned positions per patch, interpolated and summed
         flow = flow or f.trainable(rel["pos_embed.weight"])
         stages[-1].grad_params.append(rel["pos_embed.weight"])
@@ -74,7 +81,7 @@ def qwen_vision(f: Flow, stages: list[Stage]) -> tuple[bool, int, int]:
         x = t.input("patches", rows * hidden, f.num.stream, flow, hidden)
         t.new("windows", rows * hidden, f.num.stream, flow, hidden)
         stages.append(Stage("vision.windows", VISION, fwd_extra=t.fwd_extra, bwd_extra=t.bwd_extra, out_grad=flow,
-                            held=rope))
+                            held=rope, cost=t.cost))
     else:
         stages.append(Stage("vision.rotary", VISION, held=rope, out_grad=flow))
     full = set((config.get("vision_config") or {}).get("fullatt_block_indexes") or [])
@@ -133,7 +140,7 @@ def _merger_stage(f: Flow, stages: list[Stage], feature_grad: bool, rows: int, w
         y = t.new("ordered", t.t[x].numel, t.t[x].elem, t.grad(x), t.t[x].width)
     name = f"projector.{prefix.rstrip('.')}" if deepstack else "projector"
     stage = Stage(name, PROJECTOR, t.kept, t.fwd_extra, t.bwd_extra, list(rel.values()), out_grad=t.grad(y),
-                  forward_only=t.forward_cached + (t.nbytes(y) if deepstack else 0))
+                  cost=t.cost, forward_only=t.forward_cached + (t.nbytes(y) if deepstack else 0))
     stage.held = 0 if deepstack else t.nbytes(y)
     stages.append(stage)
     return t.grad(y)

@@ -28,7 +28,7 @@ def tiles_vision(f: Flow, stages: list[Stage]) -> tuple[bool, int, int]:
     hidden = width_of(f)
     tiles = f.batch * sum(lay.tiles for lay in f.layouts)
     rows = tiles * f.layouts[0].tile_tokens
-    flow = embeddings(f, stages, rel, rows, hidden, "embeddings.")
+    flow = embeddings(f, stages, rel, rows, hidden, "embeddings.", positions=tiles * _patches_per_tile(f))
     if f.index.model_type in ("idefics3", "smolvlm"):  # get_image_features copies the real tiles' pixels
         side = int((f.index.config.get("vision_config") or {}).get("image_size") or 0)
         copy = rounded(tiles * 3 * side * side * pixel_elem(f))
@@ -44,6 +44,14 @@ def tiles_vision(f: Flow, stages: list[Stage]) -> tuple[bool, int, int]:
     return flow, rows, hidden
 
 
+def _patches_per_tile(f: Flow) -> int:
+    """The patch conv's output positions per tile (InternViT's CLS token is not one of them)."""
+    vision = f.index.config.get("vision_config") or {}
+    side, patch = vision.get("image_size") or 0, vision.get("patch_size") or 1
+    side, patch = (side[0] if isinstance(side, list) else side), (patch[0] if isinstance(patch, list) else patch)
+    return (int(side) // int(patch)) ** 2
+
+
 def shuffle_projector(f: Flow, stages: list[Stage], feature_grad: bool, rows: int, width: int) -> bool:
     """Idefics3Connector: pixel shuffle (two permuted reshapes, each a copy), then one Linear; its output is
     concatenated per sample (a copy the model output keeps as image_hidden_states)."""
@@ -57,7 +65,7 @@ def shuffle_projector(f: Flow, stages: list[Stage], feature_grad: bool, rows: in
     x = t.new("shuffle2", rows * width, f.num.stream, feature_grad, in_features)
     y = t.linear(x, "proj", out_features, weight, bias)
     stages.append(Stage("projector", PROJECTOR, t.kept, t.fwd_extra, t.bwd_extra, list(rel.values()),
-                        held=t.nbytes(y), out_grad=t.grad(y), forward_only=t.forward_cached))
+                        held=t.nbytes(y), out_grad=t.grad(y), forward_only=t.forward_cached, cost=t.cost))
     return t.grad(y)
 
 
@@ -84,7 +92,7 @@ def internvl_projector(f: Flow, stages: list[Stage], feature_grad: bool, rows: i
     rel = projector_rel(f)
     y = mlp_chain(t, f, rel, x)
     stages.append(Stage("projector", PROJECTOR, t.kept, t.fwd_extra, t.bwd_extra, list(rel.values()),
-                        held=t.nbytes(y), out_grad=t.grad(y), forward_only=t.forward_cached))
+                        held=t.nbytes(y), out_grad=t.grad(y), forward_only=t.forward_cached, cost=t.cost))
     return t.grad(y)
 
 
@@ -115,7 +123,7 @@ def gemma3_projector(f: Flow, stages: list[Stage], feature_grad: bool, rows: int
     x = gemma_rms_norm(t, x, "norm", norm_w)
     y = t.linear(x, "proj", params[weight].shape[1], weight)
     stages.append(Stage("projector", PROJECTOR, t.kept, t.fwd_extra, t.bwd_extra, list(rel.values()),
-                        held=t.nbytes(y), out_grad=t.grad(y), forward_only=t.forward_cached))
+                        held=t.nbytes(y), out_grad=t.grad(y), forward_only=t.forward_cached, cost=t.cost))
     return t.grad(y)
 
 
@@ -127,7 +135,7 @@ def paligemma_projector(f: Flow, stages: list[Stage], feature_grad: bool, rows: 
     y = mlp_chain(t, f, rel, x)
     y = t.new("scaled", t.t[y].numel, t.t[y].elem, t.grad(y), t.t[y].width)
     stages.append(Stage("projector", PROJECTOR, t.kept, t.fwd_extra, t.bwd_extra, list(rel.values()),
-                        held=t.nbytes(y), out_grad=t.grad(y), forward_only=t.forward_cached))
+                        held=t.nbytes(y), out_grad=t.grad(y), forward_only=t.forward_cached, cost=t.cost))
     return t.grad(y)
 
 
