@@ -340,12 +340,11 @@ class Tape:
     def _attention_flops(self, batch: int, heads: int, kv_heads: int, seq: int, head_dim: int,
                          q: str, k: str, v: str) -> Cost:
         """The kernel CUDA's SDPA picks (`freezelab.memory.fake.sdpa`): flash for 16-bit inputs (the
-        head dimension padded to a multiple of 8), the memory-efficient kernel for fp32 (grouped-query
-        heads included: transformers repeats k and v to every query head, or passes enable_gqa without
-        a mask, and the kernel runs on the repeated heads), else the math composite, which runs as bmm
-        like eager attention."""
+        head dimension padded to a multiple of 8), the memory-efficient kernel for fp32 without
+        grouped-query heads (it takes no enable_gqa: PyTorch 2.11 / 2.13 sdp_utils.cpp), else the math
+        composite, which runs as bmm like eager attention (the same choice as the memory in `attention`)."""
         flash = self.num.compute == 2 and head_dim <= 256
-        efficient = head_dim % (8 if self.num.compute == 2 else 4) == 0
+        efficient = kv_heads == heads and head_dim % (8 if self.num.compute == 2 else 4) == 0
         if not self.num.eager and (flash or efficient):
             d = -(-head_dim // 8) * 8 if flash else head_dim
             return costs.fused_attention(batch, heads, seq, d,
