@@ -35,8 +35,9 @@ class Family:
     feature_read: FeatureRead
     read_source: str          # where in transformers 5.24 the projector's input is taken
     checked: bool = True      # False: an accepted class whose forward freezelab has not read
-    # the forward reads the top-level config.use_cache (so `model.config.use_cache = False` turns the text
-    # model's KV cache off); the others leave it to the text config (True by default)
+    # the forward reads the top-level config.use_cache (itself, or through @merge_with_config_defaults, which
+    # fills an unpassed use_cache from the model's own config), so `model.config.use_cache = False` turns the
+    # text model's KV cache off; the others leave it to the text config (True by default)
     cache_from_top: bool = False
 
 
@@ -68,7 +69,8 @@ FAMILIES: dict[str, Family] = {
                        "modeling_idefics3.py Idefics3Model.get_image_features: vision_model(...).last_hidden_state",
                        cache_from_top=True),  # modeling_idefics3.py:621 use_cache = ... self.config.use_cache
     "smolvlm": Family("SmolVLM2", "SmolVLMForConditionalGeneration", FeatureRead.LAST_HIDDEN_STATE,
-                      "modeling_smolvlm.py SmolVLMModel.get_image_features: vision_model(...).last_hidden_state"),
+                      "modeling_smolvlm.py SmolVLMModel.get_image_features: vision_model(...).last_hidden_state",
+                      cache_from_top=True),  # modeling_smolvlm.py:511 SmolVLMModel.forward @merge_with_config_defaults
     "mistral3": Family("Mistral 3 (Pixtral)", "Mistral3ForConditionalGeneration", FeatureRead.HIDDEN_STATE,
                        "modeling_mistral3.py Mistral3Model.get_image_features: hidden_states[vision_feature_layer]"),
 }

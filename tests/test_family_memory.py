@@ -10,6 +10,8 @@ import json
 import pytest
 
 from freezelab.memory.analytic import FOLLOWED, estimate
+from freezelab.memory.claims import AGREEMENT_MAX
+from freezelab.memory.result import Category
 from freezelab.memory.simulate import simulate_step
 from freezelab.models import hf_config, index_of
 from freezelab.plans import preset
@@ -59,3 +61,29 @@ def test_analytic_equals_simulated_tensors(model_type, tmp_path):
         tensors = s.details["step2_peak_rounded_bytes"]
         assert abs(a - tensors) <= TOLERANCE * tensors, (plan, batch, ckpt, a, tensors)
         assert abs(a - s.peak_bytes) <= 0.02 * s.peak_bytes, (plan, batch, ckpt, a, s.peak_bytes)
+
+
+@pytest.mark.parametrize("model_type", ["idefics3", "smolvlm"])
+def test_frozen_layers_before_the_first_trainable_hold_no_kv_cache(model_type, tmp_path):
+    """Idefics3Model.forward reads the top-level config.use_cache, SmolVLMModel.forward has it filled from
+    there (@merge_with_config_defaults): the protocol's `model.config.use_cache = False` turns the KV cache
+    off, so the frozen layers before the first trainable one hold nothing. A tiny model with full-width
+    k and v (as SmolVLM2's text model) and three frozen layers, where a held cache would be most of the peak."""
+    from tiny_families import config
+
+    cfg = config(model_type)
+    cfg["text_config"].update(num_hidden_layers=4, num_key_value_heads=4)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    source = resolve(str(path))
+    index = index_of(source)
+    w = Workload(batch=2, text_tokens=256, image_sizes=((112, 84),))
+    res = resolve_plan(preset("last-1"), index)
+    a = estimate(index, res.mask, w)
+    s = simulate_step(hf_config(source), res.trainable_names(index), w, processor=index.processor)
+    assert a.cublas_workspaces == s.cublas_workspaces
+    # the peak without the cuBLAS workspaces (most of a tiny model's peak), as the agreement grid compares it;
+    # a cache held in the three frozen layers would add 261,120 B (+5.6%)
+    workspace = a.breakdown[Category.WORKSPACE]
+    body_a, body_s = a.peak_bytes - workspace, s.peak_bytes - workspace
+    assert abs(body_a - body_s) <= AGREEMENT_MAX * body_s, (body_a, body_s)
