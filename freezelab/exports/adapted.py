@@ -9,8 +9,9 @@ parameters added or missing (at the plan's rank), quantized weights stored other
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from freezelab.adapters import Adapters, linears
 from freezelab.exports.base import Difference, _count, _examples, difference
@@ -113,6 +114,29 @@ def compare(index: ModelIndex, want: LoraOutcome, got: LoraOutcome) -> tuple[lis
     adapters, n_adapters = _adapter_phrases(index, want, got)
     quant, n_quant = _quant_phrases(index, want, got)
     return phrases + adapters + quant, base.numel(index) + n_adapters + n_quant
+
+
+S = TypeVar("S")
+
+
+def closest(index: ModelIndex, mask: Sequence[bool], adapters: Adapters, settings: Iterable[S],
+            outcome: Callable[[ModelIndex, S], LoraOutcome],
+            refused: type[Exception]) -> tuple[S, list[str], int] | None:
+    """The first setting whose outcome is the plan's, else the one with the fewest differences (then the
+    fewest parameters treated differently): (setting, what differs, parameters); settings the framework
+    refuses (`refused` raised by `outcome`) are skipped; None when every one is refused."""
+    want = plan_outcome(mask, adapters)
+    found: tuple[S, list[str], int] | None = None
+    for s in settings:
+        try:
+            phrases, n = compare(index, want, outcome(index, s))
+        except refused:
+            continue
+        if found is None or (len(phrases), n) < (len(found[1]), found[2]):
+            found = (s, phrases, n)
+        if not phrases:
+            break
+    return found
 
 
 def counts_line(index: ModelIndex, mask: Sequence[bool], adapters: Adapters) -> str:

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from freezelab.adapters import Adapters, linears, output_head
-from freezelab.exports.adapted import LoraOutcome, compare, counts_line, plan_outcome
+from freezelab.exports.adapted import LoraOutcome, closest, counts_line
 from freezelab.exports.base import Export, ExportError, comment_lines, compress, printable
 from freezelab.exports.llamafactory import (
     COMPOSITE_MODELS,
@@ -181,17 +181,7 @@ def candidates(index: ModelIndex, mask: Sequence[bool], adapters: Adapters) -> I
 
 
 def best(index: ModelIndex, mask: Sequence[bool], adapters: Adapters) -> tuple[LoraSetting, list[str], int]:
-    want = plan_outcome(mask, adapters)
-    found: tuple[LoraSetting, list[str], int] | None = None
-    for s in candidates(index, mask, adapters):
-        try:
-            phrases, n = compare(index, want, outcome(index, s))
-        except Refused:
-            continue
-        if found is None or (len(phrases), n) < (len(found[1]), found[2]):
-            found = (s, phrases, n)
-        if not phrases:
-            break
+    found = closest(index, mask, adapters, candidates(index, mask, adapters), outcome, Refused)
     assert found is not None  # `lora_target: all` is never refused on a LLaVA model
     return found
 
