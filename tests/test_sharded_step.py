@@ -32,7 +32,9 @@ from freezelab.workload import Workload
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON_BIN = Path(sys.executable).parent
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--monitor-interval", "0.1"]
+# --standalone: a free rendezvous port, so two runs on one machine never meet on the default 29500
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "--monitor-interval", "0.1"]
 FP32 = Workload(dtype="fp32")
 
 
