@@ -139,6 +139,15 @@ def closest(index: ModelIndex, mask: Sequence[bool], adapters: Adapters, setting
     return found
 
 
+def linear_targets(index: ModelIndex, chosen: list[str], refused: type[Exception]) -> list[str]:
+    """`chosen`, when every one is an nn.Linear; else `refused` naming the first that is not, as PEFT raises."""
+    kinds = {m.path: m.type for m in index.modules}
+    bad = [p for p in chosen if kinds[p] != "Linear"]
+    if bad:
+        raise refused(f"Target module {bad[0]} is not supported.")
+    return chosen
+
+
 def counts_line(index: ModelIndex, mask: Sequence[bool], adapters: Adapters) -> str:
     trainable = sum(n for n, on in zip(index.numels, mask) if on)
     line = (f"trains {trainable + adapters.params:,} of {index.total_params + adapters.params:,} parameters "

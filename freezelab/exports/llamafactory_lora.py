@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from freezelab.adapters import Adapters, linears, output_head
-from freezelab.exports.adapted import LoraOutcome, closest, counts_line
+from freezelab.exports.adapted import LoraOutcome, closest, counts_line, linear_targets
 from freezelab.exports.base import Export, ExportError, comment_lines, compress, printable
 from freezelab.exports.llamafactory import (
     COMPOSITE_MODELS,
@@ -120,11 +120,7 @@ def adapted_paths(index: ModelIndex, s: LoraSetting) -> list[str]:
     else:  # PEFT: a list of names matches a module name or its suffix after a dot
         chosen = [p for p in paths if any(p == t or p.endswith("." + t) for t in targets)]
     chosen = [p for p in chosen if not _inside_saved(p, s)]
-    kinds = {m.path: m.type for m in index.modules}
-    bad = [p for p in chosen if kinds[p] != "Linear"]
-    if bad:
-        raise Refused(f"Target module {bad[0]} is not supported.")
-    return chosen
+    return linear_targets(index, chosen, Refused)
 
 
 def quantized(index: ModelIndex, s: LoraSetting) -> frozenset[int]:

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from freezelab.adapters import Adapters, linears
-from freezelab.exports.adapted import LoraOutcome, closest, counts_line
+from freezelab.exports.adapted import LoraOutcome, closest, counts_line, linear_targets
 from freezelab.exports.base import Export, comment_lines, compress, printable
 from freezelab.exports.naming import names_line
 from freezelab.exports.swift import SOURCE, TRANSFORMERS, model_keys
@@ -137,11 +137,7 @@ def adapted_paths(index: ModelIndex, s: LoraSetting) -> list[str]:
             names += find_all_linears(index)
         chosen = [p for p in paths if any(p == t or p.endswith("." + t) for t in names)]
     chosen = [p for p in chosen if not any(re.match(rf"(^|.*\.){m}($|\..*)", p) for m in s.modules_to_save)]
-    kinds = {m.path: m.type for m in index.modules}
-    bad = [p for p in chosen if kinds[p] != "Linear"]
-    if bad:
-        raise Refused(f"Target module {bad[0]} is not supported.")
-    return chosen
+    return linear_targets(index, chosen, Refused)
 
 
 def quantized(index: ModelIndex, s: LoraSetting) -> frozenset[int]:
