@@ -70,21 +70,22 @@ class _Run:
     def __init__(self, t: StepTensors) -> None:
         self.t = t
         self.alloc = CachingAllocator()
+        self.malloc, self.release = self.alloc.malloc, self.alloc.release
         self.threads: set[str] = set()
         self.peak = 0
         self.small = 0        # bytes of the small pool in use
         self.small_peak = 0
 
     def new(self, size: int) -> Block | _Small | None:
-        if size <= 0:
-            return None
-        if size <= SMALL_SIZE:
-            b: Block | _Small = _Small(size)
+        if size > SMALL_SIZE:
+            b: Block | _Small = self.malloc(size)
+        elif size > 0:
+            b = _Small(size)
             self.small += size
             if self.small > self.small_peak:
                 self.small_peak = self.small
         else:
-            b = self.alloc.malloc(size)
+            return None
         total = self.alloc.allocated + self.small
         if total > self.peak:
             self.peak = total
@@ -106,11 +107,10 @@ class _Run:
             return
         if b.shares:
             b.shares -= 1
-            return
-        if type(b) is _Small:
+        elif type(b) is _Small:
             self.small -= b.size
         else:
-            self.alloc.release(b)
+            self.release(b)
 
     def workspace(self, thread: str, lt: bool = True) -> None:
         """`thread`'s cuBLAS (and cuBLASLt) workspace, at its first matrix multiply; kept for good."""
