@@ -112,13 +112,13 @@ def _layer_stage(f: Flow, recipe: Recipe, name: str, component: str, p: dict[str
                  rows: int, hidden: int, inter: int, d: Dims, batch: int, seq: int,
                  cache: dict[tuple[Any, ...], Stage], cached: tuple[str, ...] = ()) -> Stage:
     """One transformer layer: identical layers with the same flags share the first one's stage in a
-    build (`cache`), and that first one's is kept per index (freezelab.memory.layer_memo) under its own
-    parameters, which its program names. `cached`: tensors the model output also references (the KV
-    cache), which cost extra only where autograd did not save them."""
+    build (`cache`), kept per index (freezelab.memory.layer_memo) with its program over that first
+    one's parameters. `cached`: tensors the model output also references (the KV cache), which cost
+    extra only where autograd did not save them."""
     key = layer_key(f, recipe, component, p, flow_in, (rows, hidden, inter, d, batch, seq, cached))
     stage = cache.get(key)
     if stage is None:
-        stage = cache[key] = kept_layer(f.index, (key, tuple(p.values())), lambda: _new_layer_stage(
+        stage = cache[key] = kept_layer(f.index, key, p, lambda: _new_layer_stage(
             f, recipe, name, component, p, flow_in, (rows, hidden, inter, d, batch, seq), cached))
     copy = object.__new__(Stage)
     copy.__dict__.update(stage.__dict__)
