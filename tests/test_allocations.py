@@ -109,7 +109,7 @@ def test_the_replay_runs_once_per_step_and_again_for_another(tiny_index, monkeyp
 
 
 def test_a_kept_point_takes_another_cache_share_exactly(tiny_index) -> None:
-    from freezelab.memory.analytic import with_cache_share
+    from freezelab.memory.device_figure import with_cache_share
     from freezelab.workload import Workload
 
     mask = resolve(preset_plan("stage2"), tiny_index).mask

@@ -192,7 +192,7 @@ def test_spread_peaks_equal_the_estimates(index):
 
 
 def test_gpu_count_finds_the_smallest_card_count(shipped_indexes):
-    from freezelab.memory.analytic import cache_share_of
+    from freezelab.memory.device_figure import cache_share_of
     from freezelab.memory.gpus import device_bytes_on
     from freezelab.memory.verdict import judge
 

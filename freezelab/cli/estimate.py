@@ -100,7 +100,8 @@ def _fits(est: MemoryEstimate, gpu_bytes: int | None) -> tuple[Any, Any, list[di
 
 def report(index: ModelIndex, res: Resolution, workload: Workload, est: MemoryEstimate,
            gpu_bytes: int | None) -> dict[str, Any]:
-    from freezelab.memory.analytic import cache_share_of, followed
+    from freezelab.memory.analytic import followed
+    from freezelab.memory.device_figure import cache_share_of
     from freezelab.memory.gpu_count import gpu_count
 
     fits, verdict, gpus = _fits(est, gpu_bytes)

@@ -36,8 +36,8 @@ from freezelab.adapters import Adapters
 from freezelab.compute.cost import Cost
 from freezelab.errors import FreezelabError
 from freezelab.index import ModelIndex
-from freezelab.memory.analytic import data_flow, followed
-from freezelab.memory.stages import HEAD, Stage, build
+from freezelab.memory.analytic import followed, step_stages
+from freezelab.memory.stages import HEAD, Stage
 from freezelab.workload import DTYPE_BYTES, Sharding, Workload
 
 
@@ -254,6 +254,6 @@ def step_flops(index: ModelIndex, mask: list[bool], workload: Workload, *,
     why = flops_followed(index, workload)
     if why is not None:
         raise FlopsError(why)
-    flow = data_flow(index, mask, workload, input_require_grads, adapters)
-    return flops_of(build(flow), index, mask, workload, workload.batch * flow.seq, adapters)
+    flow, stages = step_stages(index, mask, workload, input_require_grads, adapters)
+    return flops_of(stages, index, mask, workload, workload.batch * flow.seq, adapters)
 

@@ -41,14 +41,16 @@ from freezelab.index import ModelIndex
 from freezelab.memory import notes as notes_mod
 from freezelab.memory import optimizer_state
 from freezelab.memory.activations import Numerics
-from freezelab.memory.allocations import AllocatorFigures, figures
+from freezelab.memory.allocations import figures
 from freezelab.memory.adapter_memory import AdapterResident, adapter_details, adapter_notes, combined_step_temp
 from freezelab.memory.adapter_memory import resident as adapter_resident
 from freezelab.memory.adapter_ops import AdapterSpec
 from freezelab.memory.cuda_facts import CUBLASLT_WORKSPACE, CUDA_CONTEXT, rounded
+from freezelab.memory.device_figure import allocator_cache
 from freezelab.memory.fsdp2 import ROOT, Fsdp2
 from freezelab.memory.owned import owned
 from freezelab.memory.replay_memo import replayed
+from freezelab.memory.step_memo import built
 from freezelab.memory.result import MemoryEstimate, Method
 from freezelab.memory.sharding import ENGINE, Resident, deepspeed_extra, per_gpu, runs_fsdp2, sharded_notes
 from freezelab.memory.stages import ACTIVATION_GROUPS, Flow, Stage, build
@@ -230,15 +232,6 @@ def _workspace(backward: bool, ckpt: bool) -> int:
     return total
 
 
-def allocator_cache(peak: int, replay: AllocatorFigures, w: Workload) -> int:
-    """The free blocks the caching allocator keeps beside the tensors at the peak, from the replay of
-    the step. The replay is of one GPU holding everything; with sharding or offload the cache keeps
-    its share of the peak."""
-    if w.gpus > 1 or w.offload_optimizer:
-        return replay.cache * peak // max(1, replay.allocated_peak)
-    return replay.cache
-
-
 def _check(index: ModelIndex, mask: list[bool]) -> None:
     if len(mask) != len(index.params):
         raise EstimateError(f"the plan's mask has {len(mask)} entries but {index.name} has "
@@ -289,6 +282,18 @@ class _Step:
 
 def _step(index: ModelIndex, mask: list[bool], w: Workload, input_require_grads: bool | None,
           adapters: Adapters | None = None) -> _Step:
+    """The built step, kept (memory/step_memo): an estimate, its FLOPs and its GPU counts share it."""
+    key = (bytes(mask), w, input_require_grads, adapters)
+    return built(index, key, lambda: _new_step(index, mask, w, input_require_grads, adapters))
+
+
+def step_stages(index: ModelIndex, mask: list[bool], w: Workload, input_require_grads: bool | None = None,
+                adapters: Adapters | None = None) -> tuple[Flow, list[Stage]]:
+    return (st := _step(index, mask, w, input_require_grads, adapters)).flow, st.stages
+
+
+def _new_step(index: ModelIndex, mask: list[bool], w: Workload, input_require_grads: bool | None,
+              adapters: Adapters | None) -> _Step:
     flow = data_flow(index, mask, w, input_require_grads, adapters)
     num, layout, seq, spec = flow.num, flow.layout, flow.seq, flow.spec
     stages = build(flow)
@@ -368,25 +373,6 @@ def spread_peaks(index: ModelIndex, mask: list[bool], workload: Workload, spread
     check_followed(index, workload)
     st = _step(index, mask, workload, input_require_grads, adapters)
     return [int(_walk(index, mask, w, st, peak_only=True)[1]) for w in spreads]
-
-
-def device_estimate(peak: int, cache_share: float) -> int:
-    """What nvidia-smi would show for a tensor peak of `peak`: the tensors, the allocator's cached free
-    blocks as `cache_share` of the peak (an estimate's replayed share, `cache_share_of`), the CUDA context."""
-    return peak + round(peak * cache_share) + CUDA_CONTEXT
-
-
-def with_cache_share(est: MemoryEstimate, share: float) -> MemoryEstimate:
-    """`est` with the allocator's cache as `share` of its tensor peak: what `estimate(..., cache_share=share)`
-    gives, from an estimate of the same step with any other share (a curve point kept across batch edits)."""
-    cache = int(est.peak_bytes * share)
-    return replace(est, device_estimate_bytes=est.peak_bytes + cache + CUDA_CONTEXT,
-                   details={**est.details, "allocator_cache_bytes": cache})
-
-
-def cache_share_of(est: MemoryEstimate) -> float:
-    """The allocator's cache of an estimate (either method) as a share of its tensor peak."""
-    return max(0, est.device_estimate_bytes - est.peak_bytes - CUDA_CONTEXT) / max(1, est.peak_bytes)
 
 
 def _result(index: ModelIndex, mask: list[bool], w: Workload, num: Numerics, stages: list[Stage],

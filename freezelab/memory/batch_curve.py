@@ -3,7 +3,7 @@
 A point needs only the step's tensor peak at that batch (`analytic.spread_peaks`: the stages built
 and walked once, no moments kept, no notes) and the device figure with the allocator's cache taken
 as the share the current batch's replayed estimate has: exactly what `estimate(..., cache_share=share)`
-gives for that batch (`analytic.with_cache_share`), for a fraction of its time. The peaks are kept per
+gives for that batch (`device_figure.with_cache_share`), for a fraction of its time. The peaks are kept per
 index (`freezelab.index_memo`), by mask, workload and adapters: a batch edit or another session's
 same plan finds them again.
 """
@@ -17,7 +17,7 @@ from freezelab.adapters import Adapters
 from freezelab.index import ModelIndex
 from freezelab.index_memo import Kept, per_index
 from freezelab.memory.analytic import spread_peaks
-from freezelab.memory.cuda_facts import CUDA_CONTEXT
+from freezelab.memory.device_figure import device_with_share
 from freezelab.memory.result import MemoryEstimate
 from freezelab.workload import Workload
 
@@ -53,7 +53,7 @@ def batch_curve(index: ModelIndex, mask: list[bool], workload: Workload, current
             point = BatchPoint(b, current.peak_bytes, current.device_estimate_bytes)
         else:
             peak = batch_peak(index, mask, workload.with_(batch=b), adapters)
-            point = BatchPoint(b, peak, peak + int(peak * share) + CUDA_CONTEXT)
+            point = BatchPoint(b, peak, device_with_share(peak, share))
         points.append(point)
         if point.device_estimate_bytes > stop_above and b >= workload.batch:
             break

@@ -16,7 +16,8 @@ from typing import Any
 
 from freezelab.adapters import Adapters
 from freezelab.index import ModelIndex
-from freezelab.memory.analytic import device_estimate, spread_peaks
+from freezelab.memory.analytic import spread_peaks
+from freezelab.memory.device_figure import device_estimate
 from freezelab.memory.gpus import GPUS, device_bytes_for
 from freezelab.memory.result import Method
 from freezelab.memory.verdict import Verdict, judge
@@ -57,7 +58,7 @@ def gpu_count(index: ModelIndex, mask: list[bool], workload: Workload, *, cublas
     """Per-GPU memory of `workload`'s step for each mode and count (its own gpus and sharding ignored,
     its offload kept), and the smallest count of each common card that fits.
     `cublas_workspaces`: how many the step holds at its peak, `cache_share`: the allocator's cache as a
-    share of the tensor peak (the estimate's own figures: `analytic.cache_share_of`)."""
+    share of the tensor peak (the estimate's own figures: `device_figure.cache_share_of`)."""
     wanted = {_same_as(workload, m, n) for m in SHARDING for n in COUNTS}
     spreads = sorted(wanted)
     peaks = dict(zip(spreads, spread_peaks(index, mask, workload, [workload.with_(gpus=n, sharding=m)

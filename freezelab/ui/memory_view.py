@@ -11,7 +11,8 @@ from freezelab.adapters import Adapters
 from freezelab.chart_spec import Chart
 from freezelab.index import ModelIndex
 from freezelab.index_memo import Kept, per_index
-from freezelab.memory.analytic import cache_share_of, estimate, followed
+from freezelab.memory.analytic import estimate, followed
+from freezelab.memory.device_figure import cache_share_of
 from freezelab.memory.batch_curve import batch_curve
 from freezelab.memory.gpu_count import GpuCount, gpu_count
 from freezelab.memory.gpus import fits_table
