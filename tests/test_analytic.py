@@ -167,6 +167,21 @@ def test_frozen_llm_keeps_activations_when_projector_trains(llava7b) -> None:
     assert lm_head.activations_by_component["llm"] == sum(s["held_bytes"] for s in layers)
 
 
+def test_the_kv_cache_outlives_the_backward_of_the_layers_that_save_it(llava7b) -> None:
+    """Training the LLM without checkpointing, SDPA saves each layer's k and v, which are the KV cache's own
+    tensors (transformers 5.24 DynamicLayer.update returns its torch.cat copies): a layer's backward lets
+    go of them, but the model output keeps them until `del out`. With Adafactor (no optimizer temporary
+    as large as the gradients) the step peaks as the last gradient, the input embeddings', is made: every
+    layer's k and v are still alive there, and nothing else of the LLM."""
+    w = Workload(batch=2, text_tokens=32, optimizer="adafactor")
+    est = estimate(llava7b, mask_of(llava7b, "llm"), w)
+    kv = rounded(w.batch * est.details["sequence_length"] * 4096 * 2)   # 32 kv heads x 128, bf16
+    layers = [s for s in est.details["stages"] if s["name"].startswith("llm.layers.")]
+    assert [s["held_bytes"] for s in layers] == [2 * kv] * 32
+    assert est.phase == "backward" and est.details["peak_stage"] == "llm.embed_tokens"
+    assert est.details["activations_at_peak_by_component"]["llm"] == 32 * 2 * kv
+
+
 def test_frozen_upstream_keeps_nothing_unless_checkpoint_hooks(llava7b) -> None:
     w = Workload(batch=4, text_tokens=448)
     mask = mask_of(llava7b, "last-4")

@@ -405,7 +405,8 @@ def _result(index: ModelIndex, mask: list[bool], w: Workload, num: Numerics, sta
     facts = notes_mod.Facts(
         workload=w, timeline=tl, trainable=trainable,
         llm_layers_trainable=[any(mask[i] for i in s.grad_params) for s in llm_layers],
-        llm_layers_keep=[s.kept for s in llm_layers], kv_cache=sum(s.held for s in llm_layers),
+        llm_layers_keep=[s.kept + _held_saved(s) for s in llm_layers],
+        kv_cache=sum(s.held - _held_saved(s) for s in llm_layers),
         saved={c: sum(s.kept for s in stages if s.component == c) for c in ACTIVATION_GROUPS},
         dead_trainable=sum(p.numel for i, p in enumerate(index.params)
                            if mask[i] and i not in owner and p.name in index.dead),
@@ -433,6 +434,12 @@ def _result(index: ModelIndex, mask: list[bool], w: Workload, num: Numerics, sta
         device_estimate_bytes=peak.total + cache + CUDA_CONTEXT,
         activations_by_component={c: tl.end_of_forward.get(c, 0) for c in ACTIVATION_GROUPS},
         notes=notes_mod.write(facts), details=details, cublas_workspaces=_cublas_workspaces(stages))
+
+
+def _held_saved(s: Stage) -> int:
+    """What of a layer's KV cache autograd saves too: kept for its backward anyway, so the cache costs
+    nothing extra until then (the notes speak of what it costs beyond that)."""
+    return s.program.held_saved if s.program is not None else 0
 
 
 def _phase_peaks(tl: Timeline) -> dict[str, int]:

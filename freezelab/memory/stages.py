@@ -166,7 +166,8 @@ def _layer_stage(f: Flow, recipe: Recipe, name: str, component: str, p: dict[str
                  rows: int, hidden: int, inter: int, d: Dims, batch: int, seq: int,
                  cache: dict[tuple[Any, ...], Stage], cached: tuple[str, ...] = ()) -> Stage:
     """One transformer layer; identical layers (same flags) are computed once. `cached`: tensors the
-    model output also references (the KV cache), which cost extra only where autograd did not save them."""
+    model output also references (the KV cache): held until the output is dropped after backward, also
+    where autograd saves them (their last reference is the cache, not the layer's backward)."""
     flags = tuple(sorted((k, f.mask[i]) for k, i in p.items()))
     key = (recipe, component, flow_in, flags, f.spec.key(p))
     if key not in cache:
@@ -185,14 +186,13 @@ def _layer_stage(f: Flow, recipe: Recipe, name: str, component: str, p: dict[str
             stage.kept = t.nbytes(x)
             stage.bwd_extra = max(p.backward_peak(recompute=True), t.kept + t.dora_extra)  # DoRA's norm again
         else:
-            # op by op its saved tensors go as the backward passes them: the peak beyond all it kept
-            stage.kept = t.kept
-            stage.bwd_extra = p.backward_peak(recompute=False) - (t.kept - (t.nbytes(x) if x in t.saved else 0))
+            # op by op its saved tensors go as the backward passes them (the KV cache's stay: held, not kept)
+            stage.kept = t.kept - p.held_saved
+            stage.bwd_extra = p.backward_peak(recompute=False) - (stage.kept - (t.nbytes(x) if x in t.saved else 0))
         stage.fwd_extra = max(p.forward_peak(checkpointed=stage.checkpointed),  # DoRA: its weight norm
                               0 if f.ckpt and stage.out_grad or not t.dora_fwd else t.dora_fwd + t.nbytes(out))
         stage.forward_only = t.forward_cached if not (f.ckpt and stage.out_grad) else 0
-        if t.kv_cache:
-            stage.held = sum(t.nbytes(n) for n in cached if n not in t.saved)
+        stage.held = sum(t.nbytes(n) for n in p.held)
         cache[key] = stage
     return replace(cache[key], name=name, grad_params=[])
 
