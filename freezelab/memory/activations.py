@@ -44,6 +44,7 @@ class Numerics:
     compute: int      # bytes of matmul / attention outputs: 2 under autocast or with 16-bit params
     autocast: bool    # fp32 parameters with 16-bit matmuls
     eager: bool       # eager attention (materialised s x s probabilities) instead of fused SDPA
+    fp32_ops: bool = False  # autocast is on (any parameter dtype): its fp32 ops (layer_norm) run in fp32
 
     @property
     def stream(self) -> int:
@@ -152,7 +153,7 @@ class Tape:
     # -- ops ---------------------------------------------------------------------
     def _to16(self, x: str) -> str:
         """Autocast's 16-bit copy of a matmul input (made per call: only leaf weights are cached)."""
-        if not self.num.autocast or self.t[x].elem == 2:
+        if not self.num.fp32_ops or self.t[x].elem == 2:
             return x
         src = self.t[x]
         self._moves(6, src.numel, src.grad)  # read fp32, write 16-bit
@@ -214,12 +215,12 @@ class Tape:
         src = self.t[x]
         needs = src.grad or self.trainable(weight) or self.trainable(bias)
         xin = x
-        if self.num.autocast and src.elem == 2:  # layer_norm runs in fp32 under autocast
+        if self.num.fp32_ops and src.elem == 2:  # layer_norm runs in fp32 under autocast, 16-bit weights too
             xin = self._new(f"{x}>32", src.numel, 4, src.grad, src.width)
         if needs:
             self._save(xin, self._new(f"{out}.mean", src.rows, 4, False),
                        self._new(f"{out}.rstd", src.rows, 4, False))
-        elem = 4 if self.num.autocast else src.elem
+        elem = 4 if self.num.fp32_ops else src.elem
         y = self._new(out, src.numel, elem, needs, src.width)
         self._moves(src.elem + elem + (6 if xin != x else 0), src.numel, needs)
         self._replayed(needs)

@@ -4,8 +4,9 @@ What is counted is what `torch.cuda.max_memory_allocated()` reports over a
 steady-state training step (step 2, as in the calibration protocol):
 weights, gradients, optimizer state and the step's temporaries, the
 activations autograd saves (freeze-aware, stage by stage), the logits and
-the loss' fp32 copies, the batch tensors, and cuBLAS workspaces. Every
-tensor is rounded to the caching allocator's 512-byte blocks.
+the loss' fp32 copies, the batch tensors, and cuBLAS workspaces. The weights
+count the blocks the caching allocator books for them at load; every other
+tensor is rounded to its 512-byte blocks.
 
 Assumptions, each a fact of the software stack the calibration used
 (PyTorch 2.11, CUDA 13, H100, transformers 5.x):
@@ -52,7 +53,7 @@ from freezelab.memory.result import MemoryEstimate, Method
 from freezelab.memory.sharding import ENGINE, Resident, deepspeed_extra, per_gpu, runs_fsdp2, sharded_notes
 from freezelab.memory.stages import ACTIVATION_GROUPS, Flow, Stage, build
 from freezelab.memory.step_tensors import CUBLAS_WORKSPACE, buffer_blocks, input_blocks, step_tensors
-from freezelab.memory.structure import sizes
+from freezelab.memory.structure import booked_weights
 from freezelab.memory.timeline import Timeline, walk, walk_fsdp2
 from freezelab.tokens import LLAVA_TYPES, ImageLayout, combined, sample_layouts, workload_sequence
 from freezelab.units import GiB, gib
@@ -102,7 +103,8 @@ def numerics(w: Workload) -> Numerics:
     param = DTYPE_BYTES[w.dtype]
     autocast = w.autocast != "none" and w.dtype == "fp32"
     compute = 2 if (autocast or param == 2) else 4
-    return Numerics(param=param, compute=compute, autocast=autocast, eager=w.attn == "eager")
+    return Numerics(param=param, compute=compute, autocast=autocast, eager=w.attn == "eager",
+                    fp32_ops=w.autocast != "none")
 
 
 def _values_follow_keys(version: str) -> bool:
@@ -140,7 +142,7 @@ def _grad_owner(stages: list[Stage], mask: list[bool]) -> dict[int, str]:
 
 def _resident(index: ModelIndex, w: Workload, owner: dict[int, str], num: Numerics,
               extra: AdapterResident) -> Resident:
-    weights = sizes(index, num.param)[0] + sum(buffer_blocks(index)) + extra.weights
+    weights = booked_weights(index, num.param, buffer_blocks(index)) + extra.weights
     live = [optimizer_state.Tensor(index.params[i].shape, index.params[i].numel) for i in owner]
     grads = sum(rounded(t.numel * num.param) for t in live)
     temp = optimizer_state.step_temp_bytes(w.optimizer, live, num.param)
@@ -437,8 +439,7 @@ def _result(index: ModelIndex, mask: list[bool], w: Workload, num: Numerics, sta
 
 
 def _held_saved(s: Stage) -> int:
-    """What of a layer's KV cache autograd saves too: kept for its backward anyway, so the cache costs
-    nothing extra until then (the notes speak of what it costs beyond that)."""
+    """What of a layer's KV cache autograd saves too (no extra cost until that layer's backward)."""
     return s.program.held_saved if s.program is not None else 0
 
 
