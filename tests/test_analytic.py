@@ -14,10 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from freezelab.memory.activations import Numerics, Tape
-from freezelab.memory.analytic import EstimateError, estimate
+from freezelab.memory.analytic import EstimateError, data_flow, estimate
 from freezelab.memory.cuda_facts import CUBLASLT_WORKSPACE, Arch, cublas_workspace, rounded
 from freezelab.memory.measured import load
 from freezelab.memory.result import CATEGORIES
+from freezelab.memory.stages import build
 from freezelab.memory.step_tensors import buffer_blocks
 from freezelab.models import index_of
 from freezelab.plans import Plan, Rule, preset, resolve
@@ -214,6 +215,19 @@ def test_autocast_runs_layer_norm_in_fp32_for_16_bit_weights_too() -> None:
     assert t.t[z].elem == 2
     t, y = layer(False)
     assert t.t[y].elem == 2 and t.kept == rounded(rows * width * 2) + 2 * rounded(rows * 4)
+
+
+def test_autocast_keeps_trainable_weight_copies_through_a_checkpointed_forward() -> None:
+    """torch.autocast caches the bf16 copy of every fp32 leaf weight that requires grad until the forward's
+    autocast region ends. Non-reentrant checkpointing (transformers 5's default) drops what a layer saves,
+    not that cache: each trainable CLIP layer holds its six weights' copies until the forward ends."""
+    index = index_of(resolve_source("llava-1.5-7b"), dtype="fp32")
+    w = Workload(batch=2, text_tokens=32, dtype="fp32", autocast="bf16", grad_ckpt=True)
+    stages = build(data_flow(index, mask_of(index, "vision-projector"), w))
+    layers = [s for s in stages if s.name.startswith("vision.layers.")]
+    copies = 4 * rounded(1024 * 1024 * 2) + 2 * rounded(4096 * 1024 * 2)   # q, k, v, out; fc1, fc2
+    assert len(layers) == 24 and all(s.checkpointed for s in layers[:-1])
+    assert [s.forward_only for s in layers] == [copies] * 24
 
 
 def test_frozen_upstream_keeps_nothing_unless_checkpoint_hooks(llava7b) -> None:

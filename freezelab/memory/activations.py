@@ -140,7 +140,12 @@ class Tape:
 
     @property
     def forward_cached(self) -> int:
+        """Autocast's cached weight copies beyond what the stage saves; `autocast_cached`: all of them."""
         return sum(self.t[n].nbytes for n in self.forward_only - self.saved)
+
+    @property
+    def autocast_cached(self) -> int:
+        return sum(self.t[n].nbytes for n in self.forward_only)
 
     def _grad_bytes(self, *names: str) -> int:
         return sum(self.t[n].nbytes for n in names if self.t[n].grad)
@@ -179,12 +184,12 @@ class Tape:
         if self.num.autocast and weight is not None and (flow or w_train):
             # grad_input needs the weight: under autocast that is its 16-bit copy (made fresh for
             # frozen weights), kept until this backward; autocast caches a trainable weight's copy
-            # until the forward ends even when no backward needs it
+            # until the forward ends, saved or not (a checkpointed layer saves nothing)
             w16 = self._new(f"w16:{weight}", self.param_numel(weight), 2, w_train)
             self._moves(6, self.param_numel(weight), False)
             if flow:
                 self._save(w16)
-            else:
+            if w_train:
                 self.forward_only.add(w16)
         y = self._new(out, src.rows * out_features, elem or self.num.compute, flow or w_train or b_train,
                       out_features)

@@ -191,7 +191,7 @@ def _layer_stage(f: Flow, recipe: Recipe, name: str, component: str, p: dict[str
             stage.bwd_extra = p.backward_peak(recompute=False) - (stage.kept - (t.nbytes(x) if x in t.saved else 0))
         stage.fwd_extra = max(p.forward_peak(checkpointed=stage.checkpointed),  # DoRA: its weight norm
                               0 if f.ckpt and stage.out_grad or not t.dora_fwd else t.dora_fwd + t.nbytes(out))
-        stage.forward_only = t.forward_cached if not (f.ckpt and stage.out_grad) else 0
+        stage.forward_only = t.autocast_cached if stage.checkpointed else t.forward_cached
         stage.held = sum(t.nbytes(n) for n in p.held)
         cache[key] = stage
     return replace(cache[key], name=name, grad_params=[])
