@@ -50,6 +50,7 @@ PLAN_RULES = 1000
 LONG_STEP = {"text_tokens": 262_144, "dtype": "bf16"}
 HUGE_SIMULATION = {"batch": 4096, "text_tokens": 1_048_576, "images": 64, "dtype": "bf16"}
 IMAGE_STEP = {"images": 1, "dtype": "bf16"}
+PAUSED = "it is paused for"         # the throttle's refusal (freezelab.throttle)
 DEFAULT_WORKLOAD = {"batch": 1, "text_tokens": 64, "images": 1, "dtype": "fp32", "autocast": "none",
                     "optimizer": "adamw", "grad_ckpt": False, "attn": "sdpa", "gpus": 1, "sharding": "ddp",
                     "offload_optimizer": False, "image_sizes": "", "frames": 0}
@@ -112,11 +113,12 @@ class Attacker:
         self._setup(f"workload {values}", "set_workload", [None, *(self.workload[f] for f in FIELDS)])
 
     def attacks(self) -> list[Callable[[], None]]:
-        refused_run: Callable[[str], bool] = lambda t: "this server allows" in t  # noqa: E731
+        # a refusal names its limit; once a session has hit limits STRIKES times it is paused (freezelab.throttle)
+        refused_run: Callable[[str], bool] = lambda t: "this server allows" in t or PAUSED in t  # noqa: E731
         return [
             lambda: (self._load("llava-1.5-7b"),
                      self._timed("preview re:a{4294967294}", lambda: self.http.call("preview", [None, BIG_REGEX]),
-                                 "fl-preview", lambda t: "repetition" in t or "refused" in t)),
+                                 "fl-preview", lambda t: "repetition" in t or PAUSED in t)),
             lambda: (self._load("llava-1.5-7b"),
                      self._timed("preview the 25-character glob", lambda: self.http.call("preview", [None, SLOW_GLOB]),
                                  "fl-preview", lambda t: bool(t))),

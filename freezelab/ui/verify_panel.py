@@ -54,7 +54,7 @@ def _wire_simulate(sh: Shared) -> None:
     ui = sh.ui
 
     def validate(session: Session) -> dict[str, Any]:
-        why = refusal(lambda: check_simulation(sh.app, session))
+        why = sh.refusal(lambda: check_simulation(sh.app, session))
         return gr.validate(why is None, why or "")
 
     def on_check(session: Session) -> dict[Any, Any]:
@@ -123,7 +123,7 @@ def _wire_step(sh: Shared) -> None:
     sh.demo.load(on_page_load, None, ui["step.device"], api_visibility="private", show_progress="hidden")
 
     def validate(session: Session, device: str, steps: float, lr: float) -> list[dict[str, Any]]:
-        why = refusal(lambda: check_step(sh.app, session, device, steps, lr))
+        why = sh.refusal(lambda: check_step(sh.app, session, device, steps, lr))
         # shown under the steps box on the page (a gr.State shows nothing)
         return [gr.validate(True, ""), gr.validate(True, ""), gr.validate(why is None, why or ""),
                 gr.validate(True, "")]
