@@ -59,12 +59,13 @@ class Throttle:
             record = self._records.get(client)
             return 0.0 if record is None else max(0.0, record.paused_until - self._clock())
 
-    def admit(self, client: str) -> None:
-        """Return at once, or, while `client` is paused, wait DELAY_S and raise ThrottledError."""
+    def admit(self, client: str, delay: bool = True) -> None:
+        """Return at once, or, while `client` is paused, raise ThrottledError (after `delay_s` with `delay`)."""
         left = self.paused_for(client)
         if left <= 0:
             return
-        self._sleep(self.delay_s)
+        if delay:
+            self._sleep(self.delay_s)
         raise ThrottledError(f"this session's last {self.strikes} requests within {self.window_s:.0f} s went over "
                              f"this server's limits, so it is paused for {self.pause_s:.0f} s ({left:.0f} s left); "
                              "change what the refusals named, then try again")

@@ -65,6 +65,10 @@ def test_third_limit_within_the_window_pauses_for_pause_s(clock: Clock) -> None:
     clock.now += 0.5
     t.admit("a")  # 30 s after the third strike
     assert clock.slept == [0.5, 0.5]
+    t.refused("a", PolicyError("x")), t.refused("a", PolicyError("x")), t.refused("a", PolicyError("x"))
+    with pytest.raises(ThrottledError):
+        t.admit("a", delay=False)
+    assert clock.slept == [0.5, 0.5]  # no delay asked for, none taken
 
 
 def test_strikes_older_than_the_window_fall_out(clock: Clock) -> None:
@@ -149,6 +153,8 @@ def test_a_session_that_keeps_hitting_limits_is_paused_and_others_are_not():
         preset = attacker.call("preset_stage2", [None, 4])
         preview = attacker.call("preview", [None, "@llm"])
         shown = str(attacker.value("fl-status")), str(attacker.value("fl-preview"))
+        upload = attacker.call("import_plan", [None, attacker.upload("plan.txt", b"train @llm")])
+        shown = (*shown, str(attacker.value("fl-status")))
         ok = student.call("preset_stage2", [None, 4])
         student_status = str(student.value("fl-status"))
     finally:
@@ -157,5 +163,6 @@ def test_a_session_that_keeps_hitting_limits_is_paused_and_others_are_not():
     assert paused.error is not None and pause in paused.error and "this server allows" not in paused.error
     assert preset.error is None and pause in shown[0] and shown[0].startswith("⚠️")
     assert preview.error is None and pause in shown[1]
+    assert upload.error is None and pause in shown[2]  # at once: a delay would hold the one plan-file slot
     assert min(paused.seconds, preset.seconds, preview.seconds) >= DELAY_S
     assert ok.error is None and not student_status.startswith("⚠️")

@@ -50,12 +50,13 @@ class Shared:
         """The components a View with these `parts` fills, then those of `extra` ids: an event's outputs."""
         return self.ui.components((*view_ids(parts), *extra))
 
-    def show(self, make: Callable[[], Any]) -> dict[Any, Any]:
+    def show(self, make: Callable[[], Any], delay: bool = True) -> dict[Any, Any]:
         """Run a handler returning a view (a dataclass with shown fields: a View, a WorkloadRefused),
         or {id: value} (a View's values and more); on a FreezelabError keep every component as it
-        is and show the message. A session paused by the throttle is refused before the handler runs."""
+        is and show the message. A session paused by the throttle is refused before the handler runs
+        (after the throttle's delay, unless `delay` is False: in a one-slot event the delay holds the slot)."""
         try:
-            self.admit()
+            self.admit(delay)
             result = make()
         except FreezelabError as err:
             self.refused(err)
@@ -63,11 +64,11 @@ class Shared:
             return self.ui.values({STATUS: error_text(err)})
         return self.ui.values(result if isinstance(result, Mapping) else shown_values(result))
 
-    def admit(self) -> None:
-        """Public mode: ThrottledError (after its delay) while this event's session is paused."""
+    def admit(self, delay: bool = True) -> None:
+        """Public mode: ThrottledError (after its delay, with `delay`) while this event's session is paused."""
         client = client_id()
         if self.throttle is not None and client is not None:
-            self.throttle.admit(client)
+            self.throttle.admit(client, delay)
 
     def refused(self, err: Exception) -> None:
         """Count a refusal against this event's session (only limits count: freezelab.throttle)."""
