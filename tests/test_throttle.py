@@ -4,6 +4,9 @@ limits that count as strikes, end to end through the app's handlers."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from freezelab.errors import LimitError, PlanError, PlanLimitError, SelectorError, SelectorLimitError
@@ -166,3 +169,24 @@ def test_a_session_that_keeps_hitting_limits_is_paused_and_others_are_not():
     assert upload.error is None and pause in shown[2]  # at once: a delay would hold the one plan-file slot
     assert min(paused.seconds, preset.seconds, preview.seconds) >= DELAY_S
     assert ok.error is None and not student_status.startswith("⚠️")
+
+
+# -- what closing sessions hand back ----------------------------------------------------------------
+
+def test_closing_sessions_trim_the_heap_once_per_burst(monkeypatch):
+    """Thirty tabs closing together schedule one malloc_trim, TRIM_DELAY_S after the first; a later
+    close schedules the next."""
+    from freezelab import reclaim
+
+    trimmed = threading.Event()
+    calls: list[int] = []
+    monkeypatch.setattr(reclaim, "_malloc_trim", lambda: lambda pad: (calls.append(pad), trimmed.set()))
+    assert [reclaim.trim_heap_soon(0.2) for _ in range(30)] == [True] + [False] * 29
+    assert calls == []  # not yet: the rest of the class is still closing
+    assert trimmed.wait(5)
+    deadline = time.monotonic() + 5
+    while reclaim.trim_heap_soon(0.01) is False and time.monotonic() < deadline:
+        pass  # the timer clears its slot just after it trims
+    trimmed.clear()
+    assert trimmed.wait(5)
+    assert calls == [0, 0]

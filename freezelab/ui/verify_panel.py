@@ -17,6 +17,7 @@ from freezelab.errors import FreezelabError
 from freezelab.session import Session
 from freezelab.ui import verify_view
 from freezelab.ui.context_view import PAGE_JS
+from freezelab.reclaim import trim_heap_soon
 from freezelab.ui.handlers import View
 from freezelab.ui.registry import Registry, shown_ids, shown_values
 from freezelab.ui.shared import GPU_CONCURRENCY, Shared, error_text, warn
@@ -29,8 +30,9 @@ def release_session(request: gr.Request) -> None:
     """When a browser session ends (tab closed: Gradio's heartbeat stops), stop its simulation or
     sanity step: the run notices within a module of its forward or backward and frees everything it
     allocated. A run still queued is dropped by Gradio itself; the session's gr.State goes with
-    Gradio's session cleanup."""
+    Gradio's session cleanup. The heap its requests freed goes back to the system soon after."""
     CANCELS.cancel(request.session_hash or "anonymous")
+    trim_heap_soon()
 
 
 def step_devices(allowed: tuple[str, ...] | None) -> list[str]:
