@@ -190,3 +190,13 @@ def test_closing_sessions_trim_the_heap_once_per_burst(monkeypatch):
     trimmed.clear()
     assert trimmed.wait(5)
     assert calls == [0, 0]
+
+
+def test_the_readme_states_the_pause_this_code_applies():
+    from pathlib import Path
+
+    from freezelab.throttle import DELAY_S, PAUSE_S, STRIKES, WINDOW_S
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert (f"{STRIKES} times within {WINDOW_S:.0f} s is paused for {PAUSE_S:.0f} s" in readme
+            and f"answered after {DELAY_S:g} s" in readme)
