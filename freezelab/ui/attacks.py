@@ -110,9 +110,9 @@ class Attacker:
         (freezelab.throttle), send it again, as an attacker would, so that the attack is the one named."""
         while True:
             reply = self.http.call(name, data)
-            if reply.error is not None:
+            if reply.error is not None and PAUSED not in reply.error:
                 self.result.failures.append(f"{what}: {reply.error[:200]}")
-            if PAUSED not in str(self.http.value("fl-status") or "") or time.monotonic() > self.until:
+            if PAUSED not in (reply.error or "") or time.monotonic() > self.until:
                 return
 
     def _load(self, spec: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 
 from freezelab.errors import FreezelabError
-from freezelab.throttle import Throttle
+from freezelab.throttle import Throttle, ThrottledError
 from freezelab.ui.handlers import ALL_PARTS, STATE, STATUS, App, view_ids
 from freezelab.ui.registry import Registry, shown_values
 
@@ -54,9 +54,14 @@ class Shared:
         """Run a handler returning a view (a dataclass with shown fields: a View, a WorkloadRefused),
         or {id: value} (a View's values and more); on a FreezelabError keep every component as it
         is and show the message. A session paused by the throttle is refused before the handler runs
-        (after the throttle's delay, unless `delay` is False: in a one-slot event the delay holds the slot)."""
+        (after the throttle's delay, unless `delay` is False: in a one-slot event the delay holds the slot),
+        as an error: a value for the status alone would make Gradio rebuild every other output component
+        of the event (tens of ms of the server's CPU for a request that does nothing)."""
         try:
             self.admit(delay)
+        except ThrottledError as err:
+            raise gr.Error(html.escape(str(err), quote=False), title="Paused", print_exception=False) from None
+        try:
             result = make()
         except FreezelabError as err:
             self.refused(err)
