@@ -8,7 +8,8 @@ on llava-1.5-7b) while ATTACKERS attackers, each its own browser session over ra
 attacks below one after another as fast as they are answered, each attacker starting at another
 point of the list. Each attack first loads its model and sets its workload; while the server pauses
 an attacker's session (freezelab.throttle: after repeated refusals) it sends those again until they
-are taken, so the attack that follows is the one named. Every attack is one request a visitor can
+are taken (each of those refusals timed too), so the attack that follows is the one named. Every
+attack is one request a visitor can
 send; the figures are the time until
 each is answered (refused, or matched within its budget), the class's latency, and the server's
 memory at its baseline (after a warm-up student and one pass of every attack: the first index of a
@@ -54,6 +55,7 @@ LONG_STEP = {"text_tokens": 262_144, "dtype": "bf16"}
 HUGE_SIMULATION = {"batch": 4096, "text_tokens": 1_048_576, "images": 64, "dtype": "bf16"}
 IMAGE_STEP = {"images": 1, "dtype": "bf16"}
 PAUSED = "it is paused for"         # the throttle's refusal (freezelab.throttle)
+PAUSED_SETUP = "load or workload sent again while paused"
 WARM_UP_S = 10.0                    # the warm-up pass's setups retry a paused session this long
 DEFAULT_WORKLOAD = {"batch": 1, "text_tokens": 64, "images": 1, "dtype": "fp32", "autocast": "none",
                     "optimizer": "adamw", "grad_ckpt": False, "attn": "sdpa", "gpus": 1, "sharding": "ddp",
@@ -110,9 +112,13 @@ class Attacker:
         (freezelab.throttle), send it again, as an attacker would, so that the attack is the one named."""
         while True:
             reply = self.http.call(name, data)
-            if reply.error is not None and PAUSED not in reply.error:
+            paused = PAUSED in (reply.error or "")
+            if paused:  # a refusal too: timed like the attacks
+                self.result.seconds.setdefault(PAUSED_SETUP, []).append(reply.seconds)
+                self.result.answers.setdefault(PAUSED_SETUP, " ".join(str(reply.error).split())[:160])
+            elif reply.error is not None:
                 self.result.failures.append(f"{what}: {reply.error[:200]}")
-            if PAUSED not in (reply.error or "") or time.monotonic() > self.until:
+            if not paused or time.monotonic() > self.until:
                 return
 
     def _load(self, spec: str) -> None:
