@@ -9,9 +9,8 @@ attacks below one after another as fast as they are answered, each attacker star
 point of the list. Each attack first loads its model and sets its workload; while the server pauses
 an attacker's session (freezelab.throttle: after repeated refusals) it sends those again until they
 are taken (each of those refusals timed too), so the attack that follows is the one named. Every
-attack is one request a visitor can
-send; the figures are the time until
-each is answered (refused, or matched within its budget), the class's latency, and the server's
+attack is one request a visitor can send; the figures are the time until each is answered (refused,
+or matched within its budget), the class's latency, and the server's
 memory at its baseline (after a warm-up student and one pass of every attack: the first index of a
 config file imports transformers and torch, once), when the attack ends and once its sessions have
 closed.
