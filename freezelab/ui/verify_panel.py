@@ -14,10 +14,10 @@ from typing import Any
 import gradio as gr
 
 from freezelab.errors import FreezelabError
+from freezelab.reclaim import trim_heap_soon
 from freezelab.session import Session
 from freezelab.ui import verify_view
 from freezelab.ui.context_view import PAGE_JS
-from freezelab.reclaim import trim_heap_soon
 from freezelab.ui.handlers import View
 from freezelab.ui.registry import Registry, shown_ids, shown_values
 from freezelab.ui.shared import GPU_CONCURRENCY, Shared, error_text, warn
