@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from freezelab.ui.launch import launch, stop  # noqa: E402
+from freezelab.ui.registry import initial  # noqa: E402
 
 
 def serialised(view) -> int:
@@ -29,8 +30,10 @@ def serialised(view) -> int:
     m = view.memory
     figures = (view.params_fig, view.map_fig, m.figure, m.curve, m.gpu_count, view.compute.figure)
     texts = (view.tree, view.summary, m.verdict, m.min_gpus, view.compute.time)
-    # None: not sent (a workload edit leaves the plan's part to the page; how many GPUs while it is closed)
-    return sum(len(f.to_json()) for f in figures if f is not None) + sum(len(t) for t in texts if t is not None)
+    # None: not sent (a workload edit leaves the plan's part to the page); CLEARED: an empty value (how many
+    # GPUs while it is closed)
+    return (sum(len(f.to_json()) for f in figures if initial(f) is not None)
+            + sum(len(t) for t in texts if initial(t) is not None))
 
 
 def median_ms(fn: Callable[[int], object], runs: int) -> tuple[float, float, float]:

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import plotly.graph_objects as go
 
 from freezelab import units
+from freezelab.chart_spec import Chart
 from freezelab.anatomy import count
 from freezelab.components import COMPONENTS, Part
 from freezelab.compute.flops import GROUPS, Flops
@@ -73,11 +73,11 @@ LABEL_PX = 15
 MIN_PLOT_PX = {"x": 360, "y": 170}
 
 
-def figure(spec: dict[str, Any]) -> go.Figure:
-    """A plotly Figure of a {"data", "layout"} spec, unvalidated; empty layout lists (no GPU line to
-    draw) are left out, as validation would leave them out."""
+def figure(spec: dict[str, Any]) -> Chart:
+    """The chart of a {"data", "layout"} spec, unvalidated (freezelab.chart_spec: sent as JSON without
+    building a Plotly figure); empty layout lists (no GPU line to draw) are left out, as validation would."""
     layout = {k: v for k, v in spec.get("layout", {}).items() if v != []}
-    return go.Figure({**spec, "layout": layout}, _validate=False)
+    return Chart({**spec, "layout": layout})
 
 
 def _layout(title: str, height: int, **extra: Any) -> dict[str, Any]:
@@ -92,16 +92,14 @@ def _layout(title: str, height: int, **extra: Any) -> dict[str, Any]:
 
 # -- parameters --------------------------------------------------------------------
 
-def message(title: str, text: str, height: int = 260) -> go.Figure:
+def message(title: str, text: str, height: int = 260) -> Chart:
     """An empty chart that says why it is empty."""
-    fig = go.Figure()
-    fig.update_layout(**_layout(title, height), xaxis={"visible": False}, yaxis={"visible": False},
-                      annotations=[{"text": text, "showarrow": False, "x": 0.5, "y": 0.5, "xref": "paper",
-                                    "yref": "paper"}])
-    return fig
+    return figure({"data": [], "layout": {**_layout(title, height), "xaxis": {"visible": False},
+                   "yaxis": {"visible": False}, "annotations": [{"text": text, "showarrow": False, "x": 0.5,
+                                                                  "y": 0.5, "xref": "paper", "yref": "paper"}]}})
 
 
-def params_by_component(index: ModelIndex, mask: Sequence[bool]) -> go.Figure:
+def params_by_component(index: ModelIndex, mask: Sequence[bool]) -> Chart:
     """Trained-in-full, adapter and frozen parameters of the vision tower, projector and LLM (stacked bars);
     on the index of an adapted model (Resolution.adapted) the adapters are their own bar."""
     counts = [count(index, list(mask), index.component_params(c)) for c in COMPONENTS]
@@ -142,7 +140,7 @@ def _map_modules(index: ModelIndex) -> list[tuple[int, str]]:
     return shown
 
 
-def model_map(index: ModelIndex, mask: Sequence[bool]) -> go.Figure:
+def model_map(index: ModelIndex, mask: Sequence[bool]) -> Chart:
     """Treemap of the model (down to layers), sized by parameters, coloured by the trainable share."""
     mask = list(mask)
     ids, labels, parents, values, colors, hover = [], [], [], [], [], []
@@ -275,7 +273,7 @@ def gpu_lines(gpus: Sequence[Gpu], limit: float, scale: Scale, axis: str) -> tup
     return shapes, notes
 
 
-def memory_breakdown(estimate: MemoryEstimate, gpus: Sequence[Gpu], *, context: bool = True) -> go.Figure:
+def memory_breakdown(estimate: MemoryEstimate, gpus: Sequence[Gpu], *, context: bool = True) -> Chart:
     """One stacked bar of the tensor peak by category, the CUDA context and allocator cache as a
     hatched segment after it when `context`, and a dotted line per GPU size within the axis."""
     parts = breakdown_with_overhead(estimate)
@@ -299,7 +297,7 @@ def memory_breakdown(estimate: MemoryEstimate, gpus: Sequence[Gpu], *, context: 
 
 
 def memory_curve(xs: Sequence[int], estimates: Sequence[MemoryEstimate], gpus: Sequence[Gpu], *,
-                 current: int | None = None, context: bool = True) -> go.Figure:
+                 current: int | None = None, context: bool = True) -> Chart:
     """Tensor peak (and, with `context`, the device total) against batch size. Batch sizes are
     whole numbers: only the computed ones are ticked. When even the first one does not fit on the
     largest GPU, the chart says so."""
@@ -338,7 +336,7 @@ def _batch_axis(xs: Sequence[int]) -> dict[str, Any]:
 
 
 def gpu_count_chart(counts: Sequence[int], per_gpu: dict[str, Sequence[int]], gpus: Sequence[Gpu], *,
-                    current: int | None = None) -> go.Figure:
+                    current: int | None = None) -> Chart:
     """Memory per GPU (as nvidia-smi would show it) against the number of GPUs, one line per sharding mode,
     with a dotted line per GPU size."""
     top = max((max(v) for v in per_gpu.values() if v), default=GiB)
@@ -358,7 +356,7 @@ def gpu_count_chart(counts: Sequence[int], per_gpu: dict[str, Sequence[int]], gp
     return figure({"data": data, "layout": layout})
 
 
-def estimate_comparison(estimates: Sequence[MemoryEstimate]) -> go.Figure:
+def estimate_comparison(estimates: Sequence[MemoryEstimate]) -> Chart:
     """Side-by-side bars per category for several estimates (e.g. analytic vs simulated), in the unit
     of the largest bar; the CUDA context and cache only where the first estimate would draw it."""
     context = bool(estimates) and context_by_default(estimates[0])
@@ -382,7 +380,7 @@ FLOP_PARTS = {"forward": ("forward", "#5b7db1"), "backward_input": ("backward: i
 GROUP_LABELS = {"vision": "vision tower", "projector": "projector", "llm": "language model", "lm_head": "lm_head"}
 
 
-def compute_breakdown(flops: Flops) -> go.Figure:
+def compute_breakdown(flops: Flops) -> Chart:
     """FLOPs of one step per component, stacked by forward, backward-input, backward-weight and recompute."""
     groups = [g for g in GROUPS if flops.by_component[g].total]
     names = [GROUP_LABELS[g] for g in groups]
@@ -400,7 +398,7 @@ def compute_breakdown(flops: Flops) -> go.Figure:
 # -- sanity step ------------------------------------------------------------------------
 
 def line_chart(ys: Sequence[float], *, title: str, y_label: str, x_label: str = "step",
-               log: bool = False) -> go.Figure:
+               log: bool = False) -> Chart:
     xs = list(range(1, len(ys) + 1))
     data = [{"type": "scatter", "mode": "lines+markers", "x": xs, "y": list(ys), "name": y_label,
              "line": {"color": "#5b7db1"}}]
@@ -424,7 +422,7 @@ def log_axis(values: Sequence[float]) -> dict[str, Any]:
             "ticktext": [f"{t:.3g}" for t in ticks], "automargin": True}
 
 
-def grouped_bars(values: dict[str, float], *, title: str, y_label: str, log: bool = False) -> go.Figure:
+def grouped_bars(values: dict[str, float], *, title: str, y_label: str, log: bool = False) -> Chart:
     """One bar per name (a handful: the components)."""
     names = list(values)
     data = [{"type": "bar", "x": names, "y": [values[n] for n in names], "marker": {"color": TRAINABLE}}]
@@ -433,7 +431,7 @@ def grouped_bars(values: dict[str, float], *, title: str, y_label: str, log: boo
     return figure({"data": data, "layout": layout})
 
 
-def layer_bars(by_tower: dict[str, dict[int, float]], *, title: str, y_label: str, log: bool = False) -> go.Figure:
+def layer_bars(by_tower: dict[str, dict[int, float]], *, title: str, y_label: str, log: bool = False) -> Chart:
     """A value per layer, one colour per tower, over the layer index: a number axis, so Plotly thins
     its tick labels however many layers there are (category labels per bar would pile up)."""
     colors = {"vision": CATEGORY_COLORS["weights"], "llm": TRAINABLE}

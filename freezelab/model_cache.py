@@ -47,15 +47,22 @@ class ModelCache:
         self._lock = threading.Lock()
 
     def get(self, spec: str, dtype: str = INDEX_DTYPE, *, fresh: bool = False, **resolve_kwargs: Any) -> Loaded:
-        """The model of `spec`; `fresh` re-reads its config (the Load button)."""
+        """The model of `spec`; `fresh` re-reads its config (the Load button), and keeps the cached
+        entry when nothing it was built from changed: the same index object, so what was derived from
+        it (freezelab.index_memo: kept estimates, layer stages, replays) stays for the next session."""
         key = (spec.strip(), dtype)
         with self._lock:
             if not fresh and key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
+        source = resolve_source(key[0], **resolve_kwargs)  # outside the lock: may take seconds
         with self._lock:
-            kept = self._items.get(key)
-        loaded = self._load(key[0], dtype, kept, **resolve_kwargs)  # outside the lock: may take seconds
+            old = self._items.get(key)
+            if old is not None and _same(old.source, source):
+                self._items.move_to_end(key)
+                return old
+        index = index_of(source, dtype=dtype)
+        loaded = Loaded(source, index, index_bytes(index))
         with self._lock:
             self._items[key] = loaded
             self._items.move_to_end(key)
@@ -82,14 +89,8 @@ class ModelCache:
         with self._lock:
             return len(self._items)
 
-    @staticmethod
-    def _load(spec: str, dtype: str, kept: Loaded | None = None, **resolve_kwargs: Any) -> Loaded:
-        """The source read afresh; its index built, unless `kept` (the entry loaded before) was made from
-        the same config, processor settings and name: an index depends on nothing else, and re-reading
-        and measuring a 7B one costs a Load click about 100 ms of the server's CPU."""
-        source = resolve_source(spec, **resolve_kwargs)
-        if kept is not None and (kept.source.config, kept.source.processor, kept.source.name) == (
-                source.config, source.processor, source.name):
-            return Loaded(source, kept.index, kept.nbytes)
-        index = index_of(source, dtype=dtype)
-        return Loaded(source, index, index_bytes(index))
+
+def _same(old: Source, new: Source) -> bool:
+    """Was `new` read from what `old` was: the same spec, files, config and processor settings."""
+    return (old == new and old.config == new.config and old.processor == new.processor
+            and old.weight_map == new.weight_map)

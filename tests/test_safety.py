@@ -562,3 +562,23 @@ def test_export_files_are_capped(tmp_path, monkeypatch):
         os.utime(path, (1000 * (age + 1),) * 2)  # an ordered history, whatever the clock's resolution
         written.append(path)
     assert sorted(tmp_path.iterdir()) == sorted(written[-3:])  # the newest three, and no temporary file
+
+
+def test_a_load_click_keeps_the_cached_index_while_its_config_is_unchanged(tmp_path):
+    """The Load button re-reads the config (`fresh`): the same config keeps the same index object, so
+    what other sessions derived from it (kept estimates, layer stages, replays) stays; a changed config
+    on disk gives a new index."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    config = json.loads(TINY_CONFIG.read_text())
+    (folder / "config.json").write_text(json.dumps(config))
+    cache = ModelCache()
+    first = cache.get(str(folder))
+    again = cache.get(str(folder), fresh=True)
+    assert again is first
+    config["text_config"]["num_hidden_layers"] = config["text_config"]["num_hidden_layers"] + 1
+    (folder / "config.json").write_text(json.dumps(config))
+    changed = cache.get(str(folder), fresh=True)
+    assert changed.index is not first.index
+    assert len(changed.index.layers["llm"]) == len(first.index.layers["llm"]) + 1
+    assert cache.get(str(folder)) is changed

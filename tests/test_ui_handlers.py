@@ -25,7 +25,7 @@ from freezelab.ui.context_view import result_html, session_key
 from freezelab.ui.export_view import export_view
 from freezelab.ui.gpu_lines import common_gpus
 from freezelab.ui.learn_view import LESSONS, run_lesson
-from freezelab.ui.registry import shown_values
+from freezelab.ui.registry import CLEARED, shown_values
 from freezelab.ui.tree_view import tree_data
 from freezelab.ui.verify_view import Cancels, run_step
 from freezelab.ui.verify_view import simulate as verify_simulate
@@ -643,36 +643,46 @@ def test_a_workload_edit_recomputes_and_sends_only_the_memory_part(app, start):
     assert (view.header, view.summary, view.tree, view.rules, view.warnings, view.params_fig, view.map_fig) == \
         (None,) * 7
     shown = shown_values(view)
-    # how many GPUs only while its section is open (test_how_many_gpus_is_computed_only_while_its_section_is_open)
-    assert set(shown) == set(handlers.view_ids(handlers.WORKLOAD_PARTS)) - {"memory.gpu_count", "memory.min_gpus"}
+    # every output of the event is sent (one left out makes Gradio rebuild its config); how many GPUs is
+    # emptied while its section is closed (test_how_many_gpus_is_computed_only_while_its_section_is_open)
+    assert set(shown) == set(handlers.view_ids(handlers.WORKLOAD_PARTS))
+    assert shown["memory.gpu_count"] is CLEARED and shown["memory.min_gpus"] is CLEARED
     assert "tree.tree" not in shown and "map.plot" not in shown
 
 
 def test_estimates_are_kept_and_a_batch_edit_computes_one_new_point(app, monkeypatch):
     """The memory curve's batch sizes (1, 4, 16, 64) stay the same when only the batch changes: their
-    estimates are kept per index, and each equals a fresh one."""
+    peaks are kept per index (freezelab.memory.batch_curve), so a batch edit estimates only the new
+    batch; estimates are kept too, and each equals a fresh one."""
+    from freezelab.memory import batch_curve
     from freezelab.ui import memory_view as mv
 
     index = app.cache.get("llava-1.5-7b").index
     mask = resolve(preset("stage1"), index).mask
-    calls = []
+    calls, peaks = [], []
+    walk = batch_curve.spread_peaks
 
     def counted(*args, **kwargs):
         calls.append(args[2].batch)
         return estimate(*args, **kwargs)
 
+    def counted_peaks(index, mask, w, spreads, **kwargs):
+        peaks.append(w.batch)
+        return walk(index, mask, w, spreads, **kwargs)
+
     monkeypatch.setattr(mv, "estimate", counted)
+    monkeypatch.setattr(batch_curve, "spread_peaks", counted_peaks)
     monkeypatch.setattr(mv._estimates(index), "size", 6)
     w = Workload(batch=2, text_tokens=448)
     first = mv.memory_view(index, mask, w)
-    assert sorted(calls) == [1, 2, 4, 16, 64]
-    calls.clear()
+    assert calls == [2] and sorted(peaks) == [1, 4, 16, 64]
+    calls.clear(), peaks.clear()
     again = mv.memory_view(index, mask, w.with_(batch=3))
-    assert calls == [3]  # the curve's points were kept
+    assert calls == [3] and peaks == []  # the curve's other points were kept
     assert again.estimate == estimate(index, mask, w.with_(batch=3))
     assert mv.kept_estimate(index, mask, w) is first.estimate and calls == [3]
-    mv.memory_view(index, mask, w.with_(batch=5))
-    mv.memory_view(index, mask, w.with_(batch=6))
+    for b in (5, 6, 7, 8, 9):
+        mv.memory_view(index, mask, w.with_(batch=b))
     assert len(mv._estimates(index)) == 6  # bounded: the least recently used went first
 
 
@@ -701,15 +711,15 @@ def test_how_many_gpus_is_computed_only_while_its_section_is_open(app, monkeypat
     monkeypatch.setattr(mv, "kept_gpu_count", lambda *a: calls.append(a[2]) or kept(*a))
     session = handlers.load_model(app, Session(), "llava-1.5-7b").session
     view = handlers.apply_preset(app, session, "stage2")
-    assert (view.memory.gpu_count, view.memory.min_gpus) == (None, None)
-    assert "memory.gpu_count" not in shown_values(view) and calls == []
+    assert (view.memory.gpu_count, view.memory.min_gpus) == (CLEARED, CLEARED)  # emptied, out of sight
+    assert shown_values(view)["memory.gpu_count"] is CLEARED and calls == []
     opened = handlers.show_gpu_count(app, view.session, True)
     assert opened.session.gpu_count and "Smallest number of GPUs" in opened.memory.min_gpus
     assert len(calls) == 1 and "memory.gpu_count" in shown_values(opened)
     edited = handlers.set_workload(app, opened.session, batch=3)
     assert calls[-1].batch == 3 and edited.memory.gpu_count is not None
     closed = handlers.show_gpu_count(app, edited.session, False)
-    assert closed.memory.gpu_count is None and len(calls) == 2
+    assert closed.memory.gpu_count is CLEARED and len(calls) == 2
 
 
 def test_a_plans_counts_charts_and_tree_are_shared_by_mask(app):

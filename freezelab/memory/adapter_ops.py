@@ -56,12 +56,19 @@ class AdapterSpec:
     def key(self, params: dict[str, int]) -> tuple[Any, ...]:
         """What a layer's memory depends on besides its mask (each weight's rank, quantized or not), by
         relative name, for the cache of identical layers."""
+        if not self.layers and not self.quantized:
+            return ()
         found = self._keys.get(id(params))
         if found is None or found[0] is not params:  # held with its dict: an id is reused only after it dies
             found = self._keys[id(params)] = (params, tuple(
                 (name, self.layers[i].r if i in self.layers else 0, i in self.quantized)
                 for name, i in sorted(params.items()) if i in self.layers or i in self.quantized))
         return found[1]
+
+    def token(self) -> Adapters | None:
+        """What the whole spec depends on (its adapters and their settings: ranks, DoRA, dropout, the
+        quantized base), for memos beyond one estimate; None without adapters."""
+        return self.adapters
 
 
 @lru_cache(maxsize=16)

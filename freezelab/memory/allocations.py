@@ -70,21 +70,22 @@ class _Run:
     def __init__(self, t: StepTensors) -> None:
         self.t = t
         self.alloc = CachingAllocator()
+        self.malloc, self.release = self.alloc.malloc, self.alloc.release
         self.threads: set[str] = set()
         self.peak = 0
         self.small = 0        # bytes of the small pool in use
         self.small_peak = 0
 
     def new(self, size: int) -> Block | _Small | None:
-        if size <= 0:
-            return None
-        if size <= SMALL_SIZE:
-            b: Block | _Small = _Small(size)
+        if size > SMALL_SIZE:
+            b: Block | _Small = self.malloc(size)
+        elif size > 0:
+            b = _Small(size)
             self.small += size
             if self.small > self.small_peak:
                 self.small_peak = self.small
         else:
-            b = self.alloc.malloc(size)
+            return None
         total = self.alloc.allocated + self.small
         if total > self.peak:
             self.peak = total
@@ -106,11 +107,10 @@ class _Run:
             return
         if b.shares:
             b.shares -= 1
-            return
-        if type(b) is _Small:
+        elif type(b) is _Small:
             self.small -= b.size
         else:
-            self.alloc.release(b)
+            self.release(b)
 
     def workspace(self, thread: str, lt: bool = True) -> None:
         """`thread`'s cuBLAS (and cuBLASLt) workspace, at its first matrix multiply; kept for good."""
@@ -229,17 +229,18 @@ class _Forward:
         loc: list[Block | None] = [None] * c.n
         loc[c.inp] = run.new(c.sizes[c.inp]) if s.component == PROJECTOR else self.stream  # a fresh slice
         ckpt = s.checkpointed
+        new, drop, sizes, threads, head = run.new, run.drop, c.sizes, run.threads, s.component == HEAD
         for gemm, temp, makes, dies in (c.forward_unsaved if ckpt else c.forward):
-            if gemm and "main-lt" not in run.threads:
+            if gemm and "main-lt" not in threads:
                 run.workspace("main")
-            t = run.new(temp) if temp else None
+            t = new(temp) if temp else None
             for i in makes:
-                loc[i] = run.new(c.sizes[i])
+                loc[i] = new(sizes[i])
             if t is not None:
-                run.drop(t)
+                drop(t)
             for i in dies:
-                if i != c.inp or s.component != HEAD:
-                    run.drop(loc[i])
+                if i != c.inp or not head:
+                    drop(loc[i])
                     loc[i] = None
         if s.component == HEAD and loc[c.inp] is not None and c.inp not in c.saved:
             self.forward_only.append(loc[c.inp])  # the last hidden state, held until the forward returns
@@ -389,11 +390,12 @@ class _Backward:
             run.drop(incoming)
             incoming = cast
         grad[c.out] = incoming
+        drop, do = run.drop, self._op
         for op in c.backward:
             if op[0]:
-                self._op(c, op, grad)
+                do(c, op, grad)
             for i in op[6]:
-                run.drop(loc[i])
+                drop(loc[i])
                 loc[i] = None
         for b in (*loc, extra):
             run.drop(b)
@@ -403,39 +405,41 @@ class _Backward:
 
     def _op(self, c: _Compiled, op: tuple, grad: list[Block | None]) -> None:
         run = self.run
+        new, drop = run.new, run.drop
         _, gemm, temp, makes, params, ins, _ = op
         if gemm and "autograd" not in run.threads:
             run.workspace("autograd", lt=False)
         outs = [grad[i] for i in makes if grad[i] is not None]
         for i in makes:
             grad[i] = None
-        t = run.new(temp) if temp else None
+        t = new(temp) if temp else None
         for size in params:
-            self.grads.append(run.new(size))
+            self.grads.append(new(size))
         for i, passed in ins:
-            g = run.share(outs[0]) if passed and outs else run.new(c.sizes[i])
+            g = run.share(outs[0]) if passed and outs else new(c.sizes[i])
             if grad[i] is not None:
-                run.drop(g)   # added into the gradient already there
+                drop(g)   # added into the gradient already there
             else:
                 grad[i] = g
         if t is not None:
-            run.drop(t)
+            drop(t)
         for g in outs:
-            run.drop(g)
+            drop(g)
 
     def _recompute(self, c: _Compiled, loc: list[Block | None]) -> None:
         """A checkpointed layer's forward again, this time saving for its backward; its output goes."""
         run = self.run
+        new, drop, sizes = run.new, run.drop, c.sizes
         inp = loc[c.inp]
         run.share(inp)
         for _, temp, makes, dies in c.forward:
-            t = run.new(temp) if temp else None
+            t = new(temp) if temp else None
             for i in makes:
-                loc[i] = run.new(c.sizes[i])
+                loc[i] = new(sizes[i])
             if t is not None:
-                run.drop(t)
+                drop(t)
             for i in dies:
-                run.drop(loc[i])
+                drop(loc[i])
                 loc[i] = None
         run.drop(loc[c.out])
         loc[c.out] = None

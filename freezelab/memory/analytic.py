@@ -47,6 +47,7 @@ from freezelab.memory.adapter_memory import resident as adapter_resident
 from freezelab.memory.adapter_ops import AdapterSpec
 from freezelab.memory.cuda_facts import CUBLASLT_WORKSPACE, CUDA_CONTEXT, rounded
 from freezelab.memory.fsdp2 import ROOT, Fsdp2
+from freezelab.memory.owned import owned
 from freezelab.memory.replay_memo import replayed
 from freezelab.memory.result import MemoryEstimate, Method
 from freezelab.memory.sharding import ENGINE, Resident, deepspeed_extra, per_gpu, runs_fsdp2, sharded_notes
@@ -141,12 +142,9 @@ def _grad_owner(stages: list[Stage], mask: list[bool]) -> dict[int, str]:
 def _resident(index: ModelIndex, w: Workload, owner: dict[int, str], num: Numerics,
               extra: AdapterResident) -> Resident:
     weights = sizes(index, num.param)[0] + sum(buffer_blocks(index)) + extra.weights
-    live = [optimizer_state.Tensor(index.params[i].shape, index.params[i].numel) for i in owner]
-    grads = sum(rounded(t.numel * num.param) for t in live)
-    temp = optimizer_state.step_temp_bytes(w.optimizer, live, num.param)
-    r = Resident(weights=weights, gradients=grads + extra.gradients,
-                 state=optimizer_state.state_bytes(w.optimizer, live, num.param) + extra.state,
-                 step_temp=combined_step_temp(w.optimizer, temp, extra.step_temp))
+    own = owned(index, owner, num.param, w.optimizer)
+    r = Resident(weights=weights, gradients=own.gradients + extra.gradients, state=own.state + extra.state,
+                 step_temp=combined_step_temp(w.optimizer, own.step_temp, extra.step_temp))
     return per_gpu(r, w)
 
 
@@ -307,12 +305,9 @@ def _walk(index: ModelIndex, mask: list[bool], w: Workload, st: _Step,
     if runs_fsdp2(w):
         return _walk_sharded(index, mask, w, st, peak_only)
     r = _resident(index, w, st.owner, st.num, st.extra)
-    grad_of = {name: st.extra.grad_of.get(name, 0) for name in (s.name for s in st.stages)}
-    first_of = {name: st.extra.first_of.get(name, 0) for name in grad_of}
-    for i, name in st.owner.items():
-        size = rounded(index.params[i].numel * st.num.param)
-        grad_of[name] += size
-        first_of[name] = max(first_of[name], size)
+    own = owned(index, st.owner, st.num.param, w.optimizer)
+    grad_of = {s.name: st.extra.grad_of.get(s.name, 0) + own.grad_of.get(s.name, 0) for s in st.stages}
+    first_of = {n: max(st.extra.first_of.get(n, 0), own.first_of.get(n, 0)) for n in grad_of}
     tl = walk(st.stages, r, inputs=st.inputs, workspace=st.workspace, grad_bytes=lambda s: grad_of[s.name],
               first_grad=lambda s: first_of[s.name], peak_only=peak_only)
     return r, tl

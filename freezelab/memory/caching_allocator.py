@@ -21,7 +21,7 @@ analytic estimate runs the allocation order of its step timeline through it
 
 from __future__ import annotations
 
-import bisect
+from bisect import bisect_left, insort
 from freezelab.memory.cuda_facts import (
     BLOCK,
     LARGE_BUFFER,
@@ -55,25 +55,13 @@ class Pool:
         self.blocks: dict[int, Block] = {}
 
     def add(self, b: Block) -> None:
-        addrs = self.by_size.get(b.size)
-        if addrs is None:
-            self.by_size[b.size] = [b.addr]
-            bisect.insort(self.sizes, b.size)
-        else:
-            bisect.insort(addrs, b.addr)
-        self.blocks[b.addr] = b
+        _add(self, b)
 
     def remove(self, b: Block) -> None:
-        addrs = self.by_size[b.size]
-        if len(addrs) == 1:
-            del self.by_size[b.size]
-            del self.sizes[bisect.bisect_left(self.sizes, b.size)]
-        else:
-            del addrs[bisect.bisect_left(addrs, b.addr)]
-        del self.blocks[b.addr]
+        _remove(self, b)
 
     def best_fit(self, size: int) -> Block | None:
-        i = bisect.bisect_left(self.sizes, size)
+        i = bisect_left(self.sizes, size)
         if i == len(self.sizes):
             return None
         return self.blocks[self.by_size[self.sizes[i]][0]]
@@ -108,16 +96,31 @@ class CachingAllocator:
         return {True: self.small_pool, False: self.large_pool}
 
     def malloc(self, size: int) -> Block:
+        """The block for a request of `size` bytes (rounded already): the best fit, split when its
+        remainder is usable (`should_split`), or a new segment. Written out (no Pool.best_fit / remove
+        calls): the replays call this tens of thousands of times per estimate."""
         small = size <= SMALL_SIZE
         pool = self.small_pool if small else self.large_pool
-        b = pool.best_fit(size)
-        if b is None:
+        sizes = pool.sizes
+        i = bisect_left(sizes, size)
+        if i == len(sizes):
             b = self._new_segment(size, small)
-        else:
-            pool.remove(b)
+        else:  # best fit: the smallest size that fits, its lowest address
+            fit = sizes[i]
+            addrs = pool.by_size[fit]
+            addr = addrs.pop(0)
+            if not addrs:
+                del pool.by_size[fit]
+                del sizes[i]
+            b = pool.blocks.pop(addr)
         rest = b.size - size
-        if rest >= BLOCK if small else rest > SMALL_SIZE:  # should_split
-            self._split(b, size, pool)
+        if rest >= BLOCK if small else rest > SMALL_SIZE:  # should_split: the remainder goes back to the pool
+            nxt = b.next
+            r = Block(b.addr + size, rest, b.seg, small, True, b, nxt)
+            if nxt is not None:
+                nxt.prev = r
+            b.next, b.size = r, size
+            _add(pool, r)
         b.free = False
         self.allocated += b.size
         return b
@@ -130,15 +133,6 @@ class CachingAllocator:
         self.reserved += seg
         return b
 
-    @staticmethod
-    def _split(b: Block, size: int, pool: Pool) -> None:
-        rest = Block(b.addr + size, b.size - size, b.seg, b.small, True, b, b.next)
-        if b.next is not None:
-            b.next.prev = rest
-        b.next = rest
-        b.size = size
-        pool.add(rest)
-
     def release(self, b: Block) -> None:
         """Free `b` and merge it with free neighbours of its segment."""
         self.allocated -= b.size
@@ -146,22 +140,37 @@ class CachingAllocator:
         b.free = True
         nb = b.prev
         if nb is not None and nb.free:
-            pool.remove(nb)
-            _merge(b, nb)
+            _remove(pool, nb)
+            b.addr, b.size, b.prev = nb.addr, nb.size + b.size, nb.prev
+            if nb.prev is not None:
+                nb.prev.next = b
         nb = b.next
         if nb is not None and nb.free:
-            pool.remove(nb)
-            _merge(b, nb)
-        pool.add(b)
+            _remove(pool, nb)
+            b.size, b.next = b.size + nb.size, nb.next
+            if nb.next is not None:
+                nb.next.prev = b
+        _add(pool, b)
 
 
-def _merge(b: Block, nb: Block) -> None:
-    """Absorb the free neighbour `nb` into `b`."""
-    if nb is b.prev:
-        b.addr, b.size, b.prev = nb.addr, nb.size + b.size, nb.prev
-        if nb.prev is not None:
-            nb.prev.next = b
+def _add(pool: Pool, b: Block) -> None:
+    """Pool.add, as a function (no method lookup on the replays' hot path)."""
+    addrs = pool.by_size.get(b.size)
+    if addrs is None:
+        pool.by_size[b.size] = [b.addr]
+        insort(pool.sizes, b.size)
     else:
-        b.size, b.next = b.size + nb.size, nb.next
-        if nb.next is not None:
-            nb.next.prev = b
+        insort(addrs, b.addr)
+    pool.blocks[b.addr] = b
+
+
+def _remove(pool: Pool, b: Block) -> None:
+    """Pool.remove, likewise."""
+    addrs = pool.by_size[b.size]
+    if len(addrs) == 1:
+        del pool.by_size[b.size]
+        sizes = pool.sizes
+        del sizes[bisect_left(sizes, b.size)]
+    else:
+        del addrs[bisect_left(addrs, b.addr)]
+    del pool.blocks[b.addr]

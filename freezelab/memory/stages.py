@@ -17,16 +17,18 @@ input and weight gradients; `freezelab.compute.flops` adds them up, freeze- and 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from freezelab.compute import cost as costs
 from freezelab.compute.cost import Cost
 from freezelab.index import ModelIndex
-from freezelab.memory.activations import Numerics, Tape
+from freezelab.memory.activations import Numerics
 from freezelab.memory.adapter_ops import AdapterSpec
 from freezelab.memory.cuda_facts import rounded
+from freezelab.memory.layer_memo import kept_layer, layer_key
+from freezelab.memory.llava_layers import Dims, decoder_layer as _decoder_layer, vision_layer as _vision_layer
 from freezelab.memory.structure import find as _find, shape_of as _shape
 from freezelab.memory.structure import layer_params as _layer_params, relative as _relative
 from freezelab.memory.structure import lm_head_param as _lm_head, text_hidden as _text_hidden
@@ -71,14 +73,6 @@ class Stage:
         return self.kept + self.held
 
 
-@dataclass(frozen=True)
-class Dims:
-    heads: int
-    kv_heads: int
-    head_dim: int
-    act: str
-
-
 @dataclass
 class Flow:
     """Inputs to building the stages."""
@@ -111,90 +105,54 @@ class Flow:
         return OrderedTape(self.num, self.trainable, self.numel, self.spec)
 
 
-# -- layer recipes -------------------------------------------------------------------------
-
-def _vision_layer(t: Tape, p: dict[str, int], x: str, hidden: int, inter: int, d: Dims,
-                  batch: int, seq: int) -> str:
-    """CLIPEncoderLayer / SiglipEncoderLayer: pre-LN attention and MLP with residuals."""
-    h = t.layer_norm(x, "ln1", _find(p, "layer_norm1.weight"), _find(p, "layer_norm1.bias"))
-    q = t.linear(h, "q", hidden, _find(p, "q_proj.weight"), _find(p, "q_proj.bias"))
-    k = t.linear(h, "k", hidden, _find(p, "k_proj.weight"), _find(p, "k_proj.bias"))
-    v = t.linear(h, "v", hidden, _find(p, "v_proj.weight"), _find(p, "v_proj.bias"))
-    a = t.attention(q, k, v, "attn", batch=batch, heads=d.heads, kv_heads=d.heads, seq=seq, head_dim=d.head_dim)
-    o = t.linear(a, "o", hidden, _find(p, "out_proj.weight", "o_proj.weight"), _find(p, "out_proj.bias"))
-    t.hold(h)  # the layer's `hidden_states` until self_attn returns
-    r = t.add(x, o, "res1")
-    h2 = t.layer_norm(r, "ln2", _find(p, "layer_norm2.weight"), _find(p, "layer_norm2.bias"))
-    f = t.linear(h2, "fc1", inter, _find(p, "fc1.weight"), _find(p, "fc1.bias"))
-    g = t.act(d.act, f, "gelu")
-    m = t.linear(g, "fc2", hidden, _find(p, "fc2.weight"), _find(p, "fc2.bias"))
-    t.hold(h2)  # ... and until the MLP returns
-    return t.add(r, m, "out")
-
-
-def _decoder_layer(t: Tape, p: dict[str, int], x: str, hidden: int, inter: int, d: Dims,
-                   batch: int, seq: int) -> str:
-    """LlamaDecoderLayer (also Mistral, Qwen2 with q/k/v biases): RMSNorm, rotary, SwiGLU."""
-    h = t.rms_norm(x, "norm1", _find(p, "input_layernorm.weight"))
-    kv = d.kv_heads * d.head_dim
-    q = t.linear(h, "q", d.heads * d.head_dim, _find(p, "q_proj.weight"), _find(p, "q_proj.bias"))
-    k = t.linear(h, "k", kv, _find(p, "k_proj.weight"), _find(p, "k_proj.bias"))
-    v = t.linear(h, "v", kv, _find(p, "v_proj.weight"), _find(p, "v_proj.bias"))
-    q, k = t.rotary(q, "q_rot"), t.rotary(k, "k_rot")
-    if t.kv_cache:  # DynamicCache copies k and v; attention reads the copies
-        k = t.cache_copy(k, "k_cache", t.t[k].elem)
-        v = t.cache_copy(v, "v_cache", t.t[k].elem if t.kv_values_follow_keys else t.t[v].elem)
-    a = t.attention(q, k, v, "attn", batch=batch, heads=d.heads, kv_heads=d.kv_heads, seq=seq,
-                    head_dim=d.head_dim)
-    o = t.linear(a, "o", hidden, _find(p, "o_proj.weight"), _find(p, "o_proj.bias"))
-    t.hold(h)  # the layer's `hidden_states` until self_attn returns
-    r = t.add(x, o, "res1")
-    h2 = t.rms_norm(r, "norm2", _find(p, "post_attention_layernorm.weight"))
-    gate = t.linear(h2, "gate", inter, _find(p, "gate_proj.weight"), _find(p, "gate_proj.bias"))
-    up = t.linear(h2, "up", inter, _find(p, "up_proj.weight"), _find(p, "up_proj.bias"))
-    s = t.act("silu", gate, "silu")
-    m = t.mul(s, up, "swiglu")
-    down = t.linear(m, "down", hidden, _find(p, "down_proj.weight"), _find(p, "down_proj.bias"))
-    t.hold(h2)  # ... and until the MLP returns
-    return t.add(r, down, "out")
-
-
 Recipe = Callable[..., str]  # (tape, params by relative name, input, hidden, inter, dims, batch, seq) -> output
 
 
 def _layer_stage(f: Flow, recipe: Recipe, name: str, component: str, p: dict[str, int], flow_in: bool,
                  rows: int, hidden: int, inter: int, d: Dims, batch: int, seq: int,
                  cache: dict[tuple[Any, ...], Stage], cached: tuple[str, ...] = ()) -> Stage:
-    """One transformer layer; identical layers (same flags) are computed once. `cached`: tensors the
-    model output also references (the KV cache), which cost extra only where autograd did not save them."""
-    flags = tuple(sorted((k, f.mask[i]) for k, i in p.items()))
-    key = (recipe, component, flow_in, flags, f.spec.key(p))
-    if key not in cache:
-        t = f.tape()
-        t.kv_cache = bool(cached) and not f.ckpt
-        t.kv_values_follow_keys = f.cache_values_follow_keys
-        x = t.input("x", rows * hidden, f.num.stream, flow_in, hidden)
-        out = recipe(t, p, x, hidden, inter, d, batch, seq)
-        stage = Stage(name, component, out_grad=t.grad(out), program=t.program(out, cached if t.kv_cache else ()),
-                      cost=t.cost)
-        p = stage.program
-        if f.ckpt and stage.out_grad:
-            stage.checkpointed = True
-            # non-reentrant checkpoint keeps only the layer's input; backward replays the layer
-            stage.replay = t.replay
-            stage.kept = t.nbytes(x)
-            stage.bwd_extra = max(p.backward_peak(recompute=True), t.kept + t.dora_extra)  # DoRA's norm again
-        else:
-            # op by op its saved tensors go as the backward passes them: the peak beyond all it kept
-            stage.kept = t.kept
-            stage.bwd_extra = p.backward_peak(recompute=False) - (t.kept - (t.nbytes(x) if x in t.saved else 0))
-        stage.fwd_extra = max(p.forward_peak(checkpointed=stage.checkpointed),  # DoRA: its weight norm
-                              0 if f.ckpt and stage.out_grad or not t.dora_fwd else t.dora_fwd + t.nbytes(out))
-        stage.forward_only = t.forward_cached if not (f.ckpt and stage.out_grad) else 0
-        if t.kv_cache:
-            stage.held = sum(t.nbytes(n) for n in cached if n not in t.saved)
-        cache[key] = stage
-    return replace(cache[key], name=name, grad_params=[])
+    """One transformer layer: identical layers with the same flags share the first one's stage in a
+    build (`cache`), kept per index (freezelab.memory.layer_memo) with its program over that first
+    one's parameters. `cached`: tensors the model output also references (the KV cache), which cost
+    extra only where autograd did not save them."""
+    key = layer_key(f, recipe, component, p, flow_in, (rows, hidden, inter, d, batch, seq, cached))
+    stage = cache.get(key)
+    if stage is None:
+        stage = cache[key] = kept_layer(f.index, key, p, lambda: _new_layer_stage(
+            f, recipe, name, component, p, flow_in, (rows, hidden, inter, d, batch, seq), cached))
+    copy = object.__new__(Stage)
+    copy.__dict__.update(stage.__dict__)
+    copy.name, copy.grad_params = name, []
+    return copy
+
+
+def _new_layer_stage(f: Flow, recipe: Recipe, name: str, component: str, p: dict[str, int], flow_in: bool,
+                     shape: tuple[int, int, int, Dims, int, int], cached: tuple[str, ...]) -> Stage:
+    rows, hidden, inter, d, batch, seq = shape
+    t = f.tape()
+    t.kv_cache = bool(cached) and not f.ckpt
+    t.kv_values_follow_keys = f.cache_values_follow_keys
+    x = t.input("x", rows * hidden, f.num.stream, flow_in, hidden)
+    out = recipe(t, p, x, hidden, inter, d, batch, seq)
+    stage = Stage(name, component, out_grad=t.grad(out), program=t.program(out, cached if t.kv_cache else ()),
+                  cost=t.cost)
+    prog = stage.program
+    if f.ckpt and stage.out_grad:
+        stage.checkpointed = True
+        # non-reentrant checkpoint keeps only the layer's input; backward replays the layer
+        stage.replay = t.replay
+        stage.kept = t.nbytes(x)
+        stage.bwd_extra = max(prog.backward_peak(recompute=True), t.kept + t.dora_extra)  # DoRA's norm again
+    else:
+        # op by op its saved tensors go as the backward passes them: the peak beyond all it kept
+        stage.kept = t.kept
+        stage.bwd_extra = prog.backward_peak(recompute=False) - (t.kept - (t.nbytes(x) if x in t.saved else 0))
+    stage.fwd_extra = max(prog.forward_peak(checkpointed=stage.checkpointed),  # DoRA: its weight norm
+                          0 if f.ckpt and stage.out_grad or not t.dora_fwd else t.dora_fwd + t.nbytes(out))
+    stage.forward_only = t.forward_cached if not (f.ckpt and stage.out_grad) else 0
+    if t.kv_cache:
+        stage.held = sum(t.nbytes(n) for n in cached if n not in t.saved)
+    return stage
 
 
 # -- the towers -------------------------------------------------------------------------------

@@ -6,10 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from html import escape
 
-import plotly.graph_objects as go
-
 from freezelab import charts, units
 from freezelab.adapters import Adapters
+from freezelab.chart_spec import Chart
 from freezelab.compute.flops import Flops, flops_followed, step_flops
 from freezelab.compute.notes import explain
 from freezelab.compute.timing import Efficiency, stated, step_times
@@ -26,7 +25,7 @@ EFFICIENCY_FIELDS = ("mfu", "bandwidth")  # the efficiency controls, in the orde
 @dataclass(kw_only=True)
 class ComputeView:
     flops: Flops | None                                   # None: this model's FLOPs are not modelled
-    figure: go.Figure = shown(elem_id(COMPUTE, "plot"))   # FLOPs per component, stacked by part
+    figure: Chart = shown(elem_id(COMPUTE, "plot"))   # FLOPs per component, stacked by part
     time: str = shown(elem_id(COMPUTE, "time"))           # markdown: step time per GPU, assumptions, why
 
 

@@ -15,10 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import plotly.graph_objects as go
-
 from freezelab import units
 from freezelab.anatomy import count
+from freezelab.chart_spec import Chart
 from freezelab.errors import FreezelabError, PlanError, SelectorError, SourceError
 from freezelab.exports import import_plan as parse_plan
 from freezelab.memory.analytic import estimate, followed
@@ -82,8 +81,8 @@ class View:
     tree: str | None = shown("tree.tree")               # JSON rows for the tree widget
     rules: str | None = shown("plan.rules")             # the plan as text
     warnings: str | None = shown("plan.warnings")       # markdown list
-    params_fig: go.Figure | None = shown("summary.params_plot")
-    map_fig: go.Figure | None = shown("map.plot")
+    params_fig: Chart | None = shown("summary.params_plot")
+    map_fig: Chart | None = shown("map.plot")
     memory: MemoryView | None = shown_within()
     compute: ComputeView | None = shown_within()
     current: str | None = shown("verify.now")           # HTML: what a simulation or sanity step would run now

@@ -25,7 +25,7 @@ from freezelab.ui.memory_view import (
     control_value,
     workload_shown,
 )
-from freezelab.ui.registry import Registry, elem_id, shown_values
+from freezelab.ui.registry import Registry, elem_id, initial, shown_values
 from freezelab.ui.shared import Shared
 from freezelab.ui.uploads import accept_uploads_only
 from freezelab.workload import ATTENTION, AUTOCAST, DTYPES, OPTIMIZERS, SHARDING
@@ -124,8 +124,8 @@ def create_memory_panel(ui: Registry, first: View) -> None:
         curve = gr.Plot(first.memory.curve, label="memory vs batch size", show_label=False, elem_id="fl-curve-plot")
         # closed at first: a class that never opens it never pays for it (twenty walks of the step per change)
         with gr.Accordion("How many GPUs", open=first.session.gpu_count, elem_id="fl-gpu-count") as gpu_section:
-            min_gpus = gr.Markdown(first.memory.min_gpus, elem_id="fl-min-gpus")
-            gpu_count = gr.Plot(first.memory.gpu_count, label="memory per GPU vs number of GPUs", show_label=False,
+            min_gpus = gr.Markdown(initial(first.memory.min_gpus), elem_id="fl-min-gpus")
+            gpu_count = gr.Plot(initial(first.memory.gpu_count), label="memory per GPU vs number of GPUs", show_label=False,
                                 elem_id="fl-gpu-count-plot")
     ui.add(MEMORY, {**grid, **ticks, **images, "verdict": verdict, "plot": plot, "notes": notes, "curve": curve,
                     "context": context, "error": error, "min_gpus": min_gpus, "gpu_count": gpu_count,

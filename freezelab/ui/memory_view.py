@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-import plotly.graph_objects as go
-
 from freezelab import charts, units
 from freezelab.adapters import Adapters
+from freezelab.chart_spec import Chart
 from freezelab.index import ModelIndex
 from freezelab.index_memo import Kept, per_index
-from freezelab.memory.analytic import cache_share_of, estimate, followed, with_cache_share
+from freezelab.memory.analytic import cache_share_of, estimate, followed
+from freezelab.memory.batch_curve import batch_curve
 from freezelab.memory.gpu_count import GpuCount, gpu_count
 from freezelab.memory.gpus import fits_table
 from freezelab.memory.result import MemoryEstimate
@@ -20,11 +20,11 @@ from freezelab.memory.verdict import Verdict, allocator_hint, error_of
 from freezelab.tokens import sample_layouts
 from freezelab.ui.context_view import workload_text
 from freezelab.ui.gpu_lines import chart_lines, common_gpus
-from freezelab.ui.registry import elem_id, shown
+from freezelab.ui.registry import CLEARED, elem_id, shown
 from freezelab.workload import LIMITS, Workload, WorkloadError, sizes_text
 
-CURVE_BATCHES = (1, 4, 16, 64)  # plus the current batch; each point costs one analytic estimate without
-                                # the allocator replay (a few ms on 7B)
+CURVE_BATCHES = (1, 4, 16, 64)  # plus the current batch; each point costs one walk of the step
+                                # (freezelab.memory.batch_curve: about a millisecond on 7B)
 KEPT_ESTIMATES = 256  # per model index: a class clicking the same presets and batch sizes finds them here
 MEMORY = "memory"  # the memory panel's ids: the workload controls by field name, and what it shows
 FIELDS = ("batch", "text_tokens", "images", "dtype", "autocast", "optimizer", "grad_ckpt", "attn",
@@ -34,14 +34,14 @@ FIELDS = ("batch", "text_tokens", "images", "dtype", "autocast", "optimizer", "g
 @dataclass(kw_only=True)
 class MemoryView:
     estimate: MemoryEstimate | None                          # None: the analytic estimate does not follow it
-    figure: go.Figure = shown(elem_id(MEMORY, "plot"))       # stacked breakdown with GPU lines
+    figure: Chart = shown(elem_id(MEMORY, "plot"))       # stacked breakdown with GPU lines
     verdict: str = shown(elem_id(MEMORY, "verdict"))         # HTML (id fl-verdict)
     notes: str = shown(elem_id(MEMORY, "notes"))             # markdown: the estimator's own sentences
-    curve: go.Figure = shown(elem_id(MEMORY, "curve"))       # memory vs batch size
+    curve: Chart = shown(elem_id(MEMORY, "curve"))       # memory vs batch size
     context: bool = shown(elem_id(MEMORY, "context"))        # the charts include the CUDA context + cache
     error: str = shown(elem_id(MEMORY, "error"), default="")  # HTML: a refused workload value, at its field
-    gpu_count: go.Figure | None = shown(elem_id(MEMORY, "gpu_count"))  # memory per GPU vs number of GPUs, per mode
-    min_gpus: str | None = shown(elem_id(MEMORY, "min_gpus"))  # markdown: smallest number of each card per mode
+    gpu_count: Any = shown(elem_id(MEMORY, "gpu_count"))  # memory per GPU vs number of GPUs, per mode (or CLEARED)
+    min_gpus: Any = shown(elem_id(MEMORY, "min_gpus"))  # markdown: smallest number of each card per mode (or CLEARED)
     # (both None while the page's how-many-GPUs section is closed: not computed, the page keeps its old ones)
     tokens: str = shown(elem_id(MEMORY, "tokens"))           # markdown: what the images of a sample become
 
@@ -159,13 +159,12 @@ def _gpu_counts(index: ModelIndex) -> Kept:
     return Kept(KEPT_ESTIMATES)
 
 
-def kept_estimate(index: ModelIndex, mask: list[bool], workload: Workload, adapters: Adapters | None = None,
-                  cache_share: float | None = None) -> MemoryEstimate:
-    """`estimate(index, mask, workload, adapters=adapters, cache_share=cache_share)`, kept for the next
-    event that asks for the same (the memory curve's batch sizes stay the same when only the batch
-    changes; a class clicks the same presets)."""
-    return _estimates(index).get((bytes(mask), workload, adapters, cache_share),
-                                 lambda: estimate(index, mask, workload, adapters=adapters, cache_share=cache_share))
+def kept_estimate(index: ModelIndex, mask: list[bool], workload: Workload,
+                  adapters: Adapters | None = None) -> MemoryEstimate:
+    """`estimate(index, mask, workload, adapters=adapters)`, kept for the next event that asks for the
+    same (a class clicks the same presets; undo returns to a plan)."""
+    return _estimates(index).get((bytes(mask), workload, adapters),
+                                 lambda: estimate(index, mask, workload, adapters=adapters))
 
 
 def kept_gpu_count(index: ModelIndex, mask: list[bool], workload: Workload, cublas_workspaces: int,
@@ -181,22 +180,15 @@ def notes_md(est: MemoryEstimate) -> str:
 
 
 def curve(index: ModelIndex, mask: list[bool], workload: Workload, current: MemoryEstimate,
-          context: bool, adapters: Adapters | None = None) -> go.Figure:
+          context: bool, adapters: Adapters | None = None) -> Chart:
     """Memory against batch size (`current` is the estimate at the workload's own batch), stopping
     one point past the largest common GPU and the current batch: further points only squash the
-    interesting part of the chart, and each costs an estimate."""
+    interesting part of the chart, and each costs a walk of the step."""
     largest = max(size for _, size in common_gpus())
-    xs: list[int] = []
-    points: list[MemoryEstimate] = []
-    share = current.details.get("allocator_cache_bytes", 0) / max(1, current.peak_bytes)
-    for b in sorted({b for b in CURVE_BATCHES if b <= LIMITS["batch"]} | {workload.batch}):
-        # the other points (kept without a cache) take the current batch's allocator cache as a share of their peak
-        points.append(current if b == workload.batch else
-                      with_cache_share(kept_estimate(index, mask, workload.with_(batch=b), adapters, 0.0), share))
-        xs.append(b)
-        if points[-1].device_estimate_bytes > largest and b >= workload.batch:
-            break
-    return charts.memory_curve(xs, points, chart_lines(), current=workload.batch, context=context)
+    batches = sorted({b for b in CURVE_BATCHES if b <= LIMITS["batch"]} | {workload.batch})
+    points = batch_curve(index, mask, workload, current, batches, largest, adapters)
+    return charts.memory_curve([p.batch for p in points], points, chart_lines(), current=workload.batch,
+                               context=context)
 
 
 def not_followed(why: str, tokens: str) -> MemoryView:
@@ -226,8 +218,8 @@ def memory_view(index: ModelIndex, mask: list[bool], workload: Workload, context
                 gpu_count: bool = True, adapters: Adapters | None = None) -> MemoryView:
     """The estimate and its charts; `context` None: the CUDA context is drawn unless it outweighs the tensors;
     `adapters`: the plan's adapters and quantized base. `gpu_count` False: how many GPUs is left out
-    (None: the page keeps what it shows, out of sight while its section is closed); it costs twenty
-    walks of the step, more than the rest together."""
+    (CLEARED: its section, closed, is emptied; opening it computes it); it costs twenty walks of the
+    step, more than the rest together."""
     tokens = tokens_md(index, workload)
     why = followed(index, workload)
     if why is not None:
@@ -239,6 +231,6 @@ def memory_view(index: ModelIndex, mask: list[bool], workload: Workload, context
     return MemoryView(estimate=est, figure=charts.memory_breakdown(est, chart_lines(), context=shown_context),
                       curve=curve(index, mask, workload, est, shown_context, adapters),
                       verdict=verdict_html(est, workload), notes=notes_md(est), context=shown_context,
-                      gpu_count=None if count is None else charts.gpu_count_chart(
+                      gpu_count=CLEARED if count is None else charts.gpu_count_chart(
                           count.counts, count.per_gpu, chart_lines(), current=workload.gpus),
-                      min_gpus=None if count is None else min_gpus_md(count), tokens=tokens)
+                      min_gpus=CLEARED if count is None else min_gpus_md(count), tokens=tokens)

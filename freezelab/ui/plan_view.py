@@ -5,10 +5,9 @@ class clicks the same presets."""
 
 from __future__ import annotations
 
-import plotly.graph_objects as go
-
 from freezelab import charts, units
 from freezelab.anatomy import component_counts, count, summary
+from freezelab.chart_spec import Chart
 from freezelab.index import ModelIndex
 from freezelab.index_memo import Kept, per_index
 from freezelab.plans import Plan, Resolution
@@ -50,7 +49,7 @@ def _plan_parts(index: ModelIndex) -> Kept:
 
 
 def plan_charts(index: ModelIndex, mask: list[bool], adapted: ModelIndex,
-                adapted_mask: list[bool]) -> tuple[str, go.Figure, go.Figure]:
+                adapted_mask: list[bool]) -> tuple[str, Chart, Chart]:
     """The counts (HTML) and the parameters-per-component chart of the adapted index (the index itself
     without adapters), and the model map of the base mask, kept."""
     counts = _plan_parts(adapted).get(bytes(adapted_mask), lambda: (

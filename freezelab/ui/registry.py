@@ -27,6 +27,22 @@ PARTS = "freezelab.parts"   # field metadata: a dataclass whose own fields are s
 Wiring = Callable[[Any], None]  # called with the dashboard context (freezelab.ui.shared.Shared)
 
 
+class _Cleared:
+    def __repr__(self) -> str:
+        return "CLEARED"
+
+
+# A shown value that empties its component (a section's content while it is closed). A value left out
+# (None) keeps what the component shows, which costs Gradio more: it rebuilds that component's config
+# on every event.
+CLEARED: Any = _Cleared()
+
+
+def initial(value: Any) -> Any:
+    """A shown value as a component's value when the page is built (CLEARED: empty)."""
+    return None if value is CLEARED else value
+
+
 class RegistryError(LookupError):
     """A component id registered twice, or asked for but never registered: a wiring mistake."""
 
@@ -126,8 +142,9 @@ class Registry:
         return [self[i] for i in ids]
 
     def values(self, shown: Mapping[str, Any]) -> dict[Any, Any]:
-        """{id: value} from a handler as {component: value}, the form Gradio accepts from an event."""
-        return {self[i]: value for i, value in shown.items()}
+        """{id: value} from a handler as {component: value}, the form Gradio accepts from an event
+        (CLEARED: None, an empty component)."""
+        return {self[i]: initial(value) for i, value in shown.items()}
 
     def wire(self, context: Any) -> None:
         """Run every panel's wiring, in the order the panels were registered."""

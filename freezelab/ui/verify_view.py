@@ -12,11 +12,10 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import plotly.graph_objects as go
-
 from freezelab import charts, units
 from freezelab.anatomy import count
 from freezelab.budget import simulation_cost, step_cost
+from freezelab.chart_spec import Chart
 from freezelab.compute.flops import Flops, flops_followed, step_flops
 from freezelab.errors import FreezelabError
 from freezelab.memory.analytic import estimate as analytic_estimate
@@ -77,7 +76,7 @@ class SimulationView:
     analytic: MemoryEstimate | None   # None: the analytic estimate does not follow this model
     simulated: MemoryEstimate
     table: str = shown("simulate.table")      # markdown: category by category
-    figure: go.Figure = shown("simulate.plot")
+    figure: Chart = shown("simulate.plot")
     label: str = shown("simulate.for", default="")  # HTML: the model, plan and workload it ran for
 
 
@@ -170,8 +169,8 @@ class StepView:
     """One update of the sanity step; the fields still None (no report yet) leave their components as they are."""
 
     status: str = shown("step.status")                        # markdown: progress or the verdict
-    loss_fig: go.Figure = shown("step.loss")
-    grad_fig: go.Figure | None = shown("step.grads")
+    loss_fig: Chart = shown("step.loss")
+    grad_fig: Chart | None = shown("step.grads")
     checks: list[list[str]] | None = shown("step.checks", default=None)  # rows: check, result, message, names
     memory: str | None = shown("step.memory", default=None)   # markdown: measured vs estimated
     label: str | None = shown("step.for", default=None)       # HTML: the model, plan and workload it ran for
@@ -222,7 +221,7 @@ def _memory_rows(report: StepReport) -> str:
     return "\n".join(lines)
 
 
-def grad_figure(report: StepReport) -> go.Figure | None:
+def grad_figure(report: StepReport) -> Chart | None:
     """Gradient norms per layer (towers side by side), or per component when no layer trains."""
     norms = report.grad_norms
     if not norms:

@@ -3,7 +3,8 @@ stages, the embedding and norm stages, the projector's parameters and a projecto
 
 from __future__ import annotations
 
-from functools import partial
+from collections.abc import Callable
+from functools import lru_cache, partial
 from math import prod
 from typing import Any
 
@@ -42,7 +43,7 @@ def layers(f: Flow, stages: list[Stage], flow: bool, rows: int, hidden: int, gro
     """Every vision layer as one stage (identical layers computed once); returns whether the last
     one's output requires grad."""
     h = vision_heads(f.index.config, hidden)
-    recipe = partial(block, groups=groups, rotary=rotary)
+    recipe = block_recipe(groups, rotary)
     cache: dict[tuple[Any, ...], Stage] = {}
     for i, p in enumerate(layer_params(f.index, "vision")):
         fc1 = find(p, "fc1.weight", "linear_fc1.weight", "gate_proj.weight")
@@ -52,6 +53,12 @@ def layers(f: Flow, stages: list[Stage], flow: bool, rows: int, hidden: int, gro
         flow = st.out_grad
         stages.append(st)
     return flow
+
+
+@lru_cache(maxsize=256)
+def block_recipe(groups: Groups, rotary: bool, split: bool = False) -> Callable[..., str]:
+    """One recipe object per kind of block: freezelab.memory.layer_memo keys layer stages by it."""
+    return partial(block, groups=groups, rotary=rotary, split=split)
 
 
 def block(t: Tape, p: dict[str, int], x: str, hidden: int, inter: int, h: Heads, batch: int, seq: int, *,

@@ -3,14 +3,12 @@ in Qwen2.5-VL), the PatchMerger inside the tower and Qwen3-VL's DeepStack merger
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from freezelab.memory.blocks import Groups, find
 from freezelab.memory.cuda_facts import rounded
 from freezelab.memory.image_paths.common import (
-    block,
+    block_recipe,
     embeddings,
     pixel_elem,
     tower_params,
@@ -92,7 +90,7 @@ def qwen_vision(f: Flow, stages: list[Stage]) -> tuple[bool, int, int]:
     tapped: list[bool] = []
     for i, p in enumerate(layer_params(f.index, "vision")):
         groups = per_window if windowed and i not in full else per_image
-        recipe = _SPLIT_BLOCKS.setdefault(groups, partial(block, groups=groups, rotary=True, split=True))
+        recipe = block_recipe(groups, rotary=True, split=True)
         fc1 = find(p, "fc1.weight", "linear_fc1.weight", "gate_proj.weight")
         inter = f.index.params[fc1].shape[0] if fc1 is not None else 4 * hidden
         st = layer_stage(f, recipe, f"vision.layers.{i}", VISION, p, flow, rows, hidden, inter, h, 0, 0, cache)
@@ -105,9 +103,6 @@ def qwen_vision(f: Flow, stages: list[Stage]) -> tuple[bool, int, int]:
         _merger_stage(f, stages, tap_flow, rows, hidden, f"deepstack_merger_list.{k}.", deepstack=True)
     stages.append(Stage("vision.post", VISION, held=rounded(rows * hidden * f.num.stream), dead=True))
     return flow, rows, hidden
-
-
-_SPLIT_BLOCKS: dict[Groups, Callable[..., str]] = {}
 
 
 def _merger_stage(f: Flow, stages: list[Stage], feature_grad: bool, rows: int, width: int, prefix: str,
