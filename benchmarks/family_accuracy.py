@@ -8,7 +8,7 @@ batch sizes (1 and 4) and gradient checkpointing (off and on), with images of a 
 non-square size; each case is estimated both ways and the relative error of the analytic peak
 against the simulated one printed (the simulated peak counts whole allocator blocks, as
 max_memory_allocated does; the "tensors" column is the simulation's peak of 512-byte-rounded
-tensors, which is what the analytic timeline adds up), then the median and maximum absolute
+tensors, which is what the analytic timeline adds up but for the weights, counted in their allocator blocks), then the median and maximum absolute
 error per family against the simulated peak, with the targets (median <= 2%, max <= 5%). Families the analytic estimate does not follow
 are listed with the reason. The simulation runs the real transformers step on fake tensors:
 seconds to a minute per case on 2 CPU cores. --quick keeps batch 1, no checkpointing and two

@@ -13,10 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from freezelab.memory.analytic import EstimateError, estimate
+from freezelab.memory.activations import Numerics, Tape
+from freezelab.memory.analytic import EstimateError, data_flow, estimate
 from freezelab.memory.cuda_facts import CUBLASLT_WORKSPACE, Arch, cublas_workspace, rounded
 from freezelab.memory.measured import load
 from freezelab.memory.result import CATEGORIES
+from freezelab.memory.stages import build
+from freezelab.memory.step_tensors import buffer_blocks
 from freezelab.models import index_of
 from freezelab.plans import Plan, Rule, preset, resolve
 from freezelab.sources import resolve as resolve_source
@@ -165,6 +168,66 @@ def test_frozen_llm_keeps_activations_when_projector_trains(llava7b) -> None:
     # what the LLM still holds is the output's KV cache (text_config.use_cache): k and v per layer
     assert sum(s["held_bytes"] for s in layers) == 32 * 2 * rounded(4 * 1024 * 4096 * 2)
     assert lm_head.activations_by_component["llm"] == sum(s["held_bytes"] for s in layers)
+
+
+def test_the_kv_cache_outlives_the_backward_of_the_layers_that_save_it(llava7b) -> None:
+    """Training the LLM without checkpointing, SDPA saves each layer's k and v, which are the KV cache's own
+    tensors (transformers 5.24 DynamicLayer.update returns its torch.cat copies): a layer's backward lets
+    go of them, but the model output keeps them until `del out`. With Adafactor (no optimizer temporary
+    as large as the gradients) the step peaks as the last gradient, the input embeddings', is made: every
+    layer's k and v are still alive there, and nothing else of the LLM."""
+    w = Workload(batch=2, text_tokens=32, optimizer="adafactor")
+    est = estimate(llava7b, mask_of(llava7b, "llm"), w)
+    kv = rounded(w.batch * est.details["sequence_length"] * 4096 * 2)   # 32 kv heads x 128, bf16
+    layers = [s for s in est.details["stages"] if s["name"].startswith("llm.layers.")]
+    assert [s["held_bytes"] for s in layers] == [2 * kv] * 32
+    assert est.phase == "backward" and est.details["peak_stage"] == "llm.embed_tokens"
+    assert est.details["activations_at_peak_by_component"]["llm"] == 32 * 2 * kv
+
+
+def test_weights_are_counted_in_the_blocks_the_allocator_books_at_load() -> None:
+    """Loading the model allocates its tensors one after the other into fresh segments: the Qwen MLP
+    weights of the 0.5B in fp32 (2816 x 1024, exactly 11 MiB) each get a 12 MiB segment whose 1 MiB
+    remainder is too small to split off, and `max_memory_allocated` counts the whole block."""
+    index = index_of(resolve_source("llava-interleave-qwen-0.5b"), dtype="fp32")
+    est = estimate(index, mask_of(index, "stage1"), Workload(batch=1, text_tokens=32, dtype="fp32"))
+    plain = sum(rounded(p.numel * 4) for p in index.params) + sum(buffer_blocks(index))
+    eleven = [p for p in index.params if p.numel * 4 == 11 * 2**20]
+    assert len(eleven) == 24 * 3
+    assert est.breakdown["weights"] - plain >= len(eleven) * 2**20
+
+
+def test_autocast_runs_layer_norm_in_fp32_for_16_bit_weights_too() -> None:
+    """torch.autocast casts layer_norm's input to fp32 whatever the parameters' dtype: with bf16 weights and
+    bf16 autocast it saves the fp32 copy and returns fp32, which the next Linear casts back to bf16."""
+    rows, width = 1000, 64
+
+    def layer(fp32_ops: bool) -> tuple[Tape, str]:
+        t = Tape(Numerics(param=2, compute=2, autocast=False, eager=False, fp32_ops=fp32_ops),
+                 lambda i: True, lambda i: width * width)
+        y = t.layer_norm(t.input("x", rows * width, 2, True, width), "ln", 0, 1)
+        return t, y
+
+    t, y = layer(True)
+    assert t.t[y].elem == 4 and t.kept == rounded(rows * width * 4) + 2 * rounded(rows * 4)
+    z = t.linear(y, "fc", width, 2)
+    assert t.kept == rounded(rows * width * 4) + 2 * rounded(rows * 4) + rounded(rows * width * 2)  # its bf16 input
+    assert t.t[z].elem == 2
+    t, y = layer(False)
+    assert t.t[y].elem == 2 and t.kept == rounded(rows * width * 2) + 2 * rounded(rows * 4)
+
+
+def test_autocast_keeps_trainable_weight_copies_through_a_checkpointed_forward() -> None:
+    """torch.autocast caches the bf16 copy of every fp32 leaf weight that requires grad until the forward's
+    autocast region ends. Non-reentrant checkpointing (transformers 5's default) drops what a layer saves,
+    not that cache: each trainable CLIP layer holds its six weights' copies until the forward ends."""
+    index = index_of(resolve_source("llava-1.5-7b"), dtype="fp32")
+    w = Workload(batch=2, text_tokens=32, dtype="fp32", autocast="bf16", grad_ckpt=True)
+    stages = build(data_flow(index, mask_of(index, "vision-projector"), w))
+    layers = [s for s in stages if s.name.startswith("vision.layers.")]
+    copies = 4 * rounded(1024 * 1024 * 2) + 2 * rounded(4096 * 1024 * 2)   # q, k, v, out; fc1, fc2
+    assert len(layers) == 24 and all(s.checkpointed for s in layers[:-1])
+    assert [s.forward_only for s in layers] == [copies] * 24
 
 
 def test_frozen_upstream_keeps_nothing_unless_checkpoint_hooks(llava7b) -> None:

@@ -44,6 +44,7 @@ class Numerics:
     compute: int      # bytes of matmul / attention outputs: 2 under autocast or with 16-bit params
     autocast: bool    # fp32 parameters with 16-bit matmuls
     eager: bool       # eager attention (materialised s x s probabilities) instead of fused SDPA
+    fp32_ops: bool = False  # autocast is on (any parameter dtype): its fp32 ops (layer_norm) run in fp32
 
     @property
     def stream(self) -> int:
@@ -139,7 +140,12 @@ class Tape:
 
     @property
     def forward_cached(self) -> int:
+        """Autocast's cached weight copies beyond what the stage saves; `autocast_cached`: all of them."""
         return sum(self.t[n].nbytes for n in self.forward_only - self.saved)
+
+    @property
+    def autocast_cached(self) -> int:
+        return sum(self.t[n].nbytes for n in self.forward_only)
 
     def _grad_bytes(self, *names: str) -> int:
         return sum(self.t[n].nbytes for n in names if self.t[n].grad)
@@ -152,7 +158,7 @@ class Tape:
     # -- ops ---------------------------------------------------------------------
     def _to16(self, x: str) -> str:
         """Autocast's 16-bit copy of a matmul input (made per call: only leaf weights are cached)."""
-        if not self.num.autocast or self.t[x].elem == 2:
+        if not self.num.fp32_ops or self.t[x].elem == 2:
             return x
         src = self.t[x]
         self._moves(6, src.numel, src.grad)  # read fp32, write 16-bit
@@ -178,12 +184,12 @@ class Tape:
         if self.num.autocast and weight is not None and (flow or w_train):
             # grad_input needs the weight: under autocast that is its 16-bit copy (made fresh for
             # frozen weights), kept until this backward; autocast caches a trainable weight's copy
-            # until the forward ends even when no backward needs it
+            # until the forward ends, saved or not (a checkpointed layer saves nothing)
             w16 = self._new(f"w16:{weight}", self.param_numel(weight), 2, w_train)
             self._moves(6, self.param_numel(weight), False)
             if flow:
                 self._save(w16)
-            else:
+            if w_train:
                 self.forward_only.add(w16)
         y = self._new(out, src.rows * out_features, elem or self.num.compute, flow or w_train or b_train,
                       out_features)
@@ -214,12 +220,12 @@ class Tape:
         src = self.t[x]
         needs = src.grad or self.trainable(weight) or self.trainable(bias)
         xin = x
-        if self.num.autocast and src.elem == 2:  # layer_norm runs in fp32 under autocast
+        if self.num.fp32_ops and src.elem == 2:  # layer_norm runs in fp32 under autocast, 16-bit weights too
             xin = self._new(f"{x}>32", src.numel, 4, src.grad, src.width)
         if needs:
             self._save(xin, self._new(f"{out}.mean", src.rows, 4, False),
                        self._new(f"{out}.rstd", src.rows, 4, False))
-        elem = 4 if self.num.autocast else src.elem
+        elem = 4 if self.num.fp32_ops else src.elem
         y = self._new(out, src.numel, elem, needs, src.width)
         self._moves(src.elem + elem + (6 if xin != x else 0), src.numel, needs)
         self._replayed(needs)

@@ -136,8 +136,9 @@ class _Compiled:
                      tuple(slot[n] for n in dies[j])) for j, op in enumerate(p.ops)]
 
         self.forward, self.forward_unsaved = forward(p.dies), forward(p.dies_unsaved)
-        self.saved = tuple(slot[n] for n in p.saved)
-        self.saved_bytes = sum(p.sizes[n] for n in p.saved)
+        saved = [n for n in p.saved if n not in p.held]   # the held ones go with the model output
+        self.saved = tuple(slot[n] for n in saved)
+        self.saved_bytes = sum(p.sizes[n] for n in saved)
         self.forward_only = tuple(slot[n] for n in p.forward_only)
         self.held = tuple(slot[n] for n in p.held)
         self.backward = []
@@ -148,7 +149,7 @@ class _Compiled:
                 grads += tuple(size for i in op.params if i in adapter_grads for size in adapter_grads[i][1])
             ins = tuple((slot[n], op.kind in PASS_THROUGH) for n in op.reads if n in p.grads) if runs else ()
             self.backward.append((runs, op.kind in GEMM_OPS, op.bwd_temp, tuple(slot[n] for n in op.makes),
-                                  grads, ins, tuple(slot[n] for n in op.saves)))
+                                  grads, ins, tuple(slot[n] for n in op.saves if n not in p.held)))
 
 
 def figures(stages: list[Stage], tensors: StepTensors) -> AllocatorFigures:

@@ -4,8 +4,9 @@ What is counted is what `torch.cuda.max_memory_allocated()` reports over a
 steady-state training step (step 2, as in the calibration protocol):
 weights, gradients, optimizer state and the step's temporaries, the
 activations autograd saves (freeze-aware, stage by stage), the logits and
-the loss' fp32 copies, the batch tensors, and cuBLAS workspaces. Every
-tensor is rounded to the caching allocator's 512-byte blocks.
+the loss' fp32 copies, the batch tensors, and cuBLAS workspaces. The weights
+count the blocks the caching allocator books for them at load; every other
+tensor is rounded to its 512-byte blocks.
 
 Assumptions, each a fact of the software stack the calibration used
 (PyTorch 2.11, CUDA 13, H100, transformers 5.x):
@@ -53,7 +54,7 @@ from freezelab.memory.result import MemoryEstimate, Method
 from freezelab.memory.sharding import ENGINE, Resident, deepspeed_extra, per_gpu, runs_fsdp2, sharded_notes
 from freezelab.memory.stages import ACTIVATION_GROUPS, Flow, Stage, build
 from freezelab.memory.step_tensors import CUBLAS_WORKSPACE, buffer_blocks, input_blocks, step_tensors
-from freezelab.memory.structure import sizes
+from freezelab.memory.structure import booked_weights
 from freezelab.memory.timeline import Timeline, walk, walk_fsdp2
 from freezelab.tokens import LLAVA_TYPES, ImageLayout, combined, sample_layouts, workload_sequence
 from freezelab.units import GiB, gib
@@ -103,7 +104,8 @@ def numerics(w: Workload) -> Numerics:
     param = DTYPE_BYTES[w.dtype]
     autocast = w.autocast != "none" and w.dtype == "fp32"
     compute = 2 if (autocast or param == 2) else 4
-    return Numerics(param=param, compute=compute, autocast=autocast, eager=w.attn == "eager")
+    return Numerics(param=param, compute=compute, autocast=autocast, eager=w.attn == "eager",
+                    fp32_ops=w.autocast != "none")
 
 
 def _values_follow_keys(version: str) -> bool:
@@ -141,7 +143,7 @@ def _grad_owner(stages: list[Stage], mask: list[bool]) -> dict[int, str]:
 
 def _resident(index: ModelIndex, w: Workload, owner: dict[int, str], num: Numerics,
               extra: AdapterResident) -> Resident:
-    weights = sizes(index, num.param)[0] + sum(buffer_blocks(index)) + extra.weights
+    weights = booked_weights(index, num.param, buffer_blocks(index)) + extra.weights
     own = owned(index, owner, num.param, w.optimizer)
     r = Resident(weights=weights, gradients=own.gradients + extra.gradients, state=own.state + extra.state,
                  step_temp=combined_step_temp(w.optimizer, own.step_temp, extra.step_temp))
@@ -400,7 +402,8 @@ def _result(index: ModelIndex, mask: list[bool], w: Workload, num: Numerics, sta
     facts = notes_mod.Facts(
         workload=w, timeline=tl, trainable=trainable,
         llm_layers_trainable=[any(mask[i] for i in s.grad_params) for s in llm_layers],
-        llm_layers_keep=[s.kept for s in llm_layers], kv_cache=sum(s.held for s in llm_layers),
+        llm_layers_keep=[s.kept + _held_saved(s) for s in llm_layers],
+        kv_cache=sum(s.held - _held_saved(s) for s in llm_layers),
         saved={c: sum(s.kept for s in stages if s.component == c) for c in ACTIVATION_GROUPS},
         dead_trainable=sum(p.numel for i, p in enumerate(index.params)
                            if mask[i] and i not in owner and p.name in index.dead),
@@ -428,6 +431,11 @@ def _result(index: ModelIndex, mask: list[bool], w: Workload, num: Numerics, sta
         device_estimate_bytes=peak.total + cache + CUDA_CONTEXT,
         activations_by_component={c: tl.end_of_forward.get(c, 0) for c in ACTIVATION_GROUPS},
         notes=notes_mod.write(facts), details=details, cublas_workspaces=_cublas_workspaces(stages))
+
+
+def _held_saved(s: Stage) -> int:
+    """What of a layer's KV cache autograd saves too (no extra cost until that layer's backward)."""
+    return s.program.held_saved if s.program is not None else 0
 
 
 def _phase_peaks(tl: Timeline) -> dict[str, int]:

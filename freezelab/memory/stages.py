@@ -113,8 +113,8 @@ def _layer_stage(f: Flow, recipe: Recipe, name: str, component: str, p: dict[str
                  cache: dict[tuple[Any, ...], Stage], cached: tuple[str, ...] = ()) -> Stage:
     """One transformer layer: identical layers with the same flags share the first one's stage in a
     build (`cache`), kept per index (freezelab.memory.layer_memo) with its program over that first
-    one's parameters. `cached`: tensors the model output also references (the KV cache), which cost
-    extra only where autograd did not save them."""
+    one's parameters. `cached`: tensors the model output also references (the KV cache): held until
+    the output is dropped after backward, also where autograd saves them (the cache is their last reference)."""
     key = layer_key(f, recipe, component, p, flow_in, (rows, hidden, inter, d, batch, seq, cached))
     stage = cache.get(key)
     if stage is None:
@@ -144,14 +144,13 @@ def _new_layer_stage(f: Flow, recipe: Recipe, name: str, component: str, p: dict
         stage.kept = t.nbytes(x)
         stage.bwd_extra = max(prog.backward_peak(recompute=True), t.kept + t.dora_extra)  # DoRA's norm again
     else:
-        # op by op its saved tensors go as the backward passes them: the peak beyond all it kept
-        stage.kept = t.kept
-        stage.bwd_extra = prog.backward_peak(recompute=False) - (t.kept - (t.nbytes(x) if x in t.saved else 0))
+        # op by op its saved tensors go as the backward passes them (the KV cache's stay: held, not kept)
+        stage.kept = t.kept - prog.held_saved
+        stage.bwd_extra = prog.backward_peak(recompute=False) - (stage.kept - (t.nbytes(x) if x in t.saved else 0))
     stage.fwd_extra = max(prog.forward_peak(checkpointed=stage.checkpointed),  # DoRA: its weight norm
                           0 if f.ckpt and stage.out_grad or not t.dora_fwd else t.dora_fwd + t.nbytes(out))
-    stage.forward_only = t.forward_cached if not (f.ckpt and stage.out_grad) else 0
-    if t.kv_cache:
-        stage.held = sum(t.nbytes(n) for n in cached if n not in t.saved)
+    stage.forward_only = t.autocast_cached if stage.checkpointed else t.forward_cached
+    stage.held = sum(t.nbytes(n) for n in prog.held)
     return stage
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from freezelab.index import ModelIndex
+from freezelab.memory.caching_allocator import CachingAllocator
 from freezelab.memory.cuda_facts import rounded
 
 
@@ -22,6 +23,7 @@ class Structure:
     relative: dict[str, dict[str, int]] = field(default_factory=dict)   # module path -> {relative name: param}
     layers: dict[str, list[dict[str, int]]] = field(default_factory=dict)  # tower -> per layer {relative name: param}
     sizes: dict[int, tuple[int, int, int]] = field(default_factory=dict)   # elem -> (all, largest layer, outside layers)
+    booked: dict[int, int] = field(default_factory=dict)   # elem -> the weights as the allocator books them at load
 
 
 _CACHE: dict[int, Structure] = {}
@@ -80,6 +82,19 @@ def sizes(index: ModelIndex, elem: int) -> tuple[int, int, int]:
                 per_layer[key] = per_layer.get(key, 0) + size
         s.sizes[elem] = (total, max(per_layer.values(), default=0), outside)
     return s.sizes[elem]
+
+
+def booked_weights(index: ModelIndex, elem: int, buffers: list[int]) -> int:
+    """The parameters, then the `buffers`, as the caching allocator books them when the model is loaded:
+    one request after the other into fresh segments, a large block keeping a remainder too small to split
+    off (up to 1 MiB, `caching_allocator`), which `max_memory_allocated` counts whole."""
+    s = of(index)
+    if elem not in s.booked:
+        alloc = CachingAllocator()
+        for size in (*(_bytes(p.numel, elem) for p in index.params), *buffers):
+            alloc.malloc(size)
+        s.booked[elem] = alloc.allocated
+    return s.booked[elem]
 
 
 @lru_cache(maxsize=65536)

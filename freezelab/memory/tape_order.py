@@ -48,7 +48,8 @@ class Program:
     out: str                        # the stage's output
     saved: frozenset[str]           # kept for backward
     forward_only: frozenset[str]    # kept until the forward pass ends (autocast's weight cache)
-    held: tuple[str, ...] = ()      # kept until the model output is dropped (the KV cache copies)
+    held: tuple[str, ...] = ()      # kept until the model output is dropped (the KV cache copies; those autograd
+                                    # saves too outlive the op's backward)
     dies: tuple[tuple[str, ...], ...] = ()        # per op: what nothing needs after it (see dies_after)
     dies_unsaved: tuple[tuple[str, ...], ...] = ()  # the same when nothing is saved (checkpointing)
 
@@ -56,6 +57,11 @@ class Program:
         lasting = self.forward_only | set(self.held) | {self.out}
         object.__setattr__(self, "dies", self.dies_after(self.saved | lasting))
         object.__setattr__(self, "dies_unsaved", self.dies_after(frozenset(lasting | {self.inp})))
+
+    @property
+    def held_saved(self) -> int:
+        """Bytes of the held tensors that autograd saves too (SDPA's k and v, the KV cache's own tensors)."""
+        return sum(self.sizes[n] for n in self.held if n in self.saved)
 
     def with_params(self, mapping: dict[int, int]) -> Program:
         """The same program over other parameters (an identical layer's): each op's parameter indices,
@@ -96,8 +102,9 @@ class Program:
         """The most the stage holds while its backward runs, its saved tensors included and its input
         left out: with `recompute` (a checkpointed layer) the forward first runs again, saving as it
         goes; then op by op in reverse, each op's backward transient on top of what is still saved (an
-        op's saved tensors go after its backward)."""
-        saved_of = [sum(self.sizes[n] for n in op.saves if n != self.inp) for op in self.ops]
+        op's saved tensors go after its backward). Tensors the model output holds (`held`) are left out:
+        they outlive the stage's backward."""
+        saved_of = [sum(self.sizes[n] for n in op.saves if n != self.inp and n not in self.held) for op in self.ops]
         saved = sum(saved_of)
         peak = 0
         if recompute:  # the output's gradient waits while the layer replays
@@ -184,7 +191,7 @@ class OrderedTape(Tape):
         return Program(tuple(self.records), {n: t.nbytes for n, t in self.t.items()},
                        frozenset(n for n, t in self.t.items() if t.grad), self.first_input or out, out,
                        frozenset(self.saved), frozenset(self.forward_only - self.saved),
-                       tuple(n for n in held if n in self.t and n not in self.saved))
+                       tuple(n for n in held if n in self.t))
 
     def _run(self, kind: str, method: Callable[..., str], bound: dict[str, Any], *args: Any, **kwargs: Any) -> str:
         reads = tuple(dict.fromkeys(v for k, v in bound.items()
