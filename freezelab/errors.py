@@ -7,6 +7,12 @@ class FreezelabError(Exception):
     """Base class: bad input that the user can fix. `str(err)` is the message to show."""
 
 
+class LimitError(FreezelabError):
+    """The request goes over a bound this server sets on the work one request may cause (a time
+    budget, a repetition count, a size, a public-mode limit). Public mode counts these against the
+    browser session that sent them (freezelab.throttle)."""
+
+
 class SourceError(FreezelabError):
     """A model could not be found, read or built."""
 
@@ -19,8 +25,16 @@ class SelectorError(FreezelabError):
     """A selector is malformed or matches nothing."""
 
 
+class SelectorLimitError(SelectorError, LimitError):
+    """A selector goes over a bound: its regex's size, or its (or its plan's) time budget."""
+
+
 class PlanError(FreezelabError):
     """A plan (file, rule list or preset) is malformed."""
+
+
+class PlanLimitError(PlanError, LimitError):
+    """A plan goes over a bound: its size, its rule count or its time budget."""
 
 
 class SimulationError(FreezelabError):

@@ -20,7 +20,7 @@ import re
 import time
 from typing import Any
 
-from freezelab.errors import PlanError, SelectorError
+from freezelab.errors import LimitError, PlanError, PlanLimitError, SelectorError
 from freezelab.lora import LoraSettings, Quantization, quant_from_text, rule_options, settings_from_text
 from freezelab.plans import MAX_PLAN_BYTES, MAX_RULES, SCHEMA, SCHEMAS, Action, Plan, Rule
 from freezelab.selectors import PLAN_BUDGET_S
@@ -34,14 +34,14 @@ def _imported_rule(action: Any, selector: str, where: str, made: int, deadline: 
                    r: Any = None, alpha: Any = None) -> Rule:
     """One rule of an imported plan: checked (its regex compiled) within the plan's time budget."""
     if made >= MAX_RULES:
-        raise PlanError(f"a plan may have at most {MAX_RULES} rules, this one has more")
+        raise PlanLimitError(f"a plan may have at most {MAX_RULES} rules, this one has more")
     if time.monotonic() > deadline:
-        raise PlanError(f"{where}: the plan's selectors take longer than {PLAN_BUDGET_S:g} s to compile; "
+        raise PlanLimitError(f"{where}: the plan's selectors take longer than {PLAN_BUDGET_S:g} s to compile; "
                         "simplify them or use fewer rules")
     try:
         return Rule(action, selector, r, alpha)
     except (SelectorError, PlanError) as err:
-        raise PlanError(f"{where}: {err}") from None
+        raise (PlanLimitError if isinstance(err, LimitError) else PlanError)(f"{where}: {err}") from None
 
 
 def _rules(data: dict[str, Any], version: int) -> list[Rule]:
@@ -49,7 +49,7 @@ def _rules(data: dict[str, Any], version: int) -> list[Rule]:
     if not isinstance(rules, list):
         raise PlanError("plan 'rules' must be a list")
     if len(rules) > MAX_RULES:
-        raise PlanError(f"a plan may have at most {MAX_RULES} rules, this one has {len(rules)}")
+        raise PlanLimitError(f"a plan may have at most {MAX_RULES} rules, this one has {len(rules)}")
     parsed: list[Rule] = []
     deadline = time.monotonic() + PLAN_BUDGET_S
     for n, r in enumerate(rules, 1):
@@ -89,7 +89,7 @@ def from_dict(data: Any) -> Plan:
 
 def from_json(text: str | bytes) -> Plan:
     if len(text) > MAX_PLAN_BYTES:
-        raise PlanError(f"plan file is {len(text):,} bytes; the limit is {MAX_PLAN_BYTES:,}")
+        raise PlanLimitError(f"plan file is {len(text):,} bytes; the limit is {MAX_PLAN_BYTES:,}")
     try:
         data = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

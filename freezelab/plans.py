@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from freezelab.adapters import AdapterError, Adapters, adapter_warnings, resolve_adapters
 from freezelab.choices import member, spelled
-from freezelab.errors import PlanError, SelectorError
+from freezelab.errors import LimitError, PlanError, PlanLimitError, SelectorError, SelectorLimitError
 from freezelab.index import ModelIndex
 from freezelab.index_memo import per_index
 from freezelab.lora import LoraSettings, Quantization
@@ -107,7 +107,7 @@ class Plan:
         if self.base is not None:
             object.__setattr__(self, "base", _member(Base, self.base, "plan base"))
         if len(self.rules) > MAX_RULES:
-            raise PlanError(f"a plan may have at most {MAX_RULES} rules, this one has {len(self.rules)}")
+            raise PlanLimitError(f"a plan may have at most {MAX_RULES} rules, this one has {len(self.rules)}")
 
     @property
     def effective_base(self) -> Base:
@@ -201,7 +201,8 @@ def rule_hits(plan: Plan, index: ModelIndex) -> list[frozenset[int]]:
                 raise plan_too_slow(rule.selector)
             found.append(hits(index, rule.selector, deadline))
         except SelectorError as err:
-            raise SelectorError(f"rule {n} ({rule}): {err}") from None
+            kind = SelectorLimitError if isinstance(err, LimitError) else SelectorError
+            raise kind(f"rule {n} ({rule}): {err}") from None
     return found
 
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from freezelab.budget import Cost
-from freezelab.errors import FreezelabError
+from freezelab.errors import LimitError
 from freezelab.units import GiB
 
 
-class PolicyError(FreezelabError):
+class PolicyError(LimitError):
     """The request is valid but this deployment does not allow it."""
 
 

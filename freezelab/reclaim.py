@@ -16,6 +16,10 @@ prints the same for a launched server):
 `reclaim()` clears all three; after it the process is back within a few MB of where it was before
 the run (tests/test_hostile_inputs.py and benchmarks/run_memory.py check it). What stays is what
 the first run imported (torch and transformers' LLaVA code, about 200 MB, once).
+
+Ordinary requests free what they allocate too, but on the worker thread that served them, whose
+glibc arena keeps the pages: `trim_heap_soon()` hands them back shortly after a browser session
+closes (once for a class closing its tabs together).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import ctypes.util
 import functools
 import gc
 import sys
+import threading
+import time
 
 
 @functools.cache
@@ -52,6 +58,36 @@ def reclaim() -> None:
     if fake is not None:
         fake.FakeTensorMode.cache_clear()
     gc.collect()
+    trim_heap()
+
+
+TRIM_DELAY_S = 2.0   # a class closing its tabs together trims once, this long after the first closes
+_PENDING: dict[str, threading.Timer] = {}
+_PENDING_LOCK = threading.Lock()
+
+
+def trim_heap() -> None:
+    """Hand freed heap pages back to the system: glibc's malloc_trim (each worker thread that served a
+    request has an arena of its own and keeps what its requests freed). Milliseconds, no collection."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def trim_heap_soon(delay_s: float = TRIM_DELAY_S) -> bool:
+    """`trim_heap()` in `delay_s` on a timer thread, unless one is already due: for when a session
+    closes (many close together). True when this call scheduled it."""
+    with _PENDING_LOCK:
+        if "timer" in _PENDING:
+            return False
+        timer = threading.Timer(delay_s, _trim_due)
+        timer.daemon = True
+        _PENDING["timer"] = timer
+    timer.start()
+    return True
+
+
+def _trim_due() -> None:
+    with _PENDING_LOCK:
+        _PENDING.pop("timer", None)
+    trim_heap()

@@ -45,6 +45,10 @@ class RegexError(ValueError):
     """The pattern is refused before compiling, or does not compile; the message says why."""
 
 
+class RegexLimitError(RegexError):
+    """The pattern goes over a bound (a repetition count, its expanded size, its nesting)."""
+
+
 @dataclass(frozen=True)
 class Compiled:
     pattern: Any          # a regex.Pattern
@@ -68,7 +72,7 @@ def expansion(body: str) -> int:
     counts = _counts(body)
     for _, count in counts:
         if count > MAX_REPEAT:
-            raise RegexError(f"the repetition count {count:,} is above the limit of {MAX_REPEAT:,}")
+            raise RegexLimitError(f"the repetition count {count:,} is above the limit of {MAX_REPEAT:,}")
     total, weight, at = 0, 1, len(body)
     for end, count in reversed(counts):  # walk right to left: characters before a count weigh `count` more
         total += (at - end) * weight
@@ -149,10 +153,10 @@ def compile_bounded(body: str) -> Compiled:
         return found
     size = expansion(body)
     if size > MAX_EXPANSION:
-        raise RegexError(f"its repetition counts could expand it to more than {MAX_EXPANSION:,} elements; "
+        raise RegexLimitError(f"its repetition counts could expand it to more than {MAX_EXPANSION:,} elements; "
                          "use smaller counts")
     if nesting(body) > MAX_NESTING:
-        raise RegexError(f"its groups nest more than {MAX_NESTING} deep")
+        raise RegexLimitError(f"its groups nest more than {MAX_NESTING} deep")
     started = time.monotonic()
     try:
         pattern = regex.compile(body, cache_pattern=False)

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from freezelab.errors import SelectorError
+from freezelab.errors import SelectorError, SelectorLimitError
 from freezelab.globs import Glob
 from freezelab.index import COMPONENTS, ModelIndex
-from freezelab.regexes import RegexError, compile_bounded
+from freezelab.regexes import RegexError, RegexLimitError, compile_bounded
 
 ALIASES = ("@all", "@vision", "@projector", "@llm", "@lm_head", "@embeddings")
 MAX_SELECTOR_CHARS = 512
@@ -101,7 +101,8 @@ def parse(text: str) -> Selector:
         try:
             compiled = compile_bounded(body)
         except RegexError as err:
-            raise SelectorError(f"{text!r}: bad regular expression: {err}") from None
+            kind = SelectorLimitError if isinstance(err, RegexLimitError) else SelectorError
+            raise kind(f"{text!r}: bad regular expression: {err}") from None
         return Selector(text, SelectorKind.REGEX, compiled.pattern, compiled.compile_s)
     if text.startswith("@"):
         if text in ALIASES:
@@ -171,15 +172,15 @@ def _too_slow(sel: Selector, plan_budget: bool) -> SelectorError:
     if plan_budget:
         return plan_too_slow(sel.text)
     if sel.kind == SelectorKind.GLOB:
-        return SelectorError(f"{sel.text!r}: the glob takes longer than {SELECTOR_BUDGET_S:g} s to match; "
+        return SelectorLimitError(f"{sel.text!r}: the glob takes longer than {SELECTOR_BUDGET_S:g} s to match; "
                              "simplify it")
-    return SelectorError(f"{sel.text!r}: the regular expression takes too long (longer than "
+    return SelectorLimitError(f"{sel.text!r}: the regular expression takes too long (longer than "
                          f"{SELECTOR_BUDGET_S:g} s, its compile included; nested repetition?); simplify it")
 
 
 def plan_too_slow(text: str) -> SelectorError:
     """The one message for a plan whose selectors together exceed PLAN_BUDGET_S."""
-    return SelectorError(f"{text!r}: the plan's selectors together take longer than {PLAN_BUDGET_S:g} s to "
+    return SelectorLimitError(f"{text!r}: the plan's selectors together take longer than {PLAN_BUDGET_S:g} s to "
                          "compile and match; simplify them or use fewer rules")
 
 

@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from freezelab.cli import main
-from freezelab.errors import FreezelabError, NotLlavaError, PlanError, SelectorError, SourceError
+from freezelab.errors import (FreezelabError, NotLlavaError, PlanError, PlanLimitError, SelectorError,
+                              SelectorLimitError, SourceError)
 from freezelab.models import build
 from freezelab.plans import MAX_PLAN_BYTES
 from freezelab.policy import PolicyError, public_policy
@@ -331,10 +332,10 @@ CASES = [
        OptionError, "limited to 200 characters"),
     # -- selectors: catastrophic regexes, control and unicode characters, huge text, odd module paths
     ui("catastrophic regex", "public", lambda app, s, c: handlers.add_rule(app, s, "train", SLOW_REGEX),
-       SelectorError, "takes too long", model="llava-1.5-7b"),
+       SelectorLimitError, "takes too long", model="llava-1.5-7b"),
     ui("catastrophic regex preview", "public", lambda app, s, c: handlers.preview_selector(app, s, SLOW_REGEX),
        None, "takes too long", model="llava-1.5-7b"),
-    ui("400 slow regex rules", "public", plan_bytes("plan_slow.txt"), SelectorError,
+    ui("400 slow regex rules", "public", plan_bytes("plan_slow.txt"), SelectorLimitError,
        "takes too long|together take longer", model="llava-1.5-7b"),
     ui("escape sequence", "public", lambda app, s, c: handlers.add_rule(app, s, "train", "\x1b]0;owned\x07"),
        SelectorError, "control character U\\+001B"),
@@ -347,7 +348,7 @@ CASES = [
     ui("regex count 2**32 preview", "public", lambda app, s, c: handlers.preview_selector(app, s, "re:a{4294967294}"),
        None, "bad regular expression: the repetition count 4,294,967,294 is above the limit of 1,000"),
     ui("regex count 2,000,000", "public", lambda app, s, c: handlers.add_rule(app, s, "train", "re:a{2000000}"),
-       SelectorError, "repetition count 2,000,000 is above the limit of 1,000"),
+       SelectorLimitError, "repetition count 2,000,000 is above the limit of 1,000"),
     ui("nested regex counts", "public", lambda app, s, c: handlers.preview_selector(app, s, "re:(?:[a-z]{1000}){1000}"),
        None, "could expand it to more than 100,000 elements"),
     ui("backtracking glob preview", "public", lambda app, s, c: handlers.preview_selector(app, s, SLOW_GLOB),
@@ -356,7 +357,7 @@ CASES = [
        SelectorError, "matches no parameter", model="llava-onevision-qwen2-72b"),
     ui("10 backtracking glob rules", "public", plan_bytes("plan_slow_globs.txt"), SelectorError,
        "rule 1 .* matches no parameter", model="llava-onevision-qwen2-72b"),
-    ui("1000 busy glob rules", "public", plan_bytes("plan_busy_globs.txt"), SelectorError,
+    ui("1000 busy glob rules", "public", plan_bytes("plan_busy_globs.txt"), SelectorLimitError,
        "the plan's selectors together take longer than 1 s", model="llava-onevision-qwen2-72b"),
     ui("500 regexes to compile", "public", plan_bytes("plan_wide_regexes.txt"), FreezelabError,
        "longer than 1 s to compile", model="llava-onevision-qwen2-72b"),
@@ -368,16 +369,16 @@ CASES = [
        SelectorError, "is not a module of tiny"),
     # -- plan files: malformed, oversized, bombs, wrong schema, binary
     ui("malformed plan", "public", plan_bytes("plan_bad.json"), PlanError, "not valid JSON"),
-    ui("oversized plan", "public", plan_bytes("plan_big.json"), PlanError, "the limit is 256,000"),
+    ui("oversized plan", "public", plan_bytes("plan_big.json"), PlanLimitError, "the limit is 256,000"),
     ui("plan JSON bomb", "public", plan_bytes("plan_deep.json"), PlanError, "deep nesting"),
     ui("plan 5000-digit number", "public", plan_bytes("plan_bigint.json"), PlanError, "absurdly long numbers"),
     ui("plan of another schema", "public", plan_bytes("plan_schema.json"), PlanError, "not a freezelab plan"),
     ui("plan rules not a list", "public", plan_bytes("plan_rules.json"), PlanError, "'rules' must be a list"),
     ui("binary plan", "public", plan_bytes("plan_binary.json"), PlanError, "not UTF-8 text"),
-    ui("1001 rules", "public", plan_bytes("plan_many.txt"), PlanError, "at most 1000 rules"),
+    ui("1001 rules", "public", plan_bytes("plan_many.txt"), PlanLimitError, "at most 1000 rules"),
     ui("plan matching nothing", "public", plan_bytes("plan_nothing.txt"), SelectorError, "matches no parameter"),
     ui("2 MB upload", "public", lambda app, s, c: handlers.import_plan_file(app, s, c.file("plan_upload.json")),
-       PlanError, "the limit is 256,000"),
+       PlanLimitError, "the limit is 256,000"),
     # -- verification: what a public server may run, and checkpoints that carry code
     ui("simulate 72B in public", "public", lambda app, s, c: simulate(app, s), PolicyError,
        "takes too long on this server", model="llava-onevision-qwen2-72b"),

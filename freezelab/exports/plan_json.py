@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from freezelab.adapters import Adapters
-from freezelab.errors import PlanError
+from freezelab.errors import PlanError, PlanLimitError
 from freezelab.exports.adapted import counts_line as adapter_counts
 from freezelab.exports.base import Export, counts_line
 from freezelab.index import ModelIndex
@@ -56,7 +56,7 @@ def _check_info(data: Any) -> None:
 def _decode(text: str | bytes) -> str:
     raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
     if len(raw) > MAX_PLAN_BYTES:
-        raise PlanError(f"the plan is {len(raw):,} bytes; the limit is {MAX_PLAN_BYTES:,}")
+        raise PlanLimitError(f"the plan is {len(raw):,} bytes; the limit is {MAX_PLAN_BYTES:,}")
     try:
         out = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -6,8 +6,11 @@ config inside config_bounds whose 1,024 copies of an 8192 x 8192 grid pinpoint g
 tokens), warms it with one student, then runs a wave of students (freezelab.ui.loadtest: open-loop,
 on llava-1.5-7b) while ATTACKERS attackers, each its own browser session over raw HTTP, send the
 attacks below one after another as fast as they are answered, each attacker starting at another
-point of the list. Every attack is one request a visitor can send; the figures are the time until
-each is answered (refused, or matched within its budget), the class's latency, and the server's
+point of the list. Each attack first loads its model and sets its workload; while the server pauses
+an attacker's session (freezelab.throttle: after repeated refusals) it sends those again until they
+are taken (each of those refusals timed too), so the attack that follows is the one named. Every
+attack is one request a visitor can send; the figures are the time until each is answered (refused,
+or matched within its budget), the class's latency, and the server's
 memory at its baseline (after a warm-up student and one pass of every attack: the first index of a
 config file imports transformers and torch, once), when the attack ends and once its sessions have
 closed.
@@ -50,6 +53,9 @@ PLAN_RULES = 1000
 LONG_STEP = {"text_tokens": 262_144, "dtype": "bf16"}
 HUGE_SIMULATION = {"batch": 4096, "text_tokens": 1_048_576, "images": 64, "dtype": "bf16"}
 IMAGE_STEP = {"images": 1, "dtype": "bf16"}
+PAUSED = "it is paused for"         # the throttle's refusal (freezelab.throttle)
+PAUSED_SETUP = "load or workload sent again while paused"
+WARM_UP_S = 10.0                    # the warm-up pass's setups retry a paused session this long
 DEFAULT_WORKLOAD = {"batch": 1, "text_tokens": 64, "images": 1, "dtype": "fp32", "autocast": "none",
                     "optimizer": "adamw", "grad_ckpt": False, "attn": "sdpa", "gpus": 1, "sharding": "ddp",
                     "offload_optimizer": False, "image_sizes": "", "frames": 0}
@@ -90,6 +96,7 @@ class Attacker:
         self.pinpoint = pinpoint_path
         self.result = result
         self.workload = dict(DEFAULT_WORKLOAD)
+        self.until = time.monotonic() + WARM_UP_S   # setups stop retrying then (run() sets the attack's end)
 
     def _timed(self, name: str, call: Callable[[], Reply], shown: str | None, refused: Callable[[str], bool]) -> None:
         reply = call()
@@ -100,9 +107,18 @@ class Attacker:
             self.result.failures.append(f"{name}: {text[:200]}")
 
     def _setup(self, what: str, name: str, data: list[Any]) -> None:
-        reply = self.http.call(name, data)
-        if reply.error is not None:
-            self.result.failures.append(f"{what}: {reply.error[:200]}")
+        """Load a model or set the workload an attack needs; while the server pauses this session
+        (freezelab.throttle), send it again, as an attacker would, so that the attack is the one named."""
+        while True:
+            reply = self.http.call(name, data)
+            paused = PAUSED in (reply.error or "")
+            if paused:  # a refusal too: timed like the attacks
+                self.result.seconds.setdefault(PAUSED_SETUP, []).append(reply.seconds)
+                self.result.answers.setdefault(PAUSED_SETUP, " ".join(str(reply.error).split())[:160])
+            elif reply.error is not None:
+                self.result.failures.append(f"{what}: {reply.error[:200]}")
+            if not paused or time.monotonic() > self.until:
+                return
 
     def _load(self, spec: str) -> None:
         self._setup(f"load {spec}", "load_model", [None, "tiny", spec, "architecture only"])
@@ -112,11 +128,12 @@ class Attacker:
         self._setup(f"workload {values}", "set_workload", [None, *(self.workload[f] for f in FIELDS)])
 
     def attacks(self) -> list[Callable[[], None]]:
-        refused_run: Callable[[str], bool] = lambda t: "this server allows" in t  # noqa: E731
+        # a refusal names its limit; once a session has hit limits STRIKES times it is paused (freezelab.throttle)
+        refused_run: Callable[[str], bool] = lambda t: "this server allows" in t or PAUSED in t  # noqa: E731
         return [
             lambda: (self._load("llava-1.5-7b"),
                      self._timed("preview re:a{4294967294}", lambda: self.http.call("preview", [None, BIG_REGEX]),
-                                 "fl-preview", lambda t: "repetition" in t or "refused" in t)),
+                                 "fl-preview", lambda t: "repetition" in t or PAUSED in t)),
             lambda: (self._load("llava-1.5-7b"),
                      self._timed("preview the 25-character glob", lambda: self.http.call("preview", [None, SLOW_GLOB]),
                                  "fl-preview", lambda t: bool(t))),
@@ -139,6 +156,7 @@ class Attacker:
         ]
 
     def run(self, until: float, start: int) -> None:
+        self.until = until
         attacks = self.attacks()
         i = start
         while time.monotonic() < until:

@@ -273,8 +273,9 @@ def import_plan_file(app: App, session: Session, path: str | None) -> View:
     return import_plan(app, session, data)
 
 
-def preview_selector(app: App, session: Session, text: str) -> str:
-    """What a selector would match: tensors and parameters per component, and warnings (markdown)."""
+def preview_selector(app: App, session: Session, text: str,
+                     refused: Callable[[SelectorError], Any] = lambda err: None) -> str:
+    """What a selector would match, per component, with warnings (markdown); `refused` hears of its error."""
     text = (text or "").strip()
     if not text:
         return SELECTOR_PROMPT
@@ -282,6 +283,7 @@ def preview_selector(app: App, session: Session, text: str) -> str:
     try:
         hits = select(index, parse(text))
     except SelectorError as err:
+        refused(err)
         return f"⚠️ {err}"
     by_comp: dict[str, list[int]] = {}
     for i in hits:

@@ -6,6 +6,7 @@ from typing import Any
 
 import gradio as gr
 
+from freezelab.errors import FreezelabError
 from freezelab.plans import PRESETS
 from freezelab.session import Session
 from freezelab.ui import handlers
@@ -45,7 +46,11 @@ def _wire_plan(sh: Shared) -> None:
     ui["plan.freeze"].click(on_rule("freeze"), [sh.state, ui["plan.selector"]], sh.outputs(), api_name="freeze")
 
     def on_preview(session: Session, selector: str) -> str:
-        return handlers.preview_selector(app, session, selector)
+        try:
+            sh.admit()
+        except FreezelabError as err:
+            return f"⚠️ {err}"
+        return handlers.preview_selector(app, session, selector, sh.refused)
 
     ui["plan.selector"].change(on_preview, [sh.state, ui["plan.selector"]], ui["plan.preview"], api_name="preview",
                                trigger_mode="always_last", show_progress="hidden")

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
 
 from freezelab.errors import FreezelabError
+from freezelab.throttle import Throttle, ThrottledError
 from freezelab.ui.handlers import ALL_PARTS, STATE, STATUS, App, view_ids
 from freezelab.ui.registry import Registry, shown_values
 
@@ -36,6 +37,10 @@ class Shared:
     app: App
     ui: Registry
     demo: gr.Blocks
+    throttle: Throttle | None = field(init=False)   # public mode: sessions that keep hitting limits are paused
+
+    def __post_init__(self) -> None:
+        self.throttle = Throttle() if self.app.policy.public else None
 
     @property
     def state(self) -> gr.State:
@@ -45,13 +50,51 @@ class Shared:
         """The components a View with these `parts` fills, then those of `extra` ids: an event's outputs."""
         return self.ui.components((*view_ids(parts), *extra))
 
-    def show(self, make: Callable[[], Any]) -> dict[Any, Any]:
+    def show(self, make: Callable[[], Any], delay: bool = True) -> dict[Any, Any]:
         """Run a handler returning a view (a dataclass with shown fields: a View, a WorkloadRefused),
         or {id: value} (a View's values and more); on a FreezelabError keep every component as it
-        is and show the message."""
+        is and show the message. A session paused by the throttle is refused before the handler runs
+        (after the throttle's delay, unless `delay` is False: in a one-slot event the delay holds the slot),
+        as an error: a value for the status alone would make Gradio rebuild every other output component
+        of the event (tens of ms of the server's CPU for a request that does nothing)."""
+        try:
+            self.admit(delay)
+        except ThrottledError as err:
+            raise gr.Error(html.escape(str(err), quote=False), title="Paused", print_exception=False) from None
         try:
             result = make()
         except FreezelabError as err:
+            self.refused(err)
             warn(err)
             return self.ui.values({STATUS: error_text(err)})
         return self.ui.values(result if isinstance(result, Mapping) else shown_values(result))
+
+    def admit(self, delay: bool = True) -> None:
+        """Public mode: ThrottledError (after its delay, with `delay`) while this event's session is paused."""
+        client = client_id()
+        if self.throttle is not None and client is not None:
+            self.throttle.admit(client, delay)
+
+    def refused(self, err: Exception) -> None:
+        """Count a refusal against this event's session (only limits count: freezelab.throttle)."""
+        client = client_id()
+        if self.throttle is not None and client is not None:
+            self.throttle.refused(client, err)
+
+    def refusal(self, check: Callable[[], None]) -> str | None:
+        """The message of a check that refuses a run (a paused session's first), or None when it passes."""
+        try:
+            self.admit()
+            check()
+        except FreezelabError as err:
+            self.refused(err)
+            return str(err)
+        return None
+
+
+def client_id() -> str | None:
+    """The browser session of the event being served (Gradio's session hash), or None outside an event."""
+    from gradio.context import LocalContext
+
+    request = LocalContext.request.get(None)
+    return getattr(request, "session_hash", None) or None

@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from freezelab.errors import FreezelabError
+from freezelab.reclaim import trim_heap_soon
 from freezelab.session import Session
 from freezelab.ui import verify_view
 from freezelab.ui.context_view import PAGE_JS
@@ -29,8 +30,9 @@ def release_session(request: gr.Request) -> None:
     """When a browser session ends (tab closed: Gradio's heartbeat stops), stop its simulation or
     sanity step: the run notices within a module of its forward or backward and frees everything it
     allocated. A run still queued is dropped by Gradio itself; the session's gr.State goes with
-    Gradio's session cleanup."""
+    Gradio's session cleanup. The heap its requests freed goes back to the system soon after."""
     CANCELS.cancel(request.session_hash or "anonymous")
+    trim_heap_soon()
 
 
 def step_devices(allowed: tuple[str, ...] | None) -> list[str]:
@@ -54,7 +56,7 @@ def _wire_simulate(sh: Shared) -> None:
     ui = sh.ui
 
     def validate(session: Session) -> dict[str, Any]:
-        why = refusal(lambda: check_simulation(sh.app, session))
+        why = sh.refusal(lambda: check_simulation(sh.app, session))
         return gr.validate(why is None, why or "")
 
     def on_check(session: Session) -> dict[Any, Any]:
@@ -123,7 +125,7 @@ def _wire_step(sh: Shared) -> None:
     sh.demo.load(on_page_load, None, ui["step.device"], api_visibility="private", show_progress="hidden")
 
     def validate(session: Session, device: str, steps: float, lr: float) -> list[dict[str, Any]]:
-        why = refusal(lambda: check_step(sh.app, session, device, steps, lr))
+        why = sh.refusal(lambda: check_step(sh.app, session, device, steps, lr))
         # shown under the steps box on the page (a gr.State shows nothing)
         return [gr.validate(True, ""), gr.validate(True, ""), gr.validate(why is None, why or ""),
                 gr.validate(True, "")]

@@ -1,0 +1,202 @@
+"""The per-session backoff of public mode (freezelab.throttle): which refusals count, when a session is
+paused, for how long, what a paused session is told and how long that answer is held back; and the
+limits that count as strikes, end to end through the app's handlers."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from freezelab.errors import LimitError, PlanError, PlanLimitError, SelectorError, SelectorLimitError
+from freezelab.policy import PolicyError, public_policy
+from freezelab.throttle import Throttle, ThrottledError
+from freezelab.session import Session
+from freezelab.ui import handlers
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def throttle(clock: Clock, **kw: float) -> Throttle:
+    return Throttle(**{"strikes": 3, "window_s": 60.0, "pause_s": 30.0, "delay_s": 0.5, **kw},
+                    clock=clock, sleep=clock.sleep)
+
+
+def test_only_limits_count(clock: Clock) -> None:
+    t = throttle(clock)
+    for err in (SelectorError("matches no parameter"), PlanError("not valid JSON"), ValueError("x")):
+        for _ in range(5):
+            assert t.refused("a", err) is False
+    t.admit("a")  # typos and bad files never pause a session
+    assert t.paused_for("a") == 0.0
+    assert len(t) == 0
+
+
+def test_third_limit_within_the_window_pauses_for_pause_s(clock: Clock) -> None:
+    t = throttle(clock)
+    assert t.refused("a", PolicyError("over the budget")) is False
+    clock.now += 10
+    assert t.refused("a", SelectorLimitError("too long")) is False
+    clock.now += 10
+    assert t.refused("a", PlanLimitError("1001 rules")) is True
+    assert t.paused_for("a") == 30.0
+    assert t.paused_for("b") == 0.0  # per session
+    with pytest.raises(ThrottledError, match=r"^this session's last 3 requests within 60 s went over this server's "
+                                             r"limits, so it is paused for 30 s \(30 s left\); change what"):
+        t.admit("a")
+    assert clock.slept == [0.5]  # the answer is held back, so a client that never pauses sends 2 a second
+    clock.now += 29.5 - 0.001
+    with pytest.raises(ThrottledError, match=r"\(0 s left\)"):
+        t.admit("a")
+    clock.now += 0.5
+    t.admit("a")  # 30 s after the third strike
+    assert clock.slept == [0.5, 0.5]
+    t.refused("a", PolicyError("x")), t.refused("a", PolicyError("x")), t.refused("a", PolicyError("x"))
+    with pytest.raises(ThrottledError):
+        t.admit("a", delay=False)
+    assert clock.slept == [0.5, 0.5]  # no delay asked for, none taken
+
+
+def test_strikes_older_than_the_window_fall_out(clock: Clock) -> None:
+    t = throttle(clock)
+    t.refused("a", PolicyError("x"))
+    t.refused("a", PolicyError("x"))
+    clock.now += 60.0  # the first two are exactly WINDOW_S old: out
+    assert t.refused("a", PolicyError("x")) is False
+    assert t.refused("a", PolicyError("x")) is False
+    assert t.refused("a", PolicyError("x")) is True
+
+
+def test_a_pause_starts_a_fresh_count_and_is_not_itself_a_strike(clock: Clock) -> None:
+    t = throttle(clock)
+    for _ in range(3):
+        t.refused("a", PolicyError("x"))
+    assert t.refused("a", ThrottledError("paused")) is False
+    clock.now += 30.0
+    assert t.paused_for("a") == 0.0
+    assert t.refused("a", PolicyError("x")) is False  # the strikes before the pause were cleared
+    assert t.refused("a", PolicyError("x")) is False
+    assert t.refused("a", PolicyError("x")) is True
+
+
+def test_records_are_bounded_least_recently_seen_first(clock: Clock) -> None:
+    t = throttle(clock, max_clients=2)
+    for c in ("a", "b", "a", "c"):
+        t.refused(c, PolicyError("x"))
+    assert len(t) == 2  # b, seen least recently, went
+    assert t.refused("a", PolicyError("x")) is True  # a kept its two strikes
+    assert t.refused("b", PolicyError("x")) is False  # b starts again from none: its earlier strike is gone
+    assert t.refused("b", PolicyError("x")) is False
+
+
+def test_limit_errors_are_the_bounds() -> None:
+    assert issubclass(PolicyError, LimitError)
+    assert issubclass(SelectorLimitError, SelectorError) and issubclass(SelectorLimitError, LimitError)
+    assert issubclass(PlanLimitError, PlanError) and issubclass(PlanLimitError, LimitError)
+    assert not issubclass(ThrottledError, LimitError)
+
+
+def test_public_app_throttles_and_local_does_not() -> None:
+    from freezelab.ui.shared import Shared
+
+    assert isinstance(Shared(handlers.App.for_policy(public_policy()), None, None).throttle, Throttle)
+    assert Shared(handlers.App.for_policy(handlers.LOCAL), None, None).throttle is None
+
+
+@pytest.mark.parametrize(("selector", "kind"), [
+    ("re:a{4294967294}", SelectorLimitError),
+    ("re:(?:[a-z]{1000}){1000}", SelectorLimitError),
+    ("re:a(", SelectorError),
+    ("nothing_like_this", SelectorError),
+])
+def test_which_selector_refusals_are_limits(selector: str, kind: type) -> None:
+    app = handlers.App.for_policy(public_policy())
+    seen: list[Exception] = []
+    text = handlers.preview_selector(app, Session(), selector, seen.append)
+    assert text.startswith("⚠️ ") and len(seen) == 1
+    assert type(seen[0]) is kind
+
+
+def test_a_session_that_keeps_hitting_limits_is_paused_and_others_are_not():
+    """The launched app in public mode: three over-budget simulations from one browser session pause it
+    (every event it sends is then refused, naming the pause, after DELAY_S); another session works on."""
+    from freezelab.throttle import DELAY_S, PAUSE_S, STRIKES
+    from freezelab.ui.http_client import AppConfig, HttpSession
+    from freezelab.ui.launch import launch, stop
+    from freezelab.ui.memory_view import FIELDS, control_value
+    from freezelab.workload import Workload
+
+    huge = Workload(batch=4096, text_tokens=1_048_576, images=64, dtype="bf16")
+    proc, url = launch(args=("--public",))
+    try:
+        config = AppConfig.read(url)
+        attacker, student = HttpSession(config), HttpSession(config)
+        assert attacker.call("set_workload", [None, *(control_value(huge, f) for f in FIELDS)]).error is None
+        for _ in range(STRIKES):
+            reply = attacker.call("simulate", [None])
+            assert reply.error is not None and "this server allows 60 s of CPU time per run" in reply.error
+        paused = attacker.call("simulate", [None])
+        preset = attacker.call("preset_stage2", [None, 4])
+        preview = attacker.call("preview", [None, "@llm"])
+        shown = str(attacker.value("fl-status")), str(attacker.value("fl-preview"))
+        upload = attacker.call("import_plan", [None, attacker.upload("plan.txt", b"train @llm")])
+        shown = (*shown, str(attacker.value("fl-status")))
+        ok = student.call("preset_stage2", [None, 4])
+        student_status = str(student.value("fl-status"))
+    finally:
+        stop(proc)
+    pause = f"paused for {PAUSE_S:.0f} s"
+    assert paused.error is not None and pause in paused.error and "this server allows" not in paused.error
+    assert preset.error is not None and pause in preset.error  # an error: the page's outputs stay as they are
+    assert preview.error is None and pause in shown[1]
+    assert upload.error is not None and pause in upload.error  # at once: a delay would hold the one plan-file slot
+    assert min(paused.seconds, preset.seconds, preview.seconds) >= DELAY_S
+    assert ok.error is None and not student_status.startswith("⚠️")
+
+
+# -- what closing sessions hand back ----------------------------------------------------------------
+
+def test_closing_sessions_trim_the_heap_once_per_burst(monkeypatch):
+    """Thirty tabs closing together schedule one malloc_trim, TRIM_DELAY_S after the first; a later
+    close schedules the next."""
+    from freezelab import reclaim
+
+    trimmed = threading.Event()
+    calls: list[int] = []
+    monkeypatch.setattr(reclaim, "_malloc_trim", lambda: lambda pad: (calls.append(pad), trimmed.set()))
+    assert [reclaim.trim_heap_soon(0.2) for _ in range(30)] == [True] + [False] * 29
+    assert calls == []  # not yet: the rest of the class is still closing
+    assert trimmed.wait(5)
+    deadline = time.monotonic() + 5
+    while reclaim.trim_heap_soon(0.01) is False and time.monotonic() < deadline:
+        pass  # the timer clears its slot just after it trims
+    trimmed.clear()
+    assert trimmed.wait(5)
+    assert calls == [0, 0]
+
+
+def test_the_readme_states_the_pause_this_code_applies():
+    from pathlib import Path
+
+    from freezelab.throttle import DELAY_S, PAUSE_S, STRIKES, WINDOW_S
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert (f"{STRIKES} times within {WINDOW_S:.0f} s is paused for {PAUSE_S:.0f} s" in readme
+            and f"answered after {DELAY_S:g} s" in readme)
