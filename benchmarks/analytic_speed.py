@@ -3,13 +3,14 @@ count and step times beside it.
 
     python benchmarks/analytic_speed.py [--runs 50]
 
-Times `freezelab.memory.analytic.estimate(index, mask, workload)` for a new step (the allocator
-replay runs: its kept figures are cleared before each call), again for a step already estimated
-(the replay's figures kept, `memory.replay_memo`: what a second look at the same step costs), and
+Times `freezelab.memory.analytic.estimate(index, mask, workload)` for a new step (the built step
+and the allocator replay's figures are cleared before each call, `memory.step_memo` and
+`memory.replay_memo`; the layer stages stay kept, `memory.layer_memo`, as in an index in use), again
+for a step already estimated (both kept: what a second look at the same step costs), and
 `freezelab.compute.flops.step_flops` followed by the step time on every common GPU
-(`freezelab.compute.timing.step_times`) with the index already loaded (as the UI
-and CLI hold it) for several models, plans and workloads, and prints the median
-and the slowest of `--runs` calls each.
+(`freezelab.compute.timing.step_times`) of that estimated step (its built stages kept, as the
+dashboard counts them after the estimate) with the index already loaded (as the UI and CLI hold it)
+for several models, plans and workloads, and prints the median and the slowest of `--runs` calls each.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from freezelab.compute.flops import flops_followed, step_flops  # noqa: E402
 from freezelab.compute.timing import step_times  # noqa: E402
-from freezelab.memory import replay_memo  # noqa: E402
+from freezelab.memory import replay_memo, step_memo  # noqa: E402
 from freezelab.memory.analytic import estimate  # noqa: E402
 from freezelab.models import index_of  # noqa: E402
 from freezelab.plans import preset  # noqa: E402
@@ -67,7 +68,8 @@ def main() -> None:
     for name, plan_name, workload in CASES:
         index = index_of(resolve_source(name))
         mask = resolve_plan(preset(plan_name), index).mask
-        memory = _timed(lambda: estimate(index, mask, workload), args.runs, before=lambda: replay_memo.forget(index))
+        memory = _timed(lambda: estimate(index, mask, workload), args.runs,
+                        before=lambda: (replay_memo.forget(index), step_memo.forget(index)))
         kept = _timed(lambda: estimate(index, mask, workload), args.runs)
         compute = (_timed(lambda: step_times(step_flops(index, mask, workload), workload), args.runs)
                    if flops_followed(index, workload) is None else "not modelled")

@@ -29,3 +29,8 @@ def _kept(index: ModelIndex) -> Kept:
 def built(index: ModelIndex, key: Hashable, build: Callable[[], _T]) -> _T:
     """The step of `key` (mask, workload, input hooks, adapters), built once."""
     return _kept(index).get(key, build)
+
+
+def forget(index: ModelIndex) -> None:
+    """Drop `index`'s kept steps (a benchmark timing a new step)."""
+    _kept(index).clear()
