@@ -14,12 +14,13 @@ from typing import Any
 
 
 from freezelab import units
-from freezelab.chart_spec import Chart
 from freezelab.anatomy import count
+from freezelab.chart_spec import Chart
 from freezelab.components import COMPONENTS, Part
 from freezelab.compute.flops import GROUPS, Flops
 from freezelab.index import ModelIndex
 from freezelab.index_memo import per_index
+from freezelab.memory.batch_curve import BatchPoint
 from freezelab.memory.result import CATEGORIES, MemoryEstimate
 from freezelab.units import GiB
 
@@ -296,7 +297,7 @@ def memory_breakdown(estimate: MemoryEstimate, gpus: Sequence[Gpu], *, context: 
     return figure({"data": data, "layout": layout})
 
 
-def memory_curve(xs: Sequence[int], estimates: Sequence[MemoryEstimate], gpus: Sequence[Gpu], *,
+def memory_curve(xs: Sequence[int], estimates: Sequence[BatchPoint | MemoryEstimate], gpus: Sequence[Gpu], *,
                  current: int | None = None, context: bool = True) -> Chart:
     """Tensor peak (and, with `context`, the device total) against batch size. Batch sizes are
     whole numbers: only the computed ones are ticked. When even the first one does not fit on the
