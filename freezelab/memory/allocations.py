@@ -198,6 +198,25 @@ def _step(run: _Run, stages: list[Stage], compiled: dict[int, _Compiled], first:
         run.drop(b)
 
 
+def _run_ops(run: _Run, c: _Compiled, ops: list[tuple[bool, int, tuple[int, ...], tuple[int, ...]]],
+             loc: list[Block | None], spared: int | None = None, thread: str | None = None) -> None:
+    """A program's forward op by op: each op's transient, what it makes, then what nothing needs after
+    it (all but slot `spared`); `thread`: whose cuBLAS workspaces the first matrix multiply makes."""
+    new, drop, sizes, threads = run.new, run.drop, c.sizes, run.threads
+    for gemm, temp, makes, dies in ops:
+        if gemm and thread is not None and thread + "-lt" not in threads:
+            run.workspace(thread)
+        t = new(temp) if temp else None
+        for i in makes:
+            loc[i] = new(sizes[i])
+        if t is not None:
+            drop(t)
+        for i in dies:
+            if i != spared:
+                drop(loc[i])
+                loc[i] = None
+
+
 Kept = tuple[list[Block | None], Block | None]   # a stage's saved tensors (by slot) and its extra kept bytes
 
 
@@ -230,19 +249,8 @@ class _Forward:
         loc: list[Block | None] = [None] * c.n
         loc[c.inp] = run.new(c.sizes[c.inp]) if s.component == PROJECTOR else self.stream  # a fresh slice
         ckpt = s.checkpointed
-        new, drop, sizes, threads, head = run.new, run.drop, c.sizes, run.threads, s.component == HEAD
-        for gemm, temp, makes, dies in (c.forward_unsaved if ckpt else c.forward):
-            if gemm and "main-lt" not in threads:
-                run.workspace("main")
-            t = new(temp) if temp else None
-            for i in makes:
-                loc[i] = new(sizes[i])
-            if t is not None:
-                drop(t)
-            for i in dies:
-                if i != c.inp or not head:
-                    drop(loc[i])
-                    loc[i] = None
+        _run_ops(run, c, c.forward_unsaved if ckpt else c.forward, loc,
+                 spared=c.inp if s.component == HEAD else None, thread="main")
         if s.component == HEAD and loc[c.inp] is not None and c.inp not in c.saved:
             self.forward_only.append(loc[c.inp])  # the last hidden state, held until the forward returns
         keep = (c.inp,) if ckpt else c.saved
@@ -430,18 +438,9 @@ class _Backward:
     def _recompute(self, c: _Compiled, loc: list[Block | None]) -> None:
         """A checkpointed layer's forward again, this time saving for its backward; its output goes."""
         run = self.run
-        new, drop, sizes = run.new, run.drop, c.sizes
         inp = loc[c.inp]
         run.share(inp)
-        for _, temp, makes, dies in c.forward:
-            t = new(temp) if temp else None
-            for i in makes:
-                loc[i] = new(sizes[i])
-            if t is not None:
-                drop(t)
-            for i in dies:
-                drop(loc[i])
-                loc[i] = None
+        _run_ops(run, c, c.forward, loc)
         run.drop(loc[c.out])
         loc[c.out] = None
         run.drop(inp)

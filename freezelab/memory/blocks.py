@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from freezelab.compute import cost as costs
 from freezelab.memory.activations import Tape
+from freezelab.memory.structure import find
 
 Groups = tuple[tuple[int, int], ...]   # (sequences, tokens per sequence)
 
@@ -37,17 +38,6 @@ class Heads:
     kv_heads: int
     head_dim: int
     act: str
-
-
-def find(p: dict[str, int], *suffixes: str) -> int | None:
-    """The parameter whose relative name ends with one of `suffixes` (architectures differ in nesting)."""
-    for suffix in suffixes:
-        if suffix in p:
-            return p[suffix]
-        for name, i in p.items():
-            if name.endswith("." + suffix):
-                return i
-    return None
 
 
 def norm(t: Tape, p: dict[str, int], x: str, out: str, names: tuple[str, ...]) -> str:
