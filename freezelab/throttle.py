@@ -7,7 +7,11 @@ checking work: four such clients took a share of the server's one Python thread 
 class then queued behind. A session whose requests hit a limit STRIKES times within WINDOW_S
 seconds is paused for PAUSE_S seconds: every request it sends meanwhile is refused with one
 message that names the limit, and that answer is held back DELAY_S seconds (a sleeping thread,
-no CPU), so a client that never pauses sends about one request a second instead of dozens.
+no CPU), so a client that never pauses sends a few requests a second instead of dozens. A session
+paused again within REPEAT_S of its last pause's end is paused twice as long as the last time, up
+to MAX_PAUSE_S: a client that only waits out its pauses spends most of its time paused. When a
+paused session's tab closes, the page Gradio keeps for a reconnecting tab goes at once
+(freezelab.ui.verify_panel.release_session).
 
 A legitimate user rarely hits a limit twice in a row: each refusal says what to change. The
 bound is per browser session; `max_clients` bounds the records kept (the least recently seen go
@@ -27,7 +31,9 @@ from freezelab.errors import FreezelabError, LimitError
 STRIKES = 3          # refusals for a limit ...
 WINDOW_S = 60.0      # ... within this many seconds pause the session
 PAUSE_S = 30.0       # for this long
-DELAY_S = 0.5        # a paused session's request is answered after this long (under the 1 s a refusal may take)
+REPEAT_S = 600.0     # paused again within this long of the last pause's end: twice the last pause ...
+MAX_PAUSE_S = 960.0  # ... up to this long (30 s, 60, 120, ... 960)
+DELAY_S = 0.3        # a paused session's request is answered after this long (a refusal takes under 1 s in all)
 MAX_CLIENTS = 4096   # sessions remembered; a record is a few hundred bytes
 
 
@@ -39,15 +45,18 @@ class ThrottledError(FreezelabError):
 class _Record:
     refusals: deque[float] = field(default_factory=deque)
     paused_until: float = 0.0
+    pause_s: float = 0.0       # the length of the last pause (0: never paused)
 
 
 class Throttle:
     """Thread-safe strike counts and pauses, keyed by a client id (a browser session's hash)."""
 
     def __init__(self, strikes: int = STRIKES, window_s: float = WINDOW_S, pause_s: float = PAUSE_S,
-                 delay_s: float = DELAY_S, max_clients: int = MAX_CLIENTS,
+                 delay_s: float = DELAY_S, max_clients: int = MAX_CLIENTS, repeat_s: float = REPEAT_S,
+                 max_pause_s: float = MAX_PAUSE_S,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
         self.strikes, self.window_s, self.pause_s, self.delay_s = strikes, window_s, pause_s, delay_s
+        self.repeat_s, self.max_pause_s = repeat_s, max_pause_s
         self.max_clients = max_clients
         self._clock, self._sleep = clock, sleep
         self._records: OrderedDict[str, _Record] = OrderedDict()
@@ -59,15 +68,24 @@ class Throttle:
             record = self._records.get(client)
             return 0.0 if record is None else max(0.0, record.paused_until - self._clock())
 
+    def was_paused(self, client: str) -> bool:
+        """Whether `client` has been paused (and is still remembered)."""
+        with self._lock:
+            record = self._records.get(client)
+            return record is not None and record.pause_s > 0
+
     def admit(self, client: str, delay: bool = True) -> None:
         """Return at once, or, while `client` is paused, raise ThrottledError (after `delay_s` with `delay`)."""
-        left = self.paused_for(client)
+        with self._lock:
+            record = self._records.get(client)
+            left = 0.0 if record is None else max(0.0, record.paused_until - self._clock())
+            pause = record.pause_s if record is not None else 0.0
         if left <= 0:
             return
         if delay:
             self._sleep(self.delay_s)
         raise ThrottledError(f"this session's last {self.strikes} requests within {self.window_s:.0f} s went over "
-                             f"this server's limits, so it is paused for {self.pause_s:.0f} s ({left:.0f} s left); "
+                             f"this server's limits, so it is paused for {pause:.0f} s ({left:.0f} s left); "
                              "change what the refusals named, then try again")
 
     def refused(self, client: str, err: BaseException) -> bool:
@@ -86,7 +104,9 @@ class Throttle:
             if len(record.refusals) < self.strikes:
                 return False
             record.refusals.clear()
-            record.paused_until = now + self.pause_s
+            again = record.pause_s > 0 and now - record.paused_until < self.repeat_s
+            record.pause_s = min(self.max_pause_s, 2 * record.pause_s) if again else self.pause_s
+            record.paused_until = now + record.pause_s
             return True
 
     def __len__(self) -> int:

@@ -96,6 +96,72 @@ def test_a_pause_starts_a_fresh_count_and_is_not_itself_a_strike(clock: Clock) -
     assert t.refused("a", PolicyError("x")) is True
 
 
+def strike_out(t: Throttle, client: str = "a") -> None:
+    for _ in range(t.strikes):
+        t.refused(client, PolicyError("x"))
+
+
+def test_a_session_paused_again_soon_is_paused_twice_as_long_up_to_the_cap(clock: Clock) -> None:
+    t = throttle(clock, repeat_s=600.0, max_pause_s=120.0)
+    pauses = []
+    for _ in range(5):
+        strike_out(t)
+        pauses.append(t.paused_for("a"))
+        clock.now += pauses[-1] + 599.0   # each next pause within REPEAT_S of the last one's end
+    assert pauses == [30.0, 60.0, 120.0, 120.0, 120.0]
+    strike_out(t)
+    with pytest.raises(ThrottledError, match=r"so it is paused for 120 s \(120 s left\)"):
+        t.admit("a", delay=False)
+
+
+def test_a_pause_long_after_the_last_is_short_again(clock: Clock) -> None:
+    t = throttle(clock, repeat_s=600.0)
+    strike_out(t)
+    clock.now += 30.0
+    strike_out(t)
+    assert t.paused_for("a") == 60.0
+    clock.now += 60.0 + 600.0   # REPEAT_S after the last pause ended: forgiven
+    strike_out(t)
+    assert t.paused_for("a") == 30.0
+    assert t.was_paused("a") and not t.was_paused("b")
+
+
+def test_a_paused_session_loses_its_kept_page_when_its_tab_closes(monkeypatch) -> None:
+    """Gradio keeps a closed tab's page (each output's last value) for an hour; the unload handler drops a
+    paused session's at once, and leaves every other session's."""
+    import inspect
+
+    import gradio as gr
+    from gradio.state_holder import StateHolder
+
+    from freezelab.ui import verify_panel
+    from freezelab.ui.blocks import create_app
+
+    monkeypatch.setattr(verify_panel, "trim_heap_soon", lambda: False)  # no trim timer left for the next test
+    demo = create_app(handlers.App.for_policy(public_policy()))
+    holder = StateHolder()
+    holder.set_blocks(demo)
+    unload = [fn.fn for fn in demo.fns.values() if any(t[1] == "unload" for t in fn.targets)][0]
+    sh = inspect.getclosurevars(unload).nonlocals["sh"]
+    for client in ("attacker", "student", "striker"):
+        holder[client]
+    strike_out(sh.throttle, "attacker")
+    sh.throttle.refused("striker", PolicyError("x"))   # one refusal is not a pause
+    for client in ("attacker", "student", "striker"):
+        unload(gr.Request(session_hash=client))
+    assert sorted(holder.session_data) == ["striker", "student"]
+
+
+def test_previews_share_a_server_wide_slot() -> None:
+    from freezelab.ui.blocks import create_app
+    from freezelab.ui.shared import PREVIEW_CONCURRENCY, PREVIEW_SLOTS
+
+    demo = create_app(handlers.App.for_policy(public_policy()))
+    preview = [fn for fn in demo.fns.values() if fn.api_name == "preview"]
+    assert [(fn.concurrency_id, fn.concurrency_limit) for fn in preview] == [(PREVIEW_CONCURRENCY, PREVIEW_SLOTS)]
+    assert PREVIEW_SLOTS < 8   # fewer than the handlers' default, else the slot bounds nothing
+
+
 def test_records_are_bounded_least_recently_seen_first(clock: Clock) -> None:
     t = throttle(clock, max_clients=2)
     for c in ("a", "b", "a", "c"):
@@ -167,7 +233,8 @@ def test_a_session_that_keeps_hitting_limits_is_paused_and_others_are_not():
     assert preset.error is not None and pause in preset.error  # an error: the page's outputs stay as they are
     assert preview.error is None and pause in shown[1]
     assert upload.error is not None and pause in upload.error  # at once: a delay would hold the one plan-file slot
-    assert min(paused.seconds, preset.seconds, preview.seconds) >= DELAY_S
+    assert min(paused.seconds, preset.seconds) >= DELAY_S
+    assert preview.seconds < DELAY_S   # at once: a delay would hold one of the server's PREVIEW_SLOTS
     assert ok.error is None and not student_status.startswith("⚠️")
 
 
@@ -195,8 +262,19 @@ def test_closing_sessions_trim_the_heap_once_per_burst(monkeypatch):
 def test_the_readme_states_the_pause_this_code_applies():
     from pathlib import Path
 
-    from freezelab.throttle import DELAY_S, PAUSE_S, STRIKES, WINDOW_S
+    from freezelab.throttle import DELAY_S, MAX_PAUSE_S, PAUSE_S, REPEAT_S, STRIKES, WINDOW_S
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert (f"{STRIKES} times within {WINDOW_S:.0f} s is paused for {PAUSE_S:.0f} s" in readme
-            and f"answered after {DELAY_S:g} s" in readme)
+            and f"answered after {DELAY_S:g} s" in readme
+            and f"paused again within {REPEAT_S:.0f} s of the last pause's end, twice as long as the last time, "
+                f"up to {MAX_PAUSE_S:.0f} s" in readme)
+
+
+def test_the_queue_polls_less_often_than_gradio_s_default() -> None:
+    """Gradio's queue wakes every millisecond to look for work; the app makes it every QUEUE_POLL_S (fails when a
+    Gradio upgrade renames the knobs, so that the change is noticed)."""
+    from freezelab.ui.blocks import QUEUE_POLL_S, create_app
+
+    demo = create_app(handlers.App())
+    assert {k: getattr(demo._queue, k) for k in QUEUE_POLL_S} == QUEUE_POLL_S

@@ -22,13 +22,19 @@ from freezelab.ui.shared import Shared
 from freezelab.ui.style import CSS, theme
 from freezelab.ui.summary_panel import create_map_panel, create_summary_panel
 from freezelab.ui.tree_panel import create_tree_panel
-from freezelab.ui.verify_panel import create_simulate_panel, create_step_panel, create_verify_header, release_session
+from freezelab.ui.verify_panel import create_simulate_panel, create_step_panel, create_verify_header, session_release
 
 TITLE = "freezelab"
 INTRO = ("## freezelab\nSee exactly which parameters of a LLaVA-style model (vision tower → projector → LLM) a "
          "freezing plan trains, what one training step costs in GPU memory and why, and prove it with a real "
          "training step.")
-DEFAULT_CONCURRENCY = 8  # cheap handlers (milliseconds) may run side by side; device work has its own slot
+# One at a time per event listener (a preset button, the tree's toggle, a workload field): the handlers are
+# pure Python, so side by side they only share the one thread that holds the GIL, and each of them, and
+# the event loop that serves every page, waits its turn at every switch. On 2 cores a class of 30 (the
+# load test, benchmarks/load_test.py) had a p95 of 350-420 ms with 8 at a time and 210-290 ms with 1;
+# different listeners still run side by side, so a slow Load does not hold up the presets. Runs have
+# their own slot (GPU_CONCURRENCY).
+DEFAULT_CONCURRENCY = 1
 DELETE_CACHE = (3600, 3600)  # hourly, Gradio deletes its copies of uploads and downloads older than an hour
 
 
@@ -72,10 +78,29 @@ def create_dashboard(app: App | None = None) -> tuple[gr.Blocks, Registry]:
                 create_export_panel(ui, export_tab)
             with gr.Tab("Learn", id="learn"):
                 create_learn_panel(ui)
-        ui.wire(Shared(app, ui, demo))
-        demo.unload(release_session)
+        shared = Shared(app, ui, demo)
+        ui.wire(shared)
+        demo.unload(session_release(shared))
     demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY)
+    slow_queue_poll(demo)
     return demo, ui
+
+
+# Gradio's queue looks for work to start every millisecond and for progress to send every 10 ms, idle or
+# not (queueing.Queue.sleep_when_free, progress_update_sleep_when_free): 3.6% of a core on an idle server
+# here, and a wake-up of the event loop's thread every millisecond while a handler holds the GIL. Every
+# 5 ms is plenty for a dashboard whose events take tens of ms; a run's progress bar every 50 ms.
+QUEUE_POLL_S = {"sleep_when_free": 0.005, "progress_update_sleep_when_free": 0.05}
+
+
+def slow_queue_poll(demo: gr.Blocks, polls: dict[str, float] = QUEUE_POLL_S) -> list[str]:
+    """Make the queue poll no more often than `polls` say; the knobs it found (a Gradio without them
+    is left as it is)."""
+    queue = getattr(demo, "_queue", None)
+    found = [k for k in polls if isinstance(getattr(queue, k, None), float)]
+    for k in found:
+        setattr(queue, k, max(getattr(queue, k), polls[k]))
+    return found
 
 
 MAX_UPLOAD = "1mb"  # plan files are a few KB (freezelab.plans.MAX_PLAN_BYTES is 256 KB)

@@ -12,7 +12,7 @@ from freezelab.session import Session
 from freezelab.ui import handlers
 from freezelab.ui.handlers import View
 from freezelab.ui.registry import Registry
-from freezelab.ui.shared import Shared
+from freezelab.ui.shared import PREVIEW_CONCURRENCY, PREVIEW_SLOTS, Shared
 
 SELECTOR_HELP = ("`@vision` `@projector` `@llm` `@lm_head` `@embeddings` `@all` · layer ranges "
                  "`@llm.layers[-4:]` `@vision.layers[0:12]` · globs over whole name segments "
@@ -47,13 +47,14 @@ def _wire_plan(sh: Shared) -> None:
 
     def on_preview(session: Session, selector: str) -> str:
         try:
-            sh.admit()
+            sh.admit(delay=False)
         except FreezelabError as err:
             return f"⚠️ {err}"
         return handlers.preview_selector(app, session, selector, sh.refused)
 
     ui["plan.selector"].change(on_preview, [sh.state, ui["plan.selector"]], ui["plan.preview"], api_name="preview",
-                               trigger_mode="always_last", show_progress="hidden")
+                               trigger_mode="always_last", show_progress="hidden",
+                               concurrency_id=PREVIEW_CONCURRENCY, concurrency_limit=PREVIEW_SLOTS)
 
     def on_undo(session: Session) -> dict[Any, Any]:
         return sh.show(lambda: handlers.undo(app, session))

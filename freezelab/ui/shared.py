@@ -20,6 +20,10 @@ GPU_CONCURRENCY = "device"   # simulate and the sanity step share one slot: one 
 # CPU to check), and a rare one for a class: one at a time, so that sessions uploading plans together
 # take one thread's share of the server, not one each.
 PLAN_FILE_CONCURRENCY = "plan_file"
+# Selector previews: each is bounded (a quarter of a second of matching), but a client opening many sessions
+# could run one per session side by side; two at a time server-wide keep them to a bounded share of the
+# server's Python thread. A paused session's preview is refused at once (a delay would hold a slot).
+PREVIEW_CONCURRENCY, PREVIEW_SLOTS = "preview", 2
 
 
 def error_text(err: Exception) -> str:
@@ -80,6 +84,18 @@ class Shared:
         client = client_id()
         if self.throttle is not None and client is not None:
             self.throttle.refused(client, err)
+
+    def forget_paused(self, client: str) -> bool:
+        """A browser session ended: if the throttle ever paused it, the page Gradio keeps for a reconnecting
+        tab (each output's last value, 1-2 MB with a 7B model) goes now, not after an hour or MAX_SESSIONS
+        newer sessions: what an attacker's sessions leave behind. True when a page went."""
+        if self.throttle is None or not self.throttle.was_paused(client):
+            return False
+        holder = self.demo.state_holder
+        with holder.lock:
+            gone = holder.session_data.pop(client, None) is not None
+            holder.time_last_used.pop(client, None)
+        return gone
 
     def refusal(self, check: Callable[[], None]) -> str | None:
         """The message of a check that refuses a run (a paused session's first), or None when it passes."""

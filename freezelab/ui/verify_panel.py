@@ -8,7 +8,7 @@ would go. A refused request never waits behind a running one."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gradio as gr
@@ -26,13 +26,21 @@ from freezelab.ui.verify_view import CHECK_HEADERS, Cancels, SimulationView, Ste
 CANCELS = Cancels()
 
 
-def release_session(request: gr.Request) -> None:
-    """When a browser session ends (tab closed: Gradio's heartbeat stops), stop its simulation or
-    sanity step: the run notices within a module of its forward or backward and frees everything it
-    allocated. A run still queued is dropped by Gradio itself; the session's gr.State goes with
-    Gradio's session cleanup. The heap its requests freed goes back to the system soon after."""
-    CANCELS.cancel(request.session_hash or "anonymous")
-    trim_heap_soon()
+def session_release(sh: Shared) -> Callable[[gr.Request], None]:
+    """The page's unload handler."""
+
+    def release_session(request: gr.Request) -> None:
+        """When a browser session ends (tab closed: Gradio's heartbeat stops), stop its simulation or
+        sanity step: the run notices within a module of its forward or backward and frees everything it
+        allocated. A run still queued is dropped by Gradio itself; the session's gr.State goes with
+        Gradio's session cleanup, at once for a session the throttle paused (Shared.forget_paused).
+        The heap its requests freed goes back to the system soon after."""
+        client = request.session_hash or "anonymous"
+        CANCELS.cancel(client)
+        sh.forget_paused(client)
+        trim_heap_soon()
+
+    return release_session
 
 
 def step_devices(allowed: tuple[str, ...] | None) -> list[str]:
