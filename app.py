@@ -43,7 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     args = parse_args()
-    demo = create_app(App.for_policy(from_options(args.public, args.model_root)))
-    demo.launch(**launch_options())
+    app = App.for_policy(from_options(args.public, args.model_root))
+    demo = create_app(app)
+    demo.launch(**launch_options(app))
 else:  # imported (e.g. `gradio app.py` reload mode): the environment decides
     demo = create_app()

@@ -1,6 +1,6 @@
 """A class of 30 students works while four attackers send the worst inputs known (loopback only).
 
-    python benchmarks/attack_load_test.py [--sessions 30] [--seconds 60] [--attackers 4] [--runs 3] [--json]
+    python benchmarks/attack_load_test.py [--sessions 30] [--seconds 60] [--attackers 4] [--runs 3] [--no-compare] [--json]
 
 Runs freezelab.ui.attacks (what the attackers send, and what the class does, is described there and in
 freezelab.ui.loadtest) against `python app.py --public` and prints: the class's latency (p50 / p95
@@ -10,6 +10,11 @@ words; and the server's RSS at start, at its baseline (after a warm-up student),
 ended and once every session had closed. Targets (issue 17): the class's p95 under 500 ms, every
 attack answered in under 1 s, the server's memory back to its baseline. With --runs N, each figure
 is the median of N servers run one after the other (slowest answers: the slowest of all).
+
+Unless --no-compare, each attacked server is followed by one that runs the same class (same seed, same
+warm-up) with no attackers: the class leaves its own closed sessions' pages and kept results behind, so
+what the attack left is the difference between the two servers' growth over their baselines, and what
+it cost the class is the difference between the two p95s.
 """
 
 from __future__ import annotations
@@ -60,19 +65,38 @@ def print_result(runs: list[dict]) -> None:
     print(f"server alive at the end: {all(r['server_alive'] for r in runs)}")
 
 
+def print_comparison(runs: list[dict], alone: list[dict]) -> None:
+    grown = [r["rss_mib"]["cleaned"] - r["rss_mib"]["baseline"] for r in runs]
+    grown_alone = [a["rss_mib"]["cleaned"] - a["rss_mib"]["baseline"] for a in alone]
+    print(f"the same class with no attackers (one server per run, same seed): p95 "
+          f"{median([a['class']['p95_ms'] for a in alone]):.0f} ms (per run: "
+          + ", ".join(f"{a['class']['p95_ms']:.0f}" for a in alone) + " ms), errors "
+          f"{sum(a['class']['errors'] for a in alone)}; RSS after cleanup minus baseline per run: "
+          + ", ".join(f"{g:+.1f}" for g in grown_alone) + " MiB")
+    print("what the attack left (growth with attackers minus growth without, per run): "
+          + ", ".join(f"{g - h:+.1f}" for g, h in zip(grown, grown_alone)) + " MiB")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sessions", type=int, default=30)
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--attackers", type=int, default=ATTACKERS)
     p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--no-compare", action="store_true", help="no class-alone server beside each attacked one")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    runs = [run(args.sessions, args.seconds, args.attackers, seed=1000 * r) for r in range(args.runs)]
+    runs, alone = [], []
+    for r in range(args.runs):
+        runs.append(run(args.sessions, args.seconds, args.attackers, seed=1000 * r))
+        if not args.no_compare:
+            alone.append(run(args.sessions, args.seconds, 0, seed=1000 * r))
     if args.json:
-        print(json.dumps(runs, indent=2))
+        print(json.dumps({"attacked": runs, "alone": alone}, indent=2))
         return
     print_result(runs)
+    if alone:
+        print_comparison(runs, alone)
 
 
 if __name__ == "__main__":

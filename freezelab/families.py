@@ -46,11 +46,14 @@ _LLAVA_READ = "modeling_llava.py LlavaModel.get_image_features: hidden_states[vi
 FAMILIES: dict[str, Family] = {
     "llava": Family("LLaVA", "LlavaForConditionalGeneration", FeatureRead.HIDDEN_STATE, _LLAVA_READ),
     "llava_next": Family("LLaVA-NeXT", "LlavaNextForConditionalGeneration", FeatureRead.HIDDEN_STATE,
-                         _LLAVA_READ.replace("llava.py Llava", "llava_next.py LlavaNext")),
+                         _LLAVA_READ.replace("llava.py Llava", "llava_next.py LlavaNext"),
+                         cache_from_top=True),  # modeling_llava_next.py:406 LlavaNextModel.forward @merge_with_config_defaults
     "llava_next_video": Family("LLaVA-NeXT-Video", "LlavaNextVideoForConditionalGeneration",
-                               FeatureRead.HIDDEN_STATE, "modeling_llava_next_video.py get_image_features"),
+                               FeatureRead.HIDDEN_STATE, "modeling_llava_next_video.py get_image_features",
+                               cache_from_top=True),  # LlavaNextVideoModel.forward @merge_with_config_defaults
     "llava_onevision": Family("LLaVA-OneVision", "LlavaOnevisionForConditionalGeneration",
-                              FeatureRead.HIDDEN_STATE, "modeling_llava_onevision.py get_image_features"),
+                              FeatureRead.HIDDEN_STATE, "modeling_llava_onevision.py get_image_features",
+                              cache_from_top=True),  # LlavaOnevisionModel.forward @merge_with_config_defaults
     "vipllava": Family("VipLLaVA", "VipLlavaForConditionalGeneration", FeatureRead.HIDDEN_STATE,
                        "modeling_vipllava.py get_image_features: hidden_states[i] for vision_feature_layers"),
     "qwen2_vl": Family("Qwen2-VL", "Qwen2VLForConditionalGeneration", FeatureRead.LAST_HIDDEN_STATE,
@@ -72,7 +75,8 @@ FAMILIES: dict[str, Family] = {
                       "modeling_smolvlm.py SmolVLMModel.get_image_features: vision_model(...).last_hidden_state",
                       cache_from_top=True),  # modeling_smolvlm.py:511 SmolVLMModel.forward @merge_with_config_defaults
     "mistral3": Family("Mistral 3 (Pixtral)", "Mistral3ForConditionalGeneration", FeatureRead.HIDDEN_STATE,
-                       "modeling_mistral3.py Mistral3Model.get_image_features: hidden_states[vision_feature_layer]"),
+                       "modeling_mistral3.py Mistral3Model.get_image_features: hidden_states[vision_feature_layer]",
+                       cache_from_top=True),  # modeling_mistral3.py Mistral3Model.forward @merge_with_config_defaults
 }
 
 # Formats that are LLaVA in spirit but need a conversion first; naming them

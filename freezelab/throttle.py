@@ -6,8 +6,9 @@ still send refused requests back to back, and each one costs the server its HTTP
 checking work: four such clients took a share of the server's one Python thread that an ordinary
 class then queued behind. A session whose requests hit a limit STRIKES times within WINDOW_S
 seconds is paused for PAUSE_S seconds: every request it sends meanwhile is refused with one
-message that names the limit, and that answer is held back DELAY_S seconds (a sleeping thread,
-no CPU), so a client that never pauses sends a few requests a second instead of dozens. A session
+message that names the limit, and each of its requests is held back DELAY_S seconds before the
+server looks at it (freezelab.ui.pause_gate: an asyncio sleep, no thread and no queue slot held),
+so a client that never pauses sends a few requests a second instead of hundreds. A session
 paused again within REPEAT_S of its last pause's end is paused twice as long as the last time, up
 to MAX_PAUSE_S: a client that only waits out its pauses spends most of its time paused. When a
 paused session's tab closes, the page Gradio keeps for a reconnecting tab goes at once
@@ -53,12 +54,11 @@ class Throttle:
 
     def __init__(self, strikes: int = STRIKES, window_s: float = WINDOW_S, pause_s: float = PAUSE_S,
                  delay_s: float = DELAY_S, max_clients: int = MAX_CLIENTS, repeat_s: float = REPEAT_S,
-                 max_pause_s: float = MAX_PAUSE_S,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+                 max_pause_s: float = MAX_PAUSE_S, clock: Callable[[], float] = time.monotonic) -> None:
         self.strikes, self.window_s, self.pause_s, self.delay_s = strikes, window_s, pause_s, delay_s
         self.repeat_s, self.max_pause_s = repeat_s, max_pause_s
         self.max_clients = max_clients
-        self._clock, self._sleep = clock, sleep
+        self._clock = clock
         self._records: OrderedDict[str, _Record] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -74,16 +74,14 @@ class Throttle:
             record = self._records.get(client)
             return record is not None and record.pause_s > 0
 
-    def admit(self, client: str, delay: bool = True) -> None:
-        """Return at once, or, while `client` is paused, raise ThrottledError (after `delay_s` with `delay`)."""
+    def admit(self, client: str) -> None:
+        """Return, or, while `client` is paused, raise ThrottledError (at once: the delay is the gate's)."""
         with self._lock:
             record = self._records.get(client)
             left = 0.0 if record is None else max(0.0, record.paused_until - self._clock())
             pause = record.pause_s if record is not None else 0.0
         if left <= 0:
             return
-        if delay:
-            self._sleep(self.delay_s)
         raise ThrottledError(f"this session's last {self.strikes} requests within {self.window_s:.0f} s went over "
                              f"this server's limits, so it is paused for {pause:.0f} s ({left:.0f} s left); "
                              "change what the refusals named, then try again")

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from freezelab.policy import from_env
 from freezelab.ui import handlers
@@ -16,6 +17,7 @@ from freezelab.ui.handlers import App
 from freezelab.ui.learn_panel import create_learn_panel
 from freezelab.ui.memory_panel import create_memory_panel
 from freezelab.ui.model_panel import create_model_panel
+from freezelab.ui.pause_gate import PauseGate
 from freezelab.ui.plan_panel import create_plan_panel, create_presets
 from freezelab.ui.registry import Registry
 from freezelab.ui.shared import Shared
@@ -120,7 +122,11 @@ def max_sessions(environ: dict[str, str] | None = None) -> int:
     return int(raw)
 
 
-def launch_options() -> dict[str, Any]:
+def launch_options(app: App | None = None) -> dict[str, Any]:
     """Keyword arguments for launch(): Gradio 6 takes theme and CSS there. Host and port are left to
-    Gradio, which reads GRADIO_SERVER_NAME / GRADIO_SERVER_PORT itself."""
-    return {"theme": theme(), "css": CSS, "max_file_size": MAX_UPLOAD, "state_session_capacity": max_sessions()}
+    Gradio, which reads GRADIO_SERVER_NAME / GRADIO_SERVER_PORT itself. With `app`'s throttle (public
+    mode), the server holds back paused sessions' requests before they reach the queue (pause_gate)."""
+    options = {"theme": theme(), "css": CSS, "max_file_size": MAX_UPLOAD, "state_session_capacity": max_sessions()}
+    if app is not None and app.throttle is not None:
+        options["app_kwargs"] = {"middleware": [Middleware(PauseGate, throttle=app.throttle)]}
+    return options

@@ -34,8 +34,7 @@ def _wire(sh: Shared) -> None:
     ui["export.refresh"].click(on_export, [sh.state], outputs, api_name="export")
 
     def on_upload(session: Session, path: str | None) -> dict[Any, Any]:
-        # a paused session's refusal comes without its delay here: the delay would hold the one plan-file slot
-        return sh.show(lambda: handlers.import_plan_file(app, session, path), delay=False)
+        return sh.show(lambda: handlers.import_plan_file(app, session, path))
 
     upload = ui["export.upload"]
     imported = upload.upload(on_upload, [sh.state, upload], sh.outputs(), api_name="import_plan",

@@ -27,6 +27,7 @@ from freezelab.policy import LOCAL, Policy
 from freezelab.selectors import parse, reach, select
 from freezelab.session import Session, TreeOptions
 from freezelab.sources import known_info
+from freezelab.throttle import Throttle
 from freezelab.ui.adapter_settings import AdapterSettings
 from freezelab.ui.compute_view import ComputeView, kept_compute_view
 from freezelab.ui.context_view import current_html, workload_text
@@ -54,10 +55,12 @@ class App:
 
     cache: ModelCache = field(default_factory=ModelCache)
     policy: Policy = LOCAL
+    throttle: Throttle | None = None   # public mode: sessions that keep hitting limits are paused
 
     @classmethod
     def for_policy(cls, policy: Policy) -> App:
-        return cls(cache=ModelCache(policy.max_session_models, policy.max_cache_bytes), policy=policy)
+        return cls(cache=ModelCache(policy.max_session_models, policy.max_cache_bytes), policy=policy,
+                   throttle=Throttle() if policy.public else None)
 
     def loaded(self, session: Session) -> Loaded:
         return self.cache.get(session.model, INDEX_DTYPE, policy=self.policy)

@@ -47,7 +47,7 @@ def _wire_plan(sh: Shared) -> None:
 
     def on_preview(session: Session, selector: str) -> str:
         try:
-            sh.admit(delay=False)
+            sh.admit()
         except FreezelabError as err:
             return f"⚠️ {err}"
         return handlers.preview_selector(app, session, selector, sh.refused)

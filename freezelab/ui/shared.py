@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -22,7 +22,7 @@ GPU_CONCURRENCY = "device"   # simulate and the sanity step share one slot: one 
 PLAN_FILE_CONCURRENCY = "plan_file"
 # Selector previews: each is bounded (a quarter of a second of matching), but a client opening many sessions
 # could run one per session side by side; two at a time server-wide keep them to a bounded share of the
-# server's Python thread. A paused session's preview is refused at once (a delay would hold a slot).
+# server's Python thread.
 PREVIEW_CONCURRENCY, PREVIEW_SLOTS = "preview", 2
 
 
@@ -41,10 +41,11 @@ class Shared:
     app: App
     ui: Registry
     demo: gr.Blocks
-    throttle: Throttle | None = field(init=False)   # public mode: sessions that keep hitting limits are paused
 
-    def __post_init__(self) -> None:
-        self.throttle = Throttle() if self.app.policy.public else None
+    @property
+    def throttle(self) -> Throttle | None:
+        """Public mode: the app's record of sessions that keep hitting limits (freezelab.throttle)."""
+        return self.app.throttle
 
     @property
     def state(self) -> gr.State:
@@ -54,15 +55,14 @@ class Shared:
         """The components a View with these `parts` fills, then those of `extra` ids: an event's outputs."""
         return self.ui.components((*view_ids(parts), *extra))
 
-    def show(self, make: Callable[[], Any], delay: bool = True) -> dict[Any, Any]:
+    def show(self, make: Callable[[], Any]) -> dict[Any, Any]:
         """Run a handler returning a view (a dataclass with shown fields: a View, a WorkloadRefused),
         or {id: value} (a View's values and more); on a FreezelabError keep every component as it
-        is and show the message. A session paused by the throttle is refused before the handler runs
-        (after the throttle's delay, unless `delay` is False: in a one-slot event the delay holds the slot),
-        as an error: a value for the status alone would make Gradio rebuild every other output component
+        is and show the message. A session paused by the throttle is refused before the handler runs,
+        at once (its request was held back before it joined the queue, holding no slot), as an error: a value for the status alone would make Gradio rebuild every other output component
         of the event (tens of ms of the server's CPU for a request that does nothing)."""
         try:
-            self.admit(delay)
+            self.admit()
         except ThrottledError as err:
             raise gr.Error(html.escape(str(err), quote=False), title="Paused", print_exception=False) from None
         try:
@@ -73,11 +73,12 @@ class Shared:
             return self.ui.values({STATUS: error_text(err)})
         return self.ui.values(result if isinstance(result, Mapping) else shown_values(result))
 
-    def admit(self, delay: bool = True) -> None:
-        """Public mode: ThrottledError (after its delay, with `delay`) while this event's session is paused."""
+    def admit(self) -> None:
+        """Public mode: ThrottledError while this event's session is paused (its request was held back
+        before it reached the queue: freezelab.ui.pause_gate)."""
         client = client_id()
         if self.throttle is not None and client is not None:
-            self.throttle.admit(client, delay)
+            self.throttle.admit(client)
 
     def refused(self, err: Exception) -> None:
         """Count a refusal against this event's session (only limits count: freezelab.throttle)."""
