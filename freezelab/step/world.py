@@ -117,21 +117,32 @@ def join(world: World) -> None:
         raise RankFailed(_rendezvous_message(world, err)) from None
 
 
-def leave() -> None:
+def leave(together: bool = False) -> None:
+    """Destroy the process group; with `together` (this rank's work ended normally) first wait until every
+    rank is here: a rank that tears its connections down while another still finishes its last collective
+    can make gloo abort that rank (SIGABRT) instead of letting it exit."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if together and dist.get_world_size() > 1:
+            try:
+                dist.barrier()
+            except (dist.DistError, RuntimeError):
+                pass  # another rank failed: its own line says why
         dist.destroy_process_group()
 
 
 @contextlib.contextmanager
 def joined(world: World) -> Iterator[World]:
-    """The process group for the duration of the block; destroyed however the block ends."""
+    """The process group for the duration of the block; destroyed however the block ends (after the
+    other ranks, when the block ended normally)."""
     join(world)
+    together = False
     try:
         yield world
+        together = True
     finally:
-        leave()
+        leave(together)
 
 
 def collective_message(world: World, err: BaseException) -> str:

@@ -1,10 +1,9 @@
 """Dashboard events as plain functions: (session, inputs) -> new session + what the page shows.
 
-No gradio here, so every event can be tested (and timed) without a browser or
-a server. A handler either returns a complete `View` or raises a
-FreezelabError with the message to show; it never returns a half-updated
-session, so on error the page keeps the previous state. A refused workload
-value is the one error shown where it was typed (`WorkloadRefused`).
+No gradio here, so every event can be tested (and timed) without a browser or a server. A handler
+either returns a complete `View` or raises a FreezelabError with the message to show; it never returns
+a half-updated session, so on error the page keeps the previous state. A refused workload value is
+the one error shown where it was typed (`WorkloadRefused`).
 """
 
 from __future__ import annotations
@@ -120,9 +119,8 @@ def view_ids(parts: tuple[str, ...] = ALL_PARTS) -> tuple[str, ...]:
 # -- building a view ------------------------------------------------------------------
 
 def _mode(loaded: Loaded, weights: bool) -> str:
-    if loaded.source.kind == "tiny":
-        return "random weights"
-    return "weights from the checkpoint" if weights else "architecture only"
+    return "random weights" if loaded.source.kind == "tiny" else (
+        "weights from the checkpoint" if weights else "architecture only")
 
 
 @functools.cache
