@@ -279,10 +279,12 @@ def test_a_session_that_keeps_hitting_limits_is_paused_and_others_are_not():
         shown = (*shown, str(attacker.value("fl-status")))
         assert student.call("preset_stage2", [None, 4]).error is None  # warm: its view is kept
         held: list = []
-        thread = threading.Thread(target=lambda: held.append(attacker.call("preset_stage2", [None, 4])))
+        thread = threading.Thread(target=lambda: held.append((attacker.call("preset_stage2", [None, 4]),
+                                                              time.monotonic())))
         thread.start()
         time.sleep(DELAY_S / 5)   # the attacker's request is being held now
         ok = student.call("preset_stage2", [None, 4])
+        ok_done = time.monotonic()
         thread.join()
         student_status = str(student.value("fl-status"))
     finally:
@@ -292,8 +294,8 @@ def test_a_session_that_keeps_hitting_limits_is_paused_and_others_are_not():
     assert preset.error is not None and pause in preset.error  # an error: the page's outputs stay as they are
     assert preview.error is None and pause in shown[1]
     assert upload.error is not None and pause in upload.error
-    assert min(paused.seconds, preset.seconds, preview.seconds, upload.seconds, held[0].seconds) >= DELAY_S
-    assert ok.seconds < DELAY_S / 2   # the preset listener's one slot was free: the held request was not in it
+    assert min(paused.seconds, preset.seconds, preview.seconds, upload.seconds, held[0][0].seconds) >= DELAY_S
+    assert ok_done < held[0][1]   # the student's preset went first: the held request was not in the listener's slot
     assert ok.error is None and not student_status.startswith("⚠️")
 
 
@@ -337,3 +339,21 @@ def test_the_queue_polls_less_often_than_gradio_s_default() -> None:
 
     demo = create_app(handlers.App())
     assert {k: getattr(demo._queue, k) for k in QUEUE_POLL_S} == QUEUE_POLL_S
+
+
+def test_the_busiest_events_send_their_values_postprocessed_in_their_own_thread() -> None:
+    """Presets, tree toggles, rules, undo / reset, loads and workload edits are wired with postprocess=False
+    (Shared.listen): their handler returns what the page receives, each component's own postprocess applied
+    (a chart as Gradio's plotly payload), and the session state as it is."""
+    from freezelab.session import Session
+    from freezelab.ui.blocks import create_app
+
+    demo = create_app(handlers.App())
+    fns = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name}
+    for name in ("preset_stage2", "train", "freeze", "undo", "reset", "load_model", "load_known", "set_workload"):
+        assert fns[name].postprocess is False, name
+    out = fns["preset_stage2"].fn(Session(), 4)
+    kinds = {type(block).__name__: value for block, value in out.items()}
+    assert isinstance(kinds["State"], Session)
+    plots = [value for block, value in out.items() if type(block).__name__ == "Plot" and value is not None]
+    assert plots and all(p["type"] == "plotly" and isinstance(p["plot"], str) for p in plots)

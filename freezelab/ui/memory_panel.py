@@ -48,9 +48,9 @@ def _wire(sh: Shared) -> None:
                 event(on_change, inputs, sh.outputs(parts=WORKLOAD_PARTS), show_progress="hidden",
                       api_visibility="private")
             continue
-        control.input(on_change, inputs, sh.outputs(parts=WORKLOAD_PARTS), show_progress="hidden",
-                      api_name="set_workload" if name == "batch" else None,
-                      api_visibility="public" if name == "batch" else "private")
+        sh.listen(control.input, on_change, inputs, sh.outputs(parts=WORKLOAD_PARTS), show_progress="hidden",
+                  api_name="set_workload" if name == "batch" else None,
+                  api_visibility="public" if name == "batch" else "private")
 
     def on_image(session: Session, path: str | None) -> dict[Any, Any]:
         if not path:  # the image was cleared: the sizes box keeps what it says

@@ -44,10 +44,10 @@ def _wire(sh: Shared) -> None:
 
     outputs = sh.outputs("model.known")
     inputs = [sh.state, *ui.components(("model.known", "model.custom", "model.mode"))]
-    ui["model.known"].input(on_known, [sh.state, ui["model.known"], ui["model.mode"]], outputs,
-                            api_name="load_known")
-    ui["model.load"].click(on_load, inputs, outputs, api_name="load_model")
-    ui["model.custom"].submit(on_load, inputs, outputs, api_visibility="private")
+    sh.listen(ui["model.known"].input, on_known, [sh.state, ui["model.known"], ui["model.mode"]], outputs,
+              api_name="load_known")
+    sh.listen(ui["model.load"].click, on_load, inputs, outputs, api_name="load_model")
+    sh.listen(ui["model.custom"].submit, on_load, inputs, outputs, api_visibility="private")
 
 
 def create_model_panel(ui: Registry) -> None:

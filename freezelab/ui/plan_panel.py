@@ -30,8 +30,8 @@ def _wire_presets(sh: Shared) -> None:
         def on_preset(session: Session, n: float, name: str = name) -> dict[Any, Any]:
             # n goes through as sent: NaN, None or text get the handler's message, not a crash here
             return sh.show(lambda: handlers.apply_preset(app, session, name, 4 if n is None else n))
-        ui[f"presets.{name}"].click(on_preset, [sh.state, ui["presets.n"]], sh.outputs(),
-                                    api_name=f"preset_{name.replace('-', '_')}")
+        sh.listen(ui[f"presets.{name}"].click, on_preset, [sh.state, ui["presets.n"]], sh.outputs(),
+                  api_name=f"preset_{name.replace('-', '_')}")
 
 
 def _wire_plan(sh: Shared) -> None:
@@ -42,8 +42,9 @@ def _wire_plan(sh: Shared) -> None:
             return sh.show(lambda: handlers.add_rule(app, session, action, selector))
         return run
 
-    ui["plan.train"].click(on_rule("train"), [sh.state, ui["plan.selector"]], sh.outputs(), api_name="train")
-    ui["plan.freeze"].click(on_rule("freeze"), [sh.state, ui["plan.selector"]], sh.outputs(), api_name="freeze")
+    sh.listen(ui["plan.train"].click, on_rule("train"), [sh.state, ui["plan.selector"]], sh.outputs(), api_name="train")
+    sh.listen(ui["plan.freeze"].click, on_rule("freeze"), [sh.state, ui["plan.selector"]], sh.outputs(),
+              api_name="freeze")
 
     def on_preview(session: Session, selector: str) -> str:
         try:
@@ -62,8 +63,8 @@ def _wire_plan(sh: Shared) -> None:
     def on_reset(session: Session) -> dict[Any, Any]:
         return sh.show(lambda: handlers.reset(app, session))
 
-    ui["plan.undo"].click(on_undo, [sh.state], sh.outputs(), api_name="undo")
-    ui["plan.reset"].click(on_reset, [sh.state], sh.outputs(), api_name="reset")
+    sh.listen(ui["plan.undo"].click, on_undo, [sh.state], sh.outputs(), api_name="undo")
+    sh.listen(ui["plan.reset"].click, on_reset, [sh.state], sh.outputs(), api_name="reset")
 
 
 def create_presets(ui: Registry) -> None:

@@ -37,7 +37,8 @@ def _wire(sh: Shared) -> None:
         return sh.show(lambda: handlers.set_tree_options(app, session, query, None if depth == "all" else depth))
 
     tree = ui["tree.tree"]
-    tree.module_toggle(on_toggle, [sh.state], sh.outputs(), api_visibility="private", show_progress="hidden")
+    sh.listen(tree.module_toggle, on_toggle, [sh.state], sh.outputs(), api_visibility="private",
+              show_progress="hidden")
     tree.module_pick(on_pick, [sh.state], ui.components(("plan.selector", "plan.preview")),
                      api_visibility="private", show_progress="hidden")
     ui["tree.query"].change(on_options, options, sh.outputs(), api_name="filter_tree", trigger_mode="always_last",
