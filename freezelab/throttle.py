@@ -12,7 +12,7 @@ so a client that never pauses sends a few requests a second instead of hundreds.
 paused again within REPEAT_S of its last pause's end is paused twice as long as the last time, up
 to MAX_PAUSE_S: a client that only waits out its pauses spends most of its time paused. When a
 paused session's tab closes, the page Gradio keeps for a reconnecting tab goes at once
-(freezelab.ui.verify_panel.release_session).
+(the unload handler, freezelab.ui.verify_panel.session_release).
 
 A legitimate user rarely hits a limit twice in a row: each refusal says what to change. The
 bound is per browser session; `max_clients` bounds the records kept (the least recently seen go
@@ -34,7 +34,7 @@ WINDOW_S = 60.0      # ... within this many seconds pause the session
 PAUSE_S = 30.0       # for this long
 REPEAT_S = 600.0     # paused again within this long of the last pause's end: twice the last pause ...
 MAX_PAUSE_S = 960.0  # ... up to this long (30 s, 60, 120, ... 960)
-DELAY_S = 0.3        # a paused session's request is answered after this long (a refusal takes under 1 s in all)
+DELAY_S = 0.3        # a paused session's request is held back this long before it joins the queue (pause_gate)
 MAX_CLIENTS = 4096   # sessions remembered; a record is a few hundred bytes
 
 
@@ -64,22 +64,23 @@ class Throttle:
 
     def paused_for(self, client: str) -> float:
         """Seconds until `client` may send again (0 when it is not paused)."""
+        return self._pause(client)[0]
+
+    def _pause(self, client: str) -> tuple[float, float]:
+        """(seconds left of `client`'s pause, that pause's length); (0, 0) for a client never paused."""
         with self._lock:
             record = self._records.get(client)
-            return 0.0 if record is None else max(0.0, record.paused_until - self._clock())
+            if record is None:
+                return 0.0, 0.0
+            return max(0.0, record.paused_until - self._clock()), record.pause_s
 
     def was_paused(self, client: str) -> bool:
         """Whether `client` has been paused (and is still remembered)."""
-        with self._lock:
-            record = self._records.get(client)
-            return record is not None and record.pause_s > 0
+        return self._pause(client)[1] > 0
 
     def admit(self, client: str) -> None:
         """Return, or, while `client` is paused, raise ThrottledError (at once: the delay is the gate's)."""
-        with self._lock:
-            record = self._records.get(client)
-            left = 0.0 if record is None else max(0.0, record.paused_until - self._clock())
-            pause = record.pause_s if record is not None else 0.0
+        left, pause = self._pause(client)
         if left <= 0:
             return
         raise ThrottledError(f"this session's last {self.strikes} requests within {self.window_s:.0f} s went over "

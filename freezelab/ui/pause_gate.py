@@ -29,7 +29,7 @@ MAX_READ = 1 << 20        # bodies read to find the session (a queue request is 
 
 
 class PauseGate:
-    """ASGI middleware holding back paused sessions' queue requests (Starlette's `Middleware(PauseGate, throttle=...)`)."""
+    """ASGI middleware holding back paused sessions' queue requests (`Middleware(PauseGate, throttle=...)`)."""
 
     def __init__(self, app: ASGIApp, throttle: Throttle) -> None:
         self.app, self.throttle = app, throttle

@@ -59,9 +59,10 @@ class Shared:
     def show(self, make: Callable[[], Any]) -> dict[Any, Any]:
         """Run a handler returning a view (a dataclass with shown fields: a View, a WorkloadRefused),
         or {id: value} (a View's values and more); on a FreezelabError keep every component as it
-        is and show the message. A session paused by the throttle is refused before the handler runs,
-        at once (its request was held back before it joined the queue, holding no slot), as an error: a value for the status alone would make Gradio rebuild every other output component
-        of the event (tens of ms of the server's CPU for a request that does nothing)."""
+        is and show the message. A session paused by the throttle is refused before the handler runs, at
+        once (its request was held back before it joined the queue, holding no slot), as an error: a value
+        for the status alone would make Gradio rebuild every other output component of the event (tens of
+        ms of the server's CPU for a request that does nothing)."""
         try:
             self.admit()
         except ThrottledError as err:
@@ -126,10 +127,11 @@ class Shared:
 def serialized(values: Mapping[Any, Any]) -> dict[Any, Any]:
     """{component: value} as Gradio's postprocess step would send it (a State's value and an update as they are)."""
     from gradio.data_classes import GradioModel, GradioRootModel
+    from gradio.utils import is_prop_update
 
     out: dict[Any, Any] = {}
     for block, value in values.items():
-        if block.stateful or (isinstance(value, dict) and "update" in str(value.get("__type__", ""))):
+        if block.stateful or is_prop_update(value):
             out[block] = value
             continue
         sent = block.postprocess(value)
