@@ -1,6 +1,7 @@
 """A class of 30 students works while four attackers send the worst inputs known (loopback only).
 
-    python benchmarks/attack_load_test.py [--sessions 30] [--seconds 60] [--attackers 4] [--runs 3] [--no-compare] [--json]
+    python benchmarks/attack_load_test.py [--sessions 30] [--seconds 60] [--attackers 4] [--runs 3] [--again 60]
+                                          [--no-compare] [--json]
 
 Runs freezelab.ui.attacks (what the attackers send, and what the class does, is described there and in
 freezelab.ui.loadtest) against `python app.py --public` and prints: the class's latency (p50 / p95
@@ -10,6 +11,10 @@ words; and the server's RSS at start, at its baseline (after a warm-up student),
 ended and once every session had closed. Targets (issue 17): the class's p95 under 500 ms, every
 attack answered in under 1 s, the server's memory back to its baseline. With --runs N, each figure
 is the median of N servers run one after the other (slowest answers: the slowest of all).
+
+With --again S (default 60), once every session has closed, the same attackers run alone for S more
+seconds and the RSS is read again once they have closed: whether what the first attack left grows with
+a second one (a leak would) or stays (caches and allocator arenas filled once).
 
 Unless --no-compare, each attacked server is followed by one that runs the same class (same seed, same
 warm-up) with no attackers: the class leaves its own closed sessions' pages and kept results behind, so
@@ -62,6 +67,10 @@ def print_result(runs: list[dict]) -> None:
     print("server RSS (MiB): " + ", ".join(f"{k} {median([r['rss_mib'][k] for r in runs]):.1f}" for k in keys)
           + "; after cleanup minus baseline, per run: "
           + ", ".join(f"{r['rss_mib']['cleaned'] - r['rss_mib']['baseline']:+.1f}" for r in runs) + " MiB")
+    again = [r["rss_mib"]["again_cleaned"] - r["rss_mib"]["cleaned"] for r in runs if "again_cleaned" in r["rss_mib"]]
+    if again:
+        print("a second attack (the attackers alone) after every session had closed: RSS once they closed minus "
+              "before it, per run: " + ", ".join(f"{g:+.1f}" for g in again) + " MiB")
     print(f"server alive at the end: {all(r['server_alive'] for r in runs)}")
 
 
@@ -83,12 +92,13 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--attackers", type=int, default=ATTACKERS)
     p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--again", type=float, default=60.0, help="seconds of a second attack, attackers alone (0: none)")
     p.add_argument("--no-compare", action="store_true", help="no class-alone server beside each attacked one")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     runs, alone = [], []
     for r in range(args.runs):
-        runs.append(run(args.sessions, args.seconds, args.attackers, seed=1000 * r))
+        runs.append(run(args.sessions, args.seconds, args.attackers, seed=1000 * r, again_s=args.again))
         if not args.no_compare:
             alone.append(run(args.sessions, args.seconds, 0, seed=1000 * r))
     if args.json:

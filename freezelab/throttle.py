@@ -6,9 +6,9 @@ still send refused requests back to back, and each one costs the server its HTTP
 checking work: four such clients took a share of the server's one Python thread that an ordinary
 class then queued behind. A session whose requests hit a limit STRIKES times within WINDOW_S
 seconds is paused for PAUSE_S seconds: every request it sends meanwhile is refused with one
-message that names the limit, and each of its requests is held back DELAY_S seconds before the
-server looks at it (freezelab.ui.pause_gate: an asyncio sleep, no thread and no queue slot held),
-so a client that never pauses sends a few requests a second instead of hundreds. A session
+message that names the limit, each of its requests held DELAY_S seconds and then answered in
+front of Gradio's queue (freezelab.ui.pause_gate: an asyncio sleep, no thread and no queue slot
+held, and the refusal waits for no handler), so a client that never pauses sends a few requests a second instead of hundreds. A session
 paused again within REPEAT_S of its last pause's end is paused twice as long as the last time, up
 to MAX_PAUSE_S: a client that only waits out its pauses spends most of its time paused. When a
 paused session's tab closes, the page Gradio keeps for a reconnecting tab goes at once
@@ -34,7 +34,7 @@ WINDOW_S = 60.0      # ... within this many seconds pause the session
 PAUSE_S = 30.0       # for this long
 REPEAT_S = 600.0     # paused again within this long of the last pause's end: twice the last pause ...
 MAX_PAUSE_S = 960.0  # ... up to this long (30 s, 60, 120, ... 960)
-DELAY_S = 0.3        # a paused session's request is held back this long before it joins the queue (pause_gate)
+DELAY_S = 0.3        # a paused session's request is held this long, then refused in front of the queue (pause_gate)
 MAX_CLIENTS = 4096   # sessions remembered; a record is a few hundred bytes
 
 

@@ -214,3 +214,36 @@ def test_verify_results_say_what_they_ran_for_and_go_stale_after_a_change(server
             assert "batch 3 ×" in label.inner_text()
         finally:
             browser.close()
+
+
+def test_a_paused_session_is_told_why_in_a_toast_and_its_page_stays_as_it_was():
+    """Public mode: three selectors over the regex limit pause the tab's session (freezelab.throttle);
+    its next click is answered by the gate (HTTP 429, freezelab.ui.pause_gate), and the page shows the
+    throttle's message as an error, the trainable count unchanged."""
+    from freezelab.throttle import PAUSE_S, STRIKES
+    from freezelab.ui.launch import launch as launch_app
+    from freezelab.ui.launch import stop
+
+    proc, url = launch_app(args=("--public",))
+    try:
+        with sync_api.sync_playwright() as p:
+            browser, page = launch(p)
+            try:
+                page.goto(url)
+                page.wait_for_selector("#fl-tree-box [data-p='model.language_model']", timeout=WAIT_MS)
+                settle(page)
+                before = shown_count(page)
+                selector = page.locator("#fl-selector textarea, #fl-selector input").first
+                for i in range(STRIKES):
+                    selector.fill(f"re:a{{{4294967290 + i}}}")
+                    page.wait_for_function(f"document.querySelector('#fl-preview').innerText.includes('{4294967290 + i}')",
+                                           timeout=WAIT_MS)
+                page.click("#fl-preset-stage2")
+                toast = page.locator(".toast-body").filter(has_text=f"paused for {PAUSE_S:.0f} s")
+                toast.first.wait_for(timeout=WAIT_MS)
+                settle(page)
+                assert shown_count(page) == before
+            finally:
+                browser.close()
+    finally:
+        stop(proc)

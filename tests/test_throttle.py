@@ -1,5 +1,5 @@
 """The per-session backoff of public mode (freezelab.throttle): which refusals count, when a session is
-paused, for how long, what a paused session is told and how long that answer is held back; and the
+paused, for how long, what a paused session is told and how long that answer is held; and the
 limits that count as strikes, end to end through the app's handlers."""
 
 from __future__ import annotations
@@ -140,11 +140,13 @@ def test_a_paused_session_loses_its_kept_page_when_its_tab_closes(monkeypatch) -
     assert sorted(holder.session_data) == ["striker", "student"]
 
 
-def _asgi_post(gate, path: str, body: bytes, chunks: int = 1) -> tuple[float, bytes]:
-    """POST `body` (in `chunks` pieces) through `gate` to an app that reads the whole body; (seconds, what it read)."""
+def _asgi_post(gate, path: str, body: bytes, chunks: int = 1) -> tuple[float, bytes | None, list[dict]]:
+    """POST `body` (in `chunks` pieces) through `gate` to an app that reads the whole body:
+    (seconds, what the app read or None when it was not called, what the gate itself sent back)."""
     import asyncio
 
     got: list[bytes] = []
+    sent: list[dict] = []
 
     async def app(scope, receive, send):
         data, more = b"", True
@@ -163,7 +165,7 @@ def _asgi_post(gate, path: str, body: bytes, chunks: int = 1) -> tuple[float, by
             return messages.pop(0)
 
         async def send(message):
-            pass
+            sent.append(message)
 
         gate.app = app
         start = time.monotonic()
@@ -171,27 +173,67 @@ def _asgi_post(gate, path: str, body: bytes, chunks: int = 1) -> tuple[float, by
         return time.monotonic() - start
 
     seconds = asyncio.run(main())
-    return seconds, got[0]
+    return seconds, (got[0] if got else None), sent
 
 
-def test_the_gate_holds_back_only_a_paused_session_s_queue_requests_and_passes_the_body_on(clock: Clock) -> None:
+def test_the_gate_holds_back_a_paused_session_s_queue_requests_then_answers_them_itself(clock: Clock) -> None:
     import json
 
-    from freezelab.ui.pause_gate import PauseGate
+    from freezelab.ui.pause_gate import TOO_MANY, PauseGate
 
     t = Throttle(delay_s=0.2)
     strike_out(t, "bad")
     gate = PauseGate(None, t)
     bad = json.dumps({"data": [None, 4], "fn_index": 3, "session_hash": "bad"}).encode()
     good = json.dumps({"data": [None, 4], "fn_index": 3, "session_hash": "good"}).encode()
-    seconds, read = _asgi_post(gate, "/gradio_api/queue/join", bad, chunks=3)
-    assert seconds >= 0.2 and read == bad   # held, then handed on whole
-    seconds, read = _asgi_post(gate, "/gradio_api/queue/join", good)
-    assert seconds < 0.1 and read == good
-    seconds, read = _asgi_post(gate, "/gradio_api/upload", bad)   # only queue requests are held
-    assert seconds < 0.1 and read == bad
-    seconds, read = _asgi_post(gate, "/gradio_api/queue/join", b"{not json")
-    assert seconds < 0.1 and read == b"{not json"
+    seconds, read, sent = _asgi_post(gate, "/gradio_api/queue/join", bad, chunks=3)
+    assert seconds >= 0.2 and read is None   # held, then refused without reaching Gradio
+    start, answer = sent
+    assert start["status"] == TOO_MANY == 429
+    headers = dict(start["headers"])
+    assert 1 <= int(headers[b"retry-after"]) <= 30
+    detail = json.loads(answer["body"])["detail"]   # what Gradio's client shows as the error
+    assert "paused for 30 s" in detail and int(headers[b"content-length"]) == len(answer["body"])
+    for path, body in (("/gradio_api/queue/join", good),      # a session that is not paused
+                       ("/gradio_api/upload", bad),           # only queue requests are held
+                       ("/gradio_api/queue/join", b"{not json")):
+        seconds, read, sent = _asgi_post(gate, path, body, chunks=2)
+        assert seconds < 0.1 and read == body and sent == []   # straight on, the body handed on whole
+
+
+def test_the_gate_passes_a_request_on_when_the_pause_ends_during_its_hold() -> None:
+    import json
+
+    from freezelab.ui.pause_gate import PauseGate
+
+    t = Throttle(delay_s=0.2, pause_s=0.1)
+    strike_out(t, "bad")
+    body = json.dumps({"data": [], "fn_index": 0, "session_hash": "bad"}).encode()
+    seconds, read, sent = _asgi_post(PauseGate(None, t), "/gradio_api/queue/join", body)
+    assert seconds >= 0.2 and read == body and sent == []
+
+
+def test_a_pause_that_begins_after_the_gate_is_refused_before_the_handler_runs() -> None:
+    """A request that passed the gate before its session's pause began: the handler does not run, and
+    the page gets the pause as an error (its outputs left as they are)."""
+    import types
+
+    import gradio as gr
+    from gradio.context import LocalContext
+
+    from freezelab.ui.shared import Shared
+
+    app = handlers.App.for_policy(public_policy())
+    sh = Shared(app, None, None)
+    strike_out(app.throttle, "late")
+    ran: list[int] = []
+    token = LocalContext.request.set(types.SimpleNamespace(session_hash="late"))
+    try:
+        with pytest.raises(gr.Error, match="paused for 30 s"):
+            sh.show(lambda: ran.append(1))
+    finally:
+        LocalContext.request.reset(token)
+    assert ran == []
 
 
 def test_public_mode_launches_with_the_gate_and_local_mode_without() -> None:
@@ -254,8 +296,8 @@ def test_which_selector_refusals_are_limits(selector: str, kind: type) -> None:
 
 def test_a_session_that_keeps_hitting_limits_is_paused_and_others_are_not():
     """The launched app in public mode: three over-budget simulations from one browser session pause it
-    (every event it sends is then refused, naming the pause, after DELAY_S); another session works on, and
-    its event of the same listener is not held up behind the paused one's (the hold is before the queue)."""
+    (every event it sends is then refused, naming the pause, after DELAY_S, by the gate: no handler runs);
+    another session works on, and its event of the same listener is not held up behind the paused one's."""
     from freezelab.throttle import DELAY_S, PAUSE_S, STRIKES
     from freezelab.ui.http_client import AppConfig, HttpSession
     from freezelab.ui.launch import launch, stop
@@ -271,12 +313,12 @@ def test_a_session_that_keeps_hitting_limits_is_paused_and_others_are_not():
         for _ in range(STRIKES):
             reply = attacker.call("simulate", [None])
             assert reply.error is not None and "this server allows 60 s of CPU time per run" in reply.error
+        before = dict(attacker.shown)
         paused = attacker.call("simulate", [None])
         preset = attacker.call("preset_stage2", [None, 4])
         preview = attacker.call("preview", [None, "@llm"])
-        shown = str(attacker.value("fl-status")), str(attacker.value("fl-preview"))
         upload = attacker.call("import_plan", [None, attacker.upload("plan.txt", b"train @llm")])
-        shown = (*shown, str(attacker.value("fl-status")))
+        unchanged = attacker.shown == before
         assert student.call("preset_stage2", [None, 4]).error is None  # warm: its view is kept
         held: list = []
         thread = threading.Thread(target=lambda: held.append((attacker.call("preset_stage2", [None, 4]),
@@ -290,11 +332,11 @@ def test_a_session_that_keeps_hitting_limits_is_paused_and_others_are_not():
     finally:
         stop(proc)
     pause = f"paused for {PAUSE_S:.0f} s"
-    assert paused.error is not None and pause in paused.error and "this server allows" not in paused.error
-    assert preset.error is not None and pause in preset.error  # an error: the page's outputs stay as they are
-    assert preview.error is None and pause in shown[1]
-    assert upload.error is not None and pause in upload.error
-    assert min(paused.seconds, preset.seconds, preview.seconds, upload.seconds, held[0][0].seconds) >= DELAY_S
+    for reply in (paused, preset, preview, upload, held[0][0]):
+        assert reply.error is not None and reply.error.startswith("HTTP 429") and pause in reply.error
+        assert "this server allows" not in reply.error
+        assert reply.seconds >= DELAY_S
+    assert unchanged   # an error: the page's outputs stay as they are
     assert ok_done < held[0][1]   # the student's preset went first: the held request was not in the listener's slot
     assert ok.error is None and not student_status.startswith("⚠️")
 
@@ -327,7 +369,7 @@ def test_the_readme_states_the_pause_this_code_applies():
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert (f"{STRIKES} times within {WINDOW_S:.0f} s is paused for {PAUSE_S:.0f} s" in readme
-            and f"held back {DELAY_S:g} s before it reaches Gradio's queue" in readme
+            and f"held {DELAY_S:g} s in front of Gradio's queue" in readme
             and f"paused again within {REPEAT_S:.0f} s of the last pause's end, twice as long as the last time, "
                 f"up to {MAX_PAUSE_S:.0f} s" in readme)
 

@@ -149,7 +149,7 @@ class Attacker:
                                  lambda: self.http.call("sanity_step", [None, "cpu", 2, 1e-4]), None, refused_run)),
             lambda: (self._load("tiny"), self._workload(),
                      self._timed("sanity step on cuda", lambda: self.http.call("sanity_step", [None, "cuda", 2, 1e-4]),
-                                 None, lambda t: "cuda" in t)),
+                                 None, lambda t: "cuda" in t or PAUSED in t)),
             lambda: (self._load("tiny"), self._workload(**HUGE_SIMULATION),
                      self._timed("simulation, 4096 x 1,048,576 tokens x 64 images",
                                  lambda: self.http.call("simulate", [None]), None, refused_run)),
@@ -202,8 +202,10 @@ def attack(config: AppConfig, pinpoint_path: str, until: float, attackers: int) 
 
 
 def run(sessions: int = 30, seconds: float = 60.0, attackers: int = ATTACKERS, model: str = "llava-1.5-7b",
-        seed: int = 0) -> dict[str, Any]:
-    """One public server, a warm-up student, then a class of `sessions` for `seconds` beside `attackers`."""
+        seed: int = 0, again_s: float = 0.0) -> dict[str, Any]:
+    """One public server, a warm-up student, then a class of `sessions` for `seconds` beside `attackers`;
+    with `again_s`, once every session has closed, the attackers alone again for that long (whether
+    what the first attack left grows with a second: rss_mib's `again_cleaned`)."""
     ref = Reference.build(model)
     root = Path(tempfile.mkdtemp(prefix="freezelab-attack-root-"))
     (root / "next.json").write_text(json.dumps(pinpoint_config()))
@@ -226,6 +228,11 @@ def run(sessions: int = 30, seconds: float = 60.0, attackers: int = ATTACKERS, m
         rss["attack_end"] = rss_bytes(proc.pid)
         time.sleep(cleanup)
         rss["cleaned"] = rss_bytes(proc.pid)
+        if again_s > 0 and attackers > 0:
+            again = attack(config, str(root / "next.json"), time.monotonic() + again_s, attackers)
+            holder["result"].failures.extend(again.failures)
+            time.sleep(cleanup)
+            rss["again_cleaned"] = rss_bytes(proc.pid)
         alive = proc.poll() is None
     finally:
         stop(proc)

@@ -59,10 +59,10 @@ class Shared:
     def show(self, make: Callable[[], Any]) -> dict[Any, Any]:
         """Run a handler returning a view (a dataclass with shown fields: a View, a WorkloadRefused),
         or {id: value} (a View's values and more); on a FreezelabError keep every component as it
-        is and show the message. A session paused by the throttle is refused before the handler runs, at
-        once (its request was held back before it joined the queue, holding no slot), as an error: a value
-        for the status alone would make Gradio rebuild every other output component of the event (tens of
-        ms of the server's CPU for a request that does nothing)."""
+        is and show the message. A paused session's requests are refused in front of the queue
+        (freezelab.ui.pause_gate); one whose pause began after its request passed there is refused here,
+        before the handler runs, as an error: a value for the status alone would make Gradio rebuild every
+        other output component of the event (tens of ms of the server's CPU for a request that does nothing)."""
         try:
             self.admit()
         except ThrottledError as err:
@@ -76,8 +76,8 @@ class Shared:
         return self.ui.values(result if isinstance(result, Mapping) else shown_values(result))
 
     def admit(self) -> None:
-        """Public mode: ThrottledError while this event's session is paused (its request was held back
-        before it reached the queue: freezelab.ui.pause_gate)."""
+        """Public mode: ThrottledError while this event's session is paused (a pause that began after its
+        request passed freezelab.ui.pause_gate, which refuses the rest)."""
         client = client_id()
         if self.throttle is not None and client is not None:
             self.throttle.admit(client)
