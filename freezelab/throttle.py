@@ -8,11 +8,11 @@ class then queued behind. A session whose requests hit a limit STRIKES times wit
 seconds is paused for PAUSE_S seconds: every request it sends meanwhile is refused with one
 message that names the limit, each of its requests held DELAY_S seconds and then answered in
 front of Gradio's queue (freezelab.ui.pause_gate: an asyncio sleep, no thread and no queue slot
-held, and the refusal waits for no handler), so a client that never pauses sends a few requests a second instead of hundreds. A session
-paused again within REPEAT_S of its last pause's end is paused twice as long as the last time, up
-to MAX_PAUSE_S: a client that only waits out its pauses spends most of its time paused. When a
-paused session's tab closes, the page Gradio keeps for a reconnecting tab goes at once
-(the unload handler, freezelab.ui.verify_panel.session_release).
+held, and the refusal waits for no handler), so a client that never pauses sends a few requests
+a second instead of hundreds. A session paused again within REPEAT_S of its last pause's end is
+paused twice as long as the last time, up to MAX_PAUSE_S: a client that only waits out its pauses
+spends most of its time paused. When a paused session's tab closes, the page Gradio keeps for a
+reconnecting tab goes at once (the unload handler, freezelab.ui.verify_panel.session_release).
 
 A legitimate user rarely hits a limit twice in a row: each refusal says what to change. The
 bound is per browser session; `max_clients` bounds the records kept (the least recently seen go

@@ -236,8 +236,8 @@ def test_a_paused_session_is_told_why_in_a_toast_and_its_page_stays_as_it_was():
                 selector = page.locator("#fl-selector textarea, #fl-selector input").first
                 for i in range(STRIKES):
                     selector.fill(f"re:a{{{4294967290 + i}}}")
-                    page.wait_for_function(f"document.querySelector('#fl-preview').innerText.includes('{4294967290 + i}')",
-                                           timeout=WAIT_MS)
+                    shown = f"document.querySelector('#fl-preview').innerText.includes('{4294967290 + i}')"
+                    page.wait_for_function(shown, timeout=WAIT_MS)
                 page.click("#fl-preset-stage2")
                 toast = page.locator(".toast-body").filter(has_text=f"paused for {PAUSE_S:.0f} s")
                 toast.first.wait_for(timeout=WAIT_MS)

@@ -34,7 +34,8 @@ MAX_READ = 1 << 20        # bodies read to find the session (a queue request is 
 
 
 class PauseGate:
-    """ASGI middleware holding back, then refusing, paused sessions' queue requests (`Middleware(PauseGate, throttle=...)`)."""
+    """ASGI middleware that holds, then refuses, paused sessions' queue requests
+    (`Middleware(PauseGate, throttle=...)`)."""
 
     def __init__(self, app: ASGIApp, throttle: Throttle) -> None:
         self.app, self.throttle = app, throttle
