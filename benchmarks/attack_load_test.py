@@ -1,7 +1,7 @@
 """A class of 30 students works while four attackers send the worst inputs known (loopback only).
 
     python benchmarks/attack_load_test.py [--sessions 30] [--seconds 60] [--attackers 4] [--runs 3] [--again 60]
-                                          [--no-compare] [--json]
+                                          [--fresh-sessions] [--no-compare] [--json]
 
 Runs freezelab.ui.attacks (what the attackers send, and what the class does, is described there and in
 freezelab.ui.loadtest) against `python app.py --public` and prints: the class's latency (p50 / p95
@@ -15,6 +15,9 @@ is the median of N servers run one after the other (slowest answers: the slowest
 With --again S (default 60), once every session has closed, the same attackers run alone for S more
 seconds and the RSS is read again once they have closed: whether what the first attack left grows with
 a second one (a leak would) or stays (caches and allocator arenas filled once).
+
+With --fresh-sessions every attack comes from a new browser session, as a client that never keeps its
+session hash would send it: the throttle never sees one session twice, so none is paused.
 
 Unless --no-compare, each attacked server is followed by one that runs the same class (same seed, same
 warm-up) with no attackers: the class leaves its own closed sessions' pages and kept results behind, so
@@ -93,12 +96,14 @@ def main() -> None:
     p.add_argument("--attackers", type=int, default=ATTACKERS)
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--again", type=float, default=60.0, help="seconds of a second attack, attackers alone (0: none)")
+    p.add_argument("--fresh-sessions", action="store_true", help="each attack from a new session (never paused)")
     p.add_argument("--no-compare", action="store_true", help="no class-alone server beside each attacked one")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     runs, alone = [], []
     for r in range(args.runs):
-        runs.append(run(args.sessions, args.seconds, args.attackers, seed=1000 * r, again_s=args.again))
+        runs.append(run(args.sessions, args.seconds, args.attackers, seed=1000 * r, again_s=args.again,
+                        fresh=args.fresh_sessions))
         if not args.no_compare:
             alone.append(run(args.sessions, args.seconds, 0, seed=1000 * r))
     if args.json:

@@ -92,6 +92,7 @@ class Attacker:
     """One hostile browser session going through the attacks in turn."""
 
     def __init__(self, config: AppConfig, pinpoint_path: str, result: AttackResult) -> None:
+        self.config = config
         self.http = HttpSession(config)
         self.pinpoint = pinpoint_path
         self.result = result
@@ -155,11 +156,16 @@ class Attacker:
                                  lambda: self.http.call("simulate", [None]), None, refused_run)),
         ]
 
-    def run(self, until: float, start: int) -> None:
+    def run(self, until: float, start: int, fresh: bool = False) -> None:
+        """The attacks in turn until `until`; with `fresh`, each from a new browser session (one the
+        throttle never sees twice, so never paused)."""
         self.until = until
         attacks = self.attacks()
         i = start
         while time.monotonic() < until:
+            if fresh and i > start:
+                self.http.close()
+                self.http = HttpSession(self.config)
             attacks[i % len(attacks)]()
             i += 1
 
@@ -180,14 +186,14 @@ def warm_up(config: AppConfig, pinpoint_path: str) -> AttackResult:
     return result
 
 
-def attack(config: AppConfig, pinpoint_path: str, until: float, attackers: int) -> AttackResult:
-    """Run `attackers` attackers until `until`; they share one result."""
+def attack(config: AppConfig, pinpoint_path: str, until: float, attackers: int, fresh: bool = False) -> AttackResult:
+    """Run `attackers` attackers until `until` (with `fresh`, each attack from a new session); they share one result."""
     result = AttackResult()
 
     def worker(i: int) -> None:
         a = Attacker(config, pinpoint_path, result)
         try:
-            a.run(until, start=2 * i)
+            a.run(until, start=2 * i, fresh=fresh)
         except Exception as err:  # noqa: BLE001 - a crashed attacker is reported, not lost
             result.failures.append(f"attacker {i}: {type(err).__name__}: {err}")
         finally:
@@ -202,10 +208,11 @@ def attack(config: AppConfig, pinpoint_path: str, until: float, attackers: int) 
 
 
 def run(sessions: int = 30, seconds: float = 60.0, attackers: int = ATTACKERS, model: str = "llava-1.5-7b",
-        seed: int = 0, again_s: float = 0.0) -> dict[str, Any]:
+        seed: int = 0, again_s: float = 0.0, fresh: bool = False) -> dict[str, Any]:
     """One public server, a warm-up student, then a class of `sessions` for `seconds` beside `attackers`;
     with `again_s`, once every session has closed, the attackers alone again for that long (whether
-    what the first attack left grows with a second: rss_mib's `again_cleaned`)."""
+    what the first attack left grows with a second: rss_mib's `again_cleaned`). With `fresh`, every
+    attack comes from a new browser session."""
     ref = Reference.build(model)
     root = Path(tempfile.mkdtemp(prefix="freezelab-attack-root-"))
     (root / "next.json").write_text(json.dumps(pinpoint_config()))
@@ -221,7 +228,7 @@ def run(sessions: int = 30, seconds: float = 60.0, attackers: int = ATTACKERS, m
         rss["baseline"] = rss_bytes(proc.pid)
         holder: dict[str, AttackResult] = {}
         thread = threading.Thread(target=lambda: holder.update(
-            result=attack(config, str(root / "next.json"), time.monotonic() + seconds + 10, attackers)))
+            result=attack(config, str(root / "next.json"), time.monotonic() + seconds + 10, attackers, fresh)))
         thread.start()
         class_results = wave(config, model, ref, sessions, seconds, seed=seed)
         thread.join()
@@ -229,7 +236,7 @@ def run(sessions: int = 30, seconds: float = 60.0, attackers: int = ATTACKERS, m
         time.sleep(cleanup)
         rss["cleaned"] = rss_bytes(proc.pid)
         if again_s > 0 and attackers > 0:
-            again = attack(config, str(root / "next.json"), time.monotonic() + again_s, attackers)
+            again = attack(config, str(root / "next.json"), time.monotonic() + again_s, attackers, fresh)
             holder["result"].failures.extend(again.failures)
             time.sleep(cleanup)
             rss["again_cleaned"] = rss_bytes(proc.pid)
