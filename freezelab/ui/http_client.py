@@ -18,6 +18,7 @@ from __future__ import annotations
 import http.client
 import json
 import secrets
+import socket
 import threading
 import time
 import urllib.parse
@@ -97,7 +98,6 @@ class HttpSession:
         self._stream = self._connect()
         self._heartbeat = self._connect()
         self._heartbeat.request("GET", f"{API}/heartbeat/{self.hash}")
-        self._beat = self._heartbeat.getresponse()
         self._closed = threading.Event()
         self._reader = threading.Thread(target=self._drain_heartbeat, daemon=True)
         self._reader.start()
@@ -106,10 +106,13 @@ class HttpSession:
         return http.client.HTTPConnection(self.config.host, self.config.port, timeout=TIMEOUT_S)
 
     def _drain_heartbeat(self) -> None:
+        """Read the heartbeat stream until the tab closes. Its headers come with the server's first
+        beat (up to GRADIO_HEARTBEAT_INTERVAL later), so they are awaited here, not by the constructor."""
         try:
-            while not self._closed.is_set() and self._beat.readline():
+            beat = self._heartbeat.getresponse()
+            while not self._closed.is_set() and beat.readline():
                 pass
-        except (OSError, AttributeError, ValueError):  # closed under the reader by close()
+        except (OSError, AttributeError, ValueError, http.client.HTTPException):  # closed under the reader by close()
             pass
 
     def call(self, name: str, data: list[Any], event_data: Any = None) -> Reply:
@@ -210,5 +213,11 @@ class HttpSession:
     def close(self) -> None:
         """Close the tab: the heartbeat ends, so the server runs its unload handlers."""
         self._closed.set()
+        if self._heartbeat.sock is not None:
+            # wakes the reader blocked in readline: closing alone would wait for its lock until the next beat
+            try:
+                self._heartbeat.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         for conn in (self._heartbeat, self._join, self._stream):
             conn.close()
