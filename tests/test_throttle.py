@@ -238,11 +238,13 @@ def test_a_pause_that_begins_after_the_gate_is_refused_before_the_handler_runs()
 
 def test_public_mode_launches_with_the_gate_and_local_mode_without() -> None:
     from freezelab.ui.blocks import launch_options
+    from freezelab.ui.live_pages import LivePages
     from freezelab.ui.pause_gate import PauseGate
 
     public = handlers.App.for_policy(public_policy())
-    [gate] = launch_options(public)["app_kwargs"]["middleware"]
+    pages, gate = launch_options(public)["app_kwargs"]["middleware"]
     assert gate.cls is PauseGate and gate.kwargs["throttle"] is public.throttle
+    assert pages.cls is LivePages
     assert "app_kwargs" not in launch_options(handlers.App()) and "app_kwargs" not in launch_options()
 
 

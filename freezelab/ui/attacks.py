@@ -157,15 +157,15 @@ class Attacker:
         ]
 
     def run(self, until: float, start: int, fresh: bool = False) -> None:
-        """The attacks in turn until `until`; with `fresh`, each from a new browser session (one the
-        throttle never sees twice, so never paused)."""
+        """The attacks in turn until `until`; with `fresh`, each from a new session that never opens a page
+        (one the throttle never sees twice, so never paused)."""
         self.until = until
         attacks = self.attacks()
         i = start
         while time.monotonic() < until:
             if fresh and i > start:
                 self.http.close()
-                self.http = HttpSession(self.config)
+                self.http = HttpSession(self.config, heartbeat=False)   # no page: requests only
             attacks[i % len(attacks)]()
             i += 1
 

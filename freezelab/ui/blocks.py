@@ -15,6 +15,7 @@ from freezelab.ui.compute_panel import create_compute_panel
 from freezelab.ui.export_panel import create_export_panel
 from freezelab.ui.handlers import App
 from freezelab.ui.learn_panel import create_learn_panel
+from freezelab.ui.live_pages import LivePages
 from freezelab.ui.memory_panel import create_memory_panel
 from freezelab.ui.model_panel import create_model_panel
 from freezelab.ui.pause_gate import PauseGate
@@ -125,8 +126,10 @@ def max_sessions(environ: dict[str, str] | None = None) -> int:
 def launch_options(app: App | None = None) -> dict[str, Any]:
     """Keyword arguments for launch(): Gradio 6 takes theme and CSS there. Host and port are left to
     Gradio, which reads GRADIO_SERVER_NAME / GRADIO_SERVER_PORT itself. With `app`'s throttle (public
-    mode), the server holds back paused sessions' requests before they reach the queue (pause_gate)."""
+    mode), the server refuses paused sessions' requests in front of the queue (pause_gate), and sessions
+    with an open page keep their state when the session limit is reached (live_pages)."""
     options = {"theme": theme(), "css": CSS, "max_file_size": MAX_UPLOAD, "state_session_capacity": max_sessions()}
     if app is not None and app.throttle is not None:
-        options["app_kwargs"] = {"middleware": [Middleware(PauseGate, throttle=app.throttle)]}
+        middleware = [Middleware(LivePages), Middleware(PauseGate, throttle=app.throttle)]
+        options["app_kwargs"] = {"middleware": middleware}
     return options

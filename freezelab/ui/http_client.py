@@ -88,19 +88,21 @@ class Reply:
 
 
 class HttpSession:
-    """One browser tab: its own session hash, heartbeat and event stream; one event at a time."""
+    """One browser tab: its own session hash, heartbeat and event stream; one event at a time. With
+    `heartbeat=False`, a client that sends requests without ever opening a page (no heartbeat stream)."""
 
-    def __init__(self, config: AppConfig) -> None:
+    def __init__(self, config: AppConfig, heartbeat: bool = True) -> None:
         self.config = config
         self.hash = secrets.token_hex(6)
         self.shown: dict[int, Any] = {}   # the page: each component's last value
         self._join = self._connect()
         self._stream = self._connect()
         self._heartbeat = self._connect()
-        self._heartbeat.request("GET", f"{API}/heartbeat/{self.hash}")
         self._closed = threading.Event()
-        self._reader = threading.Thread(target=self._drain_heartbeat, daemon=True)
-        self._reader.start()
+        if heartbeat:
+            self._heartbeat.request("GET", f"{API}/heartbeat/{self.hash}")
+            self._reader = threading.Thread(target=self._drain_heartbeat, daemon=True)
+            self._reader.start()
 
     def _connect(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection(self.config.host, self.config.port, timeout=TIMEOUT_S)
@@ -112,7 +114,7 @@ class HttpSession:
             beat = self._heartbeat.getresponse()
             while not self._closed.is_set() and beat.readline():
                 pass
-        except (OSError, AttributeError, ValueError, http.client.HTTPException):  # closed under the reader by close()
+        except (OSError, AttributeError, ValueError, http.client.HTTPException):  # closed under it by close()
             pass
 
     def call(self, name: str, data: list[Any], event_data: Any = None) -> Reply:
