@@ -108,7 +108,8 @@ def slow_queue_poll(demo: gr.Blocks, polls: dict[str, float] = QUEUE_POLL_S) -> 
 
 MAX_UPLOAD = "1mb"  # plan files are a few KB (freezelab.plans.MAX_PLAN_BYTES is 256 KB)
 # Gradio keeps every browser session's last page (each output's latest value: ~1-2 MB with a 7B model's tree
-# and charts) until this many newer sessions push it out, least recently used first; closed tabs go first.
+# and charts) until this many newer sessions push it out, least recently used first (public mode: those
+# without an open page first, freezelab.ui.live_pages).
 MAX_SESSIONS = 256
 
 
