@@ -7,7 +7,7 @@ import asyncio
 
 from gradio.state_holder import StateHolder
 
-from freezelab.ui.live_pages import LivePages, keep_open_pages
+from freezelab.ui.live_pages import LivePages, heartbeat_session, keep_open_pages
 
 
 def holder_with(capacity: int, sessions: list[str]) -> StateHolder:
@@ -85,6 +85,10 @@ def test_the_middleware_counts_a_session_s_open_heartbeats_and_installs_the_evic
 
     asyncio.run(main())
     assert seen == [True, False, False]
+    assert heartbeat_session({"type": "http", "method": "GET", "path": "/gradio_api/heartbeat/abc"}) == "abc"
+    for path in ("/gradio_api/file=/tmp/heartbeat/abc", "/gradio_api/heartbeat/", "/gradio_api/heartbeat/a/b"):
+        assert heartbeat_session({"type": "http", "method": "GET", "path": path}) is None, path
+    assert heartbeat_session({"type": "http", "method": "POST", "path": "/gradio_api/heartbeat/abc"}) is None
     assert holder.update.__qualname__.startswith("keep_open_pages")
     assert dict(pages.open) == {}
 

@@ -3,7 +3,7 @@
 Gradio keeps each browser session's state (its plan, its workload, each output's last value) in a
 StateHolder of at most `state_session_capacity` sessions (freezelab.ui.blocks.MAX_SESSIONS) and, past
 that, drops the least recently used one, whether its tab is open or not. A client that sends every
-request with a new session hash (measured: four such clients open about 1,300 sessions a minute) then
+request with a new session hash (measured: four such clients open about 1,150 sessions a minute) then
 pushes out the state of every student who paused for a few seconds, and that student's next click
 lands on a fresh default session. This ASGI middleware counts each session's open heartbeat streams
 (`GET .../heartbeat/<session>`: an open page keeps one, and it ends when the tab closes) and makes the
@@ -18,12 +18,14 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from freezelab.ui.http_client import API
+
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-HEARTBEAT = "/heartbeat/"   # Gradio's route an open page keeps a stream on: .../heartbeat/<session hash>
+HEARTBEAT = "/heartbeat/"   # Gradio's route an open page keeps a stream on: <API>/heartbeat/<session hash>
 
 
 class LivePages:
@@ -46,11 +48,10 @@ class LivePages:
             if holder is not None:
                 keep_open_pages(holder, self.is_open)
                 self._installed = True
-        path = scope.get("path", "")
-        if scope.get("type") != "http" or scope.get("method") != "GET" or HEARTBEAT not in path:
+        session = heartbeat_session(scope)
+        if session is None:
             await self.app(scope, receive, send)
             return
-        session = path.rsplit(HEARTBEAT, 1)[1]
         with self._lock:
             self.open[session] += 1
         try:
@@ -60,6 +61,14 @@ class LivePages:
                 self.open[session] -= 1
                 if self.open[session] <= 0:
                     del self.open[session]
+
+
+def heartbeat_session(scope: Scope) -> str | None:
+    """The session of a request for Gradio's heartbeat stream (GET .../heartbeat/<session>), else None."""
+    if scope.get("type") != "http" or scope.get("method") != "GET":
+        return None
+    head, found, session = scope.get("path", "").rpartition(HEARTBEAT)
+    return session if found and head.endswith(API) and session and "/" not in session else None
 
 
 def keep_open_pages(holder: Any, is_open: Callable[[str], bool]) -> None:
