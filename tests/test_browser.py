@@ -54,6 +54,12 @@ def wait_count(page, value: int) -> None:
                              ) from None
 
 
+def open_dashboard(page, url: str) -> None:
+    """Open the app and wait until the default model's tree is on the page."""
+    page.goto(url)
+    page.wait_for_selector("#fl-tree-box [data-p='model.language_model']", timeout=WAIT_MS)
+
+
 def settle(page) -> None:
     """Wait until no output shows Gradio's pending overlay (the last event has fully landed)."""
     page.wait_for_function("document.querySelectorAll('.pending, .wrap.pending').length === 0", timeout=WAIT_MS)
@@ -64,8 +70,7 @@ def test_preset_and_tree_toggle_change_counts_and_verdict(server, counts_7b, tmp
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 1000})
-            page.goto(server)
-            page.wait_for_selector("#fl-tree-box [data-p='model.language_model']", timeout=WAIT_MS)
+            open_dashboard(page, server)
             # opens ready on the tiny model with LLaVA stage 1: only the projector trains
             tiny = build(resolve("tiny"), device="meta")
             assert shown_count(page) == sum(p.numel() for n, p in tiny.named_parameters()
@@ -112,8 +117,7 @@ def test_qwen25_vl_loads_with_its_merger_as_projector_and_a_token_layout(server)
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 1000})
-            page.goto(server)
-            page.wait_for_selector("#fl-tree-box [data-p='model.language_model']", timeout=WAIT_MS)
+            open_dashboard(page, server)
             page.fill("#fl-custom-model textarea, #fl-custom-model input", "qwen2.5-vl-7b-instruct")
             page.press("#fl-custom-model textarea, #fl-custom-model input", "Enter")
             page.wait_for_function("document.querySelector('#fl-header')?.innerText.includes('Qwen2_5_VL')",
@@ -151,8 +155,7 @@ def test_a_refused_workload_value_shows_at_its_field_and_the_results_go_stale(se
     with sync_api.sync_playwright() as p:
         browser, page = launch(p)
         try:
-            page.goto(server)
-            page.wait_for_selector("#fl-tree-box [data-p='model.language_model']", timeout=WAIT_MS)
+            open_dashboard(page, server)
             settle(page)
             batch = page.locator("#fl-w-batch input")
             page.eval_on_selector("#fl-w-batch", "e => e.scrollIntoView({block: 'center'})")
@@ -189,8 +192,7 @@ def test_verify_results_say_what_they_ran_for_and_go_stale_after_a_change(server
     with sync_api.sync_playwright() as p:
         browser, page = launch(p)
         try:
-            page.goto(server)
-            page.wait_for_selector("#fl-tree-box [data-p='model.language_model']", timeout=WAIT_MS)
+            open_dashboard(page, server)
             page.get_by_role("tab", name="Verify").click()
             page.get_by_role("button", name="Simulate the training step").click()
             page.wait_for_selector("#fl-sim-table table", timeout=WAIT_MS)
@@ -229,8 +231,7 @@ def test_a_paused_session_is_told_why_in_a_toast_and_its_page_stays_as_it_was():
         with sync_api.sync_playwright() as p:
             browser, page = launch(p)
             try:
-                page.goto(url)
-                page.wait_for_selector("#fl-tree-box [data-p='model.language_model']", timeout=WAIT_MS)
+                open_dashboard(page, url)
                 settle(page)
                 before = shown_count(page)
                 selector = page.locator("#fl-selector textarea, #fl-selector input").first

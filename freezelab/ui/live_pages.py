@@ -15,15 +15,11 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
 from freezelab.ui.http_client import API
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from freezelab.ui.pause_gate import ASGIApp, Receive, Scope, Send
 
 HEARTBEAT = "/heartbeat/"   # Gradio's route an open page keeps a stream on: <API>/heartbeat/<session hash>
 
