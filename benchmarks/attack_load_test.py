@@ -16,8 +16,8 @@ With --again S (default 60), once every session has closed, the same attackers r
 seconds and the RSS is read again once they have closed: whether what the first attack left grows with
 a second one (a leak would) or stays (caches and allocator arenas filled once).
 
-With --fresh-sessions every attack comes from a new browser session, as a client that never keeps its
-session hash would send it: the throttle never sees one session twice, so none is paused.
+With --fresh-sessions every attack comes from a new session that never opens a page, as a client that
+never keeps its session hash would send it: the throttle never sees one session twice, so none is paused.
 
 Unless --no-compare, each attacked server is followed by one that runs the same class (same seed, same
 warm-up) with no attackers: the class leaves its own closed sessions' pages and kept results behind, so
@@ -96,7 +96,8 @@ def main() -> None:
     p.add_argument("--attackers", type=int, default=ATTACKERS)
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--again", type=float, default=60.0, help="seconds of a second attack, attackers alone (0: none)")
-    p.add_argument("--fresh-sessions", action="store_true", help="each attack from a new session (never paused)")
+    p.add_argument("--fresh-sessions", action="store_true",
+                   help="each attack from a new page-less session (never paused)")
     p.add_argument("--no-compare", action="store_true", help="no class-alone server beside each attacked one")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()

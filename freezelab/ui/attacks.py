@@ -212,10 +212,11 @@ def run(sessions: int = 30, seconds: float = 60.0, attackers: int = ATTACKERS, m
     """One public server, a warm-up student, then a class of `sessions` for `seconds` beside `attackers`;
     with `again_s`, once every session has closed, the attackers alone again for that long (whether
     what the first attack left grows with a second: rss_mib's `again_cleaned`). With `fresh`, every
-    attack comes from a new browser session."""
+    attack comes from a new session that never opens a page."""
     ref = Reference.build(model)
     root = Path(tempfile.mkdtemp(prefix="freezelab-attack-root-"))
-    (root / "next.json").write_text(json.dumps(pinpoint_config()))
+    pinpoint = root / "next.json"
+    pinpoint.write_text(json.dumps(pinpoint_config()))
     proc, url = launch({"FREEZELAB_MAX_SESSIONS": str(sessions + attackers + 5), "FREEZELAB_MODEL_ROOTS": str(root)},
                        args=("--public",), heartbeat_s=None)
     cleanup = GRADIO_HEARTBEAT_S + CLEANUP_S
@@ -223,12 +224,12 @@ def run(sessions: int = 30, seconds: float = 60.0, attackers: int = ATTACKERS, m
         config = AppConfig.read(url)
         rss = {"started": rss_bytes(proc.pid)}
         warm = wave(config, model, ref, 1, 3.0, seed=10_000, gap=0.5)
-        warm_attacks = warm_up(config, str(root / "next.json"))
+        warm_attacks = warm_up(config, str(pinpoint))
         time.sleep(cleanup)
         rss["baseline"] = rss_bytes(proc.pid)
         holder: dict[str, AttackResult] = {}
         thread = threading.Thread(target=lambda: holder.update(
-            result=attack(config, str(root / "next.json"), time.monotonic() + seconds + 10, attackers, fresh)))
+            result=attack(config, str(pinpoint), time.monotonic() + seconds + 10, attackers, fresh)))
         thread.start()
         class_results = wave(config, model, ref, sessions, seconds, seed=seed)
         thread.join()
@@ -236,7 +237,7 @@ def run(sessions: int = 30, seconds: float = 60.0, attackers: int = ATTACKERS, m
         time.sleep(cleanup)
         rss["cleaned"] = rss_bytes(proc.pid)
         if again_s > 0 and attackers > 0:
-            again = attack(config, str(root / "next.json"), time.monotonic() + again_s, attackers, fresh)
+            again = attack(config, str(pinpoint), time.monotonic() + again_s, attackers, fresh)
             holder["result"].failures.extend(again.failures)
             time.sleep(cleanup)
             rss["again_cleaned"] = rss_bytes(proc.pid)
